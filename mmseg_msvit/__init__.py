@@ -1,0 +1,13 @@
+"""mmseg-msvit: dynamic mixed-scale tokenization (MSViT) for MMSegmentation 1.x.
+
+``import mmseg_msvit`` installs the compatibility shims (see :mod:`mmseg_msvit.compat`)
+and registers every component into mmseg's (and mmpretrain's) registries.
+"""
+from . import compat
+from .version import __version__
+
+compat.install()
+
+from . import datasets, models  # noqa: E402,F401  (registration)
+
+__all__ = ['__version__', 'compat', 'datasets', 'models']

@@ -1,0 +1,1 @@
+"""Registered model components of mmseg-msvit."""

@@ -1,0 +1,236 @@
+"""mmseg_msvit.compat: mmcv-lite stand-in ops and weights_only checkpoints."""
+import importlib.util
+import os
+import os.path as osp
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmseg_msvit import compat
+
+
+def test_stack_imports_on_mmcv_lite():
+    import mmpretrain.models  # noqa: F401
+    import mmseg.models  # noqa: F401
+    import mmcv.ops
+    assert compat.mmcv_has_compiled_ops() is False
+    assert getattr(mmcv.ops, '__mmseg_msvit_standin__', False)
+    from mmcv.ops import point_sample, sigmoid_focal_loss  # noqa: F401
+
+
+def _mmcv_point_sample_reference():
+    """mmcv's own point_sample.py is pure PyTorch: load that file directly as the reference."""
+    import mmcv
+    path = osp.join(osp.dirname(mmcv.__file__), 'ops', 'point_sample.py')
+    spec = importlib.util.spec_from_file_location('_mmcv_point_sample_ref', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.point_sample
+
+
+@pytest.mark.parametrize('align_corners', [False, True])
+@pytest.mark.parametrize('points_shape', [(2, 7, 2), (2, 3, 5, 2)])
+def test_point_sample_equals_mmcv(align_corners, points_shape):
+    reference = _mmcv_point_sample_reference()
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 4, 9, 11, generator=gen)
+    points = torch.rand(*points_shape, generator=gen)
+    ours = compat.point_sample(feats, points, align_corners=align_corners)
+    theirs = reference(feats, points, align_corners=align_corners)
+    assert ours.shape == theirs.shape == (2, 4, *points_shape[1:-1])
+    torch.testing.assert_close(ours, theirs)
+
+
+def _kernel_backward(logits, target, gamma, alpha):
+    """Closed-form gradient from mmcv's sigmoid_focal_loss backward kernel."""
+    p = logits.sigmoid()
+    is_target = F.one_hot(target, logits.size(1) + 1)[:, :logits.size(1)].bool()
+    tiny = torch.finfo(p.dtype).tiny
+    term_p = (1 - p).pow(gamma) * (1 - p - gamma * p * p.clamp(min=tiny).log())
+    term_n = p.pow(gamma) * (gamma * (1 - p) * (1 - p).clamp(min=tiny).log() - p)
+    return torch.where(is_target, -alpha * term_p, -(1 - alpha) * term_n)
+
+
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_sigmoid_focal_loss_matches_mmcv_definition(reduction):
+    from mmseg.models.losses.focal_loss import py_sigmoid_focal_loss
+    gen = torch.Generator().manual_seed(1)
+    num, num_classes, gamma, alpha = 12, 5, 2.0, 0.25
+    logits = torch.randn(num, num_classes, generator=gen, dtype=torch.float64,
+                         requires_grad=True)
+    target = torch.randint(0, num_classes + 1, (num, ), generator=gen)  # C = background
+    ours = compat.sigmoid_focal_loss(logits, target, gamma, alpha, None, reduction)
+    one_hot = F.one_hot(target, num_classes + 1)[:, :num_classes]
+    reference = py_sigmoid_focal_loss(logits, one_hot, gamma=gamma, alpha=alpha,
+                                      reduction='none')
+    expected = {'none': reference, 'sum': reference.sum(),
+                'mean': reference.sum() / num}[reduction]
+    torch.testing.assert_close(ours, expected)
+    # gradient of the summed loss equals mmcv's backward kernel
+    (grad, ) = torch.autograd.grad(
+        compat.sigmoid_focal_loss(logits, target, gamma, alpha, None, 'sum'), logits)
+    torch.testing.assert_close(grad, _kernel_backward(logits.detach(), target, gamma, alpha))
+
+
+def test_sigmoid_focal_loss_class_weight_and_bad_input():
+    logits = torch.randn(4, 3)
+    target = torch.tensor([0, 1, 2, 1])
+    weight = torch.tensor([1.0, 2.0, 3.0])
+    plain = compat.sigmoid_focal_loss(logits, target, reduction='none')
+    weighted = compat.sigmoid_focal_loss(logits, target, weight=weight, reduction='none')
+    torch.testing.assert_close(weighted, plain * weight[target][:, None])
+    with pytest.raises(ValueError, match='reduction'):
+        compat.sigmoid_focal_loss(logits, target, reduction='avg')
+    with pytest.raises(TypeError, match='int64'):
+        compat.sigmoid_focal_loss(logits, target.float())
+    with pytest.raises(ValueError, match=r'target \(N,\)'):
+        compat.sigmoid_focal_loss(logits, target[:2])
+
+
+def test_mmseg_focal_loss_wrapper_uses_the_standin():
+    """mmseg's CUDA-path focal loss calls mmcv.ops.sigmoid_focal_loss: it is ours here."""
+    from mmseg.models.losses import focal_loss
+    assert focal_loss._sigmoid_focal_loss is compat.sigmoid_focal_loss
+    gen = torch.Generator().manual_seed(2)
+    pred = torch.randn(10, 4, generator=gen, requires_grad=True)
+    target = torch.randint(0, 4, (10, ), generator=gen)
+    one_hot = F.one_hot(target, 4)
+    valid = torch.ones(10, 1, dtype=torch.bool)
+    value = focal_loss.sigmoid_focal_loss(pred, target, one_hot, valid_mask=valid, alpha=0.5)
+    reference = focal_loss.py_sigmoid_focal_loss(pred, one_hot, valid_mask=valid, alpha=0.5)
+    torch.testing.assert_close(value, reference)
+    value.backward()
+    assert pred.grad.abs().sum() > 0
+
+
+def test_missing_ops_fail_on_use_with_a_clear_message():
+    from mmcv.ops import CrissCrossAttention, DeformConv2d  # import works
+    with pytest.raises(compat.MissingMmcvOpError, match='CrissCrossAttention.*full mmcv'):
+        CrissCrossAttention(16)
+    with pytest.raises(compat.MissingMmcvOpError, match='DeformConv2d'):
+        DeformConv2d(3, 3, 3)
+    with pytest.raises(ImportError):
+        from mmcv.ops import nms  # noqa: F401  (not a name mmseg imports: plain ImportError)
+
+
+def test_install_is_idempotent():
+    import mmcv.ops
+    before = mmcv.ops
+    compat.install()
+    compat._install_mmcv_ops_standin()
+    import sys
+    assert sys.modules['mmcv.ops'] is before
+
+
+# --------------------------------------------------------------------------------------------
+# Runner checkpoints under weights_only=True
+
+
+def _toy_runner(work_dir, max_iters, resume=False, load_from=None, hooks=None):
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Toy(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 1)
+
+        def forward(self, inputs, targets=None, mode='tensor'):
+            out = self.linear(inputs)
+            if mode == 'loss':
+                return dict(loss=((out - targets)**2).mean())
+            return out
+
+    class Data(torch.utils.data.Dataset):
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, index):
+            gen = torch.Generator().manual_seed(index)
+            return dict(inputs=torch.randn(4, generator=gen), targets=torch.randn(1, generator=gen))
+
+    return Runner(
+        model=Toy(),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            dataset=Data(),
+            sampler=dict(type='DefaultSampler', shuffle=True),
+            batch_size=2,
+            collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False)),
+        custom_hooks=hooks,
+        resume=resume,
+        load_from=load_from,
+        randomness=dict(seed=0),
+        experiment_name=f'toy_{max_iters}_{resume}')
+
+
+def test_runner_checkpoint_saves_resumes_and_loads_weights_only(tmp_path):
+    from mmengine.hooks import Hook
+    from mmengine.runner import load_checkpoint
+
+    first = _toy_runner(tmp_path, max_iters=2)
+    first.train()
+    ckpt_path = tmp_path / 'iter_2.pth'
+    assert ckpt_path.exists()
+    # the file holds non-tensor objects, yet loads with weights_only=True (torch's default)
+    saved = torch.load(ckpt_path, weights_only=True)
+    assert saved['meta']['iter'] == 2
+    assert 'train/loss' in saved['message_hub']['log_scalars']
+    saved_momentum = saved['optimizer']['state'][0]['momentum_buffer']
+
+    seen = {}
+
+    class Probe(Hook):
+
+        def before_train(self, runner):
+            seen['iter'] = runner.iter
+            state = runner.optim_wrapper.optimizer.state_dict()['state'][0]
+            seen['momentum'] = state['momentum_buffer'].clone()
+            seen['weight'] = runner.model.linear.weight.detach().clone()
+
+    resumed = _toy_runner(tmp_path, max_iters=4, resume=True, load_from=str(ckpt_path),
+                          hooks=[Probe()])
+    resumed.train()
+    assert seen['iter'] == 2
+    torch.testing.assert_close(seen['momentum'], saved_momentum)
+    torch.testing.assert_close(seen['weight'], saved['state_dict']['linear.weight'])
+    assert resumed.iter == 4
+
+    fresh = _toy_runner(tmp_path / 'fresh', max_iters=1).model
+    load_checkpoint(fresh, str(ckpt_path), map_location='cpu')
+    torch.testing.assert_close(fresh.linear.weight, saved['state_dict']['linear.weight'])
+
+
+class _Exploit:
+    """A pickle that calls os.system when loaded."""
+
+    def __reduce__(self):
+        return (os.system, ('echo pwned > /dev/null', ))
+
+
+class _GetattrExploit:
+    """A pickle walking getattr from an allowed function towards its module globals (os, ...)."""
+
+    def __reduce__(self):
+        from mmengine.logging import HistoryBuffer
+        return (getattr, (HistoryBuffer.min, '__globals__'))
+
+
+@pytest.mark.parametrize('payload', [_Exploit(), _GetattrExploit()])
+def test_malicious_checkpoints_are_still_refused(tmp_path, payload):
+    from mmengine.runner import CheckpointLoader
+    path = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'meta': payload}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    with pytest.raises(pickle.UnpicklingError):
+        CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+    assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
