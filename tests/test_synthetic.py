@@ -79,10 +79,11 @@ def test_ade20k_dataset_reads_the_ade_layout(synthetic_root):
 
 def test_synthetic_scenes_dataset_has_our_classes(synthetic_root):
     from mmseg.registry import DATASETS
-    dataset = DATASETS.build(dict(
-        type='SyntheticScenesDataset', data_root=str(synthetic_root / 'ade'),
-        data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
-        pipeline=[]))
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        dataset = DATASETS.build(dict(
+            type='SyntheticScenesDataset', data_root=str(synthetic_root / 'ade'),
+            data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
+            pipeline=[]))
     assert len(dataset) == 4
     assert dataset.metainfo['classes'] == SCENE_CLASSES
 
