@@ -1,0 +1,406 @@
+"""MSViT: a ViT whose tokens are 16x16 or 32x32 patches, chosen per region by a gate.
+
+Reads like timm's ``VisionTransformer`` (and reuses its ``Block`` and ``PatchEmbed``); parameter
+names are timm's (``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.N.*``,
+``norm.*``), so a timm ViT/DeiT state dict loads with only the gate's keys missing and the
+classifier head's keys unexpected.
+"""
+import os.path as osp
+from functools import partial
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+from timm.layers import PatchEmbed, resample_abs_pos_embed
+from timm.models.vision_transformer import Block
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..features import MixedScaleFeatures
+from ..tokenizer import MixedScaleTokenizer
+
+
+def load_timm_state_dict(path: str) -> dict:
+    """Read a timm / DeiT / mmengine checkpoint file (.pth, .pt, .bin or .safetensors).
+
+    Unwraps the usual containers (``state_dict``, ``model``, ``module``) and strips a leading
+    ``module.`` (DataParallel). Loaded with ``weights_only=True``: a checkpoint is not code.
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'MSViT: pretrained checkpoint {path!r} does not exist. Weights cannot be downloaded '
+            'here: save a timm/DeiT state dict to a local file (e.g. '
+            "`torch.save(timm.create_model('vit_small_patch16_224', pretrained=True)"
+            ".state_dict(), 'vit_small.pth')` on a machine with internet) and point "
+            'init_cfg.checkpoint at it.')
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        state = load_file(path, device='cpu')
+    else:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    for key in ('state_dict', 'model', 'module'):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+
+
+@MODELS.register_module()
+class MSViT(BaseModule):
+    """Mixed-scale Vision Transformer backbone.
+
+    A gate (:class:`MixedScaleGate`) scores every ``coarse_patch_size`` region of the input; the
+    region becomes one coarse token (the region average-pooled to ``fine_patch_size`` and embedded
+    by the shared patch embedding) or ``(coarse/fine)^2`` fine tokens. Only active tokens enter the
+    transformer; a batch is padded to its longest image with a key mask.
+
+    Decisions where the paper is silent (docs/method.md): the CLS token is always kept; a coarse
+    token's position embedding is the average of its fine ones; the gate reads pixels.
+
+    Args:
+        arch (str | dict): 'tiny', 'small', 'base', 'large' (ViT-Ti/S/B/L) or a dict with
+            ``embed_dims``, ``depth``, ``num_heads``. Default: 'small'.
+        img_size (int | tuple): size the position embeddings are defined for (they are
+            interpolated to every input size, as timm does). Default: 224.
+        fine_patch_size (int): S_f. Default: 16.
+        coarse_patch_size (int): S_c, a multiple of S_f. Default: 32.
+        in_channels (int): Default: 3.
+        embed_dims, depth, num_heads (int, optional): override the arch preset.
+        mlp_ratio (float): Default: 4.
+        qkv_bias (bool): Default: True.
+        drop_rate (float): dropout after position embedding and in blocks. Default: 0.
+        attn_drop_rate (float): Default: 0.
+        drop_path_rate (float): stochastic depth, linearly increasing over blocks. Default: 0.
+        out_indices (int | Sequence[int]): blocks whose outputs are returned (-1 = last).
+            Default: -1.
+        final_norm (bool): apply the final LayerNorm to the last block's output. Default: True.
+        with_cp (bool): gradient checkpointing of the blocks in training. Default: False.
+        norm_eval (bool): keep BatchNorm layers (if any) in eval mode. Default: False.
+        frozen_stages (int): -1 = nothing frozen; 0 = patch embedding, position embedding and
+            CLS frozen; k > 0 additionally blocks 0..k-1. Default: -1.
+        force_scale (str, optional): None (the gate decides), 'fine' (every region fine: exactly
+            a plain ViT/S_f, the gate is not run) or 'coarse' (every region coarse).
+        gate (dict): config of the gate. Default: ``dict(type='MixedScaleGate')``.
+        gate_threshold (float): eval threshold on the gate probability; may be changed after
+            building (``model.backbone.gate_threshold = 0.7``). Default: 0.5.
+        freeze_gate (bool): keep the gate's parameters fixed (requires_grad False). Default: False.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint='file.pth' or
+            '.safetensors', prefix=None)`` loads a local timm/DeiT checkpoint, resizing its
+            position embeddings to ``img_size``; otherwise timm's ViT initialisation.
+
+    Outputs:
+        tuple[MixedScaleFeatures]: one per ``out_indices``; ``.to_dense()`` gives (B, D, H/16, W/16).
+    """
+    arch_zoo = {
+        'tiny': dict(embed_dims=192, depth=12, num_heads=3),
+        'small': dict(embed_dims=384, depth=12, num_heads=6),
+        'base': dict(embed_dims=768, depth=12, num_heads=12),
+        'large': dict(embed_dims=1024, depth=24, num_heads=16),
+    }
+    num_prefix_tokens = 1
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'small',
+                 img_size: Union[int, Tuple[int, int]] = 224,
+                 fine_patch_size: int = 16,
+                 coarse_patch_size: int = 32,
+                 in_channels: int = 3,
+                 embed_dims: Optional[int] = None,
+                 depth: Optional[int] = None,
+                 num_heads: Optional[int] = None,
+                 mlp_ratio: float = 4.,
+                 qkv_bias: bool = True,
+                 drop_rate: float = 0.,
+                 attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0.,
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 final_norm: bool = True,
+                 with_cp: bool = False,
+                 norm_eval: bool = False,
+                 frozen_stages: int = -1,
+                 force_scale: Optional[str] = None,
+                 gate: Optional[dict] = None,
+                 gate_threshold: float = 0.5,
+                 freeze_gate: bool = False,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if isinstance(arch, str):
+            if arch not in self.arch_zoo:
+                raise ValueError(f'MSViT: unknown arch={arch!r}; expected one of '
+                                 f'{sorted(self.arch_zoo)} or a dict with embed_dims, depth, '
+                                 'num_heads')
+            arch_settings = dict(self.arch_zoo[arch])
+        elif isinstance(arch, dict):
+            missing = {'embed_dims', 'depth', 'num_heads'} - set(arch)
+            if missing:
+                raise ValueError(f'MSViT: arch dict lacks {sorted(missing)}, got {arch}')
+            arch_settings = dict(arch)
+        else:
+            raise TypeError(f'MSViT: arch must be a str or dict, got {type(arch).__name__}')
+        for name, value in (('embed_dims', embed_dims), ('depth', depth),
+                            ('num_heads', num_heads)):
+            if value is not None:
+                arch_settings[name] = value
+        self.embed_dims = arch_settings['embed_dims']
+        self.depth = arch_settings['depth']
+        self.num_heads = arch_settings['num_heads']
+        if self.embed_dims % self.num_heads != 0:
+            raise ValueError(f'MSViT: embed_dims={self.embed_dims} is not divisible by '
+                             f'num_heads={self.num_heads}')
+        if coarse_patch_size % fine_patch_size != 0 or coarse_patch_size <= fine_patch_size:
+            raise ValueError('MSViT: coarse_patch_size must be a multiple (> 1x) of '
+                             f'fine_patch_size, got coarse_patch_size={coarse_patch_size}, '
+                             f'fine_patch_size={fine_patch_size}')
+        if force_scale not in (None, 'fine', 'coarse'):
+            raise ValueError(f"MSViT: force_scale must be None, 'fine' or 'coarse', got "
+                             f'{force_scale!r}')
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if self.img_size[0] % coarse_patch_size or self.img_size[1] % coarse_patch_size:
+            raise ValueError(f'MSViT: img_size={self.img_size} must be a multiple of '
+                             f'coarse_patch_size={coarse_patch_size}')
+        self.fine_patch_size = fine_patch_size
+        self.coarse_patch_size = coarse_patch_size
+        self.in_channels = in_channels
+        self.mlp_ratio = mlp_ratio
+        self.force_scale = force_scale
+        self.gate_threshold = gate_threshold
+        self.final_norm = final_norm
+        self.with_cp = with_cp
+        self.norm_eval = norm_eval
+        self.frozen_stages = frozen_stages
+        self.freeze_gate = freeze_gate
+
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        self.out_indices = []
+        for index in out_indices:
+            resolved = index + self.depth if index < 0 else index
+            if not 0 <= resolved < self.depth:
+                raise ValueError(f'MSViT: out_indices contains {index}, outside a depth of '
+                                 f'{self.depth}')
+            self.out_indices.append(resolved)
+
+        # --- parameters, named as timm's VisionTransformer ---
+        self.patch_embed = PatchEmbed(
+            img_size=self.img_size, patch_size=fine_patch_size, in_chans=in_channels,
+            embed_dim=self.embed_dims, strict_img_size=False)
+        self.pos_grid_size = (self.img_size[0] // fine_patch_size,
+                              self.img_size[1] // fine_patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.num_prefix_tokens + self.pos_grid_size[0] *
+                        self.pos_grid_size[1], self.embed_dims))
+        self.pos_drop = nn.Dropout(p=drop_rate)
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        drop_path = [x.item() for x in torch.linspace(0, drop_path_rate, self.depth)]
+        self.blocks = nn.ModuleList([
+            Block(dim=self.embed_dims, num_heads=self.num_heads, mlp_ratio=mlp_ratio,
+                  qkv_bias=qkv_bias, proj_drop=drop_rate, attn_drop=attn_drop_rate,
+                  drop_path=drop_path[i], norm_layer=norm_layer) for i in range(self.depth)
+        ])
+        self.norm = norm_layer(self.embed_dims)
+
+        gate_cfg = dict(type='MixedScaleGate') if gate is None else dict(gate)
+        gate_cfg.setdefault('coarse_patch_size', coarse_patch_size)
+        gate_cfg.setdefault('in_channels', in_channels)
+        if gate_cfg['coarse_patch_size'] != coarse_patch_size:
+            raise ValueError(f"MSViT: gate coarse_patch_size={gate_cfg['coarse_patch_size']} "
+                             f'differs from the backbone coarse_patch_size={coarse_patch_size}')
+        self.gate = MODELS.build(gate_cfg)
+        self.tokenizer = MixedScaleTokenizer(fine_patch_size, coarse_patch_size)
+
+        # state of the last forward, read by the segmentor / classifier (no second pass)
+        self.last_gate_logits: Optional[torch.Tensor] = None
+        self.last_fine_mask: Optional[torch.Tensor] = None
+        self.last_num_tokens: Optional[torch.Tensor] = None
+
+        self._reset_parameters()
+        self._freeze()
+
+    # ------------------------------------------------------------------ init / freezing
+    def _reset_parameters(self) -> None:
+        """timm's ViT initialisation (trunc-normal 0.02 linears, zero biases)."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for name, module in self.named_modules():
+            if name.startswith('gate'):
+                continue
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def last_gate_probs(self) -> Optional[torch.Tensor]:
+        """(B, Hc, Wc) probability of FINE from the last forward (with grad), None if forced."""
+        return None if self.last_gate_logits is None else torch.sigmoid(self.last_gate_logits)
+
+    def init_weights(self) -> None:
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            self.load_pretrained(self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'))
+        else:
+            super().init_weights()
+        self._is_init = True
+
+    def load_pretrained(self, path: str, prefix: Optional[str] = None) -> Tuple[list, list]:
+        """Load a local timm/DeiT ViT checkpoint.
+
+        Position embeddings are resized to ``img_size``; the width and patch size must match.
+
+        Returns:
+            tuple: (missing_keys, unexpected_keys) of the load.
+        """
+        state = load_timm_state_dict(path)
+        if prefix:
+            prefix = prefix if prefix.endswith('.') else prefix + '.'
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if not state:
+                raise KeyError(f'MSViT: no key of {path!r} starts with prefix={prefix!r}')
+        proj = state.get('patch_embed.proj.weight')
+        if proj is None:
+            raise KeyError(f'MSViT: {path!r} has no patch_embed.proj.weight; is it a timm/DeiT '
+                           'ViT checkpoint?')
+        if proj.shape[0] != self.embed_dims:
+            raise ValueError(f'MSViT: checkpoint {path!r} has embed width {proj.shape[0]}, the '
+                             f'backbone has embed_dims={self.embed_dims}')
+        if tuple(proj.shape[1:]) != (self.in_channels, self.fine_patch_size,
+                                     self.fine_patch_size):
+            raise ValueError(f'MSViT: checkpoint {path!r} patch embedding is '
+                             f'{tuple(proj.shape[1:])} (C, p, p), the backbone expects '
+                             f'({self.in_channels}, {self.fine_patch_size}, '
+                             f'{self.fine_patch_size})')
+        if 'pos_embed' in state:
+            pos = state['pos_embed']
+            num_patches = pos.shape[1] - self.num_prefix_tokens
+            side = int(round(num_patches**0.5))
+            if side * side != num_patches:
+                raise ValueError(f'MSViT: checkpoint pos_embed {tuple(pos.shape)} is not a CLS '
+                                 'token plus a square grid')
+            state['pos_embed'] = resample_abs_pos_embed(
+                pos, new_size=self.pos_grid_size, old_size=(side, side),
+                num_prefix_tokens=self.num_prefix_tokens)
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith('gate.')]
+        print_log(f'MSViT: loaded {path}; missing (besides the gate): {missing}; unexpected: '
+                  f'{unexpected}', logger='current')
+        return missing, unexpected
+
+    def _freeze(self) -> None:
+        if self.frozen_stages >= 0:
+            self.patch_embed.eval()
+            for param in (*self.patch_embed.parameters(), self.pos_embed, self.cls_token):
+                param.requires_grad = False
+        for index in range(max(self.frozen_stages, 0)):
+            block = self.blocks[index]
+            block.eval()
+            for param in block.parameters():
+                param.requires_grad = False
+        if self.freeze_gate:
+            self.gate.eval()
+            for param in self.gate.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def fine_position_grid(self, fine_grid: Tuple[int, int]) -> Tuple[torch.Tensor,
+                                                                      torch.Tensor]:
+        """Position embeddings for an input of ``fine_grid`` cells (timm's interpolation).
+
+        Returns:
+            tuple: cls_pos (1, 1, D) and the fine grid (1, D, Hf, Wf).
+        """
+        pos = resample_abs_pos_embed(self.pos_embed, new_size=fine_grid,
+                                     old_size=self.pos_grid_size,
+                                     num_prefix_tokens=self.num_prefix_tokens)
+        cls_pos = pos[:, :self.num_prefix_tokens]
+        grid = pos[:, self.num_prefix_tokens:].transpose(1, 2).reshape(
+            1, self.embed_dims, *fine_grid)
+        return cls_pos, grid
+
+    def pad_input(self, img: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Pad right/bottom to a multiple of the coarse size; return the fine cells to keep."""
+        height, width = img.shape[-2:]
+        if height < self.coarse_patch_size or width < self.coarse_patch_size:
+            raise ValueError(f'MSViT: input of {height}x{width} px is smaller than one coarse '
+                             f'region ({self.coarse_patch_size}x{self.coarse_patch_size} px)')
+        pad_h = -height % self.coarse_patch_size
+        pad_w = -width % self.coarse_patch_size
+        if pad_h or pad_w:
+            img = F.pad(img, (0, pad_w, 0, pad_h))
+        out_size = (-(-height // self.fine_patch_size), -(-width // self.fine_patch_size))
+        return img, out_size
+
+    def decide_scales(self,
+                      img: torch.Tensor,
+                      fine_mask: Optional[torch.Tensor] = None
+                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Return (fine_mask, fine_value) for a padded input.
+
+        Precedence: an explicit ``fine_mask``, then ``force_scale``, then the gate.
+        """
+        batch = img.shape[0]
+        grid = (img.shape[-2] // self.coarse_patch_size, img.shape[-1] // self.coarse_patch_size)
+        if fine_mask is not None:
+            if tuple(fine_mask.shape) != (batch, *grid):
+                raise ValueError(f'MSViT: fine_mask must be (B, Hc, Wc) = {(batch, *grid)} for '
+                                 f'this input, got {tuple(fine_mask.shape)}')
+            self.last_gate_logits = None
+            return fine_mask.to(device=img.device, dtype=torch.bool), None
+        if self.force_scale is not None:
+            self.last_gate_logits = None
+            fill = self.force_scale == 'fine'
+            return torch.full((batch, *grid), fill, dtype=torch.bool, device=img.device), None
+        logits = self.gate(img)
+        self.last_gate_logits = logits
+        return self.gate.decide(logits, self.gate_threshold)
+
+    def forward(self,
+                img: torch.Tensor,
+                fine_mask: Optional[torch.Tensor] = None) -> Tuple[MixedScaleFeatures, ...]:
+        """Run the backbone.
+
+        Args:
+            img (Tensor): (B, C, H, W); sides that are not multiples of the coarse size are
+                zero-padded and the dense outputs cropped back.
+            fine_mask (Tensor, optional): (B, Hc, Wc) bool decisions to use instead of the gate
+                (for analysis and benchmarks; Hc, Wc of the padded input).
+
+        Returns:
+            tuple[MixedScaleFeatures]: one per ``out_indices``.
+        """
+        img, out_size = self.pad_input(img)
+        fine_mask, fine_value = self.decide_scales(img, fine_mask)
+        cls_pos, pos_grid = self.fine_position_grid(
+            (img.shape[-2] // self.fine_patch_size, img.shape[-1] // self.fine_patch_size))
+        tokens, attn_mask, layout = self.tokenizer(
+            img, fine_mask, self.patch_embed, pos_grid, self.cls_token, cls_pos,
+            fine_value=fine_value, out_size=out_size)
+        self.last_fine_mask = fine_mask
+        self.last_num_tokens = layout.num_tokens
+        x = self.pos_drop(tokens)
+
+        outs = []
+        for index, block in enumerate(self.blocks):
+            if self.with_cp and self.training and x.requires_grad:
+                x = cp.checkpoint(block, x, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, attn_mask=attn_mask)
+            if index == self.depth - 1 and self.final_norm:
+                x = self.norm(x)
+            if index in self.out_indices:
+                outs.append(MixedScaleFeatures(x[:, self.num_prefix_tokens:], layout, x[:, 0]))
+        return tuple(outs)

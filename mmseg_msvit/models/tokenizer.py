@@ -1,0 +1,190 @@
+"""Mixed-scale tokenization: coarse and fine patches of one image, one shared patch embedding.
+
+Every coarse region (S_c x S_c px) becomes either ONE coarse token or (S_c/S_f)^2 fine tokens
+(S_f x S_f px each), never both, never neither. A coarse patch is average-pooled by S_c/S_f
+(2x2 for 32/16: exactly a 0.5x bilinear resize with align_corners=False) down to S_f x S_f and
+embedded by the SAME patch embedding as the fine patches; its position embedding is the same
+average of the fine position embeddings it covers (:func:`coarsen`, the one pooling rule).
+
+Adaptive trimming: only the active tokens of each image are gathered; the batch is padded to its
+longest sequence and a key-padding mask hides the padding from attention. Inactive tokens never
+enter the transformer. There is no Python loop over images or tokens.
+"""
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .gates import regions_to_rows
+
+
+def coarsen(x: torch.Tensor, ratio: int) -> torch.Tensor:
+    """The pooling rule shared by coarse patches and coarse position embeddings.
+
+    Args:
+        x (Tensor): (B, C, H, W), H and W multiples of ``ratio``.
+        ratio (int): coarse/fine patch size ratio (2 for 32/16).
+
+    Returns:
+        Tensor: (B, C, H/ratio, W/ratio), the mean of each ratio x ratio block.
+    """
+    return F.avg_pool2d(x, ratio) if ratio > 1 else x
+
+
+class MixedScaleLayout(NamedTuple):
+    """Where each token sits on the image grid (shared by every layer of one forward).
+
+    Attributes:
+        fine_mask (Tensor): (B, Hc, Wc) bool, True = region split into fine tokens.
+        cell_to_token (Tensor): (B, Hf*Wf) long; for every fine cell (raster order) the index, in
+            the patch-token sequence (CLS excluded), of the token covering it.
+        valid (Tensor): (B, L) bool, False on padding.
+        num_tokens (Tensor): (B,) long, patch tokens per image (CLS excluded).
+        fine_grid (tuple): (Hf, Wf) of the padded input.
+        out_size (tuple): (H_out, W_out) fine cells covering the unpadded input.
+    """
+    fine_mask: torch.Tensor
+    cell_to_token: torch.Tensor
+    valid: torch.Tensor
+    num_tokens: torch.Tensor
+    fine_grid: Tuple[int, int]
+    out_size: Tuple[int, int]
+
+
+class MixedScaleTokens(NamedTuple):
+    """Output of :class:`MixedScaleTokenizer`.
+
+    Attributes:
+        tokens (Tensor): (B, 1 + L, D), CLS first, padded to the longest image.
+        attn_mask (Tensor | None): (B, 1, 1, 1 + L) bool key mask (True = attend), or None when
+            no image in the batch is padded.
+        layout (MixedScaleLayout): the index map for reconstruction.
+    """
+    tokens: torch.Tensor
+    attn_mask: Optional[torch.Tensor]
+    layout: MixedScaleLayout
+
+
+class MixedScaleTokenizer(nn.Module):
+    """Gathers the active coarse and fine tokens of each image (no parameters of its own).
+
+    Candidate order: all coarse regions (raster order), then all fine cells (raster order); the
+    active ones keep this order. With every region fine the sequence is exactly a ViT/16's.
+
+    Args:
+        fine_patch_size (int): S_f. Default: 16.
+        coarse_patch_size (int): S_c, a multiple of S_f. Default: 32.
+    """
+
+    def __init__(self, fine_patch_size: int = 16, coarse_patch_size: int = 32) -> None:
+        super().__init__()
+        if fine_patch_size < 1 or coarse_patch_size % fine_patch_size != 0 \
+                or coarse_patch_size <= fine_patch_size:
+            raise ValueError('MixedScaleTokenizer: coarse_patch_size must be a multiple (> 1x) of '
+                             f'fine_patch_size, got coarse_patch_size={coarse_patch_size}, '
+                             f'fine_patch_size={fine_patch_size}')
+        self.fine_patch_size = fine_patch_size
+        self.coarse_patch_size = coarse_patch_size
+        self.ratio = coarse_patch_size // fine_patch_size
+        self._region_of_cell_cache = {}
+
+    def _region_of_cell(self, fine_grid: Tuple[int, int], device) -> torch.Tensor:
+        """(Hf*Wf,) index of the coarse region that owns each fine cell."""
+        key = (fine_grid, str(device))
+        if key not in self._region_of_cell_cache:
+            rows, cols = fine_grid
+            ys = torch.arange(rows, device=device) // self.ratio
+            xs = torch.arange(cols, device=device) // self.ratio
+            self._region_of_cell_cache[key] = (ys[:, None] * (cols // self.ratio) +
+                                               xs[None, :]).flatten()
+        return self._region_of_cell_cache[key]
+
+    def forward(self,
+                img: torch.Tensor,
+                fine_mask: torch.Tensor,
+                patch_embed: nn.Module,
+                pos_grid: torch.Tensor,
+                cls_token: torch.Tensor,
+                cls_pos: torch.Tensor,
+                fine_value: Optional[torch.Tensor] = None,
+                out_size: Optional[Tuple[int, int]] = None) -> MixedScaleTokens:
+        """Tokenize a batch.
+
+        Args:
+            img (Tensor): (B, C, H, W), H and W multiples of S_c.
+            fine_mask (Tensor): (B, H/S_c, W/S_c) bool, True = fine.
+            patch_embed (nn.Module): timm ``PatchEmbed`` (its ``proj`` conv has kernel = stride =
+                S_f; it is applied as the equivalent linear map to the gathered patches only).
+            pos_grid (Tensor): (1, D, H/S_f, W/S_f) fine position embeddings for this input size.
+            cls_token (Tensor): (1, 1, D). cls_pos (Tensor): (1, 1, D).
+            fine_value (Tensor, optional): (B, Hc, Wc) gate value whose forward value equals
+                ``fine_mask``; when it requires grad, fine tokens are multiplied by it and coarse
+                tokens by ``1 - fine_value`` so the task loss reaches the gate.
+            out_size (tuple, optional): (H_out, W_out) fine cells of the unpadded input.
+
+        Returns:
+            MixedScaleTokens
+        """
+        batch = img.shape[0]
+        fine_rows, fine_cols = img.shape[-2] // self.fine_patch_size, \
+            img.shape[-1] // self.fine_patch_size
+        num_coarse = fine_mask.shape[1] * fine_mask.shape[2]
+        region_of_cell = self._region_of_cell((fine_rows, fine_cols), img.device)
+
+        # Candidates: every coarse and every fine patch as a flat pixel row (no compute yet).
+        coarse_rows = regions_to_rows(coarsen(img, self.ratio), self.fine_patch_size)
+        fine_rows_px = regions_to_rows(img, self.fine_patch_size)
+        candidates = torch.cat([coarse_rows.flatten(1, 2), fine_rows_px.flatten(1, 2)], dim=1)
+
+        coarse_active = ~fine_mask.flatten(1)  # (B, Nc)
+        fine_active = fine_mask.flatten(1)[:, region_of_cell]  # (B, Nf)
+        active = torch.cat([coarse_active, fine_active], dim=1)  # (B, M)
+        num_tokens = active.sum(1)
+        length = int(num_tokens.max())
+
+        # Active candidates first, in candidate order (stable sort), then truncate to the longest.
+        order = torch.argsort((~active).to(torch.uint8), dim=1, stable=True)
+        token_index = order[:, :length]  # (B, L) candidate index of each token
+        valid = torch.arange(length, device=img.device)[None, :] < num_tokens[:, None]
+
+        pixels = torch.gather(candidates, 1,
+                              token_index[..., None].expand(-1, -1, candidates.shape[-1]))
+        proj = patch_embed.proj
+        tokens = F.linear(pixels, proj.weight.flatten(1), proj.bias)  # (B, L, D)
+        tokens = patch_embed.norm(tokens)
+
+        pos_candidates = torch.cat(
+            [coarsen(pos_grid, self.ratio).flatten(2),
+             pos_grid.flatten(2)], dim=2)[0].transpose(0, 1)  # (M, D)
+        tokens = tokens + pos_candidates[token_index]
+
+        if fine_value is not None and fine_value.requires_grad:
+            flat_value = fine_value.flatten(1)
+            value = torch.cat([1 - flat_value, flat_value[:, region_of_cell]], dim=1)
+            tokens = tokens * torch.gather(value, 1, token_index)[..., None]
+
+        has_padding = bool((num_tokens < length).any())
+        if has_padding:
+            tokens = tokens * valid[..., None]
+            key_mask = torch.cat([valid.new_ones(batch, 1), valid], dim=1)
+            attn_mask = key_mask[:, None, None, :]
+        else:
+            attn_mask = None
+        cls = (cls_token + cls_pos).expand(batch, -1, -1)
+        tokens = torch.cat([cls, tokens], dim=1)
+
+        # Reconstruction index: sequence position of every candidate, then of every fine cell.
+        position = torch.empty_like(order)
+        position.scatter_(1, order, torch.arange(order.shape[1], device=img.device).expand(
+            batch, -1))
+        cell_to_token = torch.where(fine_active, position[:, num_coarse:],
+                                    position[:, region_of_cell])
+        layout = MixedScaleLayout(
+            fine_mask=fine_mask,
+            cell_to_token=cell_to_token,
+            valid=valid,
+            num_tokens=num_tokens,
+            fine_grid=(fine_rows, fine_cols),
+            out_size=out_size or (fine_rows, fine_cols))
+        return MixedScaleTokens(tokens, attn_mask, layout)
