@@ -2,10 +2,12 @@
 from .backbones import MSViT
 from .features import MixedScaleFeatures
 from .gates import MixedScaleGate
+from .losses import BaSLoss, GBaSLoss, L0GateLoss
 from .necks import MixedScaleToDense
+from .segmentors import MSViTEncoderDecoder
 from .tokenizer import MixedScaleTokenizer, coarsen
 
 __all__ = [
     'MSViT', 'MixedScaleGate', 'MixedScaleToDense', 'MixedScaleFeatures', 'MixedScaleTokenizer',
-    'coarsen'
+    'coarsen', 'GBaSLoss', 'BaSLoss', 'L0GateLoss', 'MSViTEncoderDecoder'
 ]

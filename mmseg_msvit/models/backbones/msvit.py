@@ -20,6 +20,7 @@ from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...analysis.macs import msvit_macs_from_tokens
 from ..features import MixedScaleFeatures
 from ..tokenizer import MixedScaleTokenizer
 
@@ -87,6 +88,8 @@ class MSViT(BaseModule):
         gate_threshold (float): eval threshold on the gate probability; may be changed after
             building (``model.backbone.gate_threshold = 0.7``). Default: 0.5.
         freeze_gate (bool): keep the gate's parameters fixed (requires_grad False). Default: False.
+        pretrained (str, optional): shorthand for ``init_cfg=dict(type='Pretrained',
+            checkpoint=pretrained)`` (what mmseg's segmentor ``pretrained=`` passes down).
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint='file.pth' or
             '.safetensors', prefix=None)`` loads a local timm/DeiT checkpoint, resizing its
             position embeddings to ``img_size``; otherwise timm's ViT initialisation.
@@ -125,7 +128,12 @@ class MSViT(BaseModule):
                  gate: Optional[dict] = None,
                  gate_threshold: float = 0.5,
                  freeze_gate: bool = False,
+                 pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None) -> None:
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError('MSViT: give either pretrained or init_cfg, not both')
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
         if isinstance(arch, str):
             if arch not in self.arch_zoo:
@@ -216,6 +224,8 @@ class MSViT(BaseModule):
         self.last_gate_logits: Optional[torch.Tensor] = None
         self.last_fine_mask: Optional[torch.Tensor] = None
         self.last_num_tokens: Optional[torch.Tensor] = None
+        self.last_macs: Optional[torch.Tensor] = None
+        self._recording: Optional[dict] = None
 
         self._reset_parameters()
         self._freeze()
@@ -315,6 +325,36 @@ class MSViT(BaseModule):
                     module.eval()
         return self
 
+    # ------------------------------------------------------------------ statistics
+    def _record_forward(self, fine_mask: torch.Tensor, num_tokens: torch.Tensor) -> None:
+        """Keep the last forward's decisions and cost; accumulate them while recording."""
+        num_regions = fine_mask.shape[1] * fine_mask.shape[2]
+        num_coarse = (~fine_mask).flatten(1).sum(1)
+        self.last_fine_mask = fine_mask
+        self.last_num_tokens = num_tokens
+        self.last_macs = msvit_macs_from_tokens(self, num_tokens, num_coarse, num_regions,
+                                                gate_ran=self.last_gate_logits is not None)
+        if self._recording is None:
+            return
+        stats = dict(macs=self.last_macs, fine_regions=fine_mask.flatten(1).sum(1).double(),
+                     regions=torch.full_like(self.last_macs, num_regions),
+                     tokens=num_tokens.double(), forwards=torch.ones_like(self.last_macs))
+        for key, value in stats.items():
+            previous = self._recording.get(key)
+            if previous is not None and previous.shape != value.shape:
+                raise RuntimeError('MSViT: batch size changed while recording statistics '
+                                   f'({previous.shape[0]} -> {value.shape[0]})')
+            self._recording[key] = value if previous is None else previous + value
+
+    def start_recording(self) -> None:
+        """Accumulate per-image cost over the following forwards (e.g. slide windows)."""
+        self._recording = {}
+
+    def stop_recording(self) -> dict:
+        """Stop and return per-image sums: macs, fine_regions, regions, tokens, forwards."""
+        recording, self._recording = self._recording, None
+        return recording or {}
+
     # ------------------------------------------------------------------ forward
     def fine_position_grid(self, fine_grid: Tuple[int, int]) -> Tuple[torch.Tensor,
                                                                       torch.Tensor]:
@@ -389,8 +429,7 @@ class MSViT(BaseModule):
         tokens, attn_mask, layout = self.tokenizer(
             img, fine_mask, self.patch_embed, pos_grid, self.cls_token, cls_pos,
             fine_value=fine_value, out_size=out_size)
-        self.last_fine_mask = fine_mask
-        self.last_num_tokens = layout.num_tokens
+        self._record_forward(fine_mask, layout.num_tokens)
         x = self.pos_drop(tokens)
 
         outs = []

@@ -1,0 +1,68 @@
+"""Multiply-accumulate counts (one multiply-add = one MAC) of MSViT, from the tokens used.
+
+The formula lives here and only here (docs/method.md section 7). Per transformer layer with n
+tokens (CLS included), width D and MLP ratio r::
+
+    (4 + 2r) * n * D^2  +  2 * n^2 * D      (= 12 n D^2 + 2 n^2 D for r = 4)
+
+qkv (3nD^2) + output projection (nD^2) + MLP (2r nD^2) + attention scores QK^T (n^2 D) and the
+weighted sum AV (n^2 D). Patch embedding: (C * S_f^2) * D per patch token. The gate: its MLP per
+coarse region when it runs. Pooling: C * S_c^2 per coarse token (averaging its pixels) plus
+(S_c/S_f)^2 * D per coarse token for its averaged position embedding. LayerNorms, softmax, GELU
+and residual additions are not multiply-adds of a matrix product and are not counted (as in the
+widely quoted ViT figures: ViT-Ti/S/B at 224 px = 1.26 / 4.6 / 17.6 GMACs).
+"""
+from typing import Optional
+
+import torch
+
+__all__ = ['transformer_layer_macs', 'msvit_macs_from_tokens', 'backbone_macs']
+
+
+def transformer_layer_macs(num_tokens, embed_dims: int, mlp_ratio: float = 4.0):
+    """MACs of one ViT block for ``num_tokens`` tokens (CLS included); works on tensors."""
+    return (4 + 2 * mlp_ratio) * num_tokens * embed_dims**2 + 2 * num_tokens**2 * embed_dims
+
+
+def msvit_macs_from_tokens(backbone,
+                           num_patch_tokens: torch.Tensor,
+                           num_coarse_tokens: torch.Tensor,
+                           num_regions: int,
+                           gate_ran: bool) -> torch.Tensor:
+    """Per-image MACs of an MSViT forward.
+
+    Args:
+        backbone (MSViT): provides widths, depth, patch sizes and the gate.
+        num_patch_tokens (Tensor): (B,) patch tokens per image (CLS excluded, padding excluded).
+        num_coarse_tokens (Tensor): (B,) how many of them are coarse.
+        num_regions (int): coarse regions of the (padded) input.
+        gate_ran (bool): whether the gate was evaluated.
+
+    Returns:
+        Tensor: (B,) float64 MACs.
+    """
+    tokens = num_patch_tokens.double() + backbone.num_prefix_tokens
+    dims, channels = backbone.embed_dims, backbone.in_channels
+    macs = backbone.depth * transformer_layer_macs(tokens, dims, backbone.mlp_ratio)
+    macs = macs + num_patch_tokens.double() * channels * backbone.fine_patch_size**2 * dims
+    ratio = backbone.coarse_patch_size // backbone.fine_patch_size
+    # pooling: pixels of each coarse patch, and the averaged position embedding of each
+    macs = macs + num_coarse_tokens.double() * (channels * backbone.coarse_patch_size**2 +
+                                                ratio**2 * dims)
+    if gate_ran:
+        macs = macs + num_regions * backbone.gate.macs_per_region
+    return macs
+
+
+@torch.no_grad()
+def backbone_macs(backbone, img: torch.Tensor, fine_mask: Optional[torch.Tensor] = None
+                  ) -> torch.Tensor:
+    """MACs per image of ``backbone`` (MSViT) on ``img``, gate and pooling included.
+
+    Runs the backbone once (in its current train/eval mode) to get the decisions.
+
+    Returns:
+        Tensor: (B,) float64.
+    """
+    backbone(img, fine_mask=fine_mask)
+    return backbone.last_macs

@@ -1,0 +1,3 @@
+from .gate_losses import BaSLoss, GBaSLoss, L0GateLoss, batch_shaping, beta_cdf
+
+__all__ = ['GBaSLoss', 'BaSLoss', 'L0GateLoss', 'batch_shaping', 'beta_cdf']

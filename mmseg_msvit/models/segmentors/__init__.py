@@ -1,0 +1,3 @@
+from .msvit_encoder_decoder import MSViTEncoderDecoder
+
+__all__ = ['MSViTEncoderDecoder']

@@ -1,0 +1,61 @@
+"""EncoderDecoder that trains the MSViT gate with a gate loss and reports what the gate did."""
+from typing import Optional
+
+from mmseg.models.segmentors import EncoderDecoder
+from mmseg.registry import MODELS
+from mmseg.utils import OptSampleList, SampleList
+from torch import Tensor
+
+
+@MODELS.register_module()
+class MSViTEncoderDecoder(EncoderDecoder):
+    """mmseg's :class:`EncoderDecoder` plus the gate loss of an MSViT backbone.
+
+    Training: the decode (and auxiliary) losses as usual, plus ``gate_loss`` computed on the
+    gate probabilities the backbone kept from this very forward (no second pass), logged under
+    the loss's name (``loss_gate``). Each iteration also logs ``gate.fine_fraction`` (share of
+    regions split into fine tokens in the batch) and ``gate.tokens_per_image`` (patch tokens per
+    image). When the backbone's scale is forced (dense / all-coarse baselines) there are no gate
+    probabilities and no gate loss.
+
+    Inference (whole or slide): every predicted sample carries, in its metainfo,
+    ``msvit_backbone_macs`` (backbone multiply-adds for the image, summed over slide windows, gate
+    and pooling included), ``msvit_fine_fraction`` and ``msvit_num_tokens``; the
+    ``ComplexityMetric`` reports them beside mIoU.
+
+    Args:
+        gate_loss (dict, optional): e.g. ``dict(type='GBaSLoss', grid_size=(16, 16),
+            target=0.5)``. None: no gate loss. Other arguments: as EncoderDecoder.
+    """
+
+    def __init__(self, *args, gate_loss: Optional[dict] = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate_loss = MODELS.build(gate_loss) if gate_loss is not None else None
+        for name in ('last_gate_probs', 'start_recording', 'stop_recording'):
+            if not hasattr(self.backbone, name):
+                raise TypeError(f'MSViTEncoderDecoder: the backbone '
+                                f'{type(self.backbone).__name__} is not an MSViT (no {name})')
+
+    def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
+        losses = super().loss(inputs, data_samples)
+        probs = self.backbone.last_gate_probs
+        if self.gate_loss is not None and probs is not None:
+            losses[self.gate_loss.loss_name] = self.gate_loss(probs)
+        fine_mask = self.backbone.last_fine_mask
+        losses['gate.fine_fraction'] = fine_mask.float().mean().detach()
+        losses['gate.tokens_per_image'] = self.backbone.last_num_tokens.float().mean().detach()
+        return losses
+
+    def predict(self, inputs: Tensor, data_samples: OptSampleList = None) -> SampleList:
+        self.backbone.start_recording()
+        try:
+            results = super().predict(inputs, data_samples)
+        finally:
+            stats = self.backbone.stop_recording()
+        for index, sample in enumerate(results):
+            sample.set_metainfo(dict(
+                msvit_backbone_macs=float(stats['macs'][index]),
+                msvit_fine_fraction=float(stats['fine_regions'][index] /
+                                          stats['regions'][index]),
+                msvit_num_tokens=float(stats['tokens'][index])))
+        return results

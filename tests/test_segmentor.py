@@ -1,0 +1,126 @@
+"""MSViTEncoderDecoder: gate loss in training, statistics in whole and slide inference."""
+import copy
+
+import pytest
+import torch
+from mmengine.config import ConfigDict
+from mmengine.optim import OptimWrapper
+from mmengine.registry import DefaultScope
+from mmengine.structures import PixelData
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+
+from mmseg_msvit.analysis import backbone_macs
+
+NUM_CLASSES = 4
+
+
+def segmentor_cfg(**overrides):
+    cfg = dict(
+        type='MSViTEncoderDecoder',
+        data_preprocessor=dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
+                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
+                               seg_pad_val=255, size=(64, 64)),
+        backbone=dict(type='MSViT', arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64,
+                      out_indices=(0, 1), gate=dict(type='MixedScaleGate', hidden_dims=(16, ))),
+        neck=dict(type='MixedScaleToDense'),
+        decode_head=dict(type='FCNHead', in_channels=48, in_index=1, channels=32, num_convs=1,
+                         num_classes=NUM_CLASSES, norm_cfg=dict(type='BN'),
+                         loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)),
+        auxiliary_head=dict(type='FCNHead', in_channels=48, in_index=0, channels=16,
+                            num_convs=1, num_classes=NUM_CLASSES,
+                            loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4)),
+        gate_loss=dict(type='GBaSLoss', grid_size=(2, 2), target=0.5),
+        train_cfg=dict(),
+        test_cfg=dict(mode='whole'))
+    cfg.update(overrides)
+    return cfg
+
+
+def build(cfg):
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        model = MODELS.build(ConfigDict(cfg))
+    model.init_weights()
+    return model
+
+
+def make_batch(num=2, size=(64, 64), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    inputs, samples = [], []
+    for _ in range(num):
+        inputs.append(torch.randint(0, 256, (3, *size), generator=gen, dtype=torch.uint8))
+        sample = SegDataSample()
+        sample.gt_sem_seg = PixelData(
+            data=torch.randint(0, NUM_CLASSES, (1, *size), generator=gen))
+        sample.set_metainfo(dict(img_shape=size, ori_shape=size, pad_shape=size))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def test_one_training_iteration_updates_gate_and_prior():
+    torch.manual_seed(0)
+    model = build(segmentor_cfg())
+    model.train()
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    gate_before = copy.deepcopy(model.backbone.gate.state_dict())
+    prior_before = copy.deepcopy(model.gate_loss.state_dict())
+    log_vars = {k: float(v) for k, v in model.train_step(make_batch(), optim).items()}
+    for key in ('loss', 'decode.loss_ce', 'aux.loss_ce', 'loss_gate', 'gate.fine_fraction',
+                'gate.tokens_per_image'):
+        assert key in log_vars, key
+    assert log_vars['loss'] == pytest.approx(
+        log_vars['decode.loss_ce'] + log_vars['aux.loss_ce'] + log_vars['loss_gate'], rel=1e-5)
+    assert 0.0 <= log_vars['gate.fine_fraction'] <= 1.0
+    assert 4 <= log_vars['gate.tokens_per_image'] <= 16  # 4 regions: 1 or 4 tokens each
+    for key, value in model.backbone.gate.state_dict().items():
+        assert not torch.equal(value, gate_before[key]), f'gate {key} did not change'
+    for key, value in model.gate_loss.state_dict().items():
+        assert not torch.equal(value, prior_before[key]), f'prior {key} did not change'
+
+
+def test_forced_scale_trains_without_gate_loss():
+    model = build(segmentor_cfg(backbone=dict(
+        type='MSViT', arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64,
+        out_indices=(0, 1), force_scale='fine')))
+    model.train()
+    log_vars = {k: float(v) for k, v in model.train_step(make_batch(), OptimWrapper(
+        torch.optim.SGD(model.parameters(), lr=0.1))).items()}
+    assert 'loss_gate' not in log_vars
+    assert log_vars['gate.fine_fraction'] == 1.0 and log_vars['gate.tokens_per_image'] == 16
+
+
+def test_whole_inference_reports_cost_per_image():
+    torch.manual_seed(1)
+    model = build(segmentor_cfg()).eval()
+    data = model.data_preprocessor(make_batch(seed=1), False)
+    with torch.no_grad():
+        results = model.predict(data['inputs'], data['data_samples'])
+        expected = backbone_macs(model.backbone, data['inputs'])
+    for index, sample in enumerate(results):
+        assert sample.pred_sem_seg.data.shape == (1, 64, 64)
+        assert sample.metainfo['msvit_backbone_macs'] == pytest.approx(float(expected[index]))
+        fine = model.backbone.last_fine_mask[index].float().mean().item()
+        assert sample.metainfo['msvit_fine_fraction'] == pytest.approx(fine)
+        assert sample.metainfo['msvit_num_tokens'] == float(model.backbone.last_num_tokens[index])
+
+
+def test_slide_inference_counts_every_window():
+    torch.manual_seed(2)
+    cfg = segmentor_cfg(test_cfg=dict(mode='slide', crop_size=(64, 64), stride=(32, 32)))
+    cfg['data_preprocessor']['size'] = None
+    cfg['data_preprocessor']['size_divisor'] = 32
+    model = build(cfg).eval()
+    data = model.data_preprocessor(make_batch(num=1, size=(96, 96), seed=2), False)
+    inputs = data['inputs']
+    with torch.no_grad():
+        results = model.predict(inputs, data['data_samples'])
+        windows = [inputs[:, :, y:y + 64, x:x + 64] for y in (0, 32) for x in (0, 32)]
+        expected = sum(float(backbone_macs(model.backbone, w)[0]) for w in windows)
+    assert results[0].pred_sem_seg.data.shape == (1, 96, 96)
+    assert results[0].metainfo['msvit_backbone_macs'] == pytest.approx(expected)
+
+
+def test_rejects_a_backbone_that_is_not_msvit():
+    cfg = segmentor_cfg(backbone=dict(type='ResNetV1c', depth=18), neck=None)
+    with pytest.raises(TypeError, match='not an MSViT'):
+        build(cfg)
