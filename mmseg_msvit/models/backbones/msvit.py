@@ -21,6 +21,7 @@ from timm.models.vision_transformer import Block
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...analysis.macs import msvit_macs_from_tokens
+from ..builder import build_component
 from ..features import MixedScaleFeatures
 from ..tokenizer import MixedScaleTokenizer
 
@@ -217,7 +218,7 @@ class MSViT(BaseModule):
         if gate_cfg['coarse_patch_size'] != coarse_patch_size:
             raise ValueError(f"MSViT: gate coarse_patch_size={gate_cfg['coarse_patch_size']} "
                              f'differs from the backbone coarse_patch_size={coarse_patch_size}')
-        self.gate = MODELS.build(gate_cfg)
+        self.gate = build_component(gate_cfg)
         self.tokenizer = MixedScaleTokenizer(fine_patch_size, coarse_patch_size)
 
         # state of the last forward, read by the segmentor / classifier (no second pass)

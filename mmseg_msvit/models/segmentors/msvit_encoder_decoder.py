@@ -6,6 +6,8 @@ from mmseg.registry import MODELS
 from mmseg.utils import OptSampleList, SampleList
 from torch import Tensor
 
+from ..builder import build_component
+
 
 @MODELS.register_module()
 class MSViTEncoderDecoder(EncoderDecoder):
@@ -30,7 +32,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
 
     def __init__(self, *args, gate_loss: Optional[dict] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.gate_loss = MODELS.build(gate_loss) if gate_loss is not None else None
+        self.gate_loss = build_component(gate_loss) if gate_loss is not None else None
         for name in ('last_gate_probs', 'start_recording', 'stop_recording'):
             if not hasattr(self.backbone, name):
                 raise TypeError(f'MSViTEncoderDecoder: the backbone '
