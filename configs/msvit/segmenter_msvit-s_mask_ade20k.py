@@ -1,0 +1,1 @@
+_base_ = ['./msvit-s16-32_segmenter-mask_8xb1-160k_ade20k-512x512.py']

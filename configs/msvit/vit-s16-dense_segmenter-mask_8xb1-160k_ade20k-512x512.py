@@ -1,0 +1,3 @@
+# Dense baseline: plain ViT-S/16 + Segmenter mask head (force_scale='fine'); no gate loss.
+_base_ = ['./msvit-s16-32_segmenter-mask_8xb1-160k_ade20k-512x512.py']
+model = dict(backbone=dict(force_scale='fine'), gate_loss=None)

@@ -1,0 +1,3 @@
+# All-coarse baseline: every region one 32x32 token (force_scale='coarse'); no gate loss.
+_base_ = ['./msvit-s16-32_upernet_8xb2-160k_ade20k-512x512.py']
+model = dict(backbone=dict(force_scale='coarse'), gate_loss=None)

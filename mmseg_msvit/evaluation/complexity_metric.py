@@ -1,0 +1,41 @@
+"""ComplexityMetric: compute cost per image beside mIoU."""
+from typing import Dict, List, Sequence
+
+import numpy as np
+from mmengine.evaluator import BaseMetric
+from mmseg.registry import METRICS
+
+
+@METRICS.register_module()
+class ComplexityMetric(BaseMetric):
+    """Backbone GMACs per image (mean / min / max), fine-token fraction and tokens per image.
+
+    Reads what :class:`MSViTEncoderDecoder` writes into each prediction's metainfo
+    (``msvit_backbone_macs``, ``msvit_fine_fraction``, ``msvit_num_tokens``), so the figures are
+    those of the forward passes that produced the predictions (every slide window counted).
+
+    Args:
+        prefix (str, optional): metric name prefix. Default: None.
+        collect_device (str): Default: 'cpu'.
+    """
+    default_prefix = 'complexity'
+    _KEYS = ('msvit_backbone_macs', 'msvit_fine_fraction', 'msvit_num_tokens')
+
+    def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
+        for sample in data_samples:
+            missing = [key for key in self._KEYS if key not in sample]
+            if missing:
+                raise KeyError(f'ComplexityMetric: prediction lacks {missing}; the model must be '
+                               'an MSViTEncoderDecoder (it records the cost of every forward)')
+            self.results.append(tuple(float(sample[key]) for key in self._KEYS))
+
+    def compute_metrics(self, results: List[tuple]) -> Dict[str, float]:
+        values = np.asarray(results, dtype=np.float64)
+        gmacs = values[:, 0] / 1e9
+        return {
+            'backbone_gmacs': round(float(gmacs.mean()), 4),
+            'backbone_gmacs_min': round(float(gmacs.min()), 4),
+            'backbone_gmacs_max': round(float(gmacs.max()), 4),
+            'fine_fraction': round(float(values[:, 1].mean()), 4),
+            'tokens_per_image': round(float(values[:, 2].mean()), 2),
+        }

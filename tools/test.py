@@ -1,0 +1,88 @@
+"""Test (and evaluate) a segmentor: mIoU per class and mean, plus GMACs per image and the
+fine-token fraction (ComplexityMetric), with mmseg's CLI.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show-dir DIR]
+        [--cfg-options ...] [--launcher none|pytorch|slurm|mpi] [--tta]
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # noqa: E402
+
+import mmseg_msvit  # noqa: E402,F401
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a segmentor')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='folder for the metrics json and logs')
+    parser.add_argument('--out', help='folder to save predictions for offline evaluation')
+    parser.add_argument('--show', action='store_true', help='show predictions')
+    parser.add_argument('--show-dir', help='folder for painted predictions')
+    parser.add_argument('--wait-time', type=float, default=2, help='show interval (s)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def _evaluators(cfg_evaluator):
+    return cfg_evaluator if isinstance(cfg_evaluator, (list, tuple)) else [cfg_evaluator]
+
+
+def build_cfg(args) -> Config:
+    for name, path in (('config', args.config), ('checkpoint', args.checkpoint)):
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'{name} file {path!r} does not exist')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        hook = cfg.default_hooks.get('visualization')
+        if hook is None:
+            raise RuntimeError('--show/--show-dir need default_hooks.visualization')
+        hook['draw'] = True
+        if args.show:
+            hook['show'] = True
+            hook['wait_time'] = args.wait_time
+        if args.show_dir:
+            cfg.visualizer['save_dir'] = args.show_dir
+    if args.tta:
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    evaluators = list(_evaluators(cfg.test_evaluator))
+    if not any(e.get('type') == 'ComplexityMetric' for e in evaluators):
+        evaluators.append(dict(type='ComplexityMetric'))
+    if args.out is not None:
+        for evaluator in evaluators:
+            if evaluator.get('type') == 'IoUMetric':
+                evaluator['output_dir'] = args.out
+                evaluator['keep_results'] = True
+    cfg.test_evaluator = evaluators
+    return cfg
+
+
+def main(argv=None):
+    runner = Runner.from_cfg(build_cfg(parse_args(argv)))
+    return runner.test()
+
+
+if __name__ == '__main__':
+    main()
