@@ -4,9 +4,11 @@ Pretrained weights and the real datasets cannot be downloaded everywhere; the ru
 this project is data generated here. The scenes are built to make the method's point:
 
 * large smooth regions (flat colour with mild noise, gradients) where one 32x32 token suffices;
-* clutter where 16x16 detail decides the label: small discs, small boxes, thin poles, and a
-  striped texture whose *mean colour equals the wall's*, so a 2x2-average-pooled (coarse) patch
-  cannot tell it from wall.
+* clutter where 16x16 detail decides the label: discs (radius 5-11 px), boxes (10-22 px), poles
+  (4-7 px wide) - smaller than a 32x32 region, so one coarse token blurs their outline over its
+  whole region, but large enough for stride-16 features to localise - and a striped texture
+  (2 px stripes) whose *mean colour equals the wall's*, so a 2x2-average-pooled (coarse) patch
+  cannot tell it from wall at all.
 
 Layouts (written exactly as mmseg / mmpretrain expect them):
 
@@ -110,24 +112,24 @@ def render_scene(rng: np.random.Generator, size: Tuple[int, int]) -> Tuple[np.nd
         image[region] = stripe[region]
         label[region] = 4
 
-    # Thin poles (2-3 px wide), spanning floor to above the horizon.
+    # Thin poles (4-7 px wide), spanning floor to above the horizon.
     for _ in range(rng.integers(1, 4)):
-        x = rng.integers(2, w - 3)
-        width = int(rng.integers(2, 4))
+        width = int(rng.integers(4, 8))
+        x = rng.integers(0, w - width)
         top = rng.integers(0, max(1, horizon))
         region = np.zeros((h, w), bool)
         region[top:h, x:x + width] = True
         image[region] = _jitter(rng, (150, 150, 150), 10)
         label[region] = 5
 
-    # Small discs (radius 3-7 px) and small boxes (6-14 px) anywhere.
+    # Small discs (radius 5-11 px) and small boxes (10-22 px) anywhere.
     for _ in range(rng.integers(3, 8)):
-        cy, cx, radius = rng.integers(0, h), rng.integers(0, w), rng.integers(3, 8)
+        cy, cx, radius = rng.integers(0, h), rng.integers(0, w), rng.integers(5, 12)
         region = (rows - cy)**2 + (cols - cx)**2 <= radius**2
         image[region] = _jitter(rng, (220, 30, 60), 25)
         label[region] = 6
     for _ in range(rng.integers(2, 6)):
-        side = int(rng.integers(6, 15))
+        side = int(rng.integers(10, 23))
         y0, x0 = rng.integers(0, h - side), rng.integers(0, w - side)
         image[y0:y0 + side, x0:x0 + side] = _jitter(rng, (20, 190, 240), 25)
         label[y0:y0 + side, x0:x0 + side] = 7

@@ -10,7 +10,7 @@ def draw_gate_map(image: np.ndarray,
                   fine_patch_size: int = 16,
                   fine_colour: Sequence[int] = (255, 64, 0),
                   coarse_colour: Sequence[int] = (0, 160, 255),
-                  alpha: float = 0.35) -> np.ndarray:
+                  alpha: float = 0.2) -> np.ndarray:
     """Overlay the mixed-scale tokenization on an RGB image.
 
     Fine regions are tinted with ``fine_colour`` and outlined per fine token; coarse regions are

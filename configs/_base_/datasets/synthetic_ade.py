@@ -1,5 +1,6 @@
 # Synthetic scenes in the ADE20K layout (tools/dataset_converters/make_synthetic.py), our class
-# names; small crops so that a demo trains on a CPU.
+# names; small crops so that a demo trains on a CPU. No photometric distortion: colour is part of
+# what tells the synthetic classes apart.
 dataset_type = 'SyntheticScenesDataset'
 data_root = 'data/synthetic_ade'
 crop_size = (128, 128)
@@ -9,7 +10,6 @@ train_pipeline = [
     dict(type='RandomResize', scale=(256, 256), ratio_range=(0.75, 1.25), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
