@@ -20,7 +20,7 @@ CKPT=$WORK/iter_400.pth
 
 echo "[demo] 3/4 evaluating $CKPT"
 $PYTHON tools/test.py $CONFIG $CKPT --work-dir $WORK/test 2>&1 \
-    | grep -E "^\||Class|mIoU" | tee $WORK/test_summary.txt
+    | grep -E "^\||Iter\(test\)" | tee $WORK/test_summary.txt
 
 echo "[demo] 4/4 gate pictures"
 $PYTHON tools/analysis_tools/visualize_gates.py $CONFIG $CKPT --out-dir $WORK/gates --num-images 8
