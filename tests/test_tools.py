@@ -106,3 +106,27 @@ def test_draw_gate_map_marks_fine_and_coarse_regions():
     assert tuple(out[0, 48]) == (0, 0, 255)  # coarse outline at the region's edge only
     assert tuple(out[16, 48]) == (128, 128, 128)  # no 16 px line inside a coarse region
     assert out[8, 8, 0] > 128 and out[40, 40, 0] == 128  # tint only on fine regions
+
+
+def test_get_flops_counts_real_images(trained, synthetic_root):
+    work_dir, _ = trained
+    tool = load_tool('tools/analysis_tools/get_flops.py')
+    options = data_options(synthetic_root / 'ade')
+    result = tool.main([DEMO, '--checkpoint', str(work_dir / 'iter_2.pth'), '--num-images', '2',
+                        '--cfg-options', *options])
+    assert len(result['backbone']) == 2
+    # ViT-Ti on 192x256 px (the test resize): all coarse ~0.3, all fine + gate ~1.38 GMACs
+    assert (result['backbone'] > 0.25e9).all() and (result['backbone'] < 1.45e9).all()
+    assert (result['decode'] > 0).all()
+    assert (result['total'] == result['backbone'] + result['decode']).all()
+
+
+def test_benchmark_speed_reports_the_quotient(capsys):
+    tool = load_tool('tools/analysis_tools/benchmark_speed.py')
+    rows = tool.main(['--arch', 'tiny', '--sizes', '64', '--batch-sizes', '1', '--fractions',
+                      '0.0', '1.0', '--repeats', '1', '--warmup', '0', '--mode', 'infer'])
+    out = capsys.readouterr().out
+    assert 'quotient' in out and len(rows) == 2
+    ideal = {row[3]: row[9] for row in rows}
+    assert ideal[1.0] == pytest.approx(1.0)  # all fine = dense
+    assert ideal[0.0] > 3.0  # 4 regions of 1 token instead of 16

@@ -16,7 +16,10 @@ from typing import Optional
 
 import torch
 
-__all__ = ['transformer_layer_macs', 'msvit_macs_from_tokens', 'backbone_macs']
+__all__ = [
+    'transformer_layer_macs', 'msvit_macs_from_tokens', 'backbone_macs', 'count_macs_with_mmengine',
+    'decode_macs'
+]
 
 
 def transformer_layer_macs(num_tokens, embed_dims: int, mlp_ratio: float = 4.0):
@@ -66,3 +69,56 @@ def backbone_macs(backbone, img: torch.Tensor, fine_mask: Optional[torch.Tensor]
     """
     backbone(img, fine_mask=fine_mask)
     return backbone.last_macs
+
+
+class _TensorOutputs(torch.nn.Module):
+    """Wraps a module whose outputs are not tensors so that JIT tracing can count it."""
+
+    def __init__(self, module, to_tensors):
+        super().__init__()
+        self.module = module
+        self.to_tensors = to_tensors
+
+    def forward(self, *inputs):
+        return self.to_tensors(self.module(*inputs))
+
+
+def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=None) -> int:
+    """MACs of one forward of ``module(*inputs)`` as mmengine's ``FlopAnalyzer`` counts them.
+
+    mmengine counts a multiply-add of a matrix product as one flop, i.e. one MAC. It does not
+    see ``F.scaled_dot_product_attention``: switch a ViT's blocks to their manual attention path
+    (``attn.fused_attn = False``) to count attention.
+    """
+    from mmengine.analysis import FlopAnalyzer
+    if to_tensors is not None:
+        module = _TensorOutputs(module, to_tensors)
+    analyzer = FlopAnalyzer(module, inputs)
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    return int(analyzer.total())
+
+
+@torch.no_grad()
+def decode_macs(segmentor, dense_maps) -> int:
+    """MACs of the neck rescale and the decode head on dense maps (one forward), via mmengine.
+
+    Args:
+        segmentor (MSViTEncoderDecoder): provides ``neck`` (optional) and ``decode_head``.
+        dense_maps (list[Tensor]): the backbone taps as dense maps (B, D, H/16, W/16).
+    """
+
+    class NeckAndHead(torch.nn.Module):
+
+        def __init__(self, neck, head):
+            super().__init__()
+            self.neck, self.head = neck, head
+
+        def forward(self, *maps):
+            maps = list(maps)
+            if self.neck is not None and getattr(self.neck, 'rescale', None) is not None:
+                maps = list(self.neck.rescale(maps))
+            return self.head(maps)
+
+    neck = segmentor.neck if getattr(segmentor, 'with_neck', False) else None
+    return count_macs_with_mmengine(NeckAndHead(neck, segmentor.decode_head), tuple(dense_maps))

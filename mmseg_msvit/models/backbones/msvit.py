@@ -403,8 +403,8 @@ class MSViT(BaseModule):
             return fine_mask.to(device=img.device, dtype=torch.bool), None
         if self.force_scale is not None:
             self.last_gate_logits = None
-            fill = self.force_scale == 'fine'
-            return torch.full((batch, *grid), fill, dtype=torch.bool, device=img.device), None
+            make = torch.ones if self.force_scale == 'fine' else torch.zeros
+            return make((batch, *grid), dtype=torch.bool, device=img.device), None
         logits = self.gate(img)
         self.last_gate_logits = logits
         return self.gate.decide(logits, self.gate_threshold)

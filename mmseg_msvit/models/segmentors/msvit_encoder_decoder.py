@@ -22,7 +22,8 @@ class MSViTEncoderDecoder(EncoderDecoder):
 
     Inference (whole or slide): every predicted sample carries, in its metainfo,
     ``msvit_backbone_macs`` (backbone multiply-adds for the image, summed over slide windows, gate
-    and pooling included), ``msvit_fine_fraction`` and ``msvit_num_tokens``; the
+    and pooling included), ``msvit_fine_fraction``, ``msvit_num_tokens`` and ``msvit_forwards``
+    (backbone forwards, i.e. slide windows); the
     ``ComplexityMetric`` reports them beside mIoU.
 
     Args:
@@ -59,5 +60,6 @@ class MSViTEncoderDecoder(EncoderDecoder):
                 msvit_backbone_macs=float(stats['macs'][index]),
                 msvit_fine_fraction=float(stats['fine_regions'][index] /
                                           stats['regions'][index]),
-                msvit_num_tokens=float(stats['tokens'][index])))
+                msvit_num_tokens=float(stats['tokens'][index]),
+                msvit_forwards=int(stats['forwards'][index])))
         return results

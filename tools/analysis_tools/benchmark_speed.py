@@ -1,0 +1,126 @@
+"""Speed of the MSViT backbone against its dense baseline, measured side by side in one run.
+
+    python tools/analysis_tools/benchmark_speed.py [--arch small] [--sizes 224 512]
+        [--fractions 0.25 0.5 0.75] [--batch-sizes 1 8] [--mode infer train] [--device cpu]
+        [--repeats 20] [--warmup 5] [--threshold-gate]
+
+For every (size, batch, fine fraction) the backbone runs with a fixed random fine mask of that
+fraction (or, with --threshold-gate, with the gate threshold set to give that fraction on random
+images) and, right after, densely (every region fine). Prints median latency, images/s, the
+measured speedup, the ideal MAC ratio (dense MACs / mixed MACs, from the tokens used, gate
+excluded when the mask is fixed) and their quotient, and peak memory (CUDA) or max RSS (CPU).
+"""
+import argparse
+import os.path as osp
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # noqa: E402
+
+import torch  # noqa: E402
+
+import mmseg_msvit  # noqa: E402,F401
+from mmseg_msvit.analysis import backbone_macs  # noqa: E402
+from mmseg_msvit.models import MSViT  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--arch', default='small')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[224, 512])
+    parser.add_argument('--fractions', type=float, nargs='+', default=[0.25, 0.5, 0.75])
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8])
+    parser.add_argument('--mode', nargs='+', choices=['infer', 'train'], default=['infer'])
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--repeats', type=int, default=20)
+    parser.add_argument('--warmup', type=int, default=5)
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args(argv)
+    for fraction in args.fractions:
+        if not 0.0 <= fraction <= 1.0:
+            parser.error(f'--fractions: {fraction} is not in [0, 1]')
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error('--repeats must be >= 1 and --warmup >= 0')
+    return args
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_step(model, img, fine_mask, mode, repeats, warmup):
+    """Median seconds of one forward (infer) or forward+backward (train)."""
+    device = img.device
+    times = []
+    for index in range(warmup + repeats):
+        _sync(device)
+        start = time.perf_counter()
+        if mode == 'infer':
+            with torch.no_grad():
+                model(img, fine_mask=fine_mask)
+        else:
+            outs = model(img, fine_mask=fine_mask)
+            sum(f.tokens.float().mean() for f in outs).backward()
+        _sync(device)
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model = MSViT(arch=args.arch).to(device)
+    print(f'# MSViT-{args.arch} backbone vs dense on {device} '
+          f'({torch.get_num_threads()} CPU threads), median of {args.repeats} after '
+          f'{args.warmup} warm-up runs')
+    print('mode   size batch fine   dense_ms mixed_ms  dense_img/s mixed_img/s  speedup '
+          'ideal_mac_ratio quotient peak_mem_MB')
+    rows = []
+    for mode in args.mode:
+        model.train(mode == 'train')
+        for size in args.sizes:
+            for batch in args.batch_sizes:
+                img = torch.randn(batch, 3, size, size, device=device)
+                grid = (size // model.coarse_patch_size, ) * 2
+                dense_mask = torch.ones(batch, *grid, dtype=torch.bool, device=device)
+                if device.type == 'cuda':
+                    torch.cuda.reset_peak_memory_stats(device)
+                dense_s = time_step(model, img, dense_mask, mode, args.repeats, args.warmup)
+                dense_macs = float(backbone_macs(model.eval(), img, dense_mask).sum())
+                model.train(mode == 'train')
+                for fraction in args.fractions:
+                    generator = torch.Generator().manual_seed(args.seed)
+                    scores = torch.rand(batch, *grid, generator=generator).flatten(1)
+                    count = round(fraction * scores.shape[1])
+                    ranks = scores.argsort(1).argsort(1)
+                    mask = (ranks < count).reshape(batch, *grid).to(device)
+                    mixed_s = time_step(model, img, mask, mode, args.repeats, args.warmup)
+                    mixed_macs = float(backbone_macs(model.eval(), img, mask).sum())
+                    model.train(mode == 'train')
+                    speedup = dense_s / mixed_s
+                    ideal = dense_macs / mixed_macs
+                    row = (mode, size, batch, fraction, dense_s * 1e3, mixed_s * 1e3,
+                           batch / dense_s, batch / mixed_s, speedup, ideal, speedup / ideal,
+                           peak_memory_mb(device))
+                    rows.append(row)
+                    print('{:6s} {:4d} {:5d} {:4.2f} {:10.1f} {:8.1f} {:12.1f} {:11.1f} '
+                          '{:8.2f} {:15.2f} {:8.2f} {:11.0f}'.format(*row), flush=True)
+    return rows
+
+
+if __name__ == '__main__':
+    main()
