@@ -130,3 +130,25 @@ def test_benchmark_speed_reports_the_quotient(capsys):
     ideal = {row[3]: row[9] for row in rows}
     assert ideal[1.0] == pytest.approx(1.0)  # all fine = dense
     assert ideal[0.0] > 3.0  # 4 regions of 1 token instead of 16
+
+
+def test_benchmark_tradeoff_writes_csv_json_and_plot(trained, synthetic_root, tmp_path):
+    import csv
+    import json
+    work_dir, _ = trained
+    dense = tmp_path / 'dense.py'
+    dense.write_text(f"_base_ = [{DEMO!r}]\n"
+                     "model = dict(backbone=dict(force_scale='fine'), gate_loss=None)\n")
+    checkpoint = str(work_dir / 'iter_2.pth')
+    tool = load_tool('tools/analysis_tools/benchmark_tradeoff.py')
+    rows = tool.main([DEMO, checkpoint, '--thresholds', '0.0', '1.0', '--baseline', str(dense),
+                      checkpoint, 'dense', '--out-dir', str(tmp_path / 'out'), '--cfg-options',
+                      *data_options(synthetic_root / 'ade')])
+    assert [r['threshold'] for r in rows] == [0.0, 1.0, None]
+    assert rows[0]['fine_fraction'] == 1.0 and rows[1]['fine_fraction'] == 0.0
+    assert rows[0]['backbone_gmacs'] > rows[1]['backbone_gmacs']  # higher threshold, cheaper
+    assert rows[2]['label'] == 'dense' and rows[2]['fine_fraction'] == 1.0
+    with open(tmp_path / 'out' / 'tradeoff.csv') as f:
+        assert len(list(csv.DictReader(f))) == 3
+    assert len(json.loads((tmp_path / 'out' / 'tradeoff.json').read_text())) == 3
+    assert (tmp_path / 'out' / 'tradeoff.png').stat().st_size > 1000

@@ -1,0 +1,137 @@
+"""mIoU against GMACs: sweep the gate threshold of a trained MSViT on the validation set.
+
+    python tools/analysis_tools/benchmark_tradeoff.py CONFIG CHECKPOINT
+        [--thresholds 0.1 0.3 0.5 0.7 0.9] [--baseline CONFIG CHECKPOINT LABEL ...]
+        [--out-dir work_dirs/tradeoff] [--cfg-options ...]
+
+For each threshold the whole validation set is evaluated (mIoU, mean backbone GMACs per image,
+fine fraction, images/s). Extra config/checkpoint pairs (the dense baseline, a lower-resolution
+baseline, ...) are evaluated once and drawn as points. Writes tradeoff.csv, tradeoff.json and
+tradeoff.png (curve + baselines) to --out-dir.
+"""
+import argparse
+import csv
+import json
+import os
+import os.path as osp
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # noqa: E402
+
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+import mmseg_msvit  # noqa: E402,F401
+
+FIELDS = ('label', 'threshold', 'mIoU', 'backbone_gmacs', 'fine_fraction', 'images_per_s')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('--thresholds', type=float, nargs='+',
+                        default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    parser.add_argument('--baseline', nargs=3, action='append', default=[],
+                        metavar=('CONFIG', 'CHECKPOINT', 'LABEL'))
+    parser.add_argument('--out-dir', default='work_dirs/tradeoff')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='applied to every config')
+    args = parser.parse_args(argv)
+    for threshold in args.thresholds:
+        if not 0.0 <= threshold <= 1.0:
+            parser.error(f'--thresholds: {threshold} is not in [0, 1]')
+    for path in [args.config, args.checkpoint] + [p for b in args.baseline for p in b[:2]]:
+        if not osp.isfile(path):
+            parser.error(f'file {path!r} does not exist')
+    return args
+
+
+def build_runner(config, checkpoint, cfg_options, work_dir):
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.work_dir = work_dir
+    cfg.load_from = checkpoint
+    cfg.model.backbone.init_cfg = None
+    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else \
+        [cfg.test_evaluator]
+    if not any(e.get('type') == 'ComplexityMetric' for e in evaluators):
+        evaluators = list(evaluators) + [dict(type='ComplexityMetric')]
+    cfg.test_evaluator = evaluators
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=10 ** 6)
+    runner = Runner.from_cfg(cfg)
+    runner.test_loop  # noqa: B018  (builds the loop, dataloader and evaluator)
+    runner.call_hook('before_run')
+    runner.load_or_resume()
+    return runner
+
+
+def evaluate(runner, label, threshold=None):
+    if threshold is not None:
+        runner.model.backbone.gate_threshold = threshold
+    num_images = len(runner.test_dataloader.dataset)
+    start = time.perf_counter()
+    metrics = runner.test_loop.run()
+    seconds = time.perf_counter() - start
+    return dict(label=label, threshold=threshold, mIoU=float(metrics['mIoU']),
+                backbone_gmacs=float(metrics['complexity/backbone_gmacs']),
+                fine_fraction=float(metrics['complexity/fine_fraction']),
+                images_per_s=round(num_images / seconds, 3))
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    curve = [r for r in rows if r['threshold'] is not None]
+    points = [r for r in rows if r['threshold'] is None]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot([r['backbone_gmacs'] for r in curve], [r['mIoU'] for r in curve], 'o-',
+            label=f'{curve[0]["label"]} (gate threshold sweep)')
+    for r in curve:
+        ax.annotate(f'{r["threshold"]:.2f}', (r['backbone_gmacs'], r['mIoU']),
+                    textcoords='offset points', xytext=(4, 4), fontsize=8)
+    for r in points:
+        ax.plot(r['backbone_gmacs'], r['mIoU'], 's', markersize=8, label=r['label'])
+    ax.set_xlabel('backbone GMACs per image')
+    ax.set_ylabel('mIoU')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+    runner = build_runner(args.config, args.checkpoint, args.cfg_options,
+                          osp.join(args.out_dir, 'runs'))
+    label = osp.splitext(osp.basename(args.config))[0]
+    rows = []
+    for index, threshold in enumerate(sorted(args.thresholds)):
+        rows.append(evaluate(runner, label, threshold))
+        print(f'[tradeoff] {index + 1}/{len(args.thresholds)} threshold {threshold:.2f}: '
+              f'mIoU {rows[-1]["mIoU"]:.2f}, {rows[-1]["backbone_gmacs"]:.3f} GMACs, fine '
+              f'{rows[-1]["fine_fraction"]:.3f}, {rows[-1]["images_per_s"]:.2f} img/s',
+              flush=True)
+    for config, checkpoint, base_label in args.baseline:
+        base = build_runner(config, checkpoint, args.cfg_options, osp.join(args.out_dir, 'runs'))
+        rows.append(evaluate(base, base_label))
+        print(f'[tradeoff] baseline {base_label}: mIoU {rows[-1]["mIoU"]:.2f}, '
+              f'{rows[-1]["backbone_gmacs"]:.3f} GMACs', flush=True)
+    with open(osp.join(args.out_dir, 'tradeoff.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(osp.join(args.out_dir, 'tradeoff.json'), 'w') as f:
+        json.dump(rows, f, indent=2)
+    plot(rows, osp.join(args.out_dir, 'tradeoff.png'))
+    print(f'[tradeoff] wrote tradeoff.csv, tradeoff.json, tradeoff.png to {args.out_dir}')
+    return rows
+
+
+if __name__ == '__main__':
+    main()
