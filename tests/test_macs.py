@@ -46,3 +46,15 @@ def test_gated_forward_agrees_with_the_counter_per_image():
 
 def test_layer_formula():
     assert transformer_layer_macs(197, 384) == 12 * 197 * 384**2 + 2 * 197**2 * 384
+
+
+def test_gmacs_fall_monotonically_as_the_threshold_rises():
+    torch.manual_seed(1)
+    model = MSViT(arch='tiny', gate=dict(type='MixedScaleGate', hidden_dims=(32, ))).eval()
+    img = torch.randn(4, 3, 128, 128)
+    costs = []
+    for threshold in (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0):
+        model.gate_threshold = threshold
+        costs.append(float(backbone_macs(model, img).sum()))
+    assert all(a >= b for a, b in zip(costs, costs[1:]))
+    assert costs[0] > costs[-1]

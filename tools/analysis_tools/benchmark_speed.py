@@ -2,11 +2,10 @@
 
     python tools/analysis_tools/benchmark_speed.py [--arch small] [--sizes 224 512]
         [--fractions 0.25 0.5 0.75] [--batch-sizes 1 8] [--mode infer train] [--device cpu]
-        [--repeats 20] [--warmup 5] [--threshold-gate]
+        [--repeats 20] [--warmup 5] [--threads N]
 
-For every (size, batch, fine fraction) the backbone runs with a fixed random fine mask of that
-fraction (or, with --threshold-gate, with the gate threshold set to give that fraction on random
-images) and, right after, densely (every region fine). Prints median latency, images/s, the
+For every (size, batch) the backbone runs densely (every region fine) and with a fixed random
+fine mask of each fraction, alternating within every repeat. Prints median latency, images/s, the
 measured speedup, the ideal MAC ratio (dense MACs / mixed MACs, from the tokens used, gate
 excluded when the mask is fixed) and their quotient, and peak memory (CUDA) or max RSS (CPU).
 """
@@ -52,23 +51,29 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_step(model, img, fine_mask, mode, repeats, warmup):
-    """Median seconds of one forward (infer) or forward+backward (train)."""
+def run_step(model, img, fine_mask, mode):
+    if mode == 'infer':
+        with torch.no_grad():
+            model(img, fine_mask=fine_mask)
+    else:
+        outs = model(img, fine_mask=fine_mask)
+        sum(f.tokens.float().mean() for f in outs).backward()
+
+
+def time_interleaved(model, img, masks, mode, repeats, warmup):
+    """Median seconds per step for each mask, the masks alternating within every repeat so that
+    a slow period of the machine hits all of them alike."""
     device = img.device
-    times = []
+    times = [[] for _ in masks]
     for index in range(warmup + repeats):
-        _sync(device)
-        start = time.perf_counter()
-        if mode == 'infer':
-            with torch.no_grad():
-                model(img, fine_mask=fine_mask)
-        else:
-            outs = model(img, fine_mask=fine_mask)
-            sum(f.tokens.float().mean() for f in outs).backward()
-        _sync(device)
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for slot, mask in enumerate(masks):
+            _sync(device)
+            start = time.perf_counter()
+            run_step(model, img, mask, mode)
+            _sync(device)
+            if index >= warmup:
+                times[slot].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def peak_memory_mb(device) -> float:
@@ -99,22 +104,21 @@ def main(argv=None):
                 dense_mask = torch.ones(batch, *grid, dtype=torch.bool, device=device)
                 if device.type == 'cuda':
                     torch.cuda.reset_peak_memory_stats(device)
-                dense_s = time_step(model, img, dense_mask, mode, args.repeats, args.warmup)
-                dense_macs = float(backbone_macs(model.eval(), img, dense_mask).sum())
-                model.train(mode == 'train')
+                masks = [dense_mask]
                 for fraction in args.fractions:
                     generator = torch.Generator().manual_seed(args.seed)
                     scores = torch.rand(batch, *grid, generator=generator).flatten(1)
-                    count = round(fraction * scores.shape[1])
                     ranks = scores.argsort(1).argsort(1)
-                    mask = (ranks < count).reshape(batch, *grid).to(device)
-                    mixed_s = time_step(model, img, mask, mode, args.repeats, args.warmup)
-                    mixed_macs = float(backbone_macs(model.eval(), img, mask).sum())
-                    model.train(mode == 'train')
-                    speedup = dense_s / mixed_s
-                    ideal = dense_macs / mixed_macs
-                    row = (mode, size, batch, fraction, dense_s * 1e3, mixed_s * 1e3,
-                           batch / dense_s, batch / mixed_s, speedup, ideal, speedup / ideal,
+                    count = round(fraction * scores.shape[1])
+                    masks.append((ranks < count).reshape(batch, *grid).to(device))
+                seconds = time_interleaved(model, img, masks, mode, args.repeats, args.warmup)
+                macs = [float(backbone_macs(model.eval(), img, m).sum()) for m in masks]
+                model.train(mode == 'train')
+                for fraction, mixed_s, mixed_macs in zip(args.fractions, seconds[1:], macs[1:]):
+                    speedup = seconds[0] / mixed_s
+                    ideal = macs[0] / mixed_macs
+                    row = (mode, size, batch, fraction, seconds[0] * 1e3, mixed_s * 1e3,
+                           batch / seconds[0], batch / mixed_s, speedup, ideal, speedup / ideal,
                            peak_memory_mb(device))
                     rows.append(row)
                     print('{:6s} {:4d} {:5d} {:4.2f} {:10.1f} {:8.1f} {:12.1f} {:11.1f} '
