@@ -19,10 +19,11 @@ import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # noqa: E402
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
+from mmseg_msvit.apis import load_config  # noqa: E402
 
 FIELDS = ('label', 'threshold', 'mIoU', 'backbone_gmacs', 'fine_fraction', 'images_per_s')
 
@@ -49,9 +50,7 @@ def parse_args(argv=None):
 
 
 def build_runner(config, checkpoint, cfg_options, work_dir):
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = load_config(config, cfg_options)
     cfg.work_dir = work_dir
     cfg.load_from = checkpoint
     cfg.model.backbone.init_cfg = None

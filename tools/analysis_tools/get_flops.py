@@ -16,12 +16,11 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
-from mmengine.runner import Runner, load_checkpoint  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.analysis import decode_macs  # noqa: E402
+from mmseg_msvit.apis import build_eval_model, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -56,22 +55,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.num_images < 1:
         raise ValueError(f'--num-images must be >= 1, got {args.num_images}')
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    cfg.model.backbone.init_cfg = None
-    cfg.val_dataloader.batch_size = 1
-    cfg.val_dataloader.num_workers = 0
-    cfg.val_dataloader.persistent_workers = False
-    from mmseg.registry import MODELS
-    model = MODELS.build(cfg.model)
-    if args.checkpoint:
-        load_checkpoint(model, args.checkpoint, map_location='cpu')
-    else:
+    cfg = load_config(args.config, args.cfg_options)
+    model, loader = build_eval_model(cfg, args.checkpoint, ('val_dataloader', ))
+    if not args.checkpoint:
         print('[flops] no --checkpoint: the gate is untrained (its initial decisions)')
-    model.eval()
-    loader = Runner.build_dataloader(cfg.val_dataloader)
     cache, rows = {}, []
     for index, batch in enumerate(loader):
         if index >= args.num_images:

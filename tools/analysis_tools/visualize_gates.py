@@ -15,12 +15,11 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
-from mmengine.runner import Runner, load_checkpoint  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
+from mmseg_msvit.apis import build_eval_model, load_config  # noqa: E402
 from mmseg_msvit.visualization import draw_gate_map  # noqa: E402
 
 
@@ -46,22 +45,11 @@ def main(argv=None):
     args = parse_args(argv)
     if args.num_images < 1:
         raise ValueError(f'--num-images must be >= 1, got {args.num_images}')
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    cfg = load_config(args.config, args.cfg_options)
     cfg.model.test_cfg = dict(mode='whole')  # one forward per image: one decision map
-    cfg.model.backbone.init_cfg = None
-    cfg.test_dataloader.batch_size = 1
-    cfg.test_dataloader.num_workers = 0
-    cfg.test_dataloader.persistent_workers = False
-    from mmseg.registry import MODELS
-    model = MODELS.build(cfg.model)
-    load_checkpoint(model, args.checkpoint, map_location='cpu')
-    model.eval()
+    model, loader = build_eval_model(cfg, args.checkpoint, ('test_dataloader', ))
     if args.threshold is not None:
         model.backbone.gate_threshold = args.threshold
-    loader = Runner.build_dataloader(cfg.test_dataloader)
     palette = loader.dataset.metainfo.get('palette') or []
     os.makedirs(args.out_dir, exist_ok=True)
     panels, fractions = [], []
