@@ -89,6 +89,11 @@ class MSViT(BaseModule):
         gate_threshold (float): eval threshold on the gate probability; may be changed after
             building (``model.backbone.gate_threshold = 0.7``). Default: 0.5.
         freeze_gate (bool): keep the gate's parameters fixed (requires_grad False). Default: False.
+        gate_init (dict, optional): ``dict(checkpoint='gate.pth', freeze=False)`` loads a gate
+            written by ``tools/transfer_gate.py`` (from any MSViT, any width, any task) after the
+            backbone's own initialisation; patch sizes and, when the segmentor/classifier sets
+            ``input_normalisation``, the input normalisation must match (checked, clear error).
+            ``freeze=True`` keeps it fixed, as ``freeze_gate``.
         pretrained (str, optional): shorthand for ``init_cfg=dict(type='Pretrained',
             checkpoint=pretrained)`` (what mmseg's segmentor ``pretrained=`` passes down).
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint='file.pth' or
@@ -129,6 +134,7 @@ class MSViT(BaseModule):
                  gate: Optional[dict] = None,
                  gate_threshold: float = 0.5,
                  freeze_gate: bool = False,
+                 gate_init: Optional[dict] = None,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None) -> None:
         if pretrained is not None:
@@ -180,7 +186,13 @@ class MSViT(BaseModule):
         self.with_cp = with_cp
         self.norm_eval = norm_eval
         self.frozen_stages = frozen_stages
-        self.freeze_gate = freeze_gate
+        self.freeze_gate = freeze_gate or bool((gate_init or {}).get('freeze', False))
+        if gate_init is not None and 'checkpoint' not in gate_init:
+            raise ValueError(f'MSViT: gate_init needs a checkpoint, got {gate_init}')
+        self.gate_init = gate_init
+        # (mean, std, bgr_to_rgb) of the model's data preprocessor, set by the segmentor or
+        # classifier so that a transferred gate's normalisation can be checked
+        self.input_normalisation: Optional[dict] = None
 
         if isinstance(out_indices, int):
             out_indices = [out_indices]
@@ -257,7 +269,31 @@ class MSViT(BaseModule):
             self.load_pretrained(self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'))
         else:
             super().init_weights()
+        if self.gate_init is not None:
+            self.load_gate(self.gate_init['checkpoint'])
         self._is_init = True
+
+    def load_gate(self, path: str) -> dict:
+        """Load a gate checkpoint written by ``tools/transfer_gate.py``; returns its meta."""
+        from ..gate_transfer import check_gate_compatible
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'MSViT: gate checkpoint {path!r} does not exist')
+        gate = torch.load(path, map_location='cpu', weights_only=True)
+        if not isinstance(gate, dict) or 'meta' not in gate or 'state_dict' not in gate:
+            raise ValueError(f'MSViT: {path!r} is not a gate checkpoint (expected state_dict and '
+                             'meta, as written by tools/transfer_gate.py)')
+        check_gate_compatible(gate['meta'], self.coarse_patch_size, self.fine_patch_size,
+                              self.in_channels, self.input_normalisation, path)
+        try:
+            self.gate.load_state_dict(gate['state_dict'])
+        except RuntimeError as err:
+            raise ValueError(f'MSViT: gate in {path!r} (hidden_dims '
+                             f"{gate['meta'].get('hidden_dims')}) does not match this model's "
+                             f'gate (hidden_dims {list(self.gate.hidden_dims)}): {err}') from err
+        self._freeze()
+        print_log(f"MSViT: gate loaded from {path} (source {gate['meta'].get('source')}, "
+                  f"{'frozen' if self.freeze_gate else 'trainable'})", logger='current')
+        return gate['meta']
 
     def load_pretrained(self, path: str, prefix: Optional[str] = None) -> Tuple[list, list]:
         """Load a local timm/DeiT ViT checkpoint.

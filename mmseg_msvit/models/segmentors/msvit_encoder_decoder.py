@@ -9,6 +9,16 @@ from torch import Tensor
 from ..builder import build_component
 
 
+def input_normalisation(data_preprocessor) -> Optional[dict]:
+    """mean / std / bgr_to_rgb of an mmseg or mmpretrain data preprocessor (None if it does not
+    normalise)."""
+    if not getattr(data_preprocessor, '_enable_normalize', False):
+        return None
+    return dict(mean=data_preprocessor.mean.flatten().tolist(),
+                std=data_preprocessor.std.flatten().tolist(),
+                bgr_to_rgb=bool(getattr(data_preprocessor, 'channel_conversion', False)))
+
+
 @MODELS.register_module()
 class MSViTEncoderDecoder(EncoderDecoder):
     """mmseg's :class:`EncoderDecoder` plus the gate loss of an MSViT backbone.
@@ -38,6 +48,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
             if not hasattr(self.backbone, name):
                 raise TypeError(f'MSViTEncoderDecoder: the backbone '
                                 f'{type(self.backbone).__name__} is not an MSViT (no {name})')
+        self.backbone.input_normalisation = input_normalisation(self.data_preprocessor)
 
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         losses = super().loss(inputs, data_samples)

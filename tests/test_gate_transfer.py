@@ -1,0 +1,105 @@
+"""Gate transfer: round trip, across widths, frozen vs fine-tuned, clear errors on mismatch."""
+import copy
+import importlib.util
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.optim import OptimWrapper
+
+from test_segmentor import build, make_batch, segmentor_cfg
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def load_tool():
+    path = osp.join(REPO, 'tools', 'transfer_gate.py')
+    spec = importlib.util.spec_from_file_location('transfer_gate', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def source_checkpoint(tmp_path_factory):
+    """A trained-for-one-step segmentor checkpoint, with its config text in the meta."""
+    torch.manual_seed(0)
+    cfg = segmentor_cfg()
+    model = build(cfg).train()
+    model.train_step(make_batch(), OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1)))
+    path = tmp_path_factory.mktemp('transfer') / 'seg.pth'
+    cfg_text = Config(dict(model=cfg)).pretty_text
+    torch.save({'state_dict': model.state_dict(), 'meta': {'cfg': cfg_text}}, path)
+    return path, model
+
+
+def test_round_trip_into_another_width(source_checkpoint, tmp_path):
+    path, source = source_checkpoint
+    gate_path = tmp_path / 'gate.pth'
+    gate = load_tool().main([str(path), str(gate_path), '--include-prior'])
+    assert gate['meta']['coarse_patch_size'] == 32 and gate['meta']['fine_patch_size'] == 16
+    assert gate['meta']['mean'] == [123.675, 116.28, 103.53] and gate['meta']['bgr_to_rgb']
+    assert set(gate['gbas_prior']) == {'mu_logit', 'tau_logit'}
+    # another width (96 instead of 48): the gate reads pixels
+    cfg = segmentor_cfg()
+    cfg['backbone'] = dict(cfg['backbone'], arch=dict(embed_dims=96, depth=2, num_heads=3),
+                           gate_init=dict(checkpoint=str(gate_path)))
+    cfg['decode_head'] = dict(cfg['decode_head'], in_channels=96)
+    cfg['auxiliary_head'] = dict(cfg['auxiliary_head'], in_channels=96)
+    target = build(cfg)
+    for key, value in source.backbone.gate.state_dict().items():
+        torch.testing.assert_close(target.backbone.gate.state_dict()[key], value)
+    # the transferred gate makes the same decisions on the same images at step 0
+    target.eval(), source.eval()
+    data = target.data_preprocessor(make_batch(seed=3), False)
+    with torch.no_grad():
+        target.predict(data['inputs'], data['data_samples'])
+        source.predict(data['inputs'], data['data_samples'])
+    assert torch.equal(target.backbone.last_fine_mask, source.backbone.last_fine_mask)
+
+
+@pytest.mark.parametrize('freeze', [True, False])
+def test_frozen_gate_stays_fine_tuned_gate_changes(source_checkpoint, tmp_path, freeze):
+    path, _ = source_checkpoint
+    gate_path = tmp_path / 'gate.pth'
+    load_tool().main([str(path), str(gate_path)])
+    cfg = segmentor_cfg()
+    cfg['backbone'] = dict(cfg['backbone'], gate_init=dict(checkpoint=str(gate_path),
+                                                          freeze=freeze))
+    model = build(cfg).train()
+    before = copy.deepcopy(model.backbone.gate.state_dict())
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    for seed in range(2):
+        model.train_step(make_batch(seed=seed), optim)
+    changed = [not torch.equal(v, before[k]) for k, v in model.backbone.gate.state_dict().items()]
+    assert (not any(changed)) if freeze else all(changed)
+
+
+def test_mismatches_are_refused(source_checkpoint, tmp_path):
+    path, _ = source_checkpoint
+    gate_path = tmp_path / 'gate.pth'
+    load_tool().main([str(path), str(gate_path)])
+    cfg = segmentor_cfg()
+    cfg['data_preprocessor'] = dict(cfg['data_preprocessor'], mean=[127.5] * 3, std=[127.5] * 3)
+    cfg['backbone'] = dict(cfg['backbone'], gate_init=dict(checkpoint=str(gate_path)))
+    with pytest.raises(ValueError, match=r'does not fit this model: mean: gate \[123.675'):
+        build(cfg)
+    cfg = segmentor_cfg()
+    cfg['backbone'] = dict(cfg['backbone'], coarse_patch_size=48,
+                           gate_init=dict(checkpoint=str(gate_path)))
+    cfg['backbone']['img_size'] = 96
+    cfg['gate_loss'] = None
+    with pytest.raises(ValueError, match='coarse_patch_size: gate 32, model 48'):
+        build(cfg)
+    cfg = segmentor_cfg()
+    cfg['backbone'] = dict(cfg['backbone'], gate=dict(type='MixedScaleGate', hidden_dims=(8, )),
+                           gate_init=dict(checkpoint=str(gate_path)))
+    with pytest.raises(ValueError, match='hidden_dims'):
+        build(cfg)
+    bare = tmp_path / 'bare.pth'
+    torch.save({'state_dict': torch.load(path, weights_only=True)['state_dict']}, bare)
+    with pytest.raises(ValueError, match='normalisation .* is unknown'):
+        load_tool().main([str(bare), str(tmp_path / 'g.pth')])
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        load_tool().main([str(tmp_path / 'nope.pth'), str(tmp_path / 'g.pth')])
