@@ -1,5 +1,6 @@
 """Registered model components of mmseg-msvit (mmseg's MODELS registry)."""
 from .backbones import MSViT
+from .classifiers import MSViTImageClassifier
 from .features import MixedScaleFeatures
 from .gates import MixedScaleGate
 from .losses import BaSLoss, GBaSLoss, L0GateLoss
@@ -9,5 +10,6 @@ from .tokenizer import MixedScaleTokenizer, coarsen
 
 __all__ = [
     'MSViT', 'MixedScaleGate', 'MixedScaleToDense', 'MixedScaleFeatures', 'MixedScaleTokenizer',
-    'coarsen', 'GBaSLoss', 'BaSLoss', 'L0GateLoss', 'MSViTEncoderDecoder'
+    'coarsen', 'GBaSLoss', 'BaSLoss', 'L0GateLoss', 'MSViTEncoderDecoder',
+    'MSViTImageClassifier'
 ]

@@ -16,7 +16,8 @@ def input_normalisation(data_preprocessor) -> Optional[dict]:
         return None
     return dict(mean=data_preprocessor.mean.flatten().tolist(),
                 std=data_preprocessor.std.flatten().tolist(),
-                bgr_to_rgb=bool(getattr(data_preprocessor, 'channel_conversion', False)))
+                bgr_to_rgb=bool(getattr(data_preprocessor, 'channel_conversion',
+                                        getattr(data_preprocessor, 'to_rgb', False))))
 
 
 @MODELS.register_module()

@@ -1,0 +1,3 @@
+from .msvit_image_classifier import MSViTImageClassifier
+
+__all__ = ['MSViTImageClassifier']

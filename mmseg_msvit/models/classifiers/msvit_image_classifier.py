@@ -1,0 +1,55 @@
+"""mmpretrain ImageClassifier with the MSViT backbone: the CLS token to the head, plus the gate
+loss (registered in mmpretrain's MODELS)."""
+from typing import List, Optional
+
+import torch
+from mmpretrain.models.classifiers import ImageClassifier
+from mmpretrain.registry import MODELS as PRETRAIN_MODELS
+
+from ..backbones import MSViT
+from ..builder import build_component
+from ..segmentors.msvit_encoder_decoder import input_normalisation
+
+# MSViT usable from mmpretrain configs too (type='MSViT' under the mmpretrain scope)
+PRETRAIN_MODELS.register_module(name='MSViT', module=MSViT, force=True)
+
+
+@PRETRAIN_MODELS.register_module()
+class MSViTImageClassifier(ImageClassifier):
+    """Classification with MSViT: the head sees the CLS token of each backbone tap.
+
+    Training adds ``gate_loss`` (e.g. GBaS) on the gate probabilities of the same forward and
+    logs ``gate.fine_fraction`` and ``gate.tokens_per_image``, as :class:`MSViTEncoderDecoder`.
+
+    Args:
+        gate_loss (dict, optional): gate loss config (built from mmseg's registry).
+        Others: as mmpretrain's ImageClassifier (backbone must be an MSViT).
+    """
+
+    def __init__(self, *args, gate_loss: Optional[dict] = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.backbone, MSViT):
+            raise TypeError('MSViTImageClassifier: the backbone must be an MSViT, got '
+                            f'{type(self.backbone).__name__}')
+        self.gate_loss = build_component(gate_loss) if gate_loss is not None else None
+        self.backbone.input_normalisation = input_normalisation(self.data_preprocessor)
+
+    def extract_feat(self, inputs: torch.Tensor, stage: str = 'neck'):
+        features = self.backbone(inputs)
+        if stage == 'backbone':
+            return features
+        cls_tokens = tuple(f.cls_token for f in features)  # (B, D) per tap
+        if self.with_neck:
+            cls_tokens = self.neck(cls_tokens)
+        if stage == 'neck':
+            return cls_tokens
+        return self.head.pre_logits(cls_tokens)
+
+    def loss(self, inputs: torch.Tensor, data_samples: List) -> dict:
+        losses = self.head.loss(self.extract_feat(inputs), data_samples)
+        probs = self.backbone.last_gate_probs
+        if self.gate_loss is not None and probs is not None:
+            losses[self.gate_loss.loss_name] = self.gate_loss(probs)
+        losses['gate.fine_fraction'] = self.backbone.last_fine_mask.float().mean().detach()
+        losses['gate.tokens_per_image'] = self.backbone.last_num_tokens.float().mean().detach()
+        return losses
