@@ -12,7 +12,7 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint='pretrain/vit_small_patch16_384.pth')))
 optimizer = dict(lr=0.001, weight_decay=0.0)
 optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer,
-                     paramwise_cfg=dict(custom_keys={'gate_loss': dict(decay_mult=0.)}))
+                     paramwise_cfg=dict(custom_keys={'gate_loss': dict(decay_mult=0., lr_mult=10.)}))
 train_dataloader = dict(batch_size=1)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader

@@ -20,10 +20,10 @@ model = dict(
                         dropout_ratio=0.0),
     # the gate starts (nearly) all fine, the target anneals 1.0 -> 0.5 over 200 iterations
     gate_loss=dict(grid_size=(4, 4), target=0.5, anneal_iters=200, loss_weight=1.0))
-# AdamW as the full recipe (schedule_160k_adamw), a from-scratch learning rate, the gate faster
+# AdamW as the full recipe (schedule_160k_adamw) with a from-scratch learning rate
 optim_wrapper = dict(
     optimizer=dict(lr=0.0015),
-    paramwise_cfg=dict(custom_keys={'backbone.gate': dict(lr_mult=1.0)}))
+    paramwise_cfg=dict(custom_keys={'gate_loss': dict(decay_mult=0., lr_mult=20.)}))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=40),
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=40, end=400, by_epoch=False)

@@ -3,9 +3,11 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 from mmengine.evaluator import BaseMetric
+from mmpretrain.registry import METRICS as PRETRAIN_METRICS
 from mmseg.registry import METRICS
 
 
+@PRETRAIN_METRICS.register_module()
 @METRICS.register_module()
 class ComplexityMetric(BaseMetric):
     """Backbone GMACs per image (mean / min / max), fine-token fraction and tokens per image.
@@ -26,7 +28,8 @@ class ComplexityMetric(BaseMetric):
             missing = [key for key in self._KEYS if key not in sample]
             if missing:
                 raise KeyError(f'ComplexityMetric: prediction lacks {missing}; the model must be '
-                               'an MSViTEncoderDecoder (it records the cost of every forward)')
+                               'an MSViTEncoderDecoder or MSViTImageClassifier (they record the '
+                               'cost of every forward)')
             self.results.append(tuple(float(sample[key]) for key in self._KEYS))
 
     def compute_metrics(self, results: List[tuple]) -> Dict[str, float]:

@@ -10,7 +10,8 @@ optim_wrapper = dict(
             'pos_embed': dict(decay_mult=0.),
             'cls_token': dict(decay_mult=0.),
             'norm': dict(decay_mult=0.),
-            'gate_loss': dict(decay_mult=0.),
+            # GBaS prior parameters (a few hundred scalars) must track the annealed target
+            'gate_loss': dict(decay_mult=0., lr_mult=100.),
         }))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),

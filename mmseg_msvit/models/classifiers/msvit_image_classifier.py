@@ -23,11 +23,18 @@ class MSViTImageClassifier(ImageClassifier):
 
     Args:
         gate_loss (dict, optional): gate loss config (built from mmseg's registry).
+        head_from_timm (str, optional): a local timm/DeiT checkpoint whose classifier
+            (``head.weight``, ``head.bias``) initialises the head's last Linear layer.
         Others: as mmpretrain's ImageClassifier (backbone must be an MSViT).
+
+    Prediction: each sample's metainfo gets ``msvit_backbone_macs``, ``msvit_fine_fraction``,
+    ``msvit_num_tokens`` and ``msvit_forwards`` (read by ``ComplexityMetric``).
     """
 
-    def __init__(self, *args, gate_loss: Optional[dict] = None, **kwargs) -> None:
+    def __init__(self, *args, gate_loss: Optional[dict] = None,
+                 head_from_timm: Optional[str] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.head_from_timm = head_from_timm
         if not isinstance(self.backbone, MSViT):
             raise TypeError('MSViTImageClassifier: the backbone must be an MSViT, got '
                             f'{type(self.backbone).__name__}')
@@ -53,3 +60,41 @@ class MSViTImageClassifier(ImageClassifier):
         losses['gate.fine_fraction'] = self.backbone.last_fine_mask.float().mean().detach()
         losses['gate.tokens_per_image'] = self.backbone.last_num_tokens.float().mean().detach()
         return losses
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        if self.head_from_timm:
+            self.load_timm_head(self.head_from_timm)
+
+    def load_timm_head(self, path: str) -> None:
+        """Copy a timm classifier (``head.weight`` (K, D), ``head.bias``) into the head."""
+        from ..backbones.msvit import load_timm_state_dict
+        state = load_timm_state_dict(path)
+        if 'head.weight' not in state:
+            raise KeyError(f'MSViTImageClassifier: {path!r} has no head.weight')
+        linears = [m for m in self.head.modules() if isinstance(m, torch.nn.Linear)]
+        if not linears:
+            raise TypeError('MSViTImageClassifier: the head has no Linear layer to load into')
+        last = linears[-1]
+        if tuple(last.weight.shape) != tuple(state['head.weight'].shape):
+            raise ValueError(f'MSViTImageClassifier: timm head in {path!r} is '
+                             f"{tuple(state['head.weight'].shape)} (classes, width), the head "
+                             f'expects {tuple(last.weight.shape)}')
+        with torch.no_grad():
+            last.weight.copy_(state['head.weight'])
+            last.bias.copy_(state['head.bias'])
+
+    def predict(self, inputs: torch.Tensor, data_samples: Optional[List] = None, **kwargs):
+        self.backbone.start_recording()
+        try:
+            results = super().predict(inputs, data_samples, **kwargs)
+        finally:
+            stats = self.backbone.stop_recording()
+        for index, sample in enumerate(results):
+            sample.set_metainfo(dict(
+                msvit_backbone_macs=float(stats['macs'][index]),
+                msvit_fine_fraction=float(stats['fine_regions'][index] /
+                                          stats['regions'][index]),
+                msvit_num_tokens=float(stats['tokens'][index]),
+                msvit_forwards=int(stats['forwards'][index])))
+        return results
