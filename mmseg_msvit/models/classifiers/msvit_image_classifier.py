@@ -8,6 +8,7 @@ from mmpretrain.registry import MODELS as PRETRAIN_MODELS
 
 from ..backbones import MSViT
 from ..builder import build_component
+from ..gate_stats import attach_cost, gate_loss_and_stats
 from ..segmentors.msvit_encoder_decoder import input_normalisation
 
 # MSViT usable from mmpretrain configs too (type='MSViT' under the mmpretrain scope)
@@ -54,11 +55,7 @@ class MSViTImageClassifier(ImageClassifier):
 
     def loss(self, inputs: torch.Tensor, data_samples: List) -> dict:
         losses = self.head.loss(self.extract_feat(inputs), data_samples)
-        probs = self.backbone.last_gate_probs
-        if self.gate_loss is not None and probs is not None:
-            losses[self.gate_loss.loss_name] = self.gate_loss(probs)
-        losses['gate.fine_fraction'] = self.backbone.last_fine_mask.float().mean().detach()
-        losses['gate.tokens_per_image'] = self.backbone.last_num_tokens.float().mean().detach()
+        losses.update(gate_loss_and_stats(self.backbone, self.gate_loss))
         return losses
 
     def init_weights(self) -> None:
@@ -90,11 +87,4 @@ class MSViTImageClassifier(ImageClassifier):
             results = super().predict(inputs, data_samples, **kwargs)
         finally:
             stats = self.backbone.stop_recording()
-        for index, sample in enumerate(results):
-            sample.set_metainfo(dict(
-                msvit_backbone_macs=float(stats['macs'][index]),
-                msvit_fine_fraction=float(stats['fine_regions'][index] /
-                                          stats['regions'][index]),
-                msvit_num_tokens=float(stats['tokens'][index]),
-                msvit_forwards=int(stats['forwards'][index])))
-        return results
+        return attach_cost(results, stats)

@@ -7,6 +7,7 @@ from mmseg.utils import OptSampleList, SampleList
 from torch import Tensor
 
 from ..builder import build_component
+from ..gate_stats import attach_cost, gate_loss_and_stats
 
 
 def input_normalisation(data_preprocessor) -> Optional[dict]:
@@ -53,12 +54,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
 
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         losses = super().loss(inputs, data_samples)
-        probs = self.backbone.last_gate_probs
-        if self.gate_loss is not None and probs is not None:
-            losses[self.gate_loss.loss_name] = self.gate_loss(probs)
-        fine_mask = self.backbone.last_fine_mask
-        losses['gate.fine_fraction'] = fine_mask.float().mean().detach()
-        losses['gate.tokens_per_image'] = self.backbone.last_num_tokens.float().mean().detach()
+        losses.update(gate_loss_and_stats(self.backbone, self.gate_loss))
         return losses
 
     def predict(self, inputs: Tensor, data_samples: OptSampleList = None) -> SampleList:
@@ -67,11 +63,4 @@ class MSViTEncoderDecoder(EncoderDecoder):
             results = super().predict(inputs, data_samples)
         finally:
             stats = self.backbone.stop_recording()
-        for index, sample in enumerate(results):
-            sample.set_metainfo(dict(
-                msvit_backbone_macs=float(stats['macs'][index]),
-                msvit_fine_fraction=float(stats['fine_regions'][index] /
-                                          stats['regions'][index]),
-                msvit_num_tokens=float(stats['tokens'][index]),
-                msvit_forwards=int(stats['forwards'][index])))
-        return results
+        return attach_cost(results, stats)
