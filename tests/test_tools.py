@@ -85,14 +85,18 @@ def test_test_tool_reports_miou_and_gmacs(trained, synthetic_root, tmp_path):
 def test_visualize_gates_writes_pictures(trained, synthetic_root, tmp_path):
     work_dir, _ = trained
     tool = load_tool('tools/analysis_tools/visualize_gates.py')
-    overview = tool.main([DEMO, str(work_dir / 'iter_2.pth'), '--out-dir', str(tmp_path),
-                          '--num-images', '2', '--cfg-options',
-                          *data_options(synthetic_root / 'ade')])
+    report = tool.main([DEMO, str(work_dir / 'iter_2.pth'), '--out-dir', str(tmp_path),
+                        '--num-images', '2', '--cfg-options',
+                        *data_options(synthetic_root / 'ade')])
     from PIL import Image
+    overview = report['overview']
     assert osp.exists(overview)
     pictures = sorted(p.name for p in tmp_path.iterdir())
     assert len(pictures) == 3  # two images + the overview
     assert Image.open(overview).size[0] > 3 * 96
+    # detail statistics over the whole (tiny) validation split: scenes have both kinds of region
+    assert report['detailed_regions'] > 0 and report['uniform_regions'] > 0
+    assert 0 <= report['fine_on_detailed'] <= 1 and 0 <= report['fine_on_uniform'] <= 1
 
 
 def test_draw_gate_map_marks_fine_and_coarse_regions():

@@ -5,6 +5,11 @@
 
 Each PNG shows, left to right: the image with fine regions tinted (every 16x16 token outlined)
 and coarse regions outlined as one 32x32 token; the prediction; the ground truth.
+
+Over the whole test set (or the first --num-eval images) it also prints where the fine tokens
+went: the fine fraction on *detailed* regions (the ground truth holds two or more classes: an
+object boundary or a small object) against *uniform* ones (one class), see
+``mmseg_msvit.analysis.gate_alignment``.
 """
 import argparse
 import os
@@ -19,6 +24,8 @@ from mmengine.config import DictAction  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
+from mmseg_msvit.analysis.gate_alignment import (DetailAlignment,  # noqa: E402
+                                                  region_detail_kinds)
 from mmseg_msvit.apis import build_eval_model, load_config  # noqa: E402
 from mmseg_msvit.visualization import draw_gate_map  # noqa: E402
 
@@ -28,7 +35,9 @@ def parse_args(argv=None):
     parser.add_argument('config')
     parser.add_argument('checkpoint')
     parser.add_argument('--out-dir', required=True)
-    parser.add_argument('--num-images', type=int, default=8)
+    parser.add_argument('--num-images', type=int, default=8, help='pictures to draw')
+    parser.add_argument('--num-eval', type=int, default=None,
+                        help='images for the detail statistics (default: the whole test set)')
     parser.add_argument('--threshold', type=float, default=None,
                         help='gate threshold (default: the config\'s)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
@@ -45,6 +54,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.num_images < 1:
         raise ValueError(f'--num-images must be >= 1, got {args.num_images}')
+    if args.num_eval is not None and args.num_eval < 1:
+        raise ValueError(f'--num-eval must be >= 1, got {args.num_eval}')
     cfg = load_config(args.config, args.cfg_options)
     cfg.model.test_cfg = dict(mode='whole')  # one forward per image: one decision map
     model, loader = build_eval_model(cfg, args.checkpoint, ('test_dataloader', ))
@@ -53,8 +64,12 @@ def main(argv=None):
     palette = loader.dataset.metainfo.get('palette') or []
     os.makedirs(args.out_dir, exist_ok=True)
     panels, fractions = [], []
+    alignment = DetailAlignment()
+    ignore_index = loader.dataset.ignore_index if hasattr(loader.dataset, 'ignore_index') \
+        else 255
+    num_eval = args.num_eval or len(loader.dataset)
     for index, batch in enumerate(loader):
-        if index >= args.num_images:
+        if index >= max(args.num_images, num_eval):
             break
         with torch.no_grad():
             (result, ) = model.test_step(batch)
@@ -70,6 +85,12 @@ def main(argv=None):
             np.full_like(pred, 255)
         gt = np.asarray(Image.fromarray(gt.astype(np.uint8)).resize((width, height),
                                                                       Image.NEAREST))
+        fractions.append(float(fine_mask.mean()))
+        if index < num_eval:
+            kinds = region_detail_kinds(gt, model.backbone.coarse_patch_size, ignore_index)
+            alignment.update(fine_mask[:kinds.shape[0], :kinds.shape[1]], kinds)
+        if index >= args.num_images:
+            continue
         panel_h = max(overlay.shape[0], height)
         pieces = [overlay, colourise(pred, palette), colourise(gt, palette)]
         pieces = [np.pad(p, ((0, panel_h - p.shape[0]), (0, 4), (0, 0))) for p in pieces]
@@ -77,7 +98,6 @@ def main(argv=None):
         name = osp.splitext(osp.basename(result.img_path))[0]
         Image.fromarray(panel).save(osp.join(args.out_dir, f'{name}_gate.png'))
         panels.append(panel)
-        fractions.append(float(fine_mask.mean()))
     if not panels:
         raise RuntimeError('visualize_gates: the test dataloader yielded no image')
     width = max(p.shape[1] for p in panels)
@@ -85,9 +105,13 @@ def main(argv=None):
                                for p in panels], axis=0)
     overview_path = osp.join(args.out_dir, 'gates_overview.png')
     Image.fromarray(overview).save(overview_path)
-    print(f'[gates] {len(panels)} images, mean fine fraction {np.mean(fractions):.3f}; '
-          f'pictures in {args.out_dir} (overview: {overview_path})')
-    return overview_path
+    stats = alignment.summary()
+    print(f'[gates] {len(fractions)} images, mean fine fraction {np.mean(fractions):.3f}; '
+          f'fine on detailed regions (boundaries, small objects) {stats["fine_on_detailed"]:.3f} '
+          f'of {stats["detailed_regions"]}, on uniform regions {stats["fine_on_uniform"]:.3f} '
+          f'of {stats["uniform_regions"]}')
+    print(f'[gates] {len(panels)} pictures in {args.out_dir} (overview: {overview_path})')
+    return dict(overview=overview_path, **stats)
 
 
 if __name__ == '__main__':
