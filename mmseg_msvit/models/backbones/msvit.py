@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmengine.logging import print_log
+from mmengine.logging import MessageHub, print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from timm.layers import PatchEmbed, resample_abs_pos_embed
@@ -88,6 +88,17 @@ class MSViT(BaseModule):
         gate (dict): config of the gate. Default: ``dict(type='MixedScaleGate')``.
         gate_threshold (float): eval threshold on the gate probability; may be changed after
             building (``model.backbone.gate_threshold = 0.7``). Default: 0.5.
+        gate_gradient (str): how the task loss reaches the gate in training: 'scale' (tokens
+            multiplied by the straight-through gate value, docs/method.md) or 'mix' (tokens
+            straight-through interpolated towards the other scale's content, our option; see
+            :class:`MixedScaleTokenizer`). Inference is identical. Default: 'scale'.
+        gate_warmup_iters (int): for the first ``gate_warmup_iters`` training iterations (read
+            from mmengine's message hub, so resume-exact) the gate is not used: every region is
+            fine with probability ``warmup_fine_fraction``, independently, so the transformer
+            learns both scales before the gate's decisions start to count; no gate loss is
+            computed then. Meant for training from scratch, where the task loss tells the gate
+            nothing while the features are still random (our option). Default: 0.
+        warmup_fine_fraction (float): in [0, 1], see above. Default: 0.5.
         freeze_gate (bool): keep the gate's parameters fixed (requires_grad False). Default: False.
         gate_init (dict, optional): ``dict(checkpoint='gate.pth', freeze=False)`` loads a gate
             written by ``tools/transfer_gate.py`` (from any MSViT, any width, any task) after the
@@ -133,6 +144,9 @@ class MSViT(BaseModule):
                  force_scale: Optional[str] = None,
                  gate: Optional[dict] = None,
                  gate_threshold: float = 0.5,
+                 gate_gradient: str = 'scale',
+                 gate_warmup_iters: int = 0,
+                 warmup_fine_fraction: float = 0.5,
                  freeze_gate: bool = False,
                  gate_init: Optional[dict] = None,
                  pretrained: Optional[str] = None,
@@ -186,6 +200,13 @@ class MSViT(BaseModule):
         self.with_cp = with_cp
         self.norm_eval = norm_eval
         self.frozen_stages = frozen_stages
+        if gate_warmup_iters < 0:
+            raise ValueError(f'MSViT: gate_warmup_iters must be >= 0, got {gate_warmup_iters}')
+        if not 0 <= warmup_fine_fraction <= 1:
+            raise ValueError('MSViT: warmup_fine_fraction must lie in [0, 1], got '
+                             f'{warmup_fine_fraction}')
+        self.gate_warmup_iters = int(gate_warmup_iters)
+        self.warmup_fine_fraction = float(warmup_fine_fraction)
         self.freeze_gate = freeze_gate or bool((gate_init or {}).get('freeze', False))
         if gate_init is not None and 'checkpoint' not in gate_init:
             raise ValueError(f'MSViT: gate_init needs a checkpoint, got {gate_init}')
@@ -231,7 +252,7 @@ class MSViT(BaseModule):
             raise ValueError(f"MSViT: gate coarse_patch_size={gate_cfg['coarse_patch_size']} "
                              f'differs from the backbone coarse_patch_size={coarse_patch_size}')
         self.gate = build_component(gate_cfg)
-        self.tokenizer = MixedScaleTokenizer(fine_patch_size, coarse_patch_size)
+        self.tokenizer = MixedScaleTokenizer(fine_patch_size, coarse_patch_size, gate_gradient)
 
         # state of the last forward, read by the segmentor / classifier (no second pass)
         self.last_gate_logits: Optional[torch.Tensor] = None
@@ -441,6 +462,11 @@ class MSViT(BaseModule):
             self.last_gate_logits = None
             make = torch.ones if self.force_scale == 'fine' else torch.zeros
             return make((batch, *grid), dtype=torch.bool, device=img.device), None
+        if self.training and self.gate_warmup_iters and \
+                MessageHub.get_current_instance().get_info('iter', 0) < self.gate_warmup_iters:
+            self.last_gate_logits = None
+            fine_mask = torch.rand((batch, *grid), device=img.device) < self.warmup_fine_fraction
+            return fine_mask, None
         logits = self.gate(img)
         self.last_gate_logits = logits
         return self.gate.decide(logits, self.gate_threshold)
