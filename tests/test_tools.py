@@ -99,6 +99,28 @@ def test_visualize_gates_writes_pictures(trained, synthetic_root, tmp_path):
     assert 0 <= report['fine_on_detailed'] <= 1 and 0 <= report['fine_on_uniform'] <= 1
 
 
+def test_gate_signal_measures_exact_benefit_and_estimates(trained, synthetic_root):
+    work_dir, _ = trained
+    tool = load_tool('tools/analysis_tools/gate_signal.py')
+    options = data_options(synthetic_root / 'ade')
+    report = tool.main([DEMO, str(work_dir / 'iter_2.pth'), '--num-images', '1',
+                        '--cfg-options', *options])
+    # the test pipeline resizes 96x128 to 192x256: 6 x 8 regions, each labelled one measured once
+    assert 24 < report['regions'] <= 48
+    assert 0 <= report['exact_auc'] <= 1 or report['exact_auc'] != report['exact_auc']
+    for mode in ('scale', 'mix'):
+        for state in ('coarse', 'fine'):
+            sign = report[f'{mode}_{state}_sign']
+            assert sign != sign or 0 <= sign <= 1  # NaN when no region is in that state
+    assert tool.auc([2, 3], [1]) == 1.0 and tool.auc([1], [1]) == 0.5
+    assert tool.auc([0], [1, 2]) == 0.0
+    # the backbone's own decision method is back after the tool ran
+    from mmseg_msvit.models.backbones.msvit import MSViT
+    assert 'decide_scales' not in vars(MSViT(arch='tiny', img_size=64))
+    with pytest.raises(ValueError, match='--fine-fraction must lie in'):
+        tool.main([DEMO, str(work_dir / 'iter_2.pth'), '--fine-fraction', '2'])
+
+
 def test_draw_gate_map_marks_fine_and_coarse_regions():
     import numpy as np
     from mmseg_msvit.visualization import draw_gate_map
