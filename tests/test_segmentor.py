@@ -124,3 +124,35 @@ def test_rejects_a_backbone_that_is_not_msvit():
     cfg = segmentor_cfg(backbone=dict(type='ResNetV1c', depth=18), neck=None)
     with pytest.raises(TypeError, match='not an MSViT'):
         build(cfg)
+
+
+def test_gate_probe_labels_the_top_target_share_fine():
+    from mmseg_msvit.models.segmentors.msvit_encoder_decoder import probe_labels
+    benefit = torch.tensor([[0.1, -0.2], [0.3, 0.0]])
+    assert probe_labels(benefit, 0.5).tolist() == [[1.0, 0.0], [1.0, 0.0]]
+    assert probe_labels(benefit, 0.25).tolist() == [[0.0, 0.0], [1.0, 0.0]]
+    assert probe_labels(benefit, 1.0).tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    assert probe_labels(benefit, 0.0).sum() == 0
+
+
+def test_gate_probe_trains_the_gate_and_leaves_the_rest_as_it_was():
+    torch.manual_seed(0)
+    model = build(segmentor_cfg(gate_probe=dict(num_images=2, regions_per_image=3)))
+    model.train()
+    data = model.data_preprocessor(make_batch(), True)
+    losses = model.loss(data['inputs'], data['data_samples'])
+    assert 'loss_gate_probe' in losses and float(losses['loss_gate_probe']) > 0
+    # the probe's extra forwards keep this iteration's decisions and BatchNorm statistics
+    fine_mask = model.backbone.last_fine_mask.clone()
+    norm = model.decode_head.convs[0].bn
+    running = norm.running_mean.clone()
+    probe = model._gate_probe_loss(data['inputs'], data['data_samples'])
+    assert torch.equal(model.backbone.last_fine_mask, fine_mask)
+    assert torch.equal(norm.running_mean, running) and norm.momentum == 0.1
+    probe.backward()
+    assert all(p.grad is not None for p in model.backbone.gate.parameters())
+    assert model.backbone.blocks[0].attn.qkv.weight.grad is None  # no gradient into the ViT
+    with pytest.raises(ValueError, match='gate_probe has unknown keys'):
+        build(segmentor_cfg(gate_probe=dict(images=2)))
+    with pytest.raises(ValueError, match='regions_per_image must be >= 1'):
+        build(segmentor_cfg(gate_probe=dict(regions_per_image=0)))

@@ -19,7 +19,11 @@ model = dict(
     auxiliary_head=dict(in_channels=96, channels=48, num_classes=num_classes,
                         dropout_ratio=0.0),
     # the gate starts (nearly) all fine, the target anneals 1.0 -> 0.5 over 200 iterations
-    gate_loss=dict(grid_size=(4, 4), target=0.5, anneal_iters=200, loss_weight=1.0))
+    gate_loss=dict(grid_size=(4, 4), target=0.5, anneal_iters=200, loss_weight=1.0),
+    # our option (not the paper's): each iteration, switch 2 random regions in 4 images, measure
+    # the loss change and teach the gate which regions gain most from fine tokens; without it the
+    # gate learns colour, not detail (README, Demo)
+    gate_probe=dict(num_images=4, regions_per_image=2, loss_weight=1.0))
 # AdamW as the full recipe (schedule_160k_adamw) with a from-scratch learning rate
 optim_wrapper = dict(
     optimizer=dict(lr=0.0015),

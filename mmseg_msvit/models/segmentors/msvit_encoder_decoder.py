@@ -1,6 +1,8 @@
 """EncoderDecoder that trains the MSViT gate with a gate loss and reports what the gate did."""
 from typing import Optional
 
+import torch
+import torch.nn.functional as F
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.utils import OptSampleList, SampleList
@@ -21,6 +23,15 @@ def input_normalisation(data_preprocessor) -> Optional[dict]:
                                         getattr(data_preprocessor, 'to_rgb', False))))
 
 
+def probe_labels(benefit: Tensor, target: float) -> Tensor:
+    """1.0 (fine) for the probed regions whose benefit of fine tokens is in the top ``target``
+    share of those probed, 0.0 (coarse) for the others; all fine when ``target >= 1``."""
+    if target >= 1.0:
+        return torch.ones_like(benefit)
+    threshold = torch.quantile(benefit.flatten().float(), min(max(1.0 - target, 0.0), 1.0))
+    return (benefit > threshold).to(benefit.dtype)
+
+
 @MODELS.register_module()
 class MSViTEncoderDecoder(EncoderDecoder):
     """mmseg's :class:`EncoderDecoder` plus the gate loss of an MSViT backbone.
@@ -38,14 +49,45 @@ class MSViTEncoderDecoder(EncoderDecoder):
     (backbone forwards, i.e. slide windows); the
     ``ComplexityMetric`` reports them beside mIoU.
 
+    Gate probe (``gate_probe``, our option, not in the paper): the straight-through gradient
+    follows the real effect of switching a region's scale only weakly
+    (``tools/analysis_tools/gate_signal.py``), so the gate can also be taught that effect
+    directly. Each iteration, for ``num_images`` images of the batch and ``regions_per_image``
+    random regions in each, the decode head's cross-entropy is computed with the region switched
+    (the other regions as the gate decided; extra forward passes without gradient and without
+    touching BatchNorm statistics); the regions whose benefit of fine tokens (loss coarse - loss
+    fine) lies in the top ``target`` share of the sampled ones (``target`` = the gate loss's
+    current target, else 0.5) are labelled fine, the others coarse, and the gate's logits there
+    get a binary cross-entropy, logged as ``loss_gate_probe``. Cost: ``num_images x
+    (regions_per_image + 1)`` image forwards per iteration.
+
     Args:
         gate_loss (dict, optional): e.g. ``dict(type='GBaSLoss', grid_size=(16, 16),
-            target=0.5)``. None: no gate loss. Other arguments: as EncoderDecoder.
+            target=0.5)``. None: no gate loss.
+        gate_probe (dict, optional): ``dict(num_images=4, regions_per_image=2, loss_weight=1.0)``;
+            None (default): no probe. Other arguments: as EncoderDecoder.
     """
 
-    def __init__(self, *args, gate_loss: Optional[dict] = None, **kwargs) -> None:
+    def __init__(self,
+                 *args,
+                 gate_loss: Optional[dict] = None,
+                 gate_probe: Optional[dict] = None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gate_loss = build_component(gate_loss) if gate_loss is not None else None
+        if gate_probe is not None:
+            unknown = set(gate_probe) - {'num_images', 'regions_per_image', 'loss_weight'}
+            if unknown:
+                raise ValueError(f'MSViTEncoderDecoder: gate_probe has unknown keys '
+                                 f'{sorted(unknown)}; expected num_images, regions_per_image, '
+                                 'loss_weight')
+            gate_probe = dict(dict(num_images=4, regions_per_image=2, loss_weight=1.0),
+                              **gate_probe)
+            for key in ('num_images', 'regions_per_image'):
+                if int(gate_probe[key]) < 1:
+                    raise ValueError(f'MSViTEncoderDecoder: gate_probe {key} must be >= 1, got '
+                                     f'{gate_probe[key]}')
+        self.gate_probe = gate_probe
         for name in ('last_gate_probs', 'start_recording', 'stop_recording'):
             if not hasattr(self.backbone, name):
                 raise TypeError(f'MSViTEncoderDecoder: the backbone '
@@ -55,7 +97,60 @@ class MSViTEncoderDecoder(EncoderDecoder):
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         losses = super().loss(inputs, data_samples)
         losses.update(gate_loss_and_stats(self.backbone, self.gate_loss))
+        if self.gate_probe is not None and self.backbone.last_gate_logits is not None:
+            losses['loss_gate_probe'] = self._gate_probe_loss(inputs, data_samples)
         return losses
+
+    def _gate_probe_loss(self, inputs: Tensor, data_samples: SampleList) -> Tensor:
+        backbone = self.backbone
+        logits = backbone.last_gate_logits  # (B, Hc, Wc), with grad, from this iteration
+        kept = (backbone.last_fine_mask, backbone.last_num_tokens, backbone.last_macs)
+        batch, rows, cols = logits.shape
+        num_images = min(int(self.gate_probe['num_images']), batch)
+        per_image = min(int(self.gate_probe['regions_per_image']), rows * cols)
+        device = logits.device
+        images = torch.randperm(batch, device=device)[:num_images]
+        regions = torch.stack([torch.randperm(rows * cols, device=device)[:per_image]
+                               for _ in range(num_images)])  # (n, K)
+        base = kept[0][images].flatten(1)  # (n, Hc*Wc) decisions of this iteration
+        masks = [base]
+        for k in range(per_image):
+            flipped = base.clone()
+            flipped.scatter_(1, regions[:, k:k + 1], ~base.gather(1, regions[:, k:k + 1]))
+            masks.append(flipped)
+        masks = torch.cat(masks).view(-1, rows, cols)
+        labels = torch.stack([data_samples[int(i)].gt_sem_seg.data[0] for i in images]).long()
+        norms = [m for m in self.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        try:
+            for m in norms:
+                m.momentum = 0.0  # running statistics stay as they are
+            with torch.no_grad():
+                feats = backbone(inputs[images].repeat(per_image + 1, 1, 1, 1), fine_mask=masks)
+                if self.with_neck:
+                    feats = self.neck(feats)
+                seg = self.decode_head.forward(feats)
+                seg = F.interpolate(seg, size=labels.shape[-2:], mode='bilinear',
+                                    align_corners=self.align_corners)
+                ignore = getattr(self.decode_head, 'ignore_index', 255)
+                pixel_loss = F.cross_entropy(seg, labels.repeat(per_image + 1, 1, 1),
+                                             ignore_index=ignore, reduction='none')
+                valid = (labels != ignore).repeat(per_image + 1, 1, 1)
+                image_loss = (pixel_loss.sum((1, 2)) /
+                              valid.sum((1, 2)).clamp(min=1)).view(per_image + 1, num_images)
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+            backbone.last_fine_mask, backbone.last_num_tokens, backbone.last_macs = kept
+            backbone.last_gate_logits = logits
+        was_fine = base.gather(1, regions)  # (n, K)
+        change = image_loss[1:].T - image_loss[0][:, None]  # loss(switched) - loss(as decided)
+        benefit = torch.where(was_fine, change, -change)  # loss(coarse) - loss(fine)
+        target = self.gate_loss.current_target() if hasattr(self.gate_loss, 'current_target') \
+            else 0.5
+        picked = logits[images].flatten(1).gather(1, regions)
+        return self.gate_probe['loss_weight'] * F.binary_cross_entropy_with_logits(
+            picked, probe_labels(benefit, target))
 
     def predict(self, inputs: Tensor, data_samples: OptSampleList = None) -> SampleList:
         self.backbone.start_recording()
