@@ -170,6 +170,21 @@ def test_mix_gradient_is_the_first_order_effect_of_switching_scale():
         MixedScaleTokenizer(16, 32, gate_gradient='both')
 
 
+def test_explicit_decisions_can_carry_a_straight_through_value():
+    torch.manual_seed(1)
+    model = tiny_msvit(out_indices=(1, )).eval()
+    img = torch.randn(1, 3, 64, 64)
+    mask = torch.tensor([[[True, False], [False, True]]])
+    value = mask.float().requires_grad_(True)
+    (with_value, ) = model(img, fine_mask=mask, fine_value=value)
+    (without, ) = model(img, fine_mask=mask)
+    torch.testing.assert_close(with_value.tokens, without.tokens)
+    with_value.to_dense().square().sum().backward()
+    assert value.grad is not None and value.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match='fine_value needs a fine_mask of the same shape'):
+        model(img, fine_value=value)
+
+
 def test_gate_warm_up_draws_random_scales_then_hands_over_to_the_gate():
     from mmengine.logging import MessageHub
     torch.manual_seed(0)

@@ -114,9 +114,6 @@ def test_gate_signal_measures_exact_benefit_and_estimates(trained, synthetic_roo
             assert sign != sign or 0 <= sign <= 1  # NaN when no region is in that state
     assert tool.auc([2, 3], [1]) == 1.0 and tool.auc([1], [1]) == 0.5
     assert tool.auc([0], [1, 2]) == 0.0
-    # the backbone's own decision method is back after the tool ran
-    from mmseg_msvit.models.backbones.msvit import MSViT
-    assert 'decide_scales' not in vars(MSViT(arch='tiny', img_size=64))
     with pytest.raises(ValueError, match='--fine-fraction must lie in'):
         tool.main([DEMO, str(work_dir / 'iter_2.pth'), '--fine-fraction', '2'])
 

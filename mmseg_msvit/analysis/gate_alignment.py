@@ -34,16 +34,15 @@ def region_detail_kinds(label: np.ndarray, region_size: int, ignore_index: int =
     padded = np.full((rows * region_size, cols * region_size), ignore_index, label.dtype)
     padded[:height, :width] = label
     blocks = padded.reshape(rows, region_size, cols, region_size).transpose(0, 2, 1, 3)
-    blocks = blocks.reshape(rows, cols, -1)
+    blocks = blocks.reshape(rows, cols, -1).astype(np.int64)
+    valid = blocks != ignore_index
+    # two or more classes <=> the smallest and largest non-ignore label differ
+    lowest = np.where(valid, blocks, np.iinfo(np.int64).max).min(-1)
+    highest = np.where(valid, blocks, np.iinfo(np.int64).min).max(-1)
     kinds = np.full((rows, cols), IGNORED, np.int64)
-    for row in range(rows):
-        for col in range(cols):
-            classes = np.unique(blocks[row, col])
-            classes = classes[classes != ignore_index]
-            if classes.size == 1:
-                kinds[row, col] = UNIFORM
-            elif classes.size > 1:
-                kinds[row, col] = DETAILED
+    labelled = valid.any(-1)
+    kinds[labelled & (lowest == highest)] = UNIFORM
+    kinds[labelled & (lowest != highest)] = DETAILED
     return kinds
 
 

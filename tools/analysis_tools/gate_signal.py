@@ -28,7 +28,6 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -62,27 +61,6 @@ def auc(positive, negative) -> float:
     return float(greater + 0.5 * ties)
 
 
-class FixedDecisions:
-    """Stands in for ``MSViT.decide_scales``: the given decisions, optionally with a gate value
-    that carries gradient (so the straight-through path of the tokenizer is taken)."""
-
-    def __init__(self, backbone):
-        self.backbone = backbone
-        self.fine_mask = None
-        self.value = None
-
-    def __call__(self, img, fine_mask=None):
-        self.backbone.last_gate_logits = None
-        return self.fine_mask.to(img.device), self.value
-
-    def __enter__(self):
-        self.backbone.decide_scales = self
-        return self
-
-    def __exit__(self, *exc):
-        del self.backbone.decide_scales  # back to the class method
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.num_images < 1:
@@ -92,6 +70,9 @@ def main(argv=None):
     cfg = load_config(args.config, args.cfg_options)
     cfg.model.test_cfg = dict(mode='whole')
     model, loader = build_eval_model(cfg, args.checkpoint, ('test_dataloader', ))
+    if not hasattr(model, 'decode_loss_per_image'):
+        raise TypeError(f'gate_signal: the model must be an MSViTEncoderDecoder, got '
+                        f'{type(model).__name__}')
     backbone = model.backbone
     ignore_index = getattr(model.decode_head, 'ignore_index', 255)
     region = backbone.coarse_patch_size
@@ -100,53 +81,43 @@ def main(argv=None):
     modes = MixedScaleTokenizer.GATE_GRADIENTS
     saved_mode = backbone.tokenizer.gate_gradient
 
-    def task_loss(inputs, metas, label):
-        logits = model.encode_decode(inputs, metas)
-        logits = F.interpolate(logits, size=label.shape[-2:], mode='bilinear',
-                               align_corners=False)
-        return F.cross_entropy(logits, label[None].long(), ignore_index=ignore_index)
-
-    with FixedDecisions(backbone) as decisions:
-        for index, batch in enumerate(loader):
-            if index >= args.num_images:
-                break
-            data = model.data_preprocessor(batch, False)
-            inputs, sample = data['inputs'], data['data_samples'][0]
-            metas = [sample.metainfo]
-            label = sample.gt_sem_seg.data[0].to(inputs.device)
-            padded, _ = backbone.pad_input(inputs)
-            grid = (padded.shape[-2] // region, padded.shape[-1] // region)
-            mask = torch.rand((1, *grid), generator=generator) < args.fine_fraction
-            decisions.fine_mask, decisions.value = mask, None
-            with torch.no_grad():
-                base = float(task_loss(inputs, metas, label))
-            estimates = []
+    for index, batch in enumerate(loader):
+        if index >= args.num_images:
+            break
+        data = model.data_preprocessor(batch, False)
+        inputs, sample = data['inputs'], data['data_samples'][0]
+        label = sample.gt_sem_seg.data[0].to(inputs.device)
+        labels = label[None].long()
+        padded, _ = backbone.pad_input(inputs)
+        grid = (padded.shape[-2] // region, padded.shape[-1] // region)
+        mask = torch.rand((1, *grid), generator=generator) < args.fine_fraction
+        with torch.no_grad():
+            base = float(model.decode_loss_per_image(inputs, labels, mask)[0])
+        estimates = []
+        try:
             for mode in modes:
                 backbone.tokenizer.gate_gradient = mode
                 value = mask.float().to(inputs.device).requires_grad_(True)
-                decisions.value = value
-                task_loss(inputs, metas, label).backward()
+                model.decode_loss_per_image(inputs, labels, mask, value)[0].backward()
                 estimates.append(-value.grad[0].cpu().numpy())
                 model.zero_grad(set_to_none=True)
+        finally:
             backbone.tokenizer.gate_gradient = saved_mode
-            decisions.value = None
-            height, width = inputs.shape[-2:]
-            gt = Image.fromarray(label.cpu().numpy().astype(np.uint8))
-            kinds = region_detail_kinds(np.asarray(gt.resize((width, height), Image.NEAREST)),
-                                        region, ignore_index)
-            for r in range(min(grid[0], kinds.shape[0])):
-                for c in range(min(grid[1], kinds.shape[1])):
-                    if kinds[r, c] not in (DETAILED, UNIFORM):
-                        continue
-                    flipped = mask.clone()
-                    flipped[0, r, c] = ~flipped[0, r, c]
-                    decisions.fine_mask = flipped
-                    with torch.no_grad():
-                        new = float(task_loss(inputs, metas, label))
-                    state = int(mask[0, r, c])
-                    exact = (new - base) if state else (base - new)  # loss(coarse) - loss(fine)
-                    rows.append((kinds[r, c], state, exact, *(e[r, c] for e in estimates)))
-            decisions.fine_mask = mask
+        height, width = inputs.shape[-2:]
+        gt = Image.fromarray(label.cpu().numpy().astype(np.uint8))
+        kinds = region_detail_kinds(np.asarray(gt.resize((width, height), Image.NEAREST)),
+                                    region, ignore_index)
+        for r in range(min(grid[0], kinds.shape[0])):
+            for c in range(min(grid[1], kinds.shape[1])):
+                if kinds[r, c] not in (DETAILED, UNIFORM):
+                    continue
+                flipped = mask.clone()
+                flipped[0, r, c] = ~flipped[0, r, c]
+                with torch.no_grad():
+                    new = float(model.decode_loss_per_image(inputs, labels, flipped)[0])
+                state = int(mask[0, r, c])
+                exact = (new - base) if state else (base - new)  # loss(coarse) - loss(fine)
+                rows.append((kinds[r, c], state, exact, *(e[r, c] for e in estimates)))
     if not rows:
         raise RuntimeError('gate_signal: no labelled region in the images read')
     table = np.asarray(rows, np.float64)

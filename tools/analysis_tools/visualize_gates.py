@@ -65,8 +65,7 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     panels, fractions = [], []
     alignment = DetailAlignment()
-    ignore_index = loader.dataset.ignore_index if hasattr(loader.dataset, 'ignore_index') \
-        else 255
+    ignore_index = getattr(loader.dataset, 'ignore_index', 255)
     num_eval = args.num_eval or len(loader.dataset)
     for index, batch in enumerate(loader):
         if index >= max(args.num_images, num_eval):

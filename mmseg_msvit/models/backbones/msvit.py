@@ -473,20 +473,32 @@ class MSViT(BaseModule):
 
     def forward(self,
                 img: torch.Tensor,
-                fine_mask: Optional[torch.Tensor] = None) -> Tuple[MixedScaleFeatures, ...]:
+                fine_mask: Optional[torch.Tensor] = None,
+                fine_value: Optional[torch.Tensor] = None) -> Tuple[MixedScaleFeatures, ...]:
         """Run the backbone.
 
         Args:
             img (Tensor): (B, C, H, W); sides that are not multiples of the coarse size are
                 zero-padded and the dense outputs cropped back.
             fine_mask (Tensor, optional): (B, Hc, Wc) bool decisions to use instead of the gate
-                (for analysis and benchmarks; Hc, Wc of the padded input).
+                (for analysis, benchmarks and the segmentor's gate probe; Hc, Wc of the padded
+                input).
+            fine_value (Tensor, optional): with ``fine_mask``: a float tensor of the same shape
+                whose value equals ``fine_mask`` and which carries gradient, so the loss's
+                straight-through gradient with respect to each region's decision can be read
+                (``tools/analysis_tools/gate_signal.py``).
 
         Returns:
             tuple[MixedScaleFeatures]: one per ``out_indices``.
         """
         img, out_size = self.pad_input(img)
-        fine_mask, fine_value = self.decide_scales(img, fine_mask)
+        if fine_value is not None:
+            if fine_mask is None or fine_value.shape != fine_mask.shape:
+                raise ValueError('MSViT: fine_value needs a fine_mask of the same shape, got '
+                                 f'fine_value {tuple(fine_value.shape)} and fine_mask '
+                                 f'{None if fine_mask is None else tuple(fine_mask.shape)}')
+        fine_mask, gate_value = self.decide_scales(img, fine_mask)
+        fine_value = gate_value if fine_value is None else fine_value.to(img.device)
         cls_pos, pos_grid = self.fine_position_grid(
             (img.shape[-2] // self.fine_patch_size, img.shape[-1] // self.fine_patch_size))
         tokens, attn_mask, layout = self.tokenizer(

@@ -11,8 +11,9 @@ Every ``target`` in this module is the fraction of regions at the FINE scale.
 Target annealing (all three): with ``anneal_iters > 0`` the target moves linearly from
 ``anneal_start`` (default 1.0: all fine, the pretrained ViT's regime) to ``target`` over
 ``anneal_iters`` training iterations starting at iteration ``anneal_begin`` (default 0; set it to
-the backbone's ``gate_warmup_iters`` so the anneal starts when the gate does). The iteration is read from mmengine's message hub (the
-Runner's ``RuntimeInfoHook`` writes it), so it follows ``--resume`` exactly.
+the backbone's ``gate_warmup_iters`` so the anneal starts when the gate does). The iteration is
+read from mmengine's message hub (the Runner's ``RuntimeInfoHook`` writes it), so it follows
+``--resume`` exactly.
 """
 import math
 from typing import Optional, Tuple
@@ -126,7 +127,8 @@ class L0GateLoss(_AnnealedTarget):
     Args:
         target (float): fraction of regions at the fine scale, in [0, 1]. Default: 0.5.
         loss_weight (float): Default: 1.0.
-        anneal_iters (int), anneal_start (float): see the module docstring. Default: 0, 1.0.
+        anneal_iters (int), anneal_start (float), anneal_begin (int): see the module docstring.
+            Default: 0, 1.0, 0.
         loss_name (str): Default: 'loss_gate'.
     """
 
@@ -155,7 +157,8 @@ class BaSLoss(_AnnealedTarget):
         beta (float): > 0. Default: 0.4.
         target (float, optional): fine fraction in (0, 1); see above. Default: None.
         max_pdf (float): clip of the CDF's gradient. Default: 100.
-        loss_weight, anneal_iters, anneal_start, loss_name: as in :class:`L0GateLoss`.
+        loss_weight, anneal_iters, anneal_start, anneal_begin, loss_name: as in
+            :class:`L0GateLoss`.
     """
 
     def __init__(self, alpha: float = 0.6, beta: float = 0.4, target: Optional[float] = None,
@@ -214,7 +217,8 @@ class GBaSLoss(_AnnealedTarget):
         hyper_std (float): std of the Gaussian hyperprior, > 0. Default: 0.1.
         tau_weight (float): weight of the L1 on tau. Default: 0.1.
         init_tau (float): initial tau, in (0, 1). Default: 0.5.
-        loss_weight, anneal_iters, anneal_start, loss_name: as in :class:`L0GateLoss`.
+        loss_weight, anneal_iters, anneal_start, anneal_begin, loss_name: as in
+            :class:`L0GateLoss`.
     """
 
     def __init__(self,

@@ -126,18 +126,9 @@ class MSViTEncoderDecoder(EncoderDecoder):
             for m in norms:
                 m.momentum = 0.0  # running statistics stay as they are
             with torch.no_grad():
-                feats = backbone(inputs[images].repeat(per_image + 1, 1, 1, 1), fine_mask=masks)
-                if self.with_neck:
-                    feats = self.neck(feats)
-                seg = self.decode_head.forward(feats)
-                seg = F.interpolate(seg, size=labels.shape[-2:], mode='bilinear',
-                                    align_corners=self.align_corners)
-                ignore = getattr(self.decode_head, 'ignore_index', 255)
-                pixel_loss = F.cross_entropy(seg, labels.repeat(per_image + 1, 1, 1),
-                                             ignore_index=ignore, reduction='none')
-                valid = (labels != ignore).repeat(per_image + 1, 1, 1)
-                image_loss = (pixel_loss.sum((1, 2)) /
-                              valid.sum((1, 2)).clamp(min=1)).view(per_image + 1, num_images)
+                image_loss = self.decode_loss_per_image(
+                    inputs[images].repeat(per_image + 1, 1, 1, 1),
+                    labels.repeat(per_image + 1, 1, 1), masks).view(per_image + 1, num_images)
         finally:
             for m, momentum in zip(norms, momenta):
                 m.momentum = momentum
@@ -151,6 +142,29 @@ class MSViTEncoderDecoder(EncoderDecoder):
         picked = logits[images].flatten(1).gather(1, regions)
         return self.gate_probe['loss_weight'] * F.binary_cross_entropy_with_logits(
             picked, probe_labels(benefit, target))
+
+    def decode_loss_per_image(self,
+                              inputs: Tensor,
+                              labels: Tensor,
+                              fine_mask: Tensor,
+                              fine_value: Optional[Tensor] = None) -> Tensor:
+        """(N,) mean cross-entropy of the decode head per image, with the given scale decisions.
+
+        Args:
+            inputs (Tensor): (N, C, H, W) preprocessed images.
+            labels (Tensor): (N, h, w) long labels; logits are resized to them.
+            fine_mask (Tensor): (N, Hc, Wc) bool decisions (see ``MSViT.forward``).
+            fine_value (Tensor, optional): straight-through gate values for ``fine_mask``.
+        """
+        feats = self.backbone(inputs, fine_mask=fine_mask, fine_value=fine_value)
+        if self.with_neck:
+            feats = self.neck(feats)
+        seg = F.interpolate(self.decode_head.forward(feats), size=labels.shape[-2:],
+                            mode='bilinear', align_corners=self.align_corners)
+        ignore = getattr(self.decode_head, 'ignore_index', 255)
+        pixel_loss = F.cross_entropy(seg, labels, ignore_index=ignore, reduction='none')
+        valid = (labels != ignore).sum((1, 2)).clamp(min=1)
+        return pixel_loss.sum((1, 2)) / valid
 
     def predict(self, inputs: Tensor, data_samples: OptSampleList = None) -> SampleList:
         self.backbone.start_recording()
