@@ -336,3 +336,101 @@ def test_bad_arguments_get_clear_errors(tmp_path):
         model(torch.randn(1, 3, 20, 64))
     with pytest.raises(ValueError, match='fine_mask must be'):
         model(torch.randn(1, 3, 64, 64), fine_mask=torch.ones(1, 3, 3, dtype=torch.bool))
+
+
+def small_msvit(**kwargs):
+    cfg = dict(arch=dict(embed_dims=32, depth=2, num_heads=2), img_size=64,
+               gate=dict(type='MixedScaleGate', hidden_dims=(8, )))
+    cfg.update(kwargs)
+    return MSViT(**cfg)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(img_size=0), r'img_size must be .*got 0'),
+    (dict(img_size=-64), r'img_size must be .*got -64'),
+    (dict(img_size=(64, 0)), r'img_size must be .*got \(64, 0\)'),
+    (dict(img_size=64.0), r'img_size must be .*got 64.0'),
+    (dict(in_channels=0), r'in_channels must be .*got 0'),
+    (dict(fine_patch_size=0), r'fine_patch_size must be .*got 0'),
+    (dict(coarse_patch_size=0), r'coarse_patch_size must be .*got 0'),
+    (dict(num_heads=0), r'num_heads must be .*got 0'),
+    (dict(embed_dims=0), r'embed_dims must be .*got 0'),
+    (dict(embed_dims=-32), r'embed_dims must be .*got -32'),
+    (dict(depth=0), r'depth must be .*got 0'),
+    (dict(arch=dict(embed_dims=32, depth=0, num_heads=2)), r'depth must be .*got 0'),
+    (dict(depth=2.0), r'depth must be .*got 2.0'),
+    (dict(mlp_ratio=0), r'mlp_ratio must be .*got 0'),
+    (dict(mlp_ratio=float('nan')), r'mlp_ratio must be .*got nan'),
+    (dict(drop_rate=-0.1), r'drop_rate must be .*\[0, 1\).*got -0.1'),
+    (dict(drop_rate=1.0), r'drop_rate must be .*\[0, 1\).*got 1.0'),
+    (dict(attn_drop_rate=1.5), r'attn_drop_rate must be .*\[0, 1\).*got 1.5'),
+    (dict(drop_path_rate=-0.1), r'drop_path_rate must be .*\[0, 1\).*got -0.1'),
+    (dict(drop_path_rate=1.0), r'drop_path_rate must be .*\[0, 1\).*got 1.0'),
+    (dict(drop_path_rate=float('nan')), r'drop_path_rate must be .*got nan'),
+    (dict(frozen_stages=3), r'frozen_stages must be .*-1\.\.2.*got 3'),
+    (dict(frozen_stages=-2), r'frozen_stages must be .*got -2'),
+    (dict(out_indices=1.0), r'out_indices must be .*got 1.0'),
+    (dict(out_indices=True), r'out_indices must be .*got True'),
+    (dict(out_indices=(0, 1.0)), r'out_indices must be .*got \(0, 1.0\)'),
+])
+def test_bad_constructor_arguments_name_argument_and_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        small_msvit(**kwargs)
+
+
+def test_valid_edge_arguments_still_build():
+    model = small_msvit(img_size=(64, 96), frozen_stages=2, out_indices=[0, -1],
+                        drop_path_rate=0.0, drop_rate=0.0, attn_drop_rate=0.0)
+    assert model.out_indices == [0, 1] and model.img_size == (64, 96)
+    assert small_msvit(frozen_stages=-1).frozen_stages == -1
+
+
+@pytest.mark.parametrize('value', [-0.1, 1.5, 5, float('nan'), '0.5', True, None])
+def test_gate_threshold_is_validated_at_build_and_on_assignment(value):
+    with pytest.raises(ValueError, match=r'gate_threshold must be .*\[0, 1\].*got'):
+        small_msvit(gate_threshold=value)
+    model = small_msvit()
+    with pytest.raises(ValueError, match=r'gate_threshold must be .*\[0, 1\].*got'):
+        model.gate_threshold = value
+    assert model.gate_threshold == 0.5  # unchanged by the refused assignment
+
+
+def test_gate_threshold_accepts_unit_interval():
+    model = small_msvit(gate_threshold=0)
+    assert model.gate_threshold == 0.0
+    model.gate_threshold = 1
+    assert model.gate_threshold == 1.0 and isinstance(model.gate_threshold, float)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.int64, torch.uint8])
+def test_fine_mask_must_be_bool(dtype):
+    model = small_msvit().eval()
+    mask = torch.ones(1, 2, 2, dtype=dtype)
+    with pytest.raises(ValueError, match=r'fine_mask must be a bool tensor.*' + str(dtype)):
+        model(torch.randn(1, 3, 64, 64), fine_mask=mask)
+    with pytest.raises(ValueError, match='fine_mask must be a bool tensor'):
+        model(torch.randn(1, 3, 64, 64), fine_mask=torch.full((1, 2, 2), float('nan')))
+
+
+def test_forward_refuses_empty_batch_and_bad_image_shape():
+    model = small_msvit().eval()
+    with pytest.raises(ValueError, match=r'img must hold at least one image.*\(0, 3, 64, 64\)'):
+        model(torch.randn(0, 3, 64, 64))
+    with pytest.raises(ValueError, match=r'img must be a 4-D .*\(3, 64, 64\)'):
+        model(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match=r'img must have in_channels=3 channels.*\(1, 1, 64, 64\)'):
+        model(torch.randn(1, 1, 64, 64))
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(in_channels=0), r'in_channels must be .*got 0'),
+    (dict(in_channels=2.5), r'in_channels must be .*got 2.5'),
+    (dict(hidden_dims=(8, 0)), r'hidden_dims must be .*got \(8, 0\)'),
+    (dict(hidden_dims=(8, -1)), r'hidden_dims must be .*got \(8, -1\)'),
+    (dict(hidden_dims=(8.0, )), r'hidden_dims must be .*got \(8.0,\)'),
+    (dict(hidden_dims=256), r'hidden_dims must be .*got 256'),
+    (dict(coarse_patch_size=0), r'coarse_patch_size must be >= 1'),
+])
+def test_gate_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MixedScaleGate(**kwargs)

@@ -1,5 +1,6 @@
 """The mixed-scale gate: one logit per coarse region, read from that region's pixels alone."""
 import math
+import numbers
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -62,9 +63,20 @@ class MixedScaleGate(BaseModule):
                  init_fine_fraction: Optional[float] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        if coarse_patch_size < 1:
-            raise ValueError(f'MixedScaleGate: coarse_patch_size must be >= 1, got '
-                             f'{coarse_patch_size}')
+        def is_positive_int(value) -> bool:
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool) and \
+                value >= 1
+
+        if not is_positive_int(coarse_patch_size):
+            raise ValueError(f'MixedScaleGate: coarse_patch_size must be >= 1 (an int), got '
+                             f'{coarse_patch_size!r}')
+        if not is_positive_int(in_channels):
+            raise ValueError(f'MixedScaleGate: in_channels must be an int >= 1, got '
+                             f'{in_channels!r}')
+        if isinstance(hidden_dims, (str, bytes)) or not isinstance(hidden_dims, Sequence) or \
+                not all(is_positive_int(width) for width in hidden_dims):
+            raise ValueError('MixedScaleGate: hidden_dims must be a sequence of positive ints '
+                             f'(the MLP hidden widths), got {hidden_dims!r}')
         if temperature <= 0:
             raise ValueError(f'MixedScaleGate: temperature must be > 0, got {temperature}')
         if init_fine_fraction is not None and not 0 < init_fine_fraction < 1:

@@ -39,10 +39,21 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
     for fraction in args.fractions:
-        if not 0.0 <= fraction <= 1.0:
+        if not 0.0 <= fraction <= 1.0:  # NaN fails too
             parser.error(f'--fractions: {fraction} is not in [0, 1]')
-    if args.repeats < 1 or args.warmup < 0:
-        parser.error('--repeats must be >= 1 and --warmup >= 0')
+    for size in args.sizes:
+        if size < 32:
+            parser.error(f'--sizes: {size} px is too small; sizes must be >= 32 (one coarse '
+                         'region)')
+    for batch in args.batch_sizes:
+        if batch < 1:
+            parser.error(f'--batch-sizes: {batch} is not a batch size; must be >= 1')
+    if args.repeats < 1:
+        parser.error(f'--repeats must be >= 1, got {args.repeats}')
+    if args.warmup < 0:
+        parser.error(f'--warmup must be >= 0, got {args.warmup}')
+    if args.threads is not None and args.threads < 1:
+        parser.error(f'--threads must be >= 1, got {args.threads}')
     return args
 
 
@@ -100,7 +111,8 @@ def main(argv=None):
         for size in args.sizes:
             for batch in args.batch_sizes:
                 img = torch.randn(batch, 3, size, size, device=device)
-                grid = (size // model.coarse_patch_size, ) * 2
+                # decisions are per region of the input padded to a multiple of the coarse size
+                grid = (-(-size // model.coarse_patch_size), ) * 2
                 dense_mask = torch.ones(batch, *grid, dtype=torch.bool, device=device)
                 if device.type == 'cuda':
                     torch.cuda.reset_peak_memory_stats(device)
@@ -127,4 +139,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from mmseg_msvit.apis import run_cli
+    run_cli(main)

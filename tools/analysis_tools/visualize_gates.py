@@ -30,6 +30,17 @@ from mmseg_msvit.apis import build_eval_model, load_config  # noqa: E402
 from mmseg_msvit.visualization import draw_gate_map  # noqa: E402
 
 
+def unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1] (NaN refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number in [0, 1]') from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f'{text} is not in [0, 1]')
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Draw gate decisions over validation images')
     parser.add_argument('config')
@@ -38,8 +49,8 @@ def parse_args(argv=None):
     parser.add_argument('--num-images', type=int, default=8, help='pictures to draw')
     parser.add_argument('--num-eval', type=int, default=None,
                         help='images for the detail statistics (default: the whole test set)')
-    parser.add_argument('--threshold', type=float, default=None,
-                        help='gate threshold (default: the config\'s)')
+    parser.add_argument('--threshold', type=unit_interval, default=None,
+                        help='gate threshold in [0, 1] (default: the config\'s)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     return parser.parse_args(argv)
 
@@ -114,4 +125,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from mmseg_msvit.apis import run_cli
+    run_cli(main)

@@ -5,6 +5,8 @@ names are timm's (``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks
 ``norm.*``), so a timm ViT/DeiT state dict loads with only the gate's keys missing and the
 classifier head's keys unexpected.
 """
+import math
+import numbers
 import os.path as osp
 from functools import partial
 from typing import Optional, Sequence, Tuple, Union
@@ -39,15 +41,36 @@ def load_timm_state_dict(path: str) -> dict:
             "`torch.save(timm.create_model('vit_small_patch16_224', pretrained=True)"
             ".state_dict(), 'vit_small.pth')` on a machine with internet) and point "
             'init_cfg.checkpoint at it.')
-    if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        state = load_file(path, device='cpu')
-    else:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    for key in ('state_dict', 'model', 'module'):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    from ..checkpoints import read_checkpoint, state_dict_of
+    return state_dict_of(read_checkpoint(path, 'MSViT: pretrained checkpoint'))
+
+
+def _is_int(value) -> bool:
+    """An integer that is not a bool (``True`` is not a size)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    """A real number (NaN and inf included) that is not a bool; strings are not numbers."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f'MSViT: {name} must be a positive int, got {value!r}')
+
+
+def _check_rate(name: str, value) -> None:
+    if not _is_real(value) or not 0 <= value < 1:  # NaN fails the comparison
+        raise ValueError(f'MSViT: {name} must be a number in [0, 1), got {value!r}')
+
+
+def check_gate_threshold(value) -> float:
+    """Return ``value`` as a float if it is a real number in [0, 1] (not bool/str/NaN)."""
+    if not _is_real(value) or not 0 <= value <= 1:  # NaN fails the comparison
+        raise ValueError('MSViT: gate_threshold must be a number in [0, 1] (the gate '
+                         f'probability above which a region is fine), got {value!r}')
+    return float(value)
 
 
 @MODELS.register_module()
@@ -78,13 +101,17 @@ class MSViT(BaseModule):
         drop_path_rate (float): stochastic depth, linearly increasing over blocks. Default: 0.
         out_indices (int | Sequence[int]): blocks whose outputs are returned (-1 = last).
             Default: -1.
-        final_norm (bool): apply the final LayerNorm to the last block's output. Default: True.
+        final_norm (bool): apply the final LayerNorm to the last block's output; when False the
+            backbone has no ``norm`` parameters (a checkpoint's ``norm.*`` are then unexpected
+            keys). Default: True.
         with_cp (bool): gradient checkpointing of the blocks in training. Default: False.
         norm_eval (bool): keep BatchNorm layers (if any) in eval mode. Default: False.
         frozen_stages (int): -1 = nothing frozen; 0 = patch embedding, position embedding and
             CLS frozen; k > 0 additionally blocks 0..k-1. Default: -1.
         force_scale (str, optional): None (the gate decides), 'fine' (every region fine: exactly
-            a plain ViT/S_f, the gate is not run) or 'coarse' (every region coarse).
+            a plain ViT/S_f, the gate is not run) or 'coarse' (every region coarse). When set,
+            the gate's parameters are frozen (they receive no gradient) but stay in the model,
+            so checkpoints move between gated and forced configs.
         gate (dict): config of the gate. Default: ``dict(type='MixedScaleGate')``.
         gate_threshold (float): eval threshold on the gate probability; may be changed after
             building (``model.backbone.gate_threshold = 0.7``). Default: 0.5.
@@ -173,9 +200,30 @@ class MSViT(BaseModule):
                             ('num_heads', num_heads)):
             if value is not None:
                 arch_settings[name] = value
+        for name in ('embed_dims', 'depth', 'num_heads'):
+            _check_positive_int(name, arch_settings[name])
         self.embed_dims = arch_settings['embed_dims']
         self.depth = arch_settings['depth']
         self.num_heads = arch_settings['num_heads']
+        for name, value in (('fine_patch_size', fine_patch_size),
+                            ('coarse_patch_size', coarse_patch_size),
+                            ('in_channels', in_channels)):
+            _check_positive_int(name, value)
+        if not _is_real(mlp_ratio) or not 0 < mlp_ratio < math.inf:
+            raise ValueError(f'MSViT: mlp_ratio must be a finite number > 0, got {mlp_ratio!r}')
+        for name, value in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
+                            ('drop_path_rate', drop_path_rate)):
+            _check_rate(name, value)
+        if not _is_int(frozen_stages) or not -1 <= frozen_stages <= self.depth:
+            raise ValueError(f'MSViT: frozen_stages must be an int in -1..{self.depth} (-1: '
+                             f'nothing frozen, depth={self.depth}: every block), got '
+                             f'{frozen_stages!r}')
+        if not (_is_int(out_indices) or (isinstance(out_indices, Sequence) and
+                                         not isinstance(out_indices, str) and
+                                         len(out_indices) > 0 and
+                                         all(_is_int(i) for i in out_indices))):
+            raise ValueError('MSViT: out_indices must be an int or a non-empty sequence of ints '
+                             f'(block indices, -1 = last), got {out_indices!r}')
         if self.embed_dims % self.num_heads != 0:
             raise ValueError(f'MSViT: embed_dims={self.embed_dims} is not divisible by '
                              f'num_heads={self.num_heads}')
@@ -186,7 +234,17 @@ class MSViT(BaseModule):
         if force_scale not in (None, 'fine', 'coarse'):
             raise ValueError(f"MSViT: force_scale must be None, 'fine' or 'coarse', got "
                              f'{force_scale!r}')
-        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if _is_int(img_size):
+            sides = (img_size, img_size)
+        elif isinstance(img_size, Sequence) and len(img_size) == 2 and \
+                all(_is_int(side) for side in img_size):
+            sides = tuple(img_size)
+        else:
+            sides = None
+        if sides is None or min(sides) < 1:
+            raise ValueError('MSViT: img_size must be a positive int or a pair of positive ints, '
+                             f'got {img_size!r}')
+        self.img_size = tuple(int(side) for side in sides)
         if self.img_size[0] % coarse_patch_size or self.img_size[1] % coarse_patch_size:
             raise ValueError(f'MSViT: img_size={self.img_size} must be a multiple of '
                              f'coarse_patch_size={coarse_patch_size}')
@@ -195,7 +253,7 @@ class MSViT(BaseModule):
         self.in_channels = in_channels
         self.mlp_ratio = mlp_ratio
         self.force_scale = force_scale
-        self.gate_threshold = gate_threshold
+        self.gate_threshold = gate_threshold  # validated by the property's setter
         self.final_norm = final_norm
         self.with_cp = with_cp
         self.norm_eval = norm_eval
@@ -215,7 +273,7 @@ class MSViT(BaseModule):
         # classifier so that a transferred gate's normalisation can be checked
         self.input_normalisation: Optional[dict] = None
 
-        if isinstance(out_indices, int):
+        if _is_int(out_indices):
             out_indices = [out_indices]
         self.out_indices = []
         for index in out_indices:
@@ -243,7 +301,9 @@ class MSViT(BaseModule):
                   qkv_bias=qkv_bias, proj_drop=drop_rate, attn_drop=attn_drop_rate,
                   drop_path=drop_path[i], norm_layer=norm_layer) for i in range(self.depth)
         ])
-        self.norm = norm_layer(self.embed_dims)
+        # no final LayerNorm parameters when they are not used (final_norm=False): a trainable
+        # parameter without gradient stops DistributedDataParallel at its second iteration
+        self.norm = norm_layer(self.embed_dims) if final_norm else nn.Identity()
 
         gate_cfg = dict(type='MixedScaleGate') if gate is None else dict(gate)
         gate_cfg.setdefault('coarse_patch_size', coarse_patch_size)
@@ -281,6 +341,15 @@ class MSViT(BaseModule):
                 nn.init.zeros_(module.bias)
 
     @property
+    def gate_threshold(self) -> float:
+        """Eval threshold on the gate probability of FINE, a float in [0, 1]."""
+        return self._gate_threshold
+
+    @gate_threshold.setter
+    def gate_threshold(self, value: float) -> None:
+        self._gate_threshold = check_gate_threshold(value)
+
+    @property
     def last_gate_probs(self) -> Optional[torch.Tensor]:
         """(B, Hc, Wc) probability of FINE from the last forward (with grad), None if forced."""
         return None if self.last_gate_logits is None else torch.sigmoid(self.last_gate_logits)
@@ -296,13 +365,14 @@ class MSViT(BaseModule):
 
     def load_gate(self, path: str) -> dict:
         """Load a gate checkpoint written by ``tools/transfer_gate.py``; returns its meta."""
+        from ..checkpoints import describe_checkpoint, read_checkpoint
         from ..gate_transfer import check_gate_compatible
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'MSViT: gate checkpoint {path!r} does not exist')
-        gate = torch.load(path, map_location='cpu', weights_only=True)
-        if not isinstance(gate, dict) or 'meta' not in gate or 'state_dict' not in gate:
-            raise ValueError(f'MSViT: {path!r} is not a gate checkpoint (expected state_dict and '
-                             'meta, as written by tools/transfer_gate.py)')
+        gate = read_checkpoint(path, 'MSViT: gate checkpoint')
+        kind = describe_checkpoint(gate)
+        if not kind.startswith('a gate file'):
+            raise ValueError(f'MSViT: gate_init checkpoint {path!r} is {kind}, not a gate file; '
+                             f'extract its gate first: python tools/transfer_gate.py {path} '
+                             'gate.pth, then set gate_init=dict(checkpoint=\'gate.pth\')')
         check_gate_compatible(gate['meta'], self.coarse_patch_size, self.fine_patch_size,
                               self.in_channels, self.input_normalisation, path)
         try:
@@ -369,7 +439,9 @@ class MSViT(BaseModule):
             block.eval()
             for param in block.parameters():
                 param.requires_grad = False
-        if self.freeze_gate:
+        if self.freeze_gate or self.force_scale is not None:
+            # with the scale forced the gate never runs: nothing trainable may go without
+            # gradient (DistributedDataParallel); its weights stay loadable
             self.gate.eval()
             for param in self.gate.parameters():
                 param.requires_grad = False
@@ -453,11 +525,17 @@ class MSViT(BaseModule):
         batch = img.shape[0]
         grid = (img.shape[-2] // self.coarse_patch_size, img.shape[-1] // self.coarse_patch_size)
         if fine_mask is not None:
+            if not isinstance(fine_mask, torch.Tensor) or fine_mask.dtype != torch.bool:
+                kind = fine_mask.dtype if isinstance(fine_mask, torch.Tensor) else \
+                    type(fine_mask).__name__
+                raise ValueError(f'MSViT: fine_mask must be a bool tensor (True = fine), got '
+                                 f'{kind}; pass e.g. `mask > 0.5` rather than a float or int '
+                                 'mask')
             if tuple(fine_mask.shape) != (batch, *grid):
                 raise ValueError(f'MSViT: fine_mask must be (B, Hc, Wc) = {(batch, *grid)} for '
                                  f'this input, got {tuple(fine_mask.shape)}')
             self.last_gate_logits = None
-            return fine_mask.to(device=img.device, dtype=torch.bool), None
+            return fine_mask.to(device=img.device), None
         if self.force_scale is not None:
             self.last_gate_logits = None
             make = torch.ones if self.force_scale == 'fine' else torch.zeros
@@ -491,6 +569,15 @@ class MSViT(BaseModule):
         Returns:
             tuple[MixedScaleFeatures]: one per ``out_indices``.
         """
+        if not isinstance(img, torch.Tensor) or img.dim() != 4:
+            shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+            raise ValueError(f'MSViT: img must be a 4-D (B, C, H, W) tensor, got {shape}')
+        if img.shape[0] < 1:
+            raise ValueError('MSViT: img must hold at least one image (batch size >= 1), got '
+                             f'shape {tuple(img.shape)}')
+        if img.shape[1] != self.in_channels:
+            raise ValueError(f'MSViT: img must have in_channels={self.in_channels} channels '
+                             f'(B, C, H, W), got shape {tuple(img.shape)}')
         img, out_size = self.pad_input(img)
         if fine_value is not None:
             if fine_mask is None or fine_value.shape != fine_mask.shape:
