@@ -8,6 +8,6 @@ from .version import __version__
 
 compat.install()
 
-from . import datasets, evaluation, models  # noqa: E402,F401  (registration)
+from . import datasets, engine, evaluation, models  # noqa: E402,F401  (registration)
 
-__all__ = ['__version__', 'compat', 'datasets', 'evaluation', 'models']
+__all__ = ['__version__', 'compat', 'datasets', 'engine', 'evaluation', 'models']

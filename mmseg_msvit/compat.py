@@ -27,11 +27,8 @@ imported. Both parts are idempotent.
    ``weights_only`` is never switched off, because a checkpoint is not trusted
    code.
 
-3. **Atomic checkpoint writes.** mmengine's ``save_checkpoint`` writes through
-   the local file backend's ``put``, which opens the target and writes into it;
-   a crash mid-write leaves a truncated checkpoint. We register a local backend
-   whose ``put`` writes a temporary file in the same folder, fsyncs it and
-   renames it over the target.
+Atomic checkpoint writes are not a shim: they are the ``atomic_local`` file backend and
+``SafeCheckpointHook`` in :mod:`mmseg_msvit.engine`, chosen by the runtime config.
 """
 import importlib
 import pickle
@@ -248,51 +245,6 @@ def _install_checkpoint_safe_globals() -> None:
     torch.serialization.add_safe_globals(checkpoint_safe_globals())
 
 
-def _make_atomic_local_backend():
-    from mmengine.fileio.backends import LocalBackend
-
-    class AtomicLocalBackend(LocalBackend):
-        """mmengine's local file backend whose ``put`` is atomic.
-
-        Bytes go to a temporary file in the target folder, are flushed and fsync'ed, then
-        renamed over the target (``os.replace``): a crash mid-write leaves the previous
-        checkpoint intact instead of a truncated one.
-        """
-
-        def put(self, obj: bytes, filepath) -> None:
-            import os
-            import tempfile
-            filepath = os.fspath(filepath)
-            folder = os.path.dirname(os.path.abspath(filepath))
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp_path = tempfile.mkstemp(
-                dir=folder, prefix='.' + os.path.basename(filepath) + '.', suffix='.tmp')
-            try:
-                with os.fdopen(fd, 'wb') as f:
-                    f.write(obj)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp_path, filepath)
-            except BaseException:
-                if os.path.exists(tmp_path):
-                    os.remove(tmp_path)
-                raise
-
-    return AtomicLocalBackend
-
-
-def _install_atomic_checkpoint_writes() -> None:
-    """Make mmengine's local ``put`` (used by ``save_checkpoint``) atomic."""
-    from mmengine.fileio import io as fileio_io
-    from mmengine.fileio import register_backend
-    backend = _make_atomic_local_backend()
-    register_backend('local', backend, force=True, prefixes='')
-    # drop local backends instantiated before this point so the atomic one is used
-    for key, instance in list(fileio_io.backend_instances.items()):
-        if type(instance).__name__ == 'LocalBackend':
-            del fileio_io.backend_instances[key]
-
-
 _installed = False
 
 
@@ -303,5 +255,4 @@ def install() -> None:
         return
     _install_mmcv_ops_standin()
     _install_checkpoint_safe_globals()
-    _install_atomic_checkpoint_writes()
     _installed = True

@@ -16,3 +16,4 @@ optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer,
 train_dataloader = dict(batch_size=1)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))  # atomic, never lost

@@ -36,3 +36,8 @@ train_cfg = dict(by_epoch=True, max_epochs=20, val_interval=1)
 val_cfg = dict()
 test_cfg = dict()
 auto_scale_lr = dict(base_batch_size=1024)
+# reliability hooks (as configs/_base_/default_runtime.py): atomic checkpoints that are never
+# lost, exact resume, checkpoints checked on load, a stop at the first non-finite loss
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
+custom_hooks = [dict(type='ExactResumeHook'), dict(type='CheckpointCheckHook'),
+                dict(type='FiniteLossHook')]

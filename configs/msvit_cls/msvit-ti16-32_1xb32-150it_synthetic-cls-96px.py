@@ -45,5 +45,8 @@ val_cfg = dict()
 test_cfg = dict()
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=150, max_keep_ckpts=1))
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=150, max_keep_ckpts=1))
+# see configs/_base_/default_runtime.py
+custom_hooks = [dict(type='ExactResumeHook'), dict(type='CheckpointCheckHook'),
+                dict(type='FiniteLossHook')]
 randomness = dict(seed=0)

@@ -17,3 +17,5 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000, by_epoch=False)
 ]
+# checkpoints written atomically; the oldest kept one is deleted only after the new one is on disk
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

@@ -1,0 +1,217 @@
+"""Runtime hooks that make training safe to interrupt and to resume (in ``default_runtime``).
+
+* :class:`SafeCheckpointHook` - mmengine's ``CheckpointHook`` whose checkpoints are written
+  atomically, whose old checkpoint is deleted only once the new one is on disk (mmengine deletes
+  it first, so a kill during the save with ``max_keep_ckpts=1`` left nothing), which writes
+  ``last_checkpoint`` atomically and cleans the temporaries an interrupted save left.
+* :class:`ExactResumeHook` - saves the random-number state (torch, CUDA, numpy, Python) with
+  every checkpoint and restores it on ``--resume`` at the point where the uninterrupted run
+  would be, so a resumed run repeats the uninterrupted run's losses (single process,
+  ``num_workers=0``).
+* :class:`CheckpointCheckHook` - strips the config text that mmengine's ``resume`` would
+  execute from a loaded checkpoint, and refuses a ``load_from`` checkpoint that does not cover
+  the model (a gate file, a classification model, a backbone only).
+* :class:`FiniteLossHook` - stops training at the first non-finite loss, naming the iteration
+  and the loss terms.
+"""
+import os.path as osp
+import random
+from typing import Optional
+
+import numpy as np
+import torch
+from mmengine.dist import is_main_process
+from mmengine.hooks import CheckpointHook, Hook
+from mmengine.logging import print_log
+from mmengine.registry import HOOKS
+
+from ..models.checkpoints import check_covers
+from .fileio import atomic_write_bytes, remove_stale_temporaries
+
+#: the hooks ``tools/train.py``/``tools/test.py`` make sure of, whatever the config says
+RUNTIME_HOOKS = ('ExactResumeHook', 'CheckpointCheckHook', 'FiniteLossHook')
+
+
+@HOOKS.register_module()
+class SafeCheckpointHook(CheckpointHook):
+    """``CheckpointHook`` that never loses a checkpoint (arguments as mmengine's).
+
+    Differences: checkpoints go through the ``'atomic_local'`` file backend unless
+    ``backend_args`` names another; the new checkpoint and ``last_checkpoint`` are written
+    before the oldest kept checkpoint is removed; before training, ``.*.tmp`` files left in the
+    output folder by an interrupted save are removed.
+    """
+
+    def __init__(self, *args, backend_args: Optional[dict] = None, **kwargs) -> None:
+        if backend_args is None and kwargs.get('file_client_args') is None:
+            backend_args = dict(backend='atomic_local')
+        super().__init__(*args, backend_args=backend_args, **kwargs)
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if is_main_process() and osp.isdir(self.out_dir):
+            for path in remove_stale_temporaries(self.out_dir):
+                print_log(f'SafeCheckpointHook: removed {path}, left by an interrupted save',
+                          logger='current')
+
+    def _save_checkpoint_with_step(self, runner, step, meta) -> None:
+        ckpt_filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        outdated = []
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids
+                                            and self.keep_ckpt_ids[-1] == step):
+            # keep_ckpt_ids is a deque bounded by max_keep_ckpts: make room explicitly
+            while len(self.keep_ckpt_ids) >= self.max_keep_ckpts:
+                outdated.append(self.keep_ckpt_ids.popleft())
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+        runner.save_checkpoint(
+            self.out_dir, ckpt_filename, self.file_client_args,
+            save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler,
+            meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        if not is_main_process():
+            return
+        atomic_write_bytes(osp.join(runner.work_dir, 'last_checkpoint'),
+                           str(self.last_ckpt).encode())
+        for old_step in outdated:  # only now that the new checkpoint is durable
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old_step))
+            if self.file_backend.isfile(path):
+                self.file_backend.remove(path)
+            elif self.file_backend.isdir(path):
+                self.file_backend.rmtree(path)
+
+
+def get_random_state() -> dict:
+    """The state of every random-number generator training draws from."""
+    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(),
+                 python=random.getstate())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state: dict) -> None:
+    """Restore what :func:`get_random_state` returned (checkpoint round trip included: numpy's
+    state comes back as a list, Python's as nested lists)."""
+    torch.set_rng_state(state['torch'])
+    name, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss),
+                         float(cached)))
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+class _RestoreAfterSkip:
+    """Wraps the train loop's data iterator: mmengine re-reads ``skip`` batches after a resume
+    (data augmentation draws random numbers while it does); the saved state is restored once
+    they are read, just before the first new batch, where the uninterrupted run stood."""
+
+    def __init__(self, iterator, skip: int, state: dict) -> None:
+        self.iterator, self.skip, self.state = iterator, skip, state
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.skip == 0 and self.state is not None:
+            set_random_state(self.state)
+            self.state = None
+        self.skip -= 1
+        return next(self.iterator)
+
+    def __getattr__(self, name):
+        return getattr(self.iterator, name)
+
+
+@HOOKS.register_module()
+class ExactResumeHook(Hook):
+    """Save the random-number state with each checkpoint; restore it on resume.
+
+    Exact for single-process runs with ``num_workers=0`` (dataloader workers seed themselves
+    from the state, so they follow too, but their timing is not reproducible). Under
+    distributed training every rank restores the state rank 0 saved.
+    """
+    priority = 'VERY_LOW'
+
+    def __init__(self) -> None:
+        self._pending = None
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint['random_state'] = get_random_state()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get('random_state')
+        meta = checkpoint.get('meta') or {}
+        self._pending = None if state is None else (int(meta.get('iter', 0)), state)
+
+    def before_val(self, runner) -> None:
+        # a validation inside training draws random numbers (a dataloader's base seed); keep
+        # them out of the training stream so a resumed run, which did not validate at the
+        # checkpoint's iteration, sees the same numbers as the uninterrupted one
+        self._before_val = get_random_state()
+
+    def after_val(self, runner) -> None:
+        state, self._before_val = getattr(self, '_before_val', None), None
+        if state is not None:
+            set_random_state(state)
+
+    def before_train(self, runner) -> None:
+        if self._pending is None:
+            return
+        saved_iter, state = self._pending
+        self._pending = None
+        loop = runner.train_loop
+        if saved_iter == 0 or runner.iter != saved_iter or \
+                not hasattr(loop, 'dataloader_iterator'):
+            return  # loaded weights (load_from), not a resume: keep the configured seed
+        loop.dataloader_iterator = _RestoreAfterSkip(loop.dataloader_iterator, runner.iter,
+                                                     state)
+
+
+@HOOKS.register_module()
+class CheckpointCheckHook(Hook):
+    """Guards every checkpoint the runner loads.
+
+    * ``meta['config']`` (Python text that mmengine's ``resume`` would execute to read the GPU
+      count) is removed before it is read: a checkpoint is data, never code.
+    * A checkpoint given as ``load_from`` (tools/test.py, or the start of a training run) that
+      lacks weights the model needs is refused, naming what is missing and what the file looks
+      like. A resume is checked the same way.
+    """
+    priority = 'VERY_HIGH'
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        meta = checkpoint.get('meta')
+        if isinstance(meta, dict) and 'config' in meta:
+            meta.pop('config')
+            print_log('CheckpointCheckHook: ignored the config text stored in the checkpoint '
+                      '(it is never executed)', logger='current')
+        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        path = runner._load_from or runner.message_hub.get_info('last_ckpt') or 'checkpoint'
+        check_covers(model, checkpoint, str(path))
+
+
+@HOOKS.register_module()
+class FiniteLossHook(Hook):
+    """Stop training at the first iteration whose loss is NaN or infinite.
+
+    Raises a ``FloatingPointError`` naming the iteration and the non-finite loss terms (a NaN
+    in one image turns every later loss into NaN without a word otherwise). Costs one host
+    read of the total loss per iteration, which logging makes anyway.
+    """
+    priority = 'HIGH'
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if not outputs or 'loss' not in outputs:
+            return
+        if bool(torch.isfinite(outputs['loss']).all()):
+            return
+        bad = [name for name, value in outputs.items()
+               if torch.is_tensor(value) and not bool(torch.isfinite(value).all())]
+        raise FloatingPointError(
+            f'training stopped at iteration {runner.iter + 1}: non-finite loss '
+            f"({', '.join(bad)}); check the inputs of this batch (a NaN/Inf pixel?) and the "
+            'learning rate. The last checkpoint before it is intact.')
