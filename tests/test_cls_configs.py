@@ -6,6 +6,7 @@ import importlib.util
 import os.path as osp
 
 import pytest
+from test_configs import assert_every_trainable_parameter_learns, assert_reliability_hooks
 from mmengine.config import Config
 from mmengine.runner import Runner
 
@@ -57,12 +58,14 @@ def test_cls_config_trains_one_iteration(path, synthetic_root, tmp_path):
     raw = Config.fromfile(path)
     assert raw.custom_imports == dict(imports=['mmseg_msvit'], allow_failed_imports=False)
     assert raw.model.type == 'MSViTImageClassifier'
+    assert_reliability_hooks(raw)
     if 'in1k' in osp.basename(path):
         assert raw.train_dataloader.dataset.type == 'ImageNet'
         assert raw.model.backbone.init_cfg.type == 'Pretrained'
     cfg = tiny_cfg(path, synthetic_root / 'imagenet', tmp_path)
     runner = Runner.from_cfg(cfg)
     runner.train()
+    assert_every_trainable_parameter_learns(runner.model, next(iter(runner.train_dataloader)))
     metrics = runner.val_loop.run()
     assert 'accuracy/top1' in metrics and metrics['complexity/backbone_gmacs'] > 0
 

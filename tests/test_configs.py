@@ -52,6 +52,26 @@ def tiny_cfg(path, synthetic_root, work_dir):
     return cfg, dataset_type
 
 
+def assert_reliability_hooks(cfg):
+    """The config itself (not only our tools) asks for the hooks that keep runs safe."""
+    assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook'
+    assert {h['type'] for h in cfg.custom_hooks} >= {'ExactResumeHook', 'CheckpointCheckHook',
+                                                      'FiniteLossHook'}
+
+
+def assert_every_trainable_parameter_learns(model, batch):
+    """One training forward/backward reaches every parameter with requires_grad (otherwise
+    DistributedDataParallel stops at its second iteration on the 8xb2 recipes)."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    data = model.data_preprocessor(batch, True)
+    losses = model(**data, mode='loss')
+    loss, _ = model.parse_losses(losses)
+    loss.backward()
+    idle = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not idle, f'trainable parameters without gradient: {idle}'
+
+
 def test_config_names():
     names = {osp.basename(p) for p in CONFIGS}
     for required in ('upernet_msvit_ade20k.py', 'upernet_msvit_cityscapes.py',
@@ -66,6 +86,7 @@ def test_config_trains_one_iteration(path, synthetic_root, tmp_path):
     raw = Config.fromfile(path)
     assert raw.custom_imports == dict(imports=['mmseg_msvit'], allow_failed_imports=False)
     assert raw.model.type == 'MSViTEncoderDecoder' and raw.model.backbone.type == 'MSViT'
+    assert_reliability_hooks(raw)
     if raw.model.backbone.get('force_scale') is None:
         crop = raw.crop_size
         assert tuple(raw.model.gate_loss.grid_size) == (crop[0] // 32, crop[1] // 32), \
@@ -79,6 +100,7 @@ def test_config_trains_one_iteration(path, synthetic_root, tmp_path):
     runner = Runner.from_cfg(cfg)
     runner.train()
     assert runner.iter == 1
+    assert_every_trainable_parameter_learns(runner.model, next(iter(runner.train_dataloader)))
     metrics = runner.val_loop.run()
     assert 'mIoU' in metrics and 'complexity/backbone_gmacs' in metrics
     assert metrics['complexity/backbone_gmacs'] > 0

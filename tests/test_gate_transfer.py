@@ -103,3 +103,53 @@ def test_mismatches_are_refused(source_checkpoint, tmp_path):
         load_tool().main([str(bare), str(tmp_path / 'g.pth')])
     with pytest.raises(FileNotFoundError, match='does not exist'):
         load_tool().main([str(tmp_path / 'nope.pth'), str(tmp_path / 'g.pth')])
+
+
+def _bare_gate_checkpoint(path, hidden_dims=(8, 8, 8, 8, 8)):
+    """A tiny checkpoint with only a gate and a patch embedding (no config in its meta)."""
+    from mmseg_msvit.models import MixedScaleGate
+    torch.manual_seed(0)
+    gate = MixedScaleGate(hidden_dims=hidden_dims)
+    state = {f'backbone.gate.{k}': v for k, v in gate.state_dict().items()}
+    state['backbone.patch_embed.proj.weight'] = torch.zeros(4, 3, 16, 16)
+    torch.save({'state_dict': state}, path)
+    return gate
+
+
+NORMALISATION = ['--mean', '123.675', '116.28', '103.53', '--std', '58.395', '57.12', '57.375',
+                 '--bgr-to-rgb']
+
+
+def test_deep_gate_records_hidden_dims_in_layer_order(tmp_path):
+    from mmseg_msvit.models import MixedScaleGate
+    src = tmp_path / 'deep.pth'
+    source = _bare_gate_checkpoint(src)
+    gate = load_tool().main([str(src), str(tmp_path / 'gate.pth'), *NORMALISATION])
+    assert gate['meta']['hidden_dims'] == [8, 8, 8, 8, 8]
+    assert gate['meta']['coarse_patch_size'] == 32 and gate['meta']['in_channels'] == 3
+    rebuilt = MixedScaleGate(hidden_dims=gate['meta']['hidden_dims'])
+    rebuilt.load_state_dict(gate['state_dict'])
+    img = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(rebuilt(img), source(img))
+    # distinct widths: the order must be the layers' (0, 2, 4, ..., 10), not text order
+    src = tmp_path / 'widths.pth'
+    _bare_gate_checkpoint(src, hidden_dims=(9, 8, 7, 6, 5))
+    gate = load_tool().main([str(src), str(tmp_path / 'gate2.pth'), *NORMALISATION])
+    assert gate['meta']['hidden_dims'] == [9, 8, 7, 6, 5]
+
+
+@pytest.mark.parametrize('override, match', [
+    (['--std', '0', '0', '0'], r'std must be .*> 0.*got \[0.0, 0.0, 0.0\]'),
+    (['--std', '58', '-1', '57'], r'std must be .*> 0.*got \[58.0, -1.0, 57.0\]'),
+    (['--std', '58', 'inf', '57'], r'std must be .*finite.*got \[58.0, inf, 57.0\]'),
+    (['--std', '58', 'nan', '57'], r'std must be .*got \[58.0, nan, 57.0\]'),
+    (['--std', '58', '57'], r'std must hold 3 values .*in_channels.*got \[58.0, 57.0\]'),
+    (['--mean', '1', '2'], r'mean must hold 3 values .*in_channels.*got \[1.0, 2.0\]'),
+    (['--mean', '1', 'nan', '2'], r'mean must be finite.*got \[1.0, nan, 2.0\]'),
+])
+def test_bad_normalisation_overrides_are_refused(tmp_path, override, match):
+    src = tmp_path / 'gate_src.pth'
+    _bare_gate_checkpoint(src, hidden_dims=(8, ))
+    with pytest.raises(ValueError, match=match):
+        load_tool().main([str(src), str(tmp_path / 'gate.pth'), *NORMALISATION, *override])
+    assert not (tmp_path / 'gate.pth').exists()

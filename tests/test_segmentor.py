@@ -79,9 +79,14 @@ def test_one_training_iteration_updates_gate_and_prior():
 
 
 def test_forced_scale_trains_without_gate_loss():
-    model = build(segmentor_cfg(backbone=dict(
-        type='MSViT', arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64,
-        out_indices=(0, 1), force_scale='fine')))
+    forced = dict(type='MSViT', arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64,
+                  out_indices=(0, 1), force_scale='fine')
+    # the gate never runs with a forced scale: a gate loss would train nothing (and its GBaS
+    # prior, without gradient, would stop DistributedDataParallel)
+    with pytest.raises(ValueError, match=r"force_scale='fine'.*model.gate_loss=None"):
+        build(segmentor_cfg(backbone=forced))
+    model = build(segmentor_cfg(backbone=forced, gate_loss=None))
+    assert not any(p.requires_grad for p in model.backbone.gate.parameters())
     model.train()
     log_vars = {k: float(v) for k, v in model.train_step(make_batch(), OptimWrapper(
         torch.optim.SGD(model.parameters(), lr=0.1))).items()}

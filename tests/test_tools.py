@@ -1,9 +1,9 @@
 """tools/train.py (with --resume), tools/test.py and the gate visualisation, end to end on the
 demo config and a tiny synthetic dataset."""
-import importlib.util
 import os.path as osp
 
 import pytest
+from _helpers import load_tool
 import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
@@ -21,14 +21,6 @@ class ResumeProbeHook(Hook):
         PROBE['iter'] = runner.iter
         state = runner.optim_wrapper.optimizer.state_dict()['state']
         PROBE['exp_avg'] = {k: v['exp_avg'].clone() for k, v in state.items()}
-
-
-def load_tool(relative):
-    path = osp.join(REPO, relative)
-    spec = importlib.util.spec_from_file_location(osp.splitext(osp.basename(path))[0], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def data_options(root):
@@ -175,3 +167,118 @@ def test_benchmark_tradeoff_writes_csv_json_and_plot(trained, synthetic_root, tm
         assert len(list(csv.DictReader(f))) == 3
     assert len(json.loads((tmp_path / 'out' / 'tradeoff.json').read_text())) == 3
     assert (tmp_path / 'out' / 'tradeoff.png').stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------- wrong inputs
+@pytest.fixture(scope='module')
+def wrong_files(trained, tmp_path_factory):
+    """A gate file and a classification checkpoint: neither covers a segmentor."""
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    work_dir, _ = trained
+    root = tmp_path_factory.mktemp('wrong')
+    gate = root / 'gate.pth'
+    load_tool('tools/transfer_gate.py').main([str(work_dir / 'iter_2.pth'), str(gate)])
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'msvit_cls', 'demo_msvit_cls_synthetic.py'))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        from mmpretrain.registry import MODELS
+        cfg.model.pop('head_from_timm', None)
+        classifier = MODELS.build(cfg.model)
+    cls = root / 'cls.pth'
+    torch.save({'state_dict': classifier.state_dict(), 'meta': {}}, cls)
+    return dict(gate=str(gate), cls=str(cls), seg=str(work_dir / 'iter_2.pth'))
+
+
+def test_evaluations_refuse_checkpoints_that_do_not_cover_the_model(wrong_files, synthetic_root,
+                                                                    tmp_path):
+    from mmseg_msvit.models.checkpoints import CheckpointError
+    options = data_options(synthetic_root / 'ade')
+    test = load_tool('tools/test.py')
+    with pytest.raises(CheckpointError, match=r'a gate file.*missing.*gate_init'):
+        test.main([DEMO, wrong_files['gate'], '--work-dir', str(tmp_path), '--cfg-options',
+                   *options])
+    with pytest.raises(CheckpointError, match=r'a classification model.*missing'):
+        test.main([DEMO, wrong_files['cls'], '--work-dir', str(tmp_path), '--cfg-options',
+                   *options])
+    # the tools that build an evaluation model themselves
+    with pytest.raises(CheckpointError, match='a gate file'):
+        load_tool('tools/analysis_tools/get_flops.py').main(
+            [DEMO, '--checkpoint', wrong_files['gate'], '--cfg-options', *options])
+    with pytest.raises(CheckpointError, match='a classification model'):
+        load_tool('tools/analysis_tools/visualize_gates.py').main(
+            [DEMO, wrong_files['cls'], '--out-dir', str(tmp_path), '--cfg-options', *options])
+    with pytest.raises(CheckpointError, match='a gate file'):
+        load_tool('tools/analysis_tools/benchmark_tradeoff.py').main(
+            [DEMO, wrong_files['gate'], '--thresholds', '0.5', '--out-dir', str(tmp_path),
+             '--cfg-options', *options])
+    # a gate file given as the classification checkpoint of the transfer check
+    cls_config = osp.join(REPO, 'configs', 'msvit_cls', 'demo_msvit_cls_synthetic.py')
+    with pytest.raises(CheckpointError, match='a gate file'):
+        load_tool('tools/analysis_tools/check_gate_transfer.py').main(
+            [cls_config, wrong_files['gate'], DEMO, wrong_files['gate'], '--num-images', '1',
+             '--cfg-options', *options])
+    # load_from= at the start of training
+    train = load_tool('tools/train.py')
+    with pytest.raises(CheckpointError, match='a gate file'):
+        train.main([DEMO, '--work-dir', str(tmp_path / 'w'), '--cfg-options', *options,
+                    'train_cfg.max_iters=1', f"load_from={wrong_files['gate']}"])
+
+
+def test_gate_init_with_a_model_checkpoint_says_to_extract_the_gate(wrong_files):
+    from mmseg_msvit.models import MSViT
+    backbone = MSViT(arch=dict(embed_dims=32, depth=2, num_heads=2), img_size=64,
+                     gate_init=dict(checkpoint=wrong_files['seg']))
+    with pytest.raises(ValueError, match=r'a segmentation model, not a gate file.*'
+                       r'tools/transfer_gate\.py'):
+        backbone.init_weights()
+
+
+def test_cli_errors_are_one_line_with_a_nonzero_exit(wrong_files, synthetic_root, tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / 'bad.py'
+    bad.write_text("model = dict(\n")
+    runs = {
+        'gate': ['tools/test.py', DEMO, wrong_files['gate'], '--cfg-options',
+                 *data_options(synthetic_root / 'ade')],
+        'syntax': ['tools/train.py', str(bad)],
+        'empty': ['tools/train.py', DEMO, '--cfg-options',
+                  f'train_dataloader.dataset.data_root={tmp_path}'],
+    }
+    expected = {'gate': 'does not cover this model', 'syntax': f'{bad}.*syntax error',
+                'empty': 'train_dataloader: image folder .* does not exist'}
+    import re
+    for name, command in runs.items():
+        proc = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 1, (name, proc.stderr[-1500:])
+        last = proc.stderr.strip().splitlines()[-1]
+        assert re.search(expected[name], last), (name, last)
+        assert 'Traceback' not in proc.stderr, name
+
+
+def test_transfer_gate_never_runs_checkpoint_text_nor_overwrites_its_source(trained, tmp_path):
+    work_dir, _ = trained
+    tool = load_tool('tools/transfer_gate.py')
+    source = torch.load(work_dir / 'iter_2.pth', weights_only=True)
+    marker = tmp_path / 'executed'
+    # plain strings and tensors pass weights_only; the config text must never run
+    source['meta']['cfg'] = (f"__import__('os').system('touch {marker}')\n" +
+                             source['meta']['cfg'])
+    evil = tmp_path / 'evil.pth'
+    torch.save(source, evil)
+    gate = tool.main([str(evil), str(tmp_path / 'gate.pth')])
+    assert not marker.exists()
+    # the normalisation was still read from the (parsed, not executed) config text
+    assert gate['meta']['mean'] == [123.675, 116.28, 103.53] and gate['meta']['bgr_to_rgb']
+    size = evil.stat().st_size
+    with pytest.raises(FileExistsError, match='is the source checkpoint'):
+        tool.main([str(evil), str(evil)])
+    assert evil.stat().st_size == size
+    with pytest.raises(FileExistsError, match='exists; pass --force'):
+        tool.main([str(evil), str(tmp_path / 'gate.pth')])
+    tool.main([str(evil), str(tmp_path / 'gate.pth'), '--force'])
+    with pytest.raises(IsADirectoryError, match='is a directory'):
+        tool.main([str(evil), str(tmp_path)])
+    with pytest.raises(ValueError, match='already a gate file'):
+        tool.main([str(tmp_path / 'gate.pth'), str(tmp_path / 'gate2.pth')])

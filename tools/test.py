@@ -15,7 +15,9 @@ import mmseg_msvit  # noqa: E402,F401
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from mmseg_msvit.apis import load_config, resolve_work_dir  # noqa: E402
+from mmseg_msvit.apis import (check_data_folders, ensure_runtime_hooks, load_config,  # noqa: E402
+                              resolve_work_dir, run_cli, setup_cpu_distributed)
+from mmseg_msvit.models.checkpoints import read_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -43,8 +45,7 @@ def _evaluators(cfg_evaluator):
 
 
 def build_cfg(args) -> Config:
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint file {args.checkpoint!r} does not exist')
+    read_checkpoint(args.checkpoint, 'checkpoint file')  # exists, is data, is a checkpoint
     cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
     resolve_work_dir(cfg, args.work_dir, args.config)
@@ -72,6 +73,10 @@ def build_cfg(args) -> Config:
                 evaluator['output_dir'] = args.out
                 evaluator['keep_results'] = True
     cfg.test_evaluator = evaluators
+    # CheckpointCheckHook refuses a checkpoint that does not cover the model
+    check_data_folders(cfg, ('test_dataloader', ))
+    ensure_runtime_hooks(cfg)
+    setup_cpu_distributed(cfg)
     return cfg
 
 
@@ -81,4 +86,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -2,6 +2,9 @@
 
     python tools/train.py configs/msvit/upernet_msvit_ade20k.py [--work-dir DIR] [--resume]
         [--amp] [--cfg-options key=value ...] [--launcher none|pytorch|slurm|mpi]
+
+Distributed: ``tools/dist_train.sh CONFIG N [args]`` (torchrun). Without GPUs it runs N CPU
+processes over gloo (:func:`mmseg_msvit.apis.setup_cpu_distributed`).
 """
 import argparse
 import logging
@@ -17,7 +20,9 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from mmseg.registry import RUNNERS  # noqa: E402
 
-from mmseg_msvit.apis import load_config, resolve_work_dir  # noqa: E402
+from mmseg_msvit.apis import (check_data_folders, ensure_runtime_hooks, load_config,  # noqa: E402
+                              resolve_work_dir, run_cli, setup_cpu_distributed)
+from mmseg_msvit.models.checkpoints import read_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -52,6 +57,11 @@ def build_cfg(args) -> Config:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
     cfg.resume = args.resume
+    if cfg.get('load_from'):
+        read_checkpoint(cfg.load_from, 'load_from checkpoint')  # clear error before training
+    check_data_folders(cfg, ('train_dataloader', 'val_dataloader'))
+    ensure_runtime_hooks(cfg)
+    setup_cpu_distributed(cfg)
     return cfg
 
 
@@ -63,4 +73,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

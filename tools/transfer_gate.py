@@ -27,11 +27,29 @@ def parse_args(argv=None):
     parser.add_argument('--std', type=float, nargs='+', help='override the input std')
     parser.add_argument('--bgr-to-rgb', action='store_true', default=None,
                         help='override: inputs converted BGR -> RGB before normalisation')
+    parser.add_argument('--force', action='store_true',
+                        help='replace OUT if it exists (never the source checkpoint)')
     return parser.parse_args(argv)
+
+
+def check_paths(source: str, out: str, force: bool = False) -> None:
+    """The source is never overwritten; an existing output needs --force; a folder is no
+    output file."""
+    if osp.isdir(out):
+        raise IsADirectoryError(f'transfer_gate: output {out!r} is a directory; give a file '
+                                f"name, e.g. {osp.join(out, 'gate.pth')}")
+    if osp.exists(out):
+        if osp.exists(source) and osp.samefile(source, out):
+            raise FileExistsError(f'transfer_gate: output {out!r} is the source checkpoint; it '
+                                  'is never overwritten, choose another output file')
+        if not force:
+            raise FileExistsError(f'transfer_gate: output {out!r} exists; pass --force to '
+                                  'replace it')
 
 
 def main(argv=None):
     args = parse_args(argv)
+    check_paths(args.checkpoint, args.out, args.force)
     gate = extract_gate(args.checkpoint, include_prior=args.include_prior, mean=args.mean,
                         std=args.std, bgr_to_rgb=args.bgr_to_rgb)
     save_gate(gate, args.out)
@@ -44,4 +62,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from mmseg_msvit.apis import run_cli
+    run_cli(main)

@@ -26,3 +26,13 @@ class SyntheticScenesDataset(BaseSegDataset):
             seg_map_suffix=seg_map_suffix,
             reduce_zero_label=reduce_zero_label,
             **kwargs)
+
+    def load_data_list(self) -> list:
+        data_list = super().load_data_list()
+        if not data_list:
+            folder = self.data_prefix.get('img_path', self.data_root)
+            raise FileNotFoundError(
+                f'SyntheticScenesDataset: no images ending in {self.img_suffix!r} under '
+                f'{folder!r}; create the data with tools/dataset_converters/make_synthetic.py '
+                'or point data_root at it')
+        return data_list

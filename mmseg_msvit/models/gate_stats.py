@@ -2,6 +2,24 @@
 training statistics, and the per-image cost written into predictions."""
 from typing import Optional
 
+from .builder import build_component
+
+
+def build_gate_loss(cfg: Optional[dict], backbone, owner: str):
+    """Build the gate loss of a segmentor/classifier; None when ``cfg`` is None.
+
+    Refused when the backbone's scale is forced: the gate never runs, so the loss's parameters
+    (GBaS prior) would never get a gradient (and DistributedDataParallel stops on them).
+    """
+    if cfg is None:
+        return None
+    force_scale = getattr(backbone, 'force_scale', None)
+    if force_scale is not None:
+        raise ValueError(f'{owner}: gate_loss={cfg.get("type", cfg)} is set but the backbone has '
+                         f'force_scale={force_scale!r}, so the gate never runs; set '
+                         'model.gate_loss=None for a forced-scale baseline')
+    return build_component(cfg)
+
 
 def gate_loss_and_stats(backbone, gate_loss: Optional[object]) -> dict:
     """``loss_gate`` (when there is a gate loss and the gate ran) plus the logged statistics

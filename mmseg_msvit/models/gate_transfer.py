@@ -12,9 +12,8 @@ Gate checkpoint (plain tensors and Python values, loads with ``weights_only=True
               'source': 'path/of/the/source.pth'},
      'gbas_prior': {'mu_logit': ..., 'tau_logit': ...}}  # optional
 """
-import os
+import ast
 import os.path as osp
-import tempfile
 from typing import Optional, Sequence
 
 import torch
@@ -23,19 +22,65 @@ GATE_PREFIX = 'backbone.gate.'
 PRIOR_PREFIX = 'gate_loss.'
 
 
-def _normalisation_from_cfg_text(cfg_text: str) -> Optional[dict]:
-    """mean / std / bgr_to_rgb of the data preprocessor of a config saved in a checkpoint."""
-    from mmengine.config import Config
+def _literal_keywords(call: ast.Call) -> dict:
+    """The keyword arguments of a ``dict(...)`` call node that are plain literals."""
+    values = {}
+    for keyword in call.keywords:
+        if keyword.arg is None:
+            continue
+        try:
+            values[keyword.arg] = ast.literal_eval(keyword.value)
+        except ValueError:  # not a literal: skipped, never evaluated
+            continue
+    return values
+
+
+def normalisation_from_cfg_text(cfg_text: str) -> Optional[dict]:
+    """mean / std / bgr_to_rgb of the data preprocessor in the config text of a checkpoint.
+
+    The text (mmengine stores the training config as Python source in ``meta['cfg']``) is only
+    PARSED (:mod:`ast`), never executed: the first ``data_preprocessor=dict(...)`` whose
+    ``mean`` and ``std`` are literal lists is read. None when there is none.
+    """
+    if not isinstance(cfg_text, str) or not cfg_text:
+        return None
     try:
-        cfg = Config.fromstring(cfg_text, '.py')
-    except Exception:  # noqa: BLE001  (an unparsable config just leaves it unknown)
+        tree = ast.parse(cfg_text)
+    except (SyntaxError, ValueError):
         return None
-    preprocessor = cfg.get('model', {}).get('data_preprocessor') or cfg.get('data_preprocessor')
-    if not preprocessor or preprocessor.get('mean') is None:
-        return None
-    return dict(mean=[float(v) for v in preprocessor['mean']],
-                std=[float(v) for v in preprocessor['std']],
-                bgr_to_rgb=bool(preprocessor.get('bgr_to_rgb', preprocessor.get('to_rgb', False))))
+    for node in ast.walk(tree):
+        value = None
+        if isinstance(node, ast.keyword) and node.arg == 'data_preprocessor':
+            value = node.value
+        elif isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == 'data_preprocessor' for t in node.targets):
+            value = node.value
+        if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+                and value.func.id == 'dict'):
+            continue
+        fields = _literal_keywords(value)
+        if fields.get('mean') is None or fields.get('std') is None:
+            continue
+        return dict(mean=[float(v) for v in fields['mean']],
+                    std=[float(v) for v in fields['std']],
+                    bgr_to_rgb=bool(fields.get('bgr_to_rgb', fields.get('to_rgb', False))))
+    return None
+
+
+def _check_normalisation(normalisation: dict, in_channels: int, checkpoint: str) -> None:
+    """mean / std: one finite value per input channel of the gate; std > 0."""
+    import math
+    for key in ('mean', 'std'):
+        values = [float(v) for v in normalisation[key]]
+        if len(values) != in_channels:
+            raise ValueError(f'transfer_gate: {key} must hold {in_channels} values (one per '
+                             f'input channel: the gate of {checkpoint!r} has in_channels='
+                             f'{in_channels}), got {values}')
+        if key == 'mean' and not all(math.isfinite(v) for v in values):
+            raise ValueError(f'transfer_gate: mean must be finite, got {values}')
+        if key == 'std' and not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError(f'transfer_gate: std must be finite and > 0 (inputs are divided by '
+                             f'it), got {values}')
 
 
 def extract_gate(checkpoint: str,
@@ -48,15 +93,24 @@ def extract_gate(checkpoint: str,
     The normalisation is read from the config stored in the checkpoint's meta; ``mean``/``std``/
     ``bgr_to_rgb`` override it (required when the checkpoint holds no config).
     """
-    if not osp.isfile(checkpoint):
-        raise FileNotFoundError(f'transfer_gate: checkpoint {checkpoint!r} does not exist')
-    source = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    state = source.get('state_dict', source)
+    from .checkpoints import describe_checkpoint, read_checkpoint, state_dict_of
+    source = read_checkpoint(checkpoint, 'transfer_gate: checkpoint')
+    if describe_checkpoint(source).startswith('a gate file'):
+        raise ValueError(f'transfer_gate: {checkpoint!r} is already a gate file; load it with '
+                         'model.backbone.gate_init=dict(checkpoint=...)')
+    state = state_dict_of(source)
     gate_state = {k[len(GATE_PREFIX):]: v for k, v in state.items() if k.startswith(GATE_PREFIX)}
     if not gate_state:
         raise KeyError(f'transfer_gate: {checkpoint!r} has no {GATE_PREFIX}* keys; is it an '
                        'MSViT checkpoint with a gate (not a force_scale baseline)?')
-    weights = [gate_state[k] for k in sorted(gate_state) if k.endswith('weight')]
+    # 'mlp.<index>.weight', in layer order: numeric, not text ('mlp.10' after 'mlp.2')
+    weight_keys = [k for k in gate_state if k.startswith('mlp.') and k.endswith('.weight')]
+    try:
+        weight_keys.sort(key=lambda k: int(k.split('.')[1]))
+    except ValueError as err:
+        raise KeyError(f'transfer_gate: unexpected gate keys in {checkpoint!r}: '
+                       f'{sorted(gate_state)} (expected mlp.<index>.weight/bias)') from err
+    weights = [gate_state[k] for k in weight_keys]
     first = gate_state['mlp.0.weight']
     proj = state.get('backbone.patch_embed.proj.weight')
     if proj is None:
@@ -65,7 +119,7 @@ def extract_gate(checkpoint: str,
     in_channels, fine_patch_size = proj.shape[1], proj.shape[-1]
     coarse_patch_size = int(round((first.shape[1] / in_channels)**0.5))
     hidden = [int(w.shape[0]) for w in weights[:-1]]
-    normalisation = _normalisation_from_cfg_text(source.get('meta', {}).get('cfg', '')) or {}
+    normalisation = normalisation_from_cfg_text(source.get('meta', {}).get('cfg', '')) or {}
     for key, value in (('mean', mean), ('std', std), ('bgr_to_rgb', bgr_to_rgb)):
         if value is not None:
             normalisation[key] = list(value) if key != 'bgr_to_rgb' else bool(value)
@@ -73,6 +127,7 @@ def extract_gate(checkpoint: str,
     if missing:
         raise ValueError(f'transfer_gate: the input normalisation of {checkpoint!r} is unknown '
                          f'(missing {sorted(missing)}); pass --mean/--std/--bgr-to-rgb')
+    _check_normalisation(normalisation, int(in_channels), checkpoint)
     gate = dict(
         state_dict=gate_state,
         meta=dict(coarse_patch_size=coarse_patch_size, fine_patch_size=int(fine_patch_size),
@@ -88,17 +143,9 @@ def extract_gate(checkpoint: str,
 
 
 def save_gate(gate: dict, path: str) -> None:
-    """Write atomically (temporary file in the same folder, then rename)."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(gate, f)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    """Write atomically (:func:`mmseg_msvit.engine.atomic_write`)."""
+    from ..engine.fileio import atomic_write
+    atomic_write(path, lambda f: torch.save(gate, f))
 
 
 def check_gate_compatible(meta: dict, coarse_patch_size: int, fine_patch_size: int,

@@ -23,7 +23,7 @@ from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
-from mmseg_msvit.apis import load_config  # noqa: E402
+from mmseg_msvit.apis import ensure_runtime_hooks, load_config  # noqa: E402
 
 FIELDS = ('label', 'threshold', 'mIoU', 'backbone_gmacs', 'fine_fraction', 'images_per_s')
 
@@ -53,6 +53,7 @@ def build_runner(config, checkpoint, cfg_options, work_dir):
     cfg = load_config(config, cfg_options)
     cfg.work_dir = work_dir
     cfg.load_from = checkpoint
+    ensure_runtime_hooks(cfg)  # refuses a checkpoint that does not cover the model
     cfg.model.backbone.init_cfg = None
     evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else \
         [cfg.test_evaluator]
@@ -133,4 +134,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from mmseg_msvit.apis import run_cli
+    run_cli(main)

@@ -14,10 +14,21 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
-from mmengine.runner import load_checkpoint  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.apis import build_eval_model, load_config  # noqa: E402
+from mmseg_msvit.models.checkpoints import load_model_weights  # noqa: E402
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not an int') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
+    return value
 
 
 def parse_args(argv=None):
@@ -26,7 +37,8 @@ def parse_args(argv=None):
     parser.add_argument('cls_checkpoint')
     parser.add_argument('seg_config')
     parser.add_argument('gate')
-    parser.add_argument('--num-images', type=int, default=8)
+    parser.add_argument('--num-images', type=positive_int, default=8,
+                        help='validation images to compare (>= 1)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     return parser.parse_args(argv)
 
@@ -44,7 +56,7 @@ def main(argv=None):
         cls_cfg.model.backbone.init_cfg = None
         cls_cfg.model.pop('head_from_timm', None)
         cls_model = MODELS.build(cls_cfg.model)
-    load_checkpoint(cls_model, args.cls_checkpoint, map_location='cpu')
+    load_model_weights(cls_model, args.cls_checkpoint)  # refuses a gate file, a segmentor
     cls_model.eval()
     seg_fine, cls_fine, same = [], [], True
     for index, batch in enumerate(loader):
@@ -57,6 +69,9 @@ def main(argv=None):
         same = same and torch.equal(seg_mask, cls_mask)
         seg_fine.append(seg_mask.float().mean().item())
         cls_fine.append(cls_mask.float().mean().item())
+    if not seg_fine:
+        raise RuntimeError('check_gate_transfer: the validation dataloader of '
+                           f'{args.seg_config!r} yielded no image')
     seg_mean, cls_mean = sum(seg_fine) / len(seg_fine), sum(cls_fine) / len(cls_fine)
     print(f'[transfer] {len(seg_fine)} segmentation validation images, step 0: fine fraction '
           f'{seg_mean:.3f} with the transferred gate, {cls_mean:.3f} with the classification '
@@ -67,4 +82,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from mmseg_msvit.apis import run_cli
+    run_cli(main)

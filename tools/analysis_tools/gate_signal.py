@@ -156,4 +156,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from mmseg_msvit.apis import run_cli
+    run_cli(main)

@@ -7,8 +7,7 @@ from mmpretrain.models.classifiers import ImageClassifier
 from mmpretrain.registry import MODELS as PRETRAIN_MODELS
 
 from ..backbones import MSViT
-from ..builder import build_component
-from ..gate_stats import attach_cost, gate_loss_and_stats
+from ..gate_stats import attach_cost, build_gate_loss, gate_loss_and_stats
 from ..segmentors.msvit_encoder_decoder import input_normalisation
 
 # MSViT usable from mmpretrain configs too (type='MSViT' under the mmpretrain scope)
@@ -39,7 +38,7 @@ class MSViTImageClassifier(ImageClassifier):
         if not isinstance(self.backbone, MSViT):
             raise TypeError('MSViTImageClassifier: the backbone must be an MSViT, got '
                             f'{type(self.backbone).__name__}')
-        self.gate_loss = build_component(gate_loss) if gate_loss is not None else None
+        self.gate_loss = build_gate_loss(gate_loss, self.backbone, 'MSViTImageClassifier')
         self.backbone.input_normalisation = input_normalisation(self.data_preprocessor)
 
     def extract_feat(self, inputs: torch.Tensor, stage: str = 'neck'):

@@ -8,8 +8,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import OptSampleList, SampleList
 from torch import Tensor
 
-from ..builder import build_component
-from ..gate_stats import attach_cost, gate_loss_and_stats
+from ..gate_stats import attach_cost, build_gate_loss, gate_loss_and_stats
 
 
 def input_normalisation(data_preprocessor) -> Optional[dict]:
@@ -74,7 +73,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
                  gate_probe: Optional[dict] = None,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.gate_loss = build_component(gate_loss) if gate_loss is not None else None
+        self.gate_loss = build_gate_loss(gate_loss, self.backbone, 'MSViTEncoderDecoder')
         if gate_probe is not None:
             unknown = set(gate_probe) - {'num_images', 'regions_per_image', 'loss_weight'}
             if unknown:
