@@ -54,7 +54,8 @@ def test_one_step_trains_head_gate_and_prior():
     model.train_step(batch(), OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1)))
     assert any(not torch.equal(v, gate_before[k])
                for k, v in model.backbone.gate.state_dict().items())
-    assert model.backbone.input_normalisation['bgr_to_rgb'] is True
+    from mmseg_msvit.models.gate_training import input_normalisation
+    assert input_normalisation(model.data_preprocessor)['bgr_to_rgb'] is True
 
 
 def test_head_sees_the_cls_token_and_predicts():

@@ -120,7 +120,7 @@ def test_install_is_idempotent():
     import mmcv.ops
     before = mmcv.ops
     compat.install()
-    compat._install_mmcv_ops_standin()
+    compat.mmcv_ops.install_mmcv_ops_standin()
     import sys
     assert sys.modules['mmcv.ops'] is before
 

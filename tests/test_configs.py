@@ -1,5 +1,6 @@
 """Every config in configs/msvit builds and trains one iteration on a tiny dataset in the real
 folder layout its dataset class reads; the ADE20K/Cityscapes configs keep mmseg's dataset classes."""
+import ast
 import glob
 import os.path as osp
 
@@ -8,7 +9,23 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'msvit', '*.py')))
+ALL_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'msvit', '*.py')) +
+                     glob.glob(osp.join(REPO, 'configs', 'msvit_cls', 'demo_*.py')))
+
+
+def alias_target(path):
+    """The config a short-name alias points at (a file whose only statement is
+    ``_base_ = ['./other.py']``), else None."""
+    lines = [line for line in open(path).read().splitlines()
+             if line.strip() and not line.lstrip().startswith('#')]
+    if len(lines) == 1 and lines[0].startswith('_base_ = ['):
+        return osp.normpath(osp.join(osp.dirname(path), ast.literal_eval(lines[0].split('=', 1)[1].strip())[0]))
+    return None
+
+
+# every experiment trains once; the short names users type are checked to be exact aliases
+CONFIGS = [p for p in ALL_CONFIGS if alias_target(p) is None and '/msvit_cls/' not in p]
+ALIASES = [p for p in ALL_CONFIGS if alias_target(p) is not None]
 SIZE = 64  # crops and test resize, px
 
 
@@ -72,8 +89,17 @@ def assert_every_trainable_parameter_learns(model, batch):
     assert not idle, f'trainable parameters without gradient: {idle}'
 
 
+@pytest.mark.parametrize('path', ALIASES, ids=[osp.basename(p) for p in ALIASES])
+def test_short_name_is_an_exact_alias(path):
+    target = alias_target(path)
+    assert osp.isfile(target) and alias_target(target) is None, \
+        f'{osp.basename(path)} points at {target}, not an experiment'
+    alias, original = Config.fromfile(path), Config.fromfile(target)
+    assert alias.to_dict() == original.to_dict()
+
+
 def test_config_names():
-    names = {osp.basename(p) for p in CONFIGS}
+    names = {osp.basename(p) for p in ALL_CONFIGS}
     for required in ('upernet_msvit_ade20k.py', 'upernet_msvit_cityscapes.py',
                      'segmenter_msvit-s_mask_ade20k.py', 'segmenter_msvit-s_linear_ade20k.py',
                      'msvit-s16-32_upernet_8xb2-160k_ade20k-512x512.py',

@@ -99,15 +99,6 @@ def test_target_annealing_follows_the_runner_iteration():
     assert a / (a + b) == pytest.approx(0.25)
 
 
-def test_annealing_can_begin_after_a_warm_up():
-    loss = GBaSLoss(grid_size=2, target=0.5, anneal_iters=100, anneal_begin=200)
-    assert loss.current_target(0) == 1.0 and loss.current_target(200) == 1.0
-    assert loss.current_target(250) == pytest.approx(0.75)
-    assert loss.current_target(300) == 0.5
-    with pytest.raises(ValueError, match='anneal_begin must be >= 0, got -1'):
-        L0GateLoss(anneal_begin=-1)
-
-
 def test_bad_arguments_get_clear_errors():
     with pytest.raises(ValueError, match=r'target .* \[0, 1\], got 1.5'):
         GBaSLoss(grid_size=4, target=1.5)

@@ -129,45 +129,27 @@ def test_task_loss_reaches_the_gate_and_eval_is_deterministic():
     gate_grads = [p.grad for p in model.gate.parameters()]
     assert all(g is not None for g in gate_grads)
     assert sum(g.abs().sum() for g in gate_grads) > 0
-    assert model.last_gate_probs.shape == (2, 2, 3) and model.last_gate_probs.requires_grad
+    logits = features.layout.gate_logits  # returned with the features, not kept on the module
+    assert logits.shape == (2, 2, 3) and logits.requires_grad
 
     model.eval()
     with torch.no_grad():
         first = model(img)[0]
         second = model(img)[0]
     torch.testing.assert_close(first.tokens, second.tokens)
-    assert torch.equal(first.fine_mask, model.last_gate_probs > model.gate_threshold)
+    assert torch.equal(first.fine_mask,
+                       torch.sigmoid(first.layout.gate_logits) > model.gate_threshold)
 
 
-def test_mix_gradient_is_the_first_order_effect_of_switching_scale():
-    """'mix' and 'scale' give the same forward pass; 'mix' gives the gate a gradient only where
-    the two scales differ in content (zero on a flat image with zero position embeddings)."""
-    torch.manual_seed(3)
-    tokenizer = {mode: MixedScaleTokenizer(16, 32, gate_gradient=mode) for mode in
-                 ('scale', 'mix')}
-    embed = tiny_msvit().patch_embed
-    cls, cls_pos = torch.zeros(1, 1, 48), torch.zeros(1, 1, 48)
-    mask = torch.tensor([[[True, False], [False, True]]])
-
-    def run(mode, img, pos):
-        value = mask.float().requires_grad_(True)
-        out = tokenizer[mode](img, mask, embed, pos, cls, cls_pos, fine_value=value)
-        weights = torch.randn(out.tokens.shape, generator=torch.Generator().manual_seed(0))
-        (out.tokens * weights).sum().backward()
-        return out.tokens.detach(), value.grad
-
-    textured, pos = torch.randn(1, 3, 64, 64), torch.randn(1, 48, 4, 4)
-    tokens_scale, grad_scale = run('scale', textured, pos)
-    tokens_mix, grad_mix = run('mix', textured, pos)
-    torch.testing.assert_close(tokens_mix, tokens_scale)
-    assert grad_mix.abs().min() > 0 and not torch.allclose(grad_mix, grad_scale)
-    # flat image, zero position embeddings: both scales carry the same content
-    flat = torch.full((1, 3, 64, 64), 0.7)
-    _, grad_flat_mix = run('mix', flat, torch.zeros(1, 48, 4, 4))
-    _, grad_flat_scale = run('scale', flat, torch.zeros(1, 48, 4, 4))
-    assert grad_flat_mix.abs().max() < 1e-5 and grad_flat_scale.abs().max() > 1e-3
-    with pytest.raises(ValueError, match="gate_gradient must be one of .* got 'both'"):
-        MixedScaleTokenizer(16, 32, gate_gradient='both')
+def test_no_per_forward_state_is_kept_on_the_module():
+    model = tiny_msvit(out_indices=(1, )).eval()
+    before = set(vars(model))
+    with torch.no_grad():
+        (features, ) = model(torch.randn(2, 3, 64, 64))
+    assert set(vars(model)) == before
+    assert not any(name.startswith('last_') or name == '_recording' for name in vars(model))
+    forced = model(torch.randn(1, 3, 64, 64), fine_mask=torch.ones(1, 2, 2, dtype=torch.bool))
+    assert forced[0].layout.gate_logits is None  # the gate did not run
 
 
 def test_explicit_decisions_can_carry_a_straight_through_value():
@@ -183,30 +165,6 @@ def test_explicit_decisions_can_carry_a_straight_through_value():
     assert value.grad is not None and value.grad.abs().sum() > 0
     with pytest.raises(ValueError, match='fine_value needs a fine_mask of the same shape'):
         model(img, fine_value=value)
-
-
-def test_gate_warm_up_draws_random_scales_then_hands_over_to_the_gate():
-    from mmengine.logging import MessageHub
-    torch.manual_seed(0)
-    model = tiny_msvit(gate_warmup_iters=10, warmup_fine_fraction=0.25)
-    img = torch.randn(64, 3, 64, 64)
-    hub = MessageHub.get_instance('warmup_test')
-    hub.update_info('iter', 9)
-    model.train()
-    model(img)
-    assert model.last_gate_logits is None and model.last_gate_probs is None
-    assert abs(model.last_fine_mask.float().mean().item() - 0.25) < 0.1
-    hub.update_info('iter', 10)
-    model(img)
-    assert model.last_gate_probs is not None
-    hub.update_info('iter', 0)
-    model.eval()  # inference always uses the gate
-    model(img)
-    assert model.last_gate_probs is not None
-    with pytest.raises(ValueError, match='warmup_fine_fraction must lie in'):
-        tiny_msvit(warmup_fine_fraction=1.5)
-    with pytest.raises(ValueError, match='gate_warmup_iters must be >= 0'):
-        tiny_msvit(gate_warmup_iters=-1)
 
 
 def test_gate_threshold_trades_tokens_without_rebuilding():

@@ -101,12 +101,13 @@ def test_whole_inference_reports_cost_per_image():
     with torch.no_grad():
         results = model.predict(data['inputs'], data['data_samples'])
         expected = backbone_macs(model.backbone, data['inputs'])
+        layout = model.backbone(data['inputs'])[0].layout
     for index, sample in enumerate(results):
         assert sample.pred_sem_seg.data.shape == (1, 64, 64)
         assert sample.metainfo['msvit_backbone_macs'] == pytest.approx(float(expected[index]))
-        fine = model.backbone.last_fine_mask[index].float().mean().item()
+        fine = layout.fine_mask[index].float().mean().item()
         assert sample.metainfo['msvit_fine_fraction'] == pytest.approx(fine)
-        assert sample.metainfo['msvit_num_tokens'] == float(model.backbone.last_num_tokens[index])
+        assert sample.metainfo['msvit_num_tokens'] == float(layout.num_tokens[index])
 
 
 def test_slide_inference_counts_every_window():
@@ -132,7 +133,7 @@ def test_rejects_a_backbone_that_is_not_msvit():
 
 
 def test_gate_probe_labels_the_top_target_share_fine():
-    from mmseg_msvit.models.segmentors.msvit_encoder_decoder import probe_labels
+    from mmseg_msvit.models.gate_training import probe_labels
     benefit = torch.tensor([[0.1, -0.2], [0.3, 0.0]])
     assert probe_labels(benefit, 0.5).tolist() == [[1.0, 0.0], [1.0, 0.0]]
     assert probe_labels(benefit, 0.25).tolist() == [[0.0, 0.0], [1.0, 0.0]]
@@ -142,22 +143,43 @@ def test_gate_probe_labels_the_top_target_share_fine():
 
 def test_gate_probe_trains_the_gate_and_leaves_the_rest_as_it_was():
     torch.manual_seed(0)
-    model = build(segmentor_cfg(gate_probe=dict(num_images=2, regions_per_image=3)))
+    model = build(segmentor_cfg(gate_probe=dict(type='GateProbe', num_images=2,
+                                                regions_per_image=3)))
     model.train()
     data = model.data_preprocessor(make_batch(), True)
     losses = model.loss(data['inputs'], data['data_samples'])
     assert 'loss_gate_probe' in losses and float(losses['loss_gate_probe']) > 0
-    # the probe's extra forwards keep this iteration's decisions and BatchNorm statistics
-    fine_mask = model.backbone.last_fine_mask.clone()
+    # the probe's extra forwards leave this iteration's decisions and BatchNorm statistics alone
+    layout = model.backbone(data['inputs'])[0].layout
+    fine_mask = layout.fine_mask.clone()
     norm = model.decode_head.convs[0].bn
     running = norm.running_mean.clone()
-    probe = model._gate_probe_loss(data['inputs'], data['data_samples'])
-    assert torch.equal(model.backbone.last_fine_mask, fine_mask)
+    probe = model.gate_probe(model, data['inputs'], data['data_samples'], layout, 0.5)
+    assert torch.equal(layout.fine_mask, fine_mask)
     assert torch.equal(norm.running_mean, running) and norm.momentum == 0.1
+    model.zero_grad(set_to_none=True)
     probe.backward()
     assert all(p.grad is not None for p in model.backbone.gate.parameters())
     assert model.backbone.blocks[0].attn.qkv.weight.grad is None  # no gradient into the ViT
-    with pytest.raises(ValueError, match='gate_probe has unknown keys'):
+    # a dict without type is a GateProbe config too; bad settings are refused by name
+    assert type(build(segmentor_cfg(gate_probe=dict(num_images=1))).gate_probe).__name__ == \
+        'GateProbe'
+    with pytest.raises(TypeError, match='images'):
         build(segmentor_cfg(gate_probe=dict(images=2)))
-    with pytest.raises(ValueError, match='regions_per_image must be >= 1'):
+    with pytest.raises(ValueError, match='regions_per_image must be an int >= 1'):
         build(segmentor_cfg(gate_probe=dict(regions_per_image=0)))
+
+
+def test_task_loss_per_image_is_the_decode_heads_own_loss():
+    torch.manual_seed(4)
+    model = build(segmentor_cfg()).eval()
+    data = model.data_preprocessor(make_batch(), True)
+    inputs, samples = data['inputs'], data['data_samples']
+    mask = torch.ones(len(samples), 2, 2, dtype=torch.bool)
+    per_image = model.task_loss_per_image(inputs, samples, mask)
+    with torch.no_grad():
+        seg_logits = model.decode_head.forward(
+            model.extract_feat_and_layout(inputs, fine_mask=mask)[0])
+    for index, sample in enumerate(samples):
+        head = model.decode_head.loss_by_feat(seg_logits[index:index + 1], [sample])
+        assert float(per_image[index]) == pytest.approx(float(head['loss_ce']), rel=1e-5)

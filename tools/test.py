@@ -15,7 +15,7 @@ import mmseg_msvit  # noqa: E402,F401
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from mmseg_msvit.apis import (check_data_folders, ensure_runtime_hooks, load_config,  # noqa: E402
+from mmseg_msvit.cli import (check_data_folders, ensure_runtime_hooks, load_config,  # noqa: E402
                               resolve_work_dir, run_cli, setup_cpu_distributed)
 from mmseg_msvit.models.checkpoints import read_checkpoint  # noqa: E402
 

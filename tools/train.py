@@ -4,7 +4,7 @@
         [--amp] [--cfg-options key=value ...] [--launcher none|pytorch|slurm|mpi]
 
 Distributed: ``tools/dist_train.sh CONFIG N [args]`` (torchrun). Without GPUs it runs N CPU
-processes over gloo (:func:`mmseg_msvit.apis.setup_cpu_distributed`).
+processes over gloo (:func:`mmseg_msvit.cli.setup_cpu_distributed`).
 """
 import argparse
 import logging
@@ -20,7 +20,7 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from mmseg.registry import RUNNERS  # noqa: E402
 
-from mmseg_msvit.apis import (check_data_folders, ensure_runtime_hooks, load_config,  # noqa: E402
+from mmseg_msvit.cli import (check_data_folders, ensure_runtime_hooks, load_config,  # noqa: E402
                               resolve_work_dir, run_cli, setup_cpu_distributed)
 from mmseg_msvit.models.checkpoints import read_checkpoint  # noqa: E402
 

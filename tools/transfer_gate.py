@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
-from mmseg_msvit.models.gate_transfer import extract_gate, save_gate  # noqa: E402
+from mmseg_msvit.models.checkpoints import extract_gate, save_gate  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -62,5 +62,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from mmseg_msvit.apis import run_cli
+    from mmseg_msvit.cli import run_cli
     run_cli(main)

@@ -23,7 +23,7 @@ model = dict(
     # our option (not the paper's): each iteration, switch 2 random regions in 4 images, measure
     # the loss change and teach the gate which regions gain most from fine tokens; without it the
     # gate learns colour, not detail (README, Demo)
-    gate_probe=dict(num_images=4, regions_per_image=2, loss_weight=1.0))
+    gate_probe=dict(type='GateProbe', num_images=4, regions_per_image=2, loss_weight=1.0))
 # AdamW as the full recipe (schedule_160k_adamw) with a from-scratch learning rate
 optim_wrapper = dict(
     optimizer=dict(lr=0.0015),

@@ -1,6 +1,6 @@
 """Multiply-accumulate counts (one multiply-add = one MAC) of MSViT, from the tokens used.
 
-The formula lives here and only here (docs/method.md section 7). Per transformer layer with n
+The formula lives here and only here (docs/method.md, section 5). Per transformer layer with n
 tokens (CLS included), width D and MLP ratio r::
 
     (4 + 2r) * n * D^2  +  2 * n^2 * D      (= 12 n D^2 + 2 n^2 D for r = 4)
@@ -12,13 +12,13 @@ coarse region when it runs. Pooling: C * S_c^2 per coarse token (averaging its p
 and residual additions are not multiply-adds of a matrix product and are not counted (as in the
 widely quoted ViT figures: ViT-Ti/S/B at 224 px = 1.26 / 4.6 / 17.6 GMACs).
 """
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
 __all__ = [
-    'transformer_layer_macs', 'msvit_macs_from_tokens', 'backbone_macs', 'count_macs_with_mmengine',
-    'decode_macs'
+    'transformer_layer_macs', 'msvit_macs_from_tokens', 'layout_macs', 'image_cost',
+    'backbone_macs', 'count_macs_with_mmengine', 'decode_macs'
 ]
 
 
@@ -57,6 +57,33 @@ def msvit_macs_from_tokens(backbone,
     return macs
 
 
+def layout_macs(backbone, layout) -> torch.Tensor:
+    """(B,) float64 MACs of the forward that produced ``layout`` (a pure function of it)."""
+    num_coarse = (~layout.fine_mask).flatten(1).sum(1)
+    return msvit_macs_from_tokens(backbone, layout.num_tokens, num_coarse, layout.num_regions,
+                                  gate_ran=layout.gate_logits is not None)
+
+
+def image_cost(backbone, layout) -> Dict[str, torch.Tensor]:
+    """Per-image cost of one forward, as summable (B,) float64 tensors: ``macs``,
+    ``fine_regions``, ``regions``, ``tokens`` and ``forwards`` (1 each). Slide inference adds the
+    dicts of its windows (:func:`add_costs`)."""
+    macs = layout_macs(backbone, layout).detach()
+    return dict(macs=macs,
+                fine_regions=layout.fine_mask.flatten(1).sum(1).double(),
+                regions=torch.full_like(macs, layout.num_regions),
+                tokens=layout.num_tokens.double(),
+                forwards=torch.ones_like(macs))
+
+
+def add_costs(total: Optional[Dict[str, torch.Tensor]],
+              cost: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Sum two :func:`image_cost` dicts (``total`` may be None)."""
+    if total is None:
+        return dict(cost)
+    return {key: total[key] + cost[key] for key in total}
+
+
 @torch.no_grad()
 def backbone_macs(backbone, img: torch.Tensor, fine_mask: Optional[torch.Tensor] = None
                   ) -> torch.Tensor:
@@ -67,8 +94,7 @@ def backbone_macs(backbone, img: torch.Tensor, fine_mask: Optional[torch.Tensor]
     Returns:
         Tensor: (B,) float64.
     """
-    backbone(img, fine_mask=fine_mask)
-    return backbone.last_macs
+    return layout_macs(backbone, backbone(img, fine_mask=fine_mask)[0].layout)
 
 
 class _TensorOutputs(torch.nn.Module):

@@ -25,7 +25,6 @@ from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
-from ..models.checkpoints import check_covers
 from .fileio import atomic_write_bytes, remove_stale_temporaries
 
 #: the hooks ``tools/train.py``/``tools/test.py`` make sure of, whatever the config says
@@ -189,6 +188,7 @@ class CheckpointCheckHook(Hook):
             meta.pop('config')
             print_log('CheckpointCheckHook: ignored the config text stored in the checkpoint '
                       '(it is never executed)', logger='current')
+        from ..models.checkpoints import check_covers
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
         path = runner._load_from or runner.message_hub.get_info('last_ckpt') or 'checkpoint'
         check_covers(model, checkpoint, str(path))

@@ -2,14 +2,15 @@
 from .backbones import MSViT
 from .classifiers import MSViTImageClassifier
 from .features import MixedScaleFeatures
+from .gate_training import GateProbe
 from .gates import MixedScaleGate
 from .losses import BaSLoss, GBaSLoss, L0GateLoss
 from .necks import MixedScaleToDense
 from .segmentors import MSViTEncoderDecoder
-from .tokenizer import MixedScaleTokenizer, coarsen
+from .tokenizer import MixedScaleLayout, MixedScaleTokenizer, coarsen
 
 __all__ = [
     'MSViT', 'MixedScaleGate', 'MixedScaleToDense', 'MixedScaleFeatures', 'MixedScaleTokenizer',
-    'coarsen', 'GBaSLoss', 'BaSLoss', 'L0GateLoss', 'MSViTEncoderDecoder',
+    'MixedScaleLayout', 'coarsen', 'GateProbe', 'GBaSLoss', 'BaSLoss', 'L0GateLoss', 'MSViTEncoderDecoder',
     'MSViTImageClassifier'
 ]

@@ -1,17 +1,39 @@
-"""Reading weight files as data, saying what a file is, and refusing one that does not fit.
+"""Every weight file the project reads or writes, in one place, read as data.
 
-Every file is read with ``torch.load(weights_only=True)`` (or safetensors): tensors and plain
-values only; nothing read from a checkpoint is ever executed (mmengine stores the training
-config as Python text in ``meta['cfg']``; we never run it).
+* :func:`read_checkpoint` - ``torch.load(weights_only=True)`` (or safetensors) with errors that
+  say what a file is not; nothing read from a checkpoint is ever executed (mmengine stores the
+  training config as Python text in ``meta['cfg']``: it is parsed with :mod:`ast`, never run).
+* :func:`describe_checkpoint`, :func:`check_covers`, :func:`load_model_weights` - say what a file
+  is (a gate file, a classification model, a backbone only) and refuse one that lacks weights a
+  model needs for evaluation.
+* :func:`load_pretrained` - a timm/DeiT ViT checkpoint into an :class:`MSViT` (position
+  embeddings are resized by the backbone's ``load_state_dict`` pre-hook, so mmengine's
+  ``load_checkpoint`` gets the same resize).
+* Gate files (:func:`extract_gate`, :func:`save_gate`, :func:`load_gate`): move a trained gate
+  between models. The gate reads pixels, so a gate trained with one ViT (any task, any width)
+  loads into another, as long as the patch sizes and the input normalisation match; both are
+  stored with the gate and checked on load (never a silent load). Gate file layout (plain tensors
+  and Python values)::
+
+    {'state_dict': {'mlp.0.weight': ..., ...},          # MixedScaleGate keys
+     'meta': {'coarse_patch_size': 32, 'fine_patch_size': 16, 'in_channels': 3,
+              'hidden_dims': [256, 256], 'mean': [...], 'std': [...], 'bgr_to_rgb': True,
+              'source': 'path/of/the/source.pth'},
+     'gbas_prior': {'mu_logit': ..., 'tau_logit': ...}}  # optional
 """
+import ast
+import math
 import os
 import os.path as osp
 import pickle
 import re
 import zipfile
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
+from mmengine.logging import print_log
+
+from ..engine.fileio import atomic_write
 
 #: parameters a model may lack in a checkpoint and still be evaluated correctly:
 #: the GBaS prior (training state of the gate loss) and the auxiliary head (training only)
@@ -171,3 +193,231 @@ def load_model_weights(model: torch.nn.Module, path: str,
         usable[key] = value
     model.load_state_dict(usable, strict=False)
     return checkpoint
+
+
+# ----------------------------------------------------------------------------- timm / DeiT
+def load_timm_state_dict(path: str) -> dict:
+    """Read a timm / DeiT / mmengine checkpoint file (.pth, .pt, .bin or .safetensors) as a flat
+    parameter dict (``state_dict``/``model``/``module`` unwrapped, ``module.`` stripped)."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'MSViT: pretrained checkpoint {path!r} does not exist. Weights cannot be downloaded '
+            'here: save a timm/DeiT state dict to a local file (e.g. '
+            "`torch.save(timm.create_model('vit_small_patch16_224', pretrained=True)"
+            ".state_dict(), 'vit_small.pth')` on a machine with internet) and point "
+            'init_cfg.checkpoint at it.')
+    return state_dict_of(read_checkpoint(path, 'MSViT: pretrained checkpoint'))
+
+
+def load_pretrained(backbone, path: str, prefix: Optional[str] = None) -> Tuple[list, list]:
+    """Load a local timm/DeiT ViT checkpoint into an MSViT ``backbone``.
+
+    The width and patch size must match (clear error); position embeddings of another grid are
+    resized by the backbone's ``load_state_dict`` pre-hook.
+
+    Returns:
+        tuple: (missing_keys, unexpected_keys) of the load, the gate's keys left out.
+    """
+    state = load_timm_state_dict(path)
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise KeyError(f'MSViT: no key of {path!r} starts with prefix={prefix!r}')
+    proj = state.get('patch_embed.proj.weight')
+    if proj is None:
+        raise KeyError(f'MSViT: {path!r} has no patch_embed.proj.weight; is it a timm/DeiT '
+                       f'ViT checkpoint? It looks like {describe_checkpoint(state)}')
+    if proj.shape[0] != backbone.embed_dims:
+        raise ValueError(f'MSViT: checkpoint {path!r} has embed width {proj.shape[0]}, the '
+                         f'backbone has embed_dims={backbone.embed_dims}')
+    expected = (backbone.in_channels, backbone.fine_patch_size, backbone.fine_patch_size)
+    if tuple(proj.shape[1:]) != expected:
+        raise ValueError(f'MSViT: checkpoint {path!r} patch embedding is '
+                         f'{tuple(proj.shape[1:])} (C, p, p), the backbone expects {expected}')
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith('gate.')]
+    print_log(f'MSViT: loaded {path}; missing (besides the gate): {missing}; unexpected: '
+              f'{unexpected}', logger='current')
+    return missing, unexpected
+
+
+# ----------------------------------------------------------------------------- gate files
+GATE_PREFIX = 'backbone.gate.'
+PRIOR_PREFIX = 'gate_loss.'
+
+
+def _literal_keywords(call: ast.Call) -> dict:
+    """The keyword arguments of a ``dict(...)`` call node that are plain literals."""
+    values = {}
+    for keyword in call.keywords:
+        if keyword.arg is None:
+            continue
+        try:
+            values[keyword.arg] = ast.literal_eval(keyword.value)
+        except ValueError:  # not a literal: skipped, never evaluated
+            continue
+    return values
+
+
+def normalisation_from_cfg_text(cfg_text: str) -> Optional[dict]:
+    """mean / std / bgr_to_rgb of the data preprocessor in the config text of a checkpoint.
+
+    The text (mmengine stores the training config as Python source in ``meta['cfg']``) is only
+    PARSED (:mod:`ast`), never executed: the first ``data_preprocessor=dict(...)`` whose
+    ``mean`` and ``std`` are literal lists is read. None when there is none.
+    """
+    if not isinstance(cfg_text, str) or not cfg_text:
+        return None
+    try:
+        tree = ast.parse(cfg_text)
+    except (SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        value = None
+        if isinstance(node, ast.keyword) and node.arg == 'data_preprocessor':
+            value = node.value
+        elif isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == 'data_preprocessor' for t in node.targets):
+            value = node.value
+        if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+                and value.func.id == 'dict'):
+            continue
+        fields = _literal_keywords(value)
+        if fields.get('mean') is None or fields.get('std') is None:
+            continue
+        return dict(mean=[float(v) for v in fields['mean']],
+                    std=[float(v) for v in fields['std']],
+                    bgr_to_rgb=bool(fields.get('bgr_to_rgb', fields.get('to_rgb', False))))
+    return None
+
+
+def _check_normalisation(normalisation: dict, in_channels: int, checkpoint: str) -> None:
+    """mean / std: one finite value per input channel of the gate; std > 0."""
+    for key in ('mean', 'std'):
+        values = [float(v) for v in normalisation[key]]
+        if len(values) != in_channels:
+            raise ValueError(f'transfer_gate: {key} must hold {in_channels} values (one per '
+                             f'input channel: the gate of {checkpoint!r} has in_channels='
+                             f'{in_channels}), got {values}')
+        if key == 'mean' and not all(math.isfinite(v) for v in values):
+            raise ValueError(f'transfer_gate: mean must be finite, got {values}')
+        if key == 'std' and not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError(f'transfer_gate: std must be finite and > 0 (inputs are divided by '
+                             f'it), got {values}')
+
+
+def extract_gate(checkpoint: str,
+                 include_prior: bool = False,
+                 mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None,
+                 bgr_to_rgb: Optional[bool] = None) -> dict:
+    """Build a gate checkpoint from a segmentation or classification checkpoint.
+
+    The normalisation is read from the config stored in the checkpoint's meta; ``mean``/``std``/
+    ``bgr_to_rgb`` override it (required when the checkpoint holds no config).
+    """
+    source = read_checkpoint(checkpoint, 'transfer_gate: checkpoint')
+    if describe_checkpoint(source).startswith('a gate file'):
+        raise ValueError(f'transfer_gate: {checkpoint!r} is already a gate file; load it with '
+                         'model.backbone.gate_init=dict(checkpoint=...)')
+    state = state_dict_of(source)
+    gate_state = {k[len(GATE_PREFIX):]: v for k, v in state.items() if k.startswith(GATE_PREFIX)}
+    if not gate_state:
+        raise KeyError(f'transfer_gate: {checkpoint!r} has no {GATE_PREFIX}* keys; is it an '
+                       'MSViT checkpoint with a gate (not a force_scale baseline)?')
+    # 'mlp.<index>.weight', in layer order: numeric, not text ('mlp.10' after 'mlp.2')
+    weight_keys = [k for k in gate_state if k.startswith('mlp.') and k.endswith('.weight')]
+    try:
+        weight_keys.sort(key=lambda k: int(k.split('.')[1]))
+    except ValueError as err:
+        raise KeyError(f'transfer_gate: unexpected gate keys in {checkpoint!r}: '
+                       f'{sorted(gate_state)} (expected mlp.<index>.weight/bias)') from err
+    weights = [gate_state[k] for k in weight_keys]
+    first = gate_state['mlp.0.weight']
+    proj = state.get('backbone.patch_embed.proj.weight')
+    if proj is None:
+        raise KeyError(f'transfer_gate: {checkpoint!r} has no backbone.patch_embed.proj.weight '
+                       '(needed for the fine patch size)')
+    in_channels, fine_patch_size = proj.shape[1], proj.shape[-1]
+    coarse_patch_size = int(round((first.shape[1] / in_channels)**0.5))
+    hidden = [int(w.shape[0]) for w in weights[:-1]]
+    normalisation = normalisation_from_cfg_text(source.get('meta', {}).get('cfg', '')) or {}
+    for key, value in (('mean', mean), ('std', std), ('bgr_to_rgb', bgr_to_rgb)):
+        if value is not None:
+            normalisation[key] = list(value) if key != 'bgr_to_rgb' else bool(value)
+    missing = {'mean', 'std', 'bgr_to_rgb'} - set(normalisation)
+    if missing:
+        raise ValueError(f'transfer_gate: the input normalisation of {checkpoint!r} is unknown '
+                         f'(missing {sorted(missing)}); pass --mean/--std/--bgr-to-rgb')
+    _check_normalisation(normalisation, int(in_channels), checkpoint)
+    gate = dict(
+        state_dict=gate_state,
+        meta=dict(coarse_patch_size=coarse_patch_size, fine_patch_size=int(fine_patch_size),
+                  in_channels=int(in_channels), hidden_dims=hidden, source=checkpoint,
+                  **normalisation))
+    if include_prior:
+        prior = {k[len(PRIOR_PREFIX):]: v for k, v in state.items()
+                 if k.startswith(PRIOR_PREFIX)}
+        if not prior:
+            raise KeyError(f'transfer_gate: {checkpoint!r} holds no GBaS prior ({PRIOR_PREFIX}*)')
+        gate['gbas_prior'] = prior
+    return gate
+
+
+def save_gate(gate: dict, path: str) -> None:
+    """Write atomically (:func:`mmseg_msvit.engine.atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(gate, f))
+
+
+def check_gate_compatible(meta: dict, coarse_patch_size: int, fine_patch_size: int,
+                          in_channels: int, normalisation: Optional[dict], path: str) -> None:
+    """Raise ValueError naming every mismatch between a gate checkpoint and its new model."""
+    problems = []
+    for key, value in (('coarse_patch_size', coarse_patch_size),
+                       ('fine_patch_size', fine_patch_size), ('in_channels', in_channels)):
+        if meta.get(key) != value:
+            problems.append(f'{key}: gate {meta.get(key)}, model {value}')
+    if normalisation is not None:
+        for key in ('mean', 'std'):
+            ours = [float(v) for v in normalisation[key]]
+            theirs = [float(v) for v in meta.get(key, [])]
+            if len(ours) != len(theirs) or any(abs(a - b) > 1e-4 for a, b in zip(ours, theirs)):
+                problems.append(f'{key}: gate {theirs}, model {ours}')
+        if bool(normalisation.get('bgr_to_rgb')) != bool(meta.get('bgr_to_rgb')):
+            problems.append(f"bgr_to_rgb: gate {meta.get('bgr_to_rgb')}, model "
+                            f"{normalisation.get('bgr_to_rgb')}")
+    if problems:
+        raise ValueError(f'gate checkpoint {path!r} does not fit this model: ' +
+                         '; '.join(problems))
+
+
+def load_gate(backbone, path: str, normalisation: Optional[dict] = None) -> dict:
+    """Load a gate file written by ``tools/transfer_gate.py`` into ``backbone.gate``.
+
+    Patch sizes and channels are checked against the backbone, the input normalisation against
+    ``normalisation`` when given (the segmentor/classifier passes its data preprocessor's).
+
+    Returns:
+        dict: the gate file's meta.
+    """
+    gate = read_checkpoint(path, 'MSViT: gate checkpoint')
+    kind = describe_checkpoint(gate)
+    if not kind.startswith('a gate file'):
+        raise ValueError(f'MSViT: gate_init checkpoint {path!r} is {kind}, not a gate file; '
+                         f'extract its gate first: python tools/transfer_gate.py {path} '
+                         "gate.pth, then set gate_init=dict(checkpoint='gate.pth')")
+    check_gate_compatible(gate['meta'], backbone.coarse_patch_size, backbone.fine_patch_size,
+                          backbone.in_channels, normalisation, path)
+    try:
+        backbone.gate.load_state_dict(gate['state_dict'])
+    except RuntimeError as err:
+        raise ValueError(f'MSViT: gate in {path!r} (hidden_dims '
+                         f"{gate['meta'].get('hidden_dims')}) does not match this model's "
+                         f'gate (hidden_dims {list(backbone.gate.hidden_dims)}): {err}') from err
+    return gate['meta']
+
+
+def read_gate_meta(path: str) -> dict:
+    """The meta of a gate file (for checks made after loading)."""
+    return read_checkpoint(path, 'MSViT: gate checkpoint')['meta']

@@ -8,22 +8,7 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-
-def regions_to_rows(img: torch.Tensor, region_size: int) -> torch.Tensor:
-    """Cut an image into non-overlapping square regions, one flattened row each.
-
-    Args:
-        img (Tensor): (B, C, H, W), H and W multiples of ``region_size``.
-        region_size (int): side of a region in pixels.
-
-    Returns:
-        Tensor: (B, H/region_size, W/region_size, C*region_size*region_size), each row in
-        (C, kh, kw) order, the order a ``Conv2d(kernel=stride=region_size)`` weight flattens to.
-    """
-    batch, channels, height, width = img.shape
-    rows, cols = height // region_size, width // region_size
-    regions = img.reshape(batch, channels, rows, region_size, cols, region_size)
-    return regions.permute(0, 2, 4, 1, 3, 5).reshape(batch, rows, cols, -1)
+from .tokenizer import regions_to_rows
 
 
 @MODELS.register_module()
@@ -33,7 +18,7 @@ class MixedScaleGate(BaseModule):
     The gate reads the normalised pixels of each coarse patch (``in_channels`` x
     ``coarse_patch_size`` x ``coarse_patch_size``) through a small MLP and nothing else, so it does
     not depend on the backbone's width and transfers across ViT sizes and tasks (our decision, see
-    docs/method.md section 3). With the defaults (3072 -> 256 -> 256 -> 1, GELU) it costs
+    docs/method.md, section 2). With the defaults (3072 -> 256 -> 256 -> 1, GELU) it costs
     0.85 MMACs per region, 41.8 MMACs for the 49 regions of a 224 px image: 0.9% of ViT-S/16.
 
     Decisions (``p = sigmoid(logit)`` is the probability that a region is FINE):

@@ -16,7 +16,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .gates import regions_to_rows
+
+
+def regions_to_rows(img: torch.Tensor, region_size: int) -> torch.Tensor:
+    """Cut an image into non-overlapping square regions, one flattened row each.
+
+    Args:
+        img (Tensor): (B, C, H, W), H and W multiples of ``region_size``.
+        region_size (int): side of a region in pixels.
+
+    Returns:
+        Tensor: (B, H/region_size, W/region_size, C*region_size*region_size), each row in
+        (C, kh, kw) order, the order a ``Conv2d(kernel=stride=region_size)`` weight flattens to.
+    """
+    batch, channels, height, width = img.shape
+    rows, cols = height // region_size, width // region_size
+    regions = img.reshape(batch, channels, rows, region_size, cols, region_size)
+    return regions.permute(0, 2, 4, 1, 3, 5).reshape(batch, rows, cols, -1)
 
 
 def coarsen(x: torch.Tensor, ratio: int) -> torch.Tensor:
@@ -43,6 +59,9 @@ class MixedScaleLayout(NamedTuple):
         num_tokens (Tensor): (B,) long, patch tokens per image (CLS excluded).
         fine_grid (tuple): (Hf, Wf) of the padded input.
         out_size (tuple): (H_out, W_out) fine cells covering the unpadded input.
+        gate_logits (Tensor | None): (B, Hc, Wc) logits of FINE from the gate of this forward
+            (with gradient in training), None when the gate did not run (forced scale or
+            decisions given by the caller).
     """
     fine_mask: torch.Tensor
     cell_to_token: torch.Tensor
@@ -50,6 +69,12 @@ class MixedScaleLayout(NamedTuple):
     num_tokens: torch.Tensor
     fine_grid: Tuple[int, int]
     out_size: Tuple[int, int]
+    gate_logits: Optional[torch.Tensor] = None
+
+    @property
+    def num_regions(self) -> int:
+        """Coarse regions of the (padded) input."""
+        return self.fine_mask.shape[1] * self.fine_mask.shape[2]
 
 
 class MixedScaleTokens(NamedTuple):
@@ -72,41 +97,20 @@ class MixedScaleTokenizer(nn.Module):
     Candidate order: all coarse regions (raster order), then all fine cells (raster order); the
     active ones keep this order. With every region fine the sequence is exactly a ViT/16's.
 
-    How the task loss reaches the gate (``gate_gradient``; the forward pass is the same for both,
-    only the straight-through backward differs):
-
-    * ``'scale'`` (docs/method.md section 3): every active token is multiplied by its gate value
-      (``v`` for fine tokens, ``1 - v`` for coarse ones). The gate's gradient is then
-      ``sum <dL/dt, t>`` over the region's tokens: how the loss reacts to scaling the tokens that
-      exist, which says little about whether the *other* scale would do better.
-    * ``'mix'`` (our option): every active token is written as ``t + (1 - w) * (t_alt - t)``
-      with ``w`` its gate value (1 in the forward pass), where ``t_alt`` is what the region would
-      put at that token under the other scale: for a fine token the region's coarse token, for a
-      coarse token the mean of its fine tokens (position embeddings included). The gradient is
-      the first-order change of the loss when the region's content switches scale: zero on flat
-      regions (both scales carry the same content). Costs one extra patch embedding of every
-      candidate in training.
-
-    Neither is the exact effect of switching a region (a coarse token is one token, not four
-    copies); ``tools/analysis_tools/gate_signal.py`` measures how well each follows it. On the
-    synthetic demo (MSViT-Ti trained with random scales) the correlation with the exact effect was
-    +0.43 ('scale') / +0.49 ('mix') on coarse regions and -0.22 / -0.10 on fine ones.
+    How the task loss reaches the gate (method section 3): in training every active token is
+    multiplied by its straight-through gate value (``v`` for fine tokens, ``1 - v`` for coarse
+    ones; 1 in the forward pass). The gate's gradient is then ``sum <dL/dt, t>`` over the
+    region's tokens: how the loss reacts to scaling the tokens that exist, which says little
+    about whether the *other* scale would do better (docs/method.md, "The gate's training
+    signal"; ``tools/analysis_tools/gate_signal.py`` measures it).
 
     Args:
         fine_patch_size (int): S_f. Default: 16.
         coarse_patch_size (int): S_c, a multiple of S_f. Default: 32.
-        gate_gradient (str): 'scale' or 'mix', see above. Default: 'scale'.
     """
-    GATE_GRADIENTS = ('scale', 'mix')
 
-    def __init__(self,
-                 fine_patch_size: int = 16,
-                 coarse_patch_size: int = 32,
-                 gate_gradient: str = 'scale') -> None:
+    def __init__(self, fine_patch_size: int = 16, coarse_patch_size: int = 32) -> None:
         super().__init__()
-        if gate_gradient not in self.GATE_GRADIENTS:
-            raise ValueError(f'MixedScaleTokenizer: gate_gradient must be one of '
-                             f'{self.GATE_GRADIENTS}, got {gate_gradient!r}')
         if fine_patch_size < 1 or coarse_patch_size % fine_patch_size != 0 \
                 or coarse_patch_size <= fine_patch_size:
             raise ValueError('MixedScaleTokenizer: coarse_patch_size must be a multiple (> 1x) of '
@@ -115,7 +119,6 @@ class MixedScaleTokenizer(nn.Module):
         self.fine_patch_size = fine_patch_size
         self.coarse_patch_size = coarse_patch_size
         self.ratio = coarse_patch_size // fine_patch_size
-        self.gate_gradient = gate_gradient
         self._region_of_cell_cache = {}
 
     def _region_of_cell(self, fine_grid: Tuple[int, int], device) -> torch.Tensor:
@@ -137,7 +140,8 @@ class MixedScaleTokenizer(nn.Module):
                 cls_token: torch.Tensor,
                 cls_pos: torch.Tensor,
                 fine_value: Optional[torch.Tensor] = None,
-                out_size: Optional[Tuple[int, int]] = None) -> MixedScaleTokens:
+                out_size: Optional[Tuple[int, int]] = None,
+                gate_logits: Optional[torch.Tensor] = None) -> MixedScaleTokens:
         """Tokenize a batch.
 
         Args:
@@ -151,6 +155,7 @@ class MixedScaleTokenizer(nn.Module):
                 ``fine_mask``; when it requires grad, fine tokens are multiplied by it and coarse
                 tokens by ``1 - fine_value`` so the task loss reaches the gate.
             out_size (tuple, optional): (H_out, W_out) fine cells of the unpadded input.
+            gate_logits (Tensor, optional): the gate's logits, carried in the layout.
 
         Returns:
             MixedScaleTokens
@@ -192,14 +197,7 @@ class MixedScaleTokenizer(nn.Module):
             flat_value = fine_value.flatten(1)
             value = torch.cat([1 - flat_value, flat_value[:, region_of_cell]], dim=1)
             weight = torch.gather(value, 1, token_index)[..., None]  # 1 in the forward pass
-            if self.gate_gradient == 'scale':
-                tokens = tokens * weight
-            else:
-                alternative = self._alternatives(candidates, proj, patch_embed.norm,
-                                                 pos_candidates, num_coarse, region_of_cell)
-                alternative = torch.gather(
-                    alternative, 1, token_index[..., None].expand(-1, -1, tokens.shape[-1]))
-                tokens = tokens + (1 - weight) * (alternative - tokens)
+            tokens = tokens * weight
 
         has_padding = bool((num_tokens < length).any())
         if has_padding:
@@ -223,16 +221,6 @@ class MixedScaleTokenizer(nn.Module):
             valid=valid,
             num_tokens=num_tokens,
             fine_grid=(fine_rows, fine_cols),
-            out_size=out_size or (fine_rows, fine_cols))
+            out_size=out_size or (fine_rows, fine_cols),
+            gate_logits=gate_logits)
         return MixedScaleTokens(tokens, attn_mask, layout)
-
-    def _alternatives(self, candidates, proj, norm, pos_candidates, num_coarse,
-                      region_of_cell) -> torch.Tensor:
-        """(B, M, D): for every candidate, the content of its region under the other scale.
-
-        Coarse candidate r: the mean of the embedded fine tokens of region r; fine candidate in
-        region r: the embedded coarse token r (position embeddings included in both)."""
-        embedded = norm(F.linear(candidates, proj.weight.flatten(1), proj.bias)) + pos_candidates
-        coarse, fine = embedded[:, :num_coarse], embedded[:, num_coarse:]
-        fine_mean = torch.zeros_like(coarse).index_add_(1, region_of_cell, fine) / self.ratio**2
-        return torch.cat([fine_mean, coarse[:, region_of_cell]], dim=1)

@@ -139,5 +139,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from mmseg_msvit.apis import run_cli
+    from mmseg_msvit.cli import run_cli
     run_cli(main)

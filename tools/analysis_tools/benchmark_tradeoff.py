@@ -23,7 +23,7 @@ from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
-from mmseg_msvit.apis import ensure_runtime_hooks, load_config  # noqa: E402
+from mmseg_msvit.cli import ensure_runtime_hooks, load_config  # noqa: E402
 
 FIELDS = ('label', 'threshold', 'mIoU', 'backbone_gmacs', 'fine_fraction', 'images_per_s')
 
@@ -134,5 +134,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from mmseg_msvit.apis import run_cli
+    from mmseg_msvit.cli import run_cli
     run_cli(main)

@@ -16,8 +16,9 @@ from mmengine.config import DictAction  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
-from mmseg_msvit.apis import build_eval_model, load_config  # noqa: E402
+from mmseg_msvit.cli import build_eval_model, load_config  # noqa: E402
 from mmseg_msvit.models.checkpoints import load_model_weights  # noqa: E402
+from mmseg_msvit.models.gate_training import input_normalisation  # noqa: E402
 
 
 def positive_int(text: str) -> int:
@@ -47,9 +48,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     seg_cfg = load_config(args.seg_config, args.cfg_options)
-    seg_cfg.model.backbone.gate_init = dict(checkpoint=args.gate, freeze=False)
     seg_model, loader = build_eval_model(seg_cfg, None, ('val_dataloader', ))
-    seg_model.backbone.load_gate(args.gate)  # checked against the segmentor's normalisation
+    # the gate file, checked against the segmentor's input normalisation
+    seg_model.backbone.load_gate(args.gate, input_normalisation(seg_model.data_preprocessor))
     cls_cfg = load_config(args.cls_config)
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         from mmpretrain.registry import MODELS
@@ -63,9 +64,8 @@ def main(argv=None):
         if index >= args.num_images:
             break
         inputs = seg_model.data_preprocessor(batch, False)['inputs']
-        seg_model.backbone(inputs)
-        cls_model.backbone(inputs)  # the same normalised pixels
-        seg_mask, cls_mask = seg_model.backbone.last_fine_mask, cls_model.backbone.last_fine_mask
+        seg_mask = seg_model.backbone(inputs)[0].layout.fine_mask
+        cls_mask = cls_model.backbone(inputs)[0].layout.fine_mask  # the same normalised pixels
         same = same and torch.equal(seg_mask, cls_mask)
         seg_fine.append(seg_mask.float().mean().item())
         cls_fine.append(cls_mask.float().mean().item())
@@ -82,5 +82,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from mmseg_msvit.apis import run_cli
+    from mmseg_msvit.cli import run_cli
     run_cli(main)

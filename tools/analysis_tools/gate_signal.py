@@ -6,19 +6,21 @@
 For each test image the tool draws random scale decisions (each region fine with probability
 --fine-fraction), then for every coarse region:
 
-* the EXACT benefit of fine: the decode head's cross-entropy on the image with the region coarse
+* the EXACT benefit of fine: the decode head's loss on the image with the region coarse
   minus with the region fine (all other regions unchanged; one forward per region). Compared with
   the labels: is the benefit larger on *detailed* regions (two or more classes inside: boundaries,
   small objects) than on *uniform* ones? (AUC = probability that a random detailed region benefits
   more than a random uniform one; 0.5 = no relation.)
-* the straight-through ESTIMATES of that benefit the gate is trained with (minus the gradient of
-  the same loss with respect to the region's gate value), for each ``gate_gradient`` of
-  :class:`~mmseg_msvit.models.tokenizer.MixedScaleTokenizer` ('scale', 'mix'), split by the
-  region's current state; printed as the correlation and the sign agreement with the exact value.
+* the straight-through ESTIMATE of that benefit the gate is trained with (minus the gradient of
+  the same loss with respect to the region's gate value, tokens scaled by it as in
+  :class:`~mmseg_msvit.models.tokenizer.MixedScaleTokenizer`), split by the region's current
+  state; printed as the correlation and the sign agreement with the exact value.
+
+The loss is the decode head's own (``MSViTEncoderDecoder.task_loss_per_image``).
 
 If the exact benefit follows detail but the estimates do not follow the exact benefit, a gate
 trained on them cannot learn to put fine tokens on detail; that is what this tool is for.
-Cost: (regions + 3) forward passes per image.
+Cost: (regions + 2) forward passes per image.
 """
 import argparse
 import os.path as osp
@@ -34,8 +36,7 @@ from PIL import Image  # noqa: E402
 import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.analysis.gate_alignment import (DETAILED, UNIFORM,  # noqa: E402
                                                   region_detail_kinds)
-from mmseg_msvit.apis import build_eval_model, load_config  # noqa: E402
-from mmseg_msvit.models.tokenizer import MixedScaleTokenizer  # noqa: E402
+from mmseg_msvit.cli import build_eval_model, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -68,41 +69,32 @@ def main(argv=None):
     if not 0 <= args.fine_fraction <= 1:
         raise ValueError(f'--fine-fraction must lie in [0, 1], got {args.fine_fraction}')
     cfg = load_config(args.config, args.cfg_options)
-    cfg.model.test_cfg = dict(mode='whole')
     model, loader = build_eval_model(cfg, args.checkpoint, ('test_dataloader', ))
-    if not hasattr(model, 'decode_loss_per_image'):
+    if not hasattr(model, 'task_loss_per_image'):
         raise TypeError(f'gate_signal: the model must be an MSViTEncoderDecoder, got '
                         f'{type(model).__name__}')
     backbone = model.backbone
     ignore_index = getattr(model.decode_head, 'ignore_index', 255)
     region = backbone.coarse_patch_size
     generator = torch.Generator().manual_seed(args.seed)
-    rows = []  # (kind, state, exact, estimate per gradient mode ...)
-    modes = MixedScaleTokenizer.GATE_GRADIENTS
-    saved_mode = backbone.tokenizer.gate_gradient
+    rows = []  # (kind, state, exact, straight-through estimate)
+    modes = ('scale', )
 
     for index, batch in enumerate(loader):
         if index >= args.num_images:
             break
         data = model.data_preprocessor(batch, False)
-        inputs, sample = data['inputs'], data['data_samples'][0]
-        label = sample.gt_sem_seg.data[0].to(inputs.device)
-        labels = label[None].long()
+        inputs, samples = data['inputs'], data['data_samples']
+        label = samples[0].gt_sem_seg.data[0].to(inputs.device)
         padded, _ = backbone.pad_input(inputs)
         grid = (padded.shape[-2] // region, padded.shape[-1] // region)
         mask = torch.rand((1, *grid), generator=generator) < args.fine_fraction
         with torch.no_grad():
-            base = float(model.decode_loss_per_image(inputs, labels, mask)[0])
-        estimates = []
-        try:
-            for mode in modes:
-                backbone.tokenizer.gate_gradient = mode
-                value = mask.float().to(inputs.device).requires_grad_(True)
-                model.decode_loss_per_image(inputs, labels, mask, value)[0].backward()
-                estimates.append(-value.grad[0].cpu().numpy())
-                model.zero_grad(set_to_none=True)
-        finally:
-            backbone.tokenizer.gate_gradient = saved_mode
+            base = float(model.task_loss_per_image(inputs, samples, mask)[0])
+        value = mask.float().to(inputs.device).requires_grad_(True)
+        model.task_loss_per_image(inputs, samples, mask, value)[0].backward()
+        estimates = [-value.grad[0].cpu().numpy()]
+        model.zero_grad(set_to_none=True)
         height, width = inputs.shape[-2:]
         gt = Image.fromarray(label.cpu().numpy().astype(np.uint8))
         kinds = region_detail_kinds(np.asarray(gt.resize((width, height), Image.NEAREST)),
@@ -114,7 +106,7 @@ def main(argv=None):
                 flipped = mask.clone()
                 flipped[0, r, c] = ~flipped[0, r, c]
                 with torch.no_grad():
-                    new = float(model.decode_loss_per_image(inputs, labels, flipped)[0])
+                    new = float(model.task_loss_per_image(inputs, samples, flipped)[0])
                 state = int(mask[0, r, c])
                 exact = (new - base) if state else (base - new)  # loss(coarse) - loss(fine)
                 rows.append((kinds[r, c], state, exact, *(e[r, c] for e in estimates)))
@@ -156,5 +148,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from mmseg_msvit.apis import run_cli
+    from mmseg_msvit.cli import run_cli
     run_cli(main)

@@ -20,7 +20,7 @@ from mmengine.config import DictAction  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.analysis import decode_macs  # noqa: E402
-from mmseg_msvit.apis import build_eval_model, load_config  # noqa: E402
+from mmseg_msvit.cli import build_eval_model, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -43,10 +43,7 @@ def window_shape(model, inputs):
 @torch.no_grad()
 def decode_macs_for_window(model, shape, cache):
     if shape not in cache:
-        recording = model.backbone._recording
-        model.backbone._recording = None  # this probe is not an image of the dataset
         dense = [f.to_dense() for f in model.backbone(torch.zeros(1, 3, *shape))]
-        model.backbone._recording = recording
         cache[shape] = decode_macs(model, dense)
     return cache[shape]
 
@@ -87,5 +84,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from mmseg_msvit.apis import run_cli
+    from mmseg_msvit.cli import run_cli
     run_cli(main)

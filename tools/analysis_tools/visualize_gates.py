@@ -26,7 +26,7 @@ from PIL import Image  # noqa: E402
 import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.analysis.gate_alignment import (DetailAlignment,  # noqa: E402
                                                   region_detail_kinds)
-from mmseg_msvit.apis import build_eval_model, load_config  # noqa: E402
+from mmseg_msvit.cli import build_eval_model, load_config  # noqa: E402
 from mmseg_msvit.visualization import draw_gate_map  # noqa: E402
 
 
@@ -68,7 +68,6 @@ def main(argv=None):
     if args.num_eval is not None and args.num_eval < 1:
         raise ValueError(f'--num-eval must be >= 1, got {args.num_eval}')
     cfg = load_config(args.config, args.cfg_options)
-    cfg.model.test_cfg = dict(mode='whole')  # one forward per image: one decision map
     model, loader = build_eval_model(cfg, args.checkpoint, ('test_dataloader', ))
     if args.threshold is not None:
         model.backbone.gate_threshold = args.threshold
@@ -82,8 +81,12 @@ def main(argv=None):
         if index >= max(args.num_images, num_eval):
             break
         with torch.no_grad():
-            (result, ) = model.test_step(batch)
-        fine_mask = model.backbone.last_fine_mask[0].cpu().numpy()
+            (result, ) = model.test_step(batch)  # whole or slide, as the config says
+            # the gate reads each region alone: its map on the whole image is the decision of
+            # every window that contains the region on the same 32 px grid
+            inputs = model.data_preprocessor(batch, False)['inputs']
+            padded, _ = model.backbone.pad_input(inputs)
+            fine_mask = model.backbone.decide_scales(padded)[0][0].cpu().numpy()
         image = batch['inputs'][0].permute(1, 2, 0).numpy()[..., ::-1]  # BGR -> RGB
         overlay = draw_gate_map(image, fine_mask, model.backbone.coarse_patch_size,
                                 model.backbone.fine_patch_size)
@@ -125,5 +128,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from mmseg_msvit.apis import run_cli
+    from mmseg_msvit.cli import run_cli
     run_cli(main)

@@ -1,3 +1,3 @@
-from .msvit import MSViT, load_timm_state_dict
+from .msvit import MSViT
 
-__all__ = ['MSViT', 'load_timm_state_dict']
+__all__ = ['MSViT']

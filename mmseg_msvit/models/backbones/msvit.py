@@ -1,13 +1,11 @@
 """MSViT: a ViT whose tokens are 16x16 or 32x32 patches, chosen per region by a gate.
 
-Reads like timm's ``VisionTransformer`` (and reuses its ``Block`` and ``PatchEmbed``); parameter
-names are timm's (``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.N.*``,
-``norm.*``), so a timm ViT/DeiT state dict loads with only the gate's keys missing and the
-classifier head's keys unexpected.
+Reads like timm's ``VisionTransformer`` (and reuses its ``Block`` and ``PatchEmbed``): the forward
+is a chain ``decide_scales -> embed -> forward_blocks``; what a caller needs (decisions, gate
+logits, token counts) comes back in the outputs' :class:`MixedScaleLayout`, never as fields left
+on the module. Parameter names are timm's (``cls_token``, ``pos_embed``, ``patch_embed.proj.*``,
+``blocks.N.*``, ``norm.*``); checkpoint formats live in :mod:`mmseg_msvit.models.checkpoints`.
 """
-import math
-import numbers
-import os.path as osp
 from functools import partial
 from typing import Optional, Sequence, Tuple, Union
 
@@ -15,62 +13,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmengine.logging import MessageHub, print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...analysis.macs import msvit_macs_from_tokens
+from ..arguments import (check_gate_threshold, check_out_indices, check_positive_int,
+                         check_positive_real, check_rate, check_size_pair, is_int)
 from ..builder import build_component
 from ..features import MixedScaleFeatures
-from ..tokenizer import MixedScaleTokenizer
-
-
-def load_timm_state_dict(path: str) -> dict:
-    """Read a timm / DeiT / mmengine checkpoint file (.pth, .pt, .bin or .safetensors).
-
-    Unwraps the usual containers (``state_dict``, ``model``, ``module``) and strips a leading
-    ``module.`` (DataParallel). Loaded with ``weights_only=True``: a checkpoint is not code.
-    """
-    if not osp.isfile(path):
-        raise FileNotFoundError(
-            f'MSViT: pretrained checkpoint {path!r} does not exist. Weights cannot be downloaded '
-            'here: save a timm/DeiT state dict to a local file (e.g. '
-            "`torch.save(timm.create_model('vit_small_patch16_224', pretrained=True)"
-            ".state_dict(), 'vit_small.pth')` on a machine with internet) and point "
-            'init_cfg.checkpoint at it.')
-    from ..checkpoints import read_checkpoint, state_dict_of
-    return state_dict_of(read_checkpoint(path, 'MSViT: pretrained checkpoint'))
-
-
-def _is_int(value) -> bool:
-    """An integer that is not a bool (``True`` is not a size)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    """A real number (NaN and inf included) that is not a bool; strings are not numbers."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_positive_int(name: str, value) -> None:
-    if not _is_int(value) or value < 1:
-        raise ValueError(f'MSViT: {name} must be a positive int, got {value!r}')
-
-
-def _check_rate(name: str, value) -> None:
-    if not _is_real(value) or not 0 <= value < 1:  # NaN fails the comparison
-        raise ValueError(f'MSViT: {name} must be a number in [0, 1), got {value!r}')
-
-
-def check_gate_threshold(value) -> float:
-    """Return ``value`` as a float if it is a real number in [0, 1] (not bool/str/NaN)."""
-    if not _is_real(value) or not 0 <= value <= 1:  # NaN fails the comparison
-        raise ValueError('MSViT: gate_threshold must be a number in [0, 1] (the gate '
-                         f'probability above which a region is fine), got {value!r}')
-    return float(value)
+from ..tokenizer import MixedScaleTokenizer, MixedScaleTokens
 
 
 @MODELS.register_module()
@@ -113,33 +66,24 @@ class MSViT(BaseModule):
             the gate's parameters are frozen (they receive no gradient) but stay in the model,
             so checkpoints move between gated and forced configs.
         gate (dict): config of the gate. Default: ``dict(type='MixedScaleGate')``.
-        gate_threshold (float): eval threshold on the gate probability; may be changed after
-            building (``model.backbone.gate_threshold = 0.7``). Default: 0.5.
-        gate_gradient (str): how the task loss reaches the gate in training: 'scale' (tokens
-            multiplied by the straight-through gate value, docs/method.md) or 'mix' (tokens
-            straight-through interpolated towards the other scale's content, our option; see
-            :class:`MixedScaleTokenizer`). Inference is identical. Default: 'scale'.
-        gate_warmup_iters (int): for the first ``gate_warmup_iters`` training iterations (read
-            from mmengine's message hub, so resume-exact) the gate is not used: every region is
-            fine with probability ``warmup_fine_fraction``, independently, so the transformer
-            learns both scales before the gate's decisions start to count; no gate loss is
-            computed then. Meant for training from scratch, where the task loss tells the gate
-            nothing while the features are still random (our option). Default: 0.
-        warmup_fine_fraction (float): in [0, 1], see above. Default: 0.5.
+        gate_threshold (float): eval threshold in [0, 1] on the gate probability; may be changed
+            after building (``model.backbone.gate_threshold = 0.7``, checked). Default: 0.5.
         freeze_gate (bool): keep the gate's parameters fixed (requires_grad False). Default: False.
         gate_init (dict, optional): ``dict(checkpoint='gate.pth', freeze=False)`` loads a gate
             written by ``tools/transfer_gate.py`` (from any MSViT, any width, any task) after the
-            backbone's own initialisation; patch sizes and, when the segmentor/classifier sets
-            ``input_normalisation``, the input normalisation must match (checked, clear error).
-            ``freeze=True`` keeps it fixed, as ``freeze_gate``.
+            backbone's own initialisation; patch sizes must match, and the segmentor/classifier
+            checks the input normalisation (clear errors). ``freeze=True`` keeps it fixed, as
+            ``freeze_gate``.
         pretrained (str, optional): shorthand for ``init_cfg=dict(type='Pretrained',
             checkpoint=pretrained)`` (what mmseg's segmentor ``pretrained=`` passes down).
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint='file.pth' or
-            '.safetensors', prefix=None)`` loads a local timm/DeiT checkpoint, resizing its
-            position embeddings to ``img_size``; otherwise timm's ViT initialisation.
+            '.safetensors', prefix=None)`` loads a local timm/DeiT checkpoint; otherwise timm's
+            ViT initialisation. Position embeddings of another grid are resized on every load
+            (a ``load_state_dict`` pre-hook, so mmengine's ``load_checkpoint`` resizes too).
 
     Outputs:
-        tuple[MixedScaleFeatures]: one per ``out_indices``; ``.to_dense()`` gives (B, D, H/16, W/16).
+        tuple[MixedScaleFeatures]: one per ``out_indices``, sharing one layout (decisions, gate
+        logits, token counts); ``.to_dense()`` gives (B, D, H/16, W/16).
     """
     arch_zoo = {
         'tiny': dict(embed_dims=192, depth=12, num_heads=3),
@@ -171,9 +115,6 @@ class MSViT(BaseModule):
                  force_scale: Optional[str] = None,
                  gate: Optional[dict] = None,
                  gate_threshold: float = 0.5,
-                 gate_gradient: str = 'scale',
-                 gate_warmup_iters: int = 0,
-                 warmup_fine_fraction: float = 0.5,
                  freeze_gate: bool = False,
                  gate_init: Optional[dict] = None,
                  pretrained: Optional[str] = None,
@@ -183,47 +124,22 @@ class MSViT(BaseModule):
                 raise ValueError('MSViT: give either pretrained or init_cfg, not both')
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
-        if isinstance(arch, str):
-            if arch not in self.arch_zoo:
-                raise ValueError(f'MSViT: unknown arch={arch!r}; expected one of '
-                                 f'{sorted(self.arch_zoo)} or a dict with embed_dims, depth, '
-                                 'num_heads')
-            arch_settings = dict(self.arch_zoo[arch])
-        elif isinstance(arch, dict):
-            missing = {'embed_dims', 'depth', 'num_heads'} - set(arch)
-            if missing:
-                raise ValueError(f'MSViT: arch dict lacks {sorted(missing)}, got {arch}')
-            arch_settings = dict(arch)
-        else:
-            raise TypeError(f'MSViT: arch must be a str or dict, got {type(arch).__name__}')
-        for name, value in (('embed_dims', embed_dims), ('depth', depth),
-                            ('num_heads', num_heads)):
-            if value is not None:
-                arch_settings[name] = value
-        for name in ('embed_dims', 'depth', 'num_heads'):
-            _check_positive_int(name, arch_settings[name])
-        self.embed_dims = arch_settings['embed_dims']
-        self.depth = arch_settings['depth']
-        self.num_heads = arch_settings['num_heads']
-        for name, value in (('fine_patch_size', fine_patch_size),
-                            ('coarse_patch_size', coarse_patch_size),
-                            ('in_channels', in_channels)):
-            _check_positive_int(name, value)
-        if not _is_real(mlp_ratio) or not 0 < mlp_ratio < math.inf:
-            raise ValueError(f'MSViT: mlp_ratio must be a finite number > 0, got {mlp_ratio!r}')
+        settings = self._arch_settings(arch, embed_dims=embed_dims, depth=depth,
+                                       num_heads=num_heads)
+        self.embed_dims, self.depth, self.num_heads = (settings['embed_dims'], settings['depth'],
+                                                       settings['num_heads'])
+        self.fine_patch_size = check_positive_int('MSViT', 'fine_patch_size', fine_patch_size)
+        self.coarse_patch_size = check_positive_int('MSViT', 'coarse_patch_size',
+                                                    coarse_patch_size)
+        self.in_channels = check_positive_int('MSViT', 'in_channels', in_channels)
+        self.mlp_ratio = check_positive_real('MSViT', 'mlp_ratio', mlp_ratio)
         for name, value in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
                             ('drop_path_rate', drop_path_rate)):
-            _check_rate(name, value)
-        if not _is_int(frozen_stages) or not -1 <= frozen_stages <= self.depth:
+            check_rate('MSViT', name, value)
+        if not is_int(frozen_stages) or not -1 <= frozen_stages <= self.depth:
             raise ValueError(f'MSViT: frozen_stages must be an int in -1..{self.depth} (-1: '
                              f'nothing frozen, depth={self.depth}: every block), got '
                              f'{frozen_stages!r}')
-        if not (_is_int(out_indices) or (isinstance(out_indices, Sequence) and
-                                         not isinstance(out_indices, str) and
-                                         len(out_indices) > 0 and
-                                         all(_is_int(i) for i in out_indices))):
-            raise ValueError('MSViT: out_indices must be an int or a non-empty sequence of ints '
-                             f'(block indices, -1 = last), got {out_indices!r}')
         if self.embed_dims % self.num_heads != 0:
             raise ValueError(f'MSViT: embed_dims={self.embed_dims} is not divisible by '
                              f'num_heads={self.num_heads}')
@@ -234,54 +150,21 @@ class MSViT(BaseModule):
         if force_scale not in (None, 'fine', 'coarse'):
             raise ValueError(f"MSViT: force_scale must be None, 'fine' or 'coarse', got "
                              f'{force_scale!r}')
-        if _is_int(img_size):
-            sides = (img_size, img_size)
-        elif isinstance(img_size, Sequence) and len(img_size) == 2 and \
-                all(_is_int(side) for side in img_size):
-            sides = tuple(img_size)
-        else:
-            sides = None
-        if sides is None or min(sides) < 1:
-            raise ValueError('MSViT: img_size must be a positive int or a pair of positive ints, '
-                             f'got {img_size!r}')
-        self.img_size = tuple(int(side) for side in sides)
+        self.img_size = check_size_pair('MSViT', 'img_size', img_size)
         if self.img_size[0] % coarse_patch_size or self.img_size[1] % coarse_patch_size:
             raise ValueError(f'MSViT: img_size={self.img_size} must be a multiple of '
                              f'coarse_patch_size={coarse_patch_size}')
-        self.fine_patch_size = fine_patch_size
-        self.coarse_patch_size = coarse_patch_size
-        self.in_channels = in_channels
-        self.mlp_ratio = mlp_ratio
+        if gate_init is not None and 'checkpoint' not in gate_init:
+            raise ValueError(f'MSViT: gate_init needs a checkpoint, got {gate_init}')
+        self.out_indices = check_out_indices('MSViT', out_indices, self.depth)
         self.force_scale = force_scale
-        self.gate_threshold = gate_threshold  # validated by the property's setter
+        self.gate_threshold = gate_threshold  # checked by the property's setter
         self.final_norm = final_norm
         self.with_cp = with_cp
         self.norm_eval = norm_eval
         self.frozen_stages = frozen_stages
-        if gate_warmup_iters < 0:
-            raise ValueError(f'MSViT: gate_warmup_iters must be >= 0, got {gate_warmup_iters}')
-        if not 0 <= warmup_fine_fraction <= 1:
-            raise ValueError('MSViT: warmup_fine_fraction must lie in [0, 1], got '
-                             f'{warmup_fine_fraction}')
-        self.gate_warmup_iters = int(gate_warmup_iters)
-        self.warmup_fine_fraction = float(warmup_fine_fraction)
         self.freeze_gate = freeze_gate or bool((gate_init or {}).get('freeze', False))
-        if gate_init is not None and 'checkpoint' not in gate_init:
-            raise ValueError(f'MSViT: gate_init needs a checkpoint, got {gate_init}')
         self.gate_init = gate_init
-        # (mean, std, bgr_to_rgb) of the model's data preprocessor, set by the segmentor or
-        # classifier so that a transferred gate's normalisation can be checked
-        self.input_normalisation: Optional[dict] = None
-
-        if _is_int(out_indices):
-            out_indices = [out_indices]
-        self.out_indices = []
-        for index in out_indices:
-            resolved = index + self.depth if index < 0 else index
-            if not 0 <= resolved < self.depth:
-                raise ValueError(f'MSViT: out_indices contains {index}, outside a depth of '
-                                 f'{self.depth}')
-            self.out_indices.append(resolved)
 
         # --- parameters, named as timm's VisionTransformer ---
         self.patch_embed = PatchEmbed(
@@ -312,19 +195,43 @@ class MSViT(BaseModule):
             raise ValueError(f"MSViT: gate coarse_patch_size={gate_cfg['coarse_patch_size']} "
                              f'differs from the backbone coarse_patch_size={coarse_patch_size}')
         self.gate = build_component(gate_cfg)
-        self.tokenizer = MixedScaleTokenizer(fine_patch_size, coarse_patch_size, gate_gradient)
+        self.tokenizer = MixedScaleTokenizer(fine_patch_size, coarse_patch_size)
 
-        # state of the last forward, read by the segmentor / classifier (no second pass)
-        self.last_gate_logits: Optional[torch.Tensor] = None
-        self.last_fine_mask: Optional[torch.Tensor] = None
-        self.last_num_tokens: Optional[torch.Tensor] = None
-        self.last_macs: Optional[torch.Tensor] = None
-        self._recording: Optional[dict] = None
-
+        self._register_load_state_dict_pre_hook(self._resize_pos_embed)
         self._reset_parameters()
         self._freeze()
 
-    # ------------------------------------------------------------------ init / freezing
+    @classmethod
+    def _arch_settings(cls, arch, **overrides) -> dict:
+        """embed_dims / depth / num_heads from a preset name or dict, with overrides."""
+        if isinstance(arch, str):
+            if arch not in cls.arch_zoo:
+                raise ValueError(f'MSViT: unknown arch={arch!r}; expected one of '
+                                 f'{sorted(cls.arch_zoo)} or a dict with embed_dims, depth, '
+                                 'num_heads')
+            settings = dict(cls.arch_zoo[arch])
+        elif isinstance(arch, dict):
+            missing = {'embed_dims', 'depth', 'num_heads'} - set(arch)
+            if missing:
+                raise ValueError(f'MSViT: arch dict lacks {sorted(missing)}, got {arch}')
+            settings = dict(arch)
+        else:
+            raise TypeError(f'MSViT: arch must be a str or dict, got {type(arch).__name__}')
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        for name in ('embed_dims', 'depth', 'num_heads'):
+            check_positive_int('MSViT', name, settings[name])
+        return settings
+
+    @property
+    def gate_threshold(self) -> float:
+        """Eval threshold on the gate probability of FINE, a float in [0, 1]."""
+        return self._gate_threshold
+
+    @gate_threshold.setter
+    def gate_threshold(self, value: float) -> None:
+        self._gate_threshold = check_gate_threshold(value)
+
+    # ------------------------------------------------------------------ weights
     def _reset_parameters(self) -> None:
         """timm's ViT initialisation (trunc-normal 0.02 linears, zero biases)."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -340,94 +247,46 @@ class MSViT(BaseModule):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    @property
-    def gate_threshold(self) -> float:
-        """Eval threshold on the gate probability of FINE, a float in [0, 1]."""
-        return self._gate_threshold
-
-    @gate_threshold.setter
-    def gate_threshold(self, value: float) -> None:
-        self._gate_threshold = check_gate_threshold(value)
-
-    @property
-    def last_gate_probs(self) -> Optional[torch.Tensor]:
-        """(B, Hc, Wc) probability of FINE from the last forward (with grad), None if forced."""
-        return None if self.last_gate_logits is None else torch.sigmoid(self.last_gate_logits)
+    def _resize_pos_embed(self, state_dict, prefix, *args, **kwargs) -> None:
+        """``load_state_dict`` pre-hook: a position embedding of another square grid (a timm
+        checkpoint at 224 px, say) is resampled to ``img_size``, as mmpretrain's ViT does."""
+        key = prefix + 'pos_embed'
+        pos = state_dict.get(key)
+        if pos is None or tuple(pos.shape) == tuple(self.pos_embed.shape) or \
+                pos.dim() != 3 or pos.shape[-1] != self.embed_dims:
+            return  # same grid, or a width mismatch that load_state_dict reports itself
+        num_patches = pos.shape[1] - self.num_prefix_tokens
+        side = int(round(num_patches**0.5))
+        if side * side != num_patches:
+            raise ValueError(f'MSViT: checkpoint pos_embed {tuple(pos.shape)} is not a CLS '
+                             'token plus a square grid; cannot resize it to '
+                             f'{self.pos_grid_size}')
+        state_dict[key] = resample_abs_pos_embed(pos, new_size=self.pos_grid_size,
+                                                 old_size=(side, side),
+                                                 num_prefix_tokens=self.num_prefix_tokens)
 
     def init_weights(self) -> None:
+        from ..checkpoints import load_gate, load_pretrained
         if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
-            self.load_pretrained(self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'))
+            load_pretrained(self, self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'))
         else:
             super().init_weights()
         if self.gate_init is not None:
-            self.load_gate(self.gate_init['checkpoint'])
+            load_gate(self, self.gate_init['checkpoint'])
+            self._freeze()
         self._is_init = True
 
-    def load_gate(self, path: str) -> dict:
-        """Load a gate checkpoint written by ``tools/transfer_gate.py``; returns its meta."""
-        from ..checkpoints import describe_checkpoint, read_checkpoint
-        from ..gate_transfer import check_gate_compatible
-        gate = read_checkpoint(path, 'MSViT: gate checkpoint')
-        kind = describe_checkpoint(gate)
-        if not kind.startswith('a gate file'):
-            raise ValueError(f'MSViT: gate_init checkpoint {path!r} is {kind}, not a gate file; '
-                             f'extract its gate first: python tools/transfer_gate.py {path} '
-                             'gate.pth, then set gate_init=dict(checkpoint=\'gate.pth\')')
-        check_gate_compatible(gate['meta'], self.coarse_patch_size, self.fine_patch_size,
-                              self.in_channels, self.input_normalisation, path)
-        try:
-            self.gate.load_state_dict(gate['state_dict'])
-        except RuntimeError as err:
-            raise ValueError(f'MSViT: gate in {path!r} (hidden_dims '
-                             f"{gate['meta'].get('hidden_dims')}) does not match this model's "
-                             f'gate (hidden_dims {list(self.gate.hidden_dims)}): {err}') from err
-        self._freeze()
-        print_log(f"MSViT: gate loaded from {path} (source {gate['meta'].get('source')}, "
-                  f"{'frozen' if self.freeze_gate else 'trainable'})", logger='current')
-        return gate['meta']
-
     def load_pretrained(self, path: str, prefix: Optional[str] = None) -> Tuple[list, list]:
-        """Load a local timm/DeiT ViT checkpoint.
+        """:func:`mmseg_msvit.models.checkpoints.load_pretrained` into this backbone."""
+        from ..checkpoints import load_pretrained
+        return load_pretrained(self, path, prefix)
 
-        Position embeddings are resized to ``img_size``; the width and patch size must match.
-
-        Returns:
-            tuple: (missing_keys, unexpected_keys) of the load.
-        """
-        state = load_timm_state_dict(path)
-        if prefix:
-            prefix = prefix if prefix.endswith('.') else prefix + '.'
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if not state:
-                raise KeyError(f'MSViT: no key of {path!r} starts with prefix={prefix!r}')
-        proj = state.get('patch_embed.proj.weight')
-        if proj is None:
-            raise KeyError(f'MSViT: {path!r} has no patch_embed.proj.weight; is it a timm/DeiT '
-                           'ViT checkpoint?')
-        if proj.shape[0] != self.embed_dims:
-            raise ValueError(f'MSViT: checkpoint {path!r} has embed width {proj.shape[0]}, the '
-                             f'backbone has embed_dims={self.embed_dims}')
-        if tuple(proj.shape[1:]) != (self.in_channels, self.fine_patch_size,
-                                     self.fine_patch_size):
-            raise ValueError(f'MSViT: checkpoint {path!r} patch embedding is '
-                             f'{tuple(proj.shape[1:])} (C, p, p), the backbone expects '
-                             f'({self.in_channels}, {self.fine_patch_size}, '
-                             f'{self.fine_patch_size})')
-        if 'pos_embed' in state:
-            pos = state['pos_embed']
-            num_patches = pos.shape[1] - self.num_prefix_tokens
-            side = int(round(num_patches**0.5))
-            if side * side != num_patches:
-                raise ValueError(f'MSViT: checkpoint pos_embed {tuple(pos.shape)} is not a CLS '
-                                 'token plus a square grid')
-            state['pos_embed'] = resample_abs_pos_embed(
-                pos, new_size=self.pos_grid_size, old_size=(side, side),
-                num_prefix_tokens=self.num_prefix_tokens)
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith('gate.')]
-        print_log(f'MSViT: loaded {path}; missing (besides the gate): {missing}; unexpected: '
-                  f'{unexpected}', logger='current')
-        return missing, unexpected
+    def load_gate(self, path: str, normalisation: Optional[dict] = None) -> dict:
+        """:func:`mmseg_msvit.models.checkpoints.load_gate` into this backbone."""
+        from ..checkpoints import load_gate
+        meta = load_gate(self, path, normalisation)
+        self._freeze()
+        return meta
 
     def _freeze(self) -> None:
         if self.frozen_stages >= 0:
@@ -455,37 +314,7 @@ class MSViT(BaseModule):
                     module.eval()
         return self
 
-    # ------------------------------------------------------------------ statistics
-    def _record_forward(self, fine_mask: torch.Tensor, num_tokens: torch.Tensor) -> None:
-        """Keep the last forward's decisions and cost; accumulate them while recording."""
-        num_regions = fine_mask.shape[1] * fine_mask.shape[2]
-        num_coarse = (~fine_mask).flatten(1).sum(1)
-        self.last_fine_mask = fine_mask
-        self.last_num_tokens = num_tokens
-        self.last_macs = msvit_macs_from_tokens(self, num_tokens, num_coarse, num_regions,
-                                                gate_ran=self.last_gate_logits is not None)
-        if self._recording is None:
-            return
-        stats = dict(macs=self.last_macs, fine_regions=fine_mask.flatten(1).sum(1).double(),
-                     regions=torch.full_like(self.last_macs, num_regions),
-                     tokens=num_tokens.double(), forwards=torch.ones_like(self.last_macs))
-        for key, value in stats.items():
-            previous = self._recording.get(key)
-            if previous is not None and previous.shape != value.shape:
-                raise RuntimeError('MSViT: batch size changed while recording statistics '
-                                   f'({previous.shape[0]} -> {value.shape[0]})')
-            self._recording[key] = value if previous is None else previous + value
-
-    def start_recording(self) -> None:
-        """Accumulate per-image cost over the following forwards (e.g. slide windows)."""
-        self._recording = {}
-
-    def stop_recording(self) -> dict:
-        """Stop and return per-image sums: macs, fine_regions, regions, tokens, forwards."""
-        recording, self._recording = self._recording, None
-        return recording or {}
-
-    # ------------------------------------------------------------------ forward
+    # ------------------------------------------------------------------ forward stages
     def fine_position_grid(self, fine_grid: Tuple[int, int]) -> Tuple[torch.Tensor,
                                                                       torch.Tensor]:
         """Position embeddings for an input of ``fine_grid`` cells (timm's interpolation).
@@ -502,7 +331,17 @@ class MSViT(BaseModule):
         return cls_pos, grid
 
     def pad_input(self, img: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        """Pad right/bottom to a multiple of the coarse size; return the fine cells to keep."""
+        """Check the input, pad right/bottom to a multiple of the coarse size; return the fine
+        cells to keep."""
+        if not isinstance(img, torch.Tensor) or img.dim() != 4:
+            shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+            raise ValueError(f'MSViT: img must be a 4-D (B, C, H, W) tensor, got {shape}')
+        if img.shape[0] < 1:
+            raise ValueError('MSViT: img must hold at least one image (batch size >= 1), got '
+                             f'shape {tuple(img.shape)}')
+        if img.shape[1] != self.in_channels:
+            raise ValueError(f'MSViT: img must have in_channels={self.in_channels} channels '
+                             f'(B, C, H, W), got shape {tuple(img.shape)}')
         height, width = img.shape[-2:]
         if height < self.coarse_patch_size or width < self.coarse_patch_size:
             raise ValueError(f'MSViT: input of {height}x{width} px is smaller than one coarse '
@@ -516,11 +355,17 @@ class MSViT(BaseModule):
 
     def decide_scales(self,
                       img: torch.Tensor,
-                      fine_mask: Optional[torch.Tensor] = None
-                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Return (fine_mask, fine_value) for a padded input.
+                      fine_mask: Optional[torch.Tensor] = None,
+                      fine_value: Optional[torch.Tensor] = None
+                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Decide every region of a padded input.
 
-        Precedence: an explicit ``fine_mask``, then ``force_scale``, then the gate.
+        Precedence: an explicit ``fine_mask`` (with an optional straight-through ``fine_value``),
+        then ``force_scale``, then the gate.
+
+        Returns:
+            tuple: ``fine_mask`` (B, Hc, Wc) bool; ``fine_value`` (float, the straight-through
+            gate value, or None); ``gate_logits`` (None when the gate did not run).
         """
         batch = img.shape[0]
         grid = (img.shape[-2] // self.coarse_patch_size, img.shape[-1] // self.coarse_patch_size)
@@ -534,20 +379,50 @@ class MSViT(BaseModule):
             if tuple(fine_mask.shape) != (batch, *grid):
                 raise ValueError(f'MSViT: fine_mask must be (B, Hc, Wc) = {(batch, *grid)} for '
                                  f'this input, got {tuple(fine_mask.shape)}')
-            self.last_gate_logits = None
-            return fine_mask.to(device=img.device), None
+            if fine_value is not None and fine_value.shape != fine_mask.shape:
+                raise ValueError('MSViT: fine_value needs a fine_mask of the same shape, got '
+                                 f'fine_value {tuple(fine_value.shape)} and fine_mask '
+                                 f'{tuple(fine_mask.shape)}')
+            value = None if fine_value is None else fine_value.to(img.device)
+            return fine_mask.to(device=img.device), value, None
+        if fine_value is not None:
+            raise ValueError('MSViT: fine_value needs a fine_mask of the same shape, got '
+                             f'fine_value {tuple(fine_value.shape)} and no fine_mask')
         if self.force_scale is not None:
-            self.last_gate_logits = None
             make = torch.ones if self.force_scale == 'fine' else torch.zeros
-            return make((batch, *grid), dtype=torch.bool, device=img.device), None
-        if self.training and self.gate_warmup_iters and \
-                MessageHub.get_current_instance().get_info('iter', 0) < self.gate_warmup_iters:
-            self.last_gate_logits = None
-            fine_mask = torch.rand((batch, *grid), device=img.device) < self.warmup_fine_fraction
-            return fine_mask, None
+            return make((batch, *grid), dtype=torch.bool, device=img.device), None, None
         logits = self.gate(img)
-        self.last_gate_logits = logits
-        return self.gate.decide(logits, self.gate_threshold)
+        fine_mask, value = self.gate.decide(logits, self.gate_threshold)
+        return fine_mask, value, logits
+
+    def embed(self,
+              img: torch.Tensor,
+              fine_mask: torch.Tensor,
+              fine_value: Optional[torch.Tensor] = None,
+              gate_logits: Optional[torch.Tensor] = None,
+              out_size: Optional[Tuple[int, int]] = None) -> MixedScaleTokens:
+        """Tokenize a padded input with the given decisions (CLS and positions included)."""
+        cls_pos, pos_grid = self.fine_position_grid(
+            (img.shape[-2] // self.fine_patch_size, img.shape[-1] // self.fine_patch_size))
+        tokens = self.tokenizer(img, fine_mask, self.patch_embed, pos_grid, self.cls_token,
+                                cls_pos, fine_value=fine_value, out_size=out_size,
+                                gate_logits=gate_logits)
+        return tokens._replace(tokens=self.pos_drop(tokens.tokens))
+
+    def forward_blocks(self, tokens: MixedScaleTokens) -> Tuple[MixedScaleFeatures, ...]:
+        """The transformer blocks; the taps of ``out_indices`` as :class:`MixedScaleFeatures`."""
+        x, attn_mask, layout = tokens
+        outs = []
+        for index, block in enumerate(self.blocks):
+            if self.with_cp and self.training and x.requires_grad:
+                x = cp.checkpoint(block, x, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, attn_mask=attn_mask)
+            if index == self.depth - 1:
+                x = self.norm(x)
+            if index in self.out_indices:
+                outs.append(MixedScaleFeatures(x[:, self.num_prefix_tokens:], layout, x[:, 0]))
+        return tuple(outs)
 
     def forward(self,
                 img: torch.Tensor,
@@ -559,49 +434,17 @@ class MSViT(BaseModule):
             img (Tensor): (B, C, H, W); sides that are not multiples of the coarse size are
                 zero-padded and the dense outputs cropped back.
             fine_mask (Tensor, optional): (B, Hc, Wc) bool decisions to use instead of the gate
-                (for analysis, benchmarks and the segmentor's gate probe; Hc, Wc of the padded
-                input).
+                (analysis, benchmarks, the gate probe; Hc, Wc of the padded input).
             fine_value (Tensor, optional): with ``fine_mask``: a float tensor of the same shape
                 whose value equals ``fine_mask`` and which carries gradient, so the loss's
                 straight-through gradient with respect to each region's decision can be read
                 (``tools/analysis_tools/gate_signal.py``).
 
         Returns:
-            tuple[MixedScaleFeatures]: one per ``out_indices``.
+            tuple[MixedScaleFeatures]: one per ``out_indices``; their shared ``layout`` holds the
+            decisions, the gate logits and the token counts of this forward.
         """
-        if not isinstance(img, torch.Tensor) or img.dim() != 4:
-            shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
-            raise ValueError(f'MSViT: img must be a 4-D (B, C, H, W) tensor, got {shape}')
-        if img.shape[0] < 1:
-            raise ValueError('MSViT: img must hold at least one image (batch size >= 1), got '
-                             f'shape {tuple(img.shape)}')
-        if img.shape[1] != self.in_channels:
-            raise ValueError(f'MSViT: img must have in_channels={self.in_channels} channels '
-                             f'(B, C, H, W), got shape {tuple(img.shape)}')
         img, out_size = self.pad_input(img)
-        if fine_value is not None:
-            if fine_mask is None or fine_value.shape != fine_mask.shape:
-                raise ValueError('MSViT: fine_value needs a fine_mask of the same shape, got '
-                                 f'fine_value {tuple(fine_value.shape)} and fine_mask '
-                                 f'{None if fine_mask is None else tuple(fine_mask.shape)}')
-        fine_mask, gate_value = self.decide_scales(img, fine_mask)
-        fine_value = gate_value if fine_value is None else fine_value.to(img.device)
-        cls_pos, pos_grid = self.fine_position_grid(
-            (img.shape[-2] // self.fine_patch_size, img.shape[-1] // self.fine_patch_size))
-        tokens, attn_mask, layout = self.tokenizer(
-            img, fine_mask, self.patch_embed, pos_grid, self.cls_token, cls_pos,
-            fine_value=fine_value, out_size=out_size)
-        self._record_forward(fine_mask, layout.num_tokens)
-        x = self.pos_drop(tokens)
-
-        outs = []
-        for index, block in enumerate(self.blocks):
-            if self.with_cp and self.training and x.requires_grad:
-                x = cp.checkpoint(block, x, attn_mask, use_reentrant=False)
-            else:
-                x = block(x, attn_mask=attn_mask)
-            if index == self.depth - 1 and self.final_norm:
-                x = self.norm(x)
-            if index in self.out_indices:
-                outs.append(MixedScaleFeatures(x[:, self.num_prefix_tokens:], layout, x[:, 0]))
-        return tuple(outs)
+        fine_mask, fine_value, gate_logits = self.decide_scales(img, fine_mask, fine_value)
+        return self.forward_blocks(
+            self.embed(img, fine_mask, fine_value, gate_logits, out_size))

@@ -6,9 +6,11 @@ import torch
 from mmpretrain.models.classifiers import ImageClassifier
 from mmpretrain.registry import MODELS as PRETRAIN_MODELS
 
+from ...analysis.macs import image_cost
 from ..backbones import MSViT
-from ..gate_stats import attach_cost, build_gate_loss, gate_loss_and_stats
-from ..segmentors.msvit_encoder_decoder import input_normalisation
+from ..gate_training import (attach_cost, build_gate_loss, build_gate_probe,
+                             check_gate_normalisation, current_target, gate_loss_and_stats,
+                             summed_losses)
 
 # MSViT usable from mmpretrain configs too (type='MSViT' under the mmpretrain scope)
 PRETRAIN_MODELS.register_module(name='MSViT', module=MSViT, force=True)
@@ -18,11 +20,14 @@ PRETRAIN_MODELS.register_module(name='MSViT', module=MSViT, force=True)
 class MSViTImageClassifier(ImageClassifier):
     """Classification with MSViT: the head sees the CLS token of each backbone tap.
 
-    Training adds ``gate_loss`` (e.g. GBaS) on the gate probabilities of the same forward and
-    logs ``gate.fine_fraction`` and ``gate.tokens_per_image``, as :class:`MSViTEncoderDecoder`.
+    Training adds ``gate_loss`` (e.g. GBaS) on the gate probabilities of the same forward (read
+    from the layout the backbone returns) and logs ``gate.fine_fraction`` and
+    ``gate.tokens_per_image``, as :class:`MSViTEncoderDecoder`; the optional ``gate_probe``
+    measures with the classification head's own loss.
 
     Args:
         gate_loss (dict, optional): gate loss config (built from mmseg's registry).
+        gate_probe (dict, optional): a ``GateProbe`` config (our option); None: no probe.
         head_from_timm (str, optional): a local timm/DeiT checkpoint whose classifier
             (``head.weight``, ``head.bias``) initialises the head's last Linear layer.
         Others: as mmpretrain's ImageClassifier (backbone must be an MSViT).
@@ -32,6 +37,7 @@ class MSViTImageClassifier(ImageClassifier):
     """
 
     def __init__(self, *args, gate_loss: Optional[dict] = None,
+                 gate_probe: Optional[dict] = None,
                  head_from_timm: Optional[str] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.head_from_timm = head_from_timm
@@ -39,32 +45,50 @@ class MSViTImageClassifier(ImageClassifier):
             raise TypeError('MSViTImageClassifier: the backbone must be an MSViT, got '
                             f'{type(self.backbone).__name__}')
         self.gate_loss = build_gate_loss(gate_loss, self.backbone, 'MSViTImageClassifier')
-        self.backbone.input_normalisation = input_normalisation(self.data_preprocessor)
+        self.gate_probe = build_gate_probe(gate_probe, 'MSViTImageClassifier')
+
+    def _neck(self, features) -> tuple:
+        cls_tokens = tuple(f.cls_token for f in features)  # (B, D) per tap
+        return self.neck(cls_tokens) if self.with_neck else cls_tokens
 
     def extract_feat(self, inputs: torch.Tensor, stage: str = 'neck'):
         features = self.backbone(inputs)
         if stage == 'backbone':
             return features
-        cls_tokens = tuple(f.cls_token for f in features)  # (B, D) per tap
-        if self.with_neck:
-            cls_tokens = self.neck(cls_tokens)
+        cls_tokens = self._neck(features)
         if stage == 'neck':
             return cls_tokens
         return self.head.pre_logits(cls_tokens)
 
     def loss(self, inputs: torch.Tensor, data_samples: List) -> dict:
-        losses = self.head.loss(self.extract_feat(inputs), data_samples)
-        losses.update(gate_loss_and_stats(self.backbone, self.gate_loss))
+        features = self.backbone(inputs)
+        layout = features[0].layout
+        losses = self.head.loss(self._neck(features), data_samples)
+        losses.update(gate_loss_and_stats(layout, self.gate_loss))
+        if self.gate_probe is not None and layout.gate_logits is not None:
+            losses[self.gate_probe.loss_name] = self.gate_probe(
+                self, inputs, data_samples, layout, current_target(self.gate_loss))
         return losses
+
+    def task_loss_per_image(self, inputs: torch.Tensor, data_samples: List,
+                            fine_mask: torch.Tensor,
+                            fine_value: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N,) the head's own loss per image with the given scale decisions (gate probe)."""
+        feats = self._neck(self.backbone(inputs, fine_mask=fine_mask, fine_value=fine_value))
+        return torch.stack([
+            summed_losses(self.head.loss(tuple(f[i:i + 1] for f in feats), [sample]))
+            for i, sample in enumerate(data_samples)
+        ])
 
     def init_weights(self) -> None:
         super().init_weights()
+        check_gate_normalisation(self.backbone, self.data_preprocessor)
         if self.head_from_timm:
             self.load_timm_head(self.head_from_timm)
 
     def load_timm_head(self, path: str) -> None:
         """Copy a timm classifier (``head.weight`` (K, D), ``head.bias``) into the head."""
-        from ..backbones.msvit import load_timm_state_dict
+        from ..checkpoints import load_timm_state_dict
         state = load_timm_state_dict(path)
         if 'head.weight' not in state:
             raise KeyError(f'MSViTImageClassifier: {path!r} has no head.weight')
@@ -81,9 +105,6 @@ class MSViTImageClassifier(ImageClassifier):
             last.bias.copy_(state['head.bias'])
 
     def predict(self, inputs: torch.Tensor, data_samples: Optional[List] = None, **kwargs):
-        self.backbone.start_recording()
-        try:
-            results = super().predict(inputs, data_samples, **kwargs)
-        finally:
-            stats = self.backbone.stop_recording()
-        return attach_cost(results, stats)
+        features = self.backbone(inputs)
+        results = self.head.predict(self._neck(features), data_samples, **kwargs)
+        return attach_cost(results, image_cost(self.backbone, features[0].layout))

@@ -10,9 +10,7 @@ Every ``target`` in this module is the fraction of regions at the FINE scale.
 
 Target annealing (all three): with ``anneal_iters > 0`` the target moves linearly from
 ``anneal_start`` (default 1.0: all fine, the pretrained ViT's regime) to ``target`` over
-``anneal_iters`` training iterations starting at iteration ``anneal_begin`` (default 0; set it to
-the backbone's ``gate_warmup_iters`` so the anneal starts when the gate does). The iteration is
-read from mmengine's message hub (the Runner's ``RuntimeInfoHook`` writes it), so it follows
+``anneal_iters`` training iterations. The iteration is read from mmengine's message hub (the Runner's ``RuntimeInfoHook`` writes it), so it follows
 ``--resume`` exactly.
 """
 import math
@@ -88,16 +86,13 @@ class _AnnealedTarget(nn.Module):
     """Shared target/annealing/loss_weight handling of the gate losses."""
 
     def __init__(self, target: float, loss_weight: float, anneal_iters: int,
-                 anneal_start: float, loss_name: str, anneal_begin: int = 0) -> None:
+                 anneal_start: float, loss_name: str) -> None:
         super().__init__()
         owner = type(self).__name__
         _check_fraction('target', target, owner)
         _check_fraction('anneal_start', anneal_start, owner)
         if anneal_iters < 0:
             raise ValueError(f'{owner}: anneal_iters must be >= 0, got {anneal_iters}')
-        if anneal_begin < 0:
-            raise ValueError(f'{owner}: anneal_begin must be >= 0, got {anneal_begin}')
-        self.anneal_begin = int(anneal_begin)
         self.target = float(target)
         self.loss_weight = float(loss_weight)
         self.anneal_iters = int(anneal_iters)
@@ -114,7 +109,7 @@ class _AnnealedTarget(nn.Module):
             return self.target
         if iteration is None:
             iteration = MessageHub.get_current_instance().get_info('iter', 0)
-        progress = min(max(iteration - self.anneal_begin, 0) / self.anneal_iters, 1.0)
+        progress = min(max(iteration, 0) / self.anneal_iters, 1.0)
         return self.anneal_start + (self.target - self.anneal_start) * progress
 
 
@@ -127,15 +122,13 @@ class L0GateLoss(_AnnealedTarget):
     Args:
         target (float): fraction of regions at the fine scale, in [0, 1]. Default: 0.5.
         loss_weight (float): Default: 1.0.
-        anneal_iters (int), anneal_start (float), anneal_begin (int): see the module docstring.
-            Default: 0, 1.0, 0.
+        anneal_iters (int), anneal_start (float): see the module docstring. Default: 0, 1.0.
         loss_name (str): Default: 'loss_gate'.
     """
 
     def __init__(self, target: float = 0.5, loss_weight: float = 1.0, anneal_iters: int = 0,
-                 anneal_start: float = 1.0, loss_name: str = 'loss_gate',
-                 anneal_begin: int = 0) -> None:
-        super().__init__(target, loss_weight, anneal_iters, anneal_start, loss_name, anneal_begin)
+                 anneal_start: float = 1.0, loss_name: str = 'loss_gate') -> None:
+        super().__init__(target, loss_weight, anneal_iters, anneal_start, loss_name)
 
     def forward(self, probs: torch.Tensor, iteration: Optional[int] = None) -> torch.Tensor:
         """Args: probs (Tensor): (B, Hc, Wc) fine probabilities. Returns: scalar loss."""
@@ -157,14 +150,13 @@ class BaSLoss(_AnnealedTarget):
         beta (float): > 0. Default: 0.4.
         target (float, optional): fine fraction in (0, 1); see above. Default: None.
         max_pdf (float): clip of the CDF's gradient. Default: 100.
-        loss_weight, anneal_iters, anneal_start, anneal_begin, loss_name: as in
+        loss_weight, anneal_iters, anneal_start, loss_name: as in
             :class:`L0GateLoss`.
     """
 
     def __init__(self, alpha: float = 0.6, beta: float = 0.4, target: Optional[float] = None,
                  max_pdf: float = 100.0, loss_weight: float = 1.0, anneal_iters: int = 0,
-                 anneal_start: float = 1.0, loss_name: str = 'loss_gate',
-                 anneal_begin: int = 0) -> None:
+                 anneal_start: float = 1.0, loss_name: str = 'loss_gate') -> None:
         if alpha <= 0 or beta <= 0:
             raise ValueError(f'BaSLoss: Beta parameters must be > 0, got alpha={alpha}, '
                              f'beta={beta}')
@@ -174,7 +166,7 @@ class BaSLoss(_AnnealedTarget):
         if target is not None and not 0 < target < 1:
             raise ValueError(f'BaSLoss: target must lie in (0, 1) for a Beta prior, got {target}')
         super().__init__(alpha / (alpha + beta) if target is None else target, loss_weight,
-                         anneal_iters, anneal_start, loss_name, anneal_begin)
+                         anneal_iters, anneal_start, loss_name)
         self.alpha, self.beta, self.max_pdf = float(alpha), float(beta), float(max_pdf)
 
     def prior(self, iteration: Optional[int] = None) -> Tuple[float, float]:
@@ -217,7 +209,7 @@ class GBaSLoss(_AnnealedTarget):
         hyper_std (float): std of the Gaussian hyperprior, > 0. Default: 0.1.
         tau_weight (float): weight of the L1 on tau. Default: 0.1.
         init_tau (float): initial tau, in (0, 1). Default: 0.5.
-        loss_weight, anneal_iters, anneal_start, anneal_begin, loss_name: as in
+        loss_weight, anneal_iters, anneal_start, loss_name: as in
             :class:`L0GateLoss`.
     """
 
@@ -230,9 +222,8 @@ class GBaSLoss(_AnnealedTarget):
                  loss_weight: float = 1.0,
                  anneal_iters: int = 0,
                  anneal_start: float = 1.0,
-                 loss_name: str = 'loss_gate',
-                 anneal_begin: int = 0) -> None:
-        super().__init__(target, loss_weight, anneal_iters, anneal_start, loss_name, anneal_begin)
+                 loss_name: str = 'loss_gate') -> None:
+        super().__init__(target, loss_weight, anneal_iters, anneal_start, loss_name)
         if hyper_std <= 0:
             raise ValueError(f'GBaSLoss: hyper_std must be > 0, got {hyper_std}')
         if tau_weight < 0:

@@ -1,5 +1,5 @@
 """EncoderDecoder that trains the MSViT gate with a gate loss and reports what the gate did."""
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -8,63 +8,45 @@ from mmseg.registry import MODELS
 from mmseg.utils import OptSampleList, SampleList
 from torch import Tensor
 
-from ..gate_stats import attach_cost, build_gate_loss, gate_loss_and_stats
-
-
-def input_normalisation(data_preprocessor) -> Optional[dict]:
-    """mean / std / bgr_to_rgb of an mmseg or mmpretrain data preprocessor (None if it does not
-    normalise)."""
-    if not getattr(data_preprocessor, '_enable_normalize', False):
-        return None
-    return dict(mean=data_preprocessor.mean.flatten().tolist(),
-                std=data_preprocessor.std.flatten().tolist(),
-                bgr_to_rgb=bool(getattr(data_preprocessor, 'channel_conversion',
-                                        getattr(data_preprocessor, 'to_rgb', False))))
-
-
-def probe_labels(benefit: Tensor, target: float) -> Tensor:
-    """1.0 (fine) for the probed regions whose benefit of fine tokens is in the top ``target``
-    share of those probed, 0.0 (coarse) for the others; all fine when ``target >= 1``."""
-    if target >= 1.0:
-        return torch.ones_like(benefit)
-    threshold = torch.quantile(benefit.flatten().float(), min(max(1.0 - target, 0.0), 1.0))
-    return (benefit > threshold).to(benefit.dtype)
+from ...analysis.macs import add_costs, image_cost
+from ..backbones import MSViT
+from ..gate_training import (attach_cost, build_gate_loss, build_gate_probe,
+                             check_gate_normalisation, current_target, gate_loss_and_stats,
+                             summed_losses)
 
 
 @MODELS.register_module()
 class MSViTEncoderDecoder(EncoderDecoder):
     """mmseg's :class:`EncoderDecoder` plus the gate loss of an MSViT backbone.
 
-    Training: the decode (and auxiliary) losses as usual, plus ``gate_loss`` computed on the
-    gate probabilities the backbone kept from this very forward (no second pass), logged under
-    the loss's name (``loss_gate``). Each iteration also logs ``gate.fine_fraction`` (share of
-    regions split into fine tokens in the batch) and ``gate.tokens_per_image`` (patch tokens per
-    image). When the backbone's scale is forced (dense / all-coarse baselines) there are no gate
-    probabilities and no gate loss.
+    Call graph (what differs from mmseg's)::
+
+        loss(): extract_feat_and_layout() -> decode (+ auxiliary) losses
+                                          -> gate_loss(sigmoid(layout.gate_logits))
+                                          -> gate_probe(self, inputs, samples, layout)
+        predict(): inference_with_cost() -> whole: encode_decode_with_cost() once
+                                         -> slide: encode_decode_with_cost() per window, costs
+                                            summed
+                   -> postprocess_result() -> attach_cost() into each sample's metainfo
+
+    Training: the decode (and auxiliary) losses as usual, plus ``gate_loss`` on the gate
+    probabilities of this very forward (taken from the layout the backbone returns), logged
+    under the loss's name (``loss_gate``), and ``gate.fine_fraction`` / ``gate.tokens_per_image``.
+    When the backbone's scale is forced (dense / all-coarse baselines) there are no gate
+    probabilities, and a ``gate_loss`` is refused.
 
     Inference (whole or slide): every predicted sample carries, in its metainfo,
     ``msvit_backbone_macs`` (backbone multiply-adds for the image, summed over slide windows, gate
     and pooling included), ``msvit_fine_fraction``, ``msvit_num_tokens`` and ``msvit_forwards``
-    (backbone forwards, i.e. slide windows); the
-    ``ComplexityMetric`` reports them beside mIoU.
-
-    Gate probe (``gate_probe``, our option, not in the paper): the straight-through gradient
-    follows the real effect of switching a region's scale only weakly
-    (``tools/analysis_tools/gate_signal.py``), so the gate can also be taught that effect
-    directly. Each iteration, for ``num_images`` images of the batch and ``regions_per_image``
-    random regions in each, the decode head's cross-entropy is computed with the region switched
-    (the other regions as the gate decided; extra forward passes without gradient and without
-    touching BatchNorm statistics); the regions whose benefit of fine tokens (loss coarse - loss
-    fine) lies in the top ``target`` share of the sampled ones (``target`` = the gate loss's
-    current target, else 0.5) are labelled fine, the others coarse, and the gate's logits there
-    get a binary cross-entropy, logged as ``loss_gate_probe``. Cost: ``num_images x
-    (regions_per_image + 1)`` image forwards per iteration.
+    (backbone forwards, i.e. slide windows); the ``ComplexityMetric`` reports them beside mIoU.
 
     Args:
         gate_loss (dict, optional): e.g. ``dict(type='GBaSLoss', grid_size=(16, 16),
             target=0.5)``. None: no gate loss.
-        gate_probe (dict, optional): ``dict(num_images=4, regions_per_image=2, loss_weight=1.0)``;
-            None (default): no probe. Other arguments: as EncoderDecoder.
+        gate_probe (dict, optional): a :class:`~mmseg_msvit.models.gate_training.GateProbe`
+            config (our option), e.g. ``dict(type='GateProbe', num_images=4,
+            regions_per_image=2)``; it measures with the decode head's own loss. None (default):
+            no probe. Other arguments: as EncoderDecoder.
     """
 
     def __init__(self,
@@ -73,102 +55,118 @@ class MSViTEncoderDecoder(EncoderDecoder):
                  gate_probe: Optional[dict] = None,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if not isinstance(self.backbone, MSViT):
+            raise TypeError(f'MSViTEncoderDecoder: the backbone {type(self.backbone).__name__} '
+                            'is not an MSViT')
         self.gate_loss = build_gate_loss(gate_loss, self.backbone, 'MSViTEncoderDecoder')
-        if gate_probe is not None:
-            unknown = set(gate_probe) - {'num_images', 'regions_per_image', 'loss_weight'}
-            if unknown:
-                raise ValueError(f'MSViTEncoderDecoder: gate_probe has unknown keys '
-                                 f'{sorted(unknown)}; expected num_images, regions_per_image, '
-                                 'loss_weight')
-            gate_probe = dict(dict(num_images=4, regions_per_image=2, loss_weight=1.0),
-                              **gate_probe)
-            for key in ('num_images', 'regions_per_image'):
-                if int(gate_probe[key]) < 1:
-                    raise ValueError(f'MSViTEncoderDecoder: gate_probe {key} must be >= 1, got '
-                                     f'{gate_probe[key]}')
-        self.gate_probe = gate_probe
-        for name in ('last_gate_probs', 'start_recording', 'stop_recording'):
-            if not hasattr(self.backbone, name):
-                raise TypeError(f'MSViTEncoderDecoder: the backbone '
-                                f'{type(self.backbone).__name__} is not an MSViT (no {name})')
-        self.backbone.input_normalisation = input_normalisation(self.data_preprocessor)
+        self.gate_probe = build_gate_probe(gate_probe, 'MSViTEncoderDecoder')
 
-    def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
-        losses = super().loss(inputs, data_samples)
-        losses.update(gate_loss_and_stats(self.backbone, self.gate_loss))
-        if self.gate_probe is not None and self.backbone.last_gate_logits is not None:
-            losses['loss_gate_probe'] = self._gate_probe_loss(inputs, data_samples)
-        return losses
+    def init_weights(self) -> None:
+        super().init_weights()
+        check_gate_normalisation(self.backbone, self.data_preprocessor)
 
-    def _gate_probe_loss(self, inputs: Tensor, data_samples: SampleList) -> Tensor:
-        backbone = self.backbone
-        logits = backbone.last_gate_logits  # (B, Hc, Wc), with grad, from this iteration
-        kept = (backbone.last_fine_mask, backbone.last_num_tokens, backbone.last_macs)
-        batch, rows, cols = logits.shape
-        num_images = min(int(self.gate_probe['num_images']), batch)
-        per_image = min(int(self.gate_probe['regions_per_image']), rows * cols)
-        device = logits.device
-        images = torch.randperm(batch, device=device)[:num_images]
-        regions = torch.stack([torch.randperm(rows * cols, device=device)[:per_image]
-                               for _ in range(num_images)])  # (n, K)
-        base = kept[0][images].flatten(1)  # (n, Hc*Wc) decisions of this iteration
-        masks = [base]
-        for k in range(per_image):
-            flipped = base.clone()
-            flipped.scatter_(1, regions[:, k:k + 1], ~base.gather(1, regions[:, k:k + 1]))
-            masks.append(flipped)
-        masks = torch.cat(masks).view(-1, rows, cols)
-        labels = torch.stack([data_samples[int(i)].gt_sem_seg.data[0] for i in images]).long()
-        norms = [m for m in self.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        momenta = [m.momentum for m in norms]
-        try:
-            for m in norms:
-                m.momentum = 0.0  # running statistics stay as they are
-            with torch.no_grad():
-                image_loss = self.decode_loss_per_image(
-                    inputs[images].repeat(per_image + 1, 1, 1, 1),
-                    labels.repeat(per_image + 1, 1, 1), masks).view(per_image + 1, num_images)
-        finally:
-            for m, momentum in zip(norms, momenta):
-                m.momentum = momentum
-            backbone.last_fine_mask, backbone.last_num_tokens, backbone.last_macs = kept
-            backbone.last_gate_logits = logits
-        was_fine = base.gather(1, regions)  # (n, K)
-        change = image_loss[1:].T - image_loss[0][:, None]  # loss(switched) - loss(as decided)
-        benefit = torch.where(was_fine, change, -change)  # loss(coarse) - loss(fine)
-        target = self.gate_loss.current_target() if hasattr(self.gate_loss, 'current_target') \
-            else 0.5
-        picked = logits[images].flatten(1).gather(1, regions)
-        return self.gate_probe['loss_weight'] * F.binary_cross_entropy_with_logits(
-            picked, probe_labels(benefit, target))
-
-    def decode_loss_per_image(self,
-                              inputs: Tensor,
-                              labels: Tensor,
-                              fine_mask: Tensor,
-                              fine_value: Optional[Tensor] = None) -> Tensor:
-        """(N,) mean cross-entropy of the decode head per image, with the given scale decisions.
-
-        Args:
-            inputs (Tensor): (N, C, H, W) preprocessed images.
-            labels (Tensor): (N, h, w) long labels; logits are resized to them.
-            fine_mask (Tensor): (N, Hc, Wc) bool decisions (see ``MSViT.forward``).
-            fine_value (Tensor, optional): straight-through gate values for ``fine_mask``.
-        """
-        feats = self.backbone(inputs, fine_mask=fine_mask, fine_value=fine_value)
+    # ------------------------------------------------------------------ features
+    def extract_feat_and_layout(self, inputs: Tensor, **backbone_kwargs) -> Tuple[List, object]:
+        """``extract_feat`` plus the layout of the backbone's forward (decisions, gate logits,
+        token counts). ``backbone_kwargs`` (``fine_mask``, ``fine_value``) go to the backbone."""
+        feats = self.backbone(inputs, **backbone_kwargs)
+        layout = feats[0].layout
         if self.with_neck:
             feats = self.neck(feats)
-        seg = F.interpolate(self.decode_head.forward(feats), size=labels.shape[-2:],
-                            mode='bilinear', align_corners=self.align_corners)
-        ignore = getattr(self.decode_head, 'ignore_index', 255)
-        pixel_loss = F.cross_entropy(seg, labels, ignore_index=ignore, reduction='none')
-        valid = (labels != ignore).sum((1, 2)).clamp(min=1)
-        return pixel_loss.sum((1, 2)) / valid
+        return feats, layout
+
+    def extract_feat(self, inputs: Tensor) -> List[Tensor]:
+        return self.extract_feat_and_layout(inputs)[0]
+
+    # ------------------------------------------------------------------ training
+    def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
+        x, layout = self.extract_feat_and_layout(inputs)
+        losses = dict()
+        losses.update(self._decode_head_forward_train(x, data_samples))
+        if self.with_auxiliary_head:
+            losses.update(self._auxiliary_head_forward_train(x, data_samples))
+        losses.update(gate_loss_and_stats(layout, self.gate_loss))
+        if self.gate_probe is not None and layout.gate_logits is not None:
+            losses[self.gate_probe.loss_name] = self.gate_probe(
+                self, inputs, data_samples, layout, current_target(self.gate_loss))
+        return losses
+
+    def task_loss_per_image(self,
+                            inputs: Tensor,
+                            data_samples: SampleList,
+                            fine_mask: Tensor,
+                            fine_value: Optional[Tensor] = None) -> Tensor:
+        """(N,) the decode head's own loss (sampler, class weights, loss terms) per image, with
+        the given scale decisions (see ``MSViT.forward``). Used by the gate probe and
+        ``tools/analysis_tools/gate_signal.py``."""
+        x, _ = self.extract_feat_and_layout(inputs, fine_mask=fine_mask, fine_value=fine_value)
+        seg_logits = self.decode_head.forward(x)
+        return torch.stack([
+            summed_losses(self.decode_head.loss_by_feat(seg_logits[i:i + 1], [sample]))
+            for i, sample in enumerate(data_samples)
+        ])
+
+    # ------------------------------------------------------------------ inference
+    def encode_decode_with_cost(self, inputs: Tensor,
+                                batch_img_metas: List[dict]) -> Tuple[Tensor, dict]:
+        """``encode_decode`` plus the per-image cost of this forward
+        (:func:`mmseg_msvit.analysis.image_cost`)."""
+        x, layout = self.extract_feat_and_layout(inputs)
+        seg_logits = self.decode_head.predict(x, batch_img_metas, self.test_cfg)
+        return seg_logits, image_cost(self.backbone, layout)
+
+    def inference_with_cost(self, inputs: Tensor,
+                            batch_img_metas: List[dict]) -> Tuple[Tensor, dict]:
+        """``inference`` (whole or slide) plus the per-image cost summed over its forwards."""
+        mode = self.test_cfg.get('mode', 'whole')
+        if mode not in ('slide', 'whole'):
+            raise ValueError(f"MSViTEncoderDecoder: test_cfg.mode must be 'whole' or 'slide', "
+                             f'got {mode!r}')
+        if mode == 'whole':
+            return self.encode_decode_with_cost(inputs, batch_img_metas)
+        return self._slide_with_cost(inputs, batch_img_metas)
+
+    def inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        return self.inference_with_cost(inputs, batch_img_metas)[0]
+
+    def slide_inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        return self._slide_with_cost(inputs, batch_img_metas)[0]
+
+    def _slide_with_cost(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tuple[Tensor, dict]:
+        """mmseg's sliding-window inference (same windows, same averaging), summing the cost of
+        every window."""
+        h_stride, w_stride = self.test_cfg.stride
+        h_crop, w_crop = self.test_cfg.crop_size
+        batch_size, _, h_img, w_img = inputs.size()
+        h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
+        w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+        preds = inputs.new_zeros((batch_size, self.out_channels, h_img, w_img))
+        count_mat = inputs.new_zeros((batch_size, 1, h_img, w_img))
+        cost = None
+        for h_idx in range(h_grids):
+            for w_idx in range(w_grids):
+                y2 = min(h_idx * h_stride + h_crop, h_img)
+                x2 = min(w_idx * w_stride + w_crop, w_img)
+                y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+                crop_img = inputs[:, :, y1:y2, x1:x2]
+                batch_img_metas[0]['img_shape'] = crop_img.shape[2:]
+                crop_seg_logit, crop_cost = self.encode_decode_with_cost(
+                    crop_img, batch_img_metas)
+                cost = add_costs(cost, crop_cost)
+                preds += F.pad(crop_seg_logit,
+                               (int(x1), int(preds.shape[3] - x2), int(y1),
+                                int(preds.shape[2] - y2)))
+                count_mat[:, :, y1:y2, x1:x2] += 1
+        assert (count_mat == 0).sum() == 0
+        return preds / count_mat, cost
 
     def predict(self, inputs: Tensor, data_samples: OptSampleList = None) -> SampleList:
-        self.backbone.start_recording()
-        try:
-            results = super().predict(inputs, data_samples)
-        finally:
-            stats = self.backbone.stop_recording()
-        return attach_cost(results, stats)
+        if data_samples is not None:
+            batch_img_metas = [data_sample.metainfo for data_sample in data_samples]
+        else:
+            batch_img_metas = [
+                dict(ori_shape=inputs.shape[2:], img_shape=inputs.shape[2:],
+                     pad_shape=inputs.shape[2:], padding_size=[0, 0, 0, 0])
+            ] * inputs.shape[0]
+        seg_logits, cost = self.inference_with_cost(inputs, batch_img_metas)
+        return attach_cost(self.postprocess_result(seg_logits, data_samples), cost)

@@ -1,48 +1,24 @@
-"""Shims that let the OpenMMLab 1.x stack run on current PyTorch, and keep checkpoints safe.
+"""Stand-in ``mmcv.ops`` for mmcv without compiled ops (mmcv-lite).
 
-``install()`` is called by ``import mmseg_msvit`` before any mmseg model is
-imported. Both parts are idempotent.
+mmseg imports a handful of ops from ``mmcv.ops`` at import time (``point_sample``,
+``sigmoid_focal_loss``, ...). mmcv-lite ships the Python files but not the compiled extension, so
+``import mmcv.ops`` fails. When, and only when, that happens :func:`install_mmcv_ops_standin`
+registers a stand-in ``mmcv.ops`` module holding
 
-1. **mmcv without compiled ops (mmcv-lite).** mmseg imports a handful of ops
-   from ``mmcv.ops`` at import time (``point_sample``, ``sigmoid_focal_loss``,
-   ...). mmcv-lite ships the Python files but not the compiled extension, so
-   ``import mmcv.ops`` fails. When, and only when, that happens we register a
-   stand-in ``mmcv.ops`` module holding
+* pure-PyTorch ``point_sample`` and ``sigmoid_focal_loss`` that compute exactly what mmcv's ops
+  compute, and
+* placeholders for the other ops mmseg / mmengine import by name; they import fine and raise
+  :class:`MissingMmcvOpError` (naming the op and how to get a full mmcv) when they are *used*.
 
-   * pure-PyTorch ``point_sample`` and ``sigmoid_focal_loss`` that compute
-     exactly what mmcv's ops compute, and
-   * placeholders for the other ops mmseg / mmengine import by name; they
-     import fine and raise :class:`MissingMmcvOpError` (naming the op and how
-     to get a full mmcv) when they are *used*.
-
-   With a full mmcv (``mmcv._ext`` importable) nothing is changed.
-
-2. **Checkpoints under ``torch.load(weights_only=True)``** (the default from
-   PyTorch 2.6). Checkpoints written by mmengine's Runner contain a few
-   non-tensor objects: ``HistoryBuffer`` in the message hub (which pickles its
-   statistics methods through ``getattr``), numpy arrays, scalars and dtypes.
-   We allow-list exactly those with
-   :func:`torch.serialization.add_safe_globals`, ``getattr`` only in a version
-   restricted to HistoryBuffer's statistics. Arbitrary globals stay refused:
-   ``weights_only`` is never switched off, because a checkpoint is not trusted
-   code.
-
-Atomic checkpoint writes are not a shim: they are the ``atomic_local`` file backend and
-``SafeCheckpointHook`` in :mod:`mmseg_msvit.engine`, chosen by the runtime config.
+With a full mmcv (``mmcv._ext`` importable) nothing is changed.
 """
 import importlib
-import pickle
 import sys
 import types
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-
-__all__ = [
-    'install', 'MissingMmcvOpError', 'point_sample', 'sigmoid_focal_loss',
-    'mmcv_has_compiled_ops', 'checkpoint_safe_globals'
-]
 
 # Ops that mmseg / mmengine import by name from ``mmcv.ops`` and for which we
 # provide no pure-PyTorch version.
@@ -169,7 +145,7 @@ def mmcv_has_compiled_ops() -> bool:
     return True
 
 
-def _install_mmcv_ops_standin() -> bool:
+def install_mmcv_ops_standin() -> bool:
     """Register the stand-in ``mmcv.ops`` if mmcv has no compiled ops.
 
     Returns True when the stand-in is (now) in place.
@@ -195,64 +171,3 @@ def _install_mmcv_ops_standin() -> bool:
     return True
 
 
-#: The statistics methods that ``HistoryBuffer.__getstate__`` pickles, by name.
-_HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
-
-
-def _history_buffer_getattr(obj, name):
-    """The only ``getattr`` a checkpoint may call: a built-in HistoryBuffer statistic.
-
-    ``HistoryBuffer.__getstate__`` stores its statistics methods, which pickle
-    (protocol 2) writes as ``getattr(HistoryBuffer, 'min')``. Allow-listing the
-    real ``getattr`` would let a pickle reach any attribute of any allowed
-    object (and from there ``os.system``), so this restricted version is
-    registered under the name ``builtins.getattr`` instead.
-    """
-    from mmengine.logging import HistoryBuffer
-    if obj is HistoryBuffer and name in _HISTORY_BUFFER_STATISTICS:
-        return getattr(HistoryBuffer, name)
-    raise pickle.UnpicklingError(
-        f'checkpoint asks for getattr({obj!r}, {name!r}); only '
-        f'HistoryBuffer.{{{", ".join(_HISTORY_BUFFER_STATISTICS)}}} are '
-        'allowed under weights_only=True')
-
-
-def checkpoint_safe_globals() -> list:
-    """The non-tensor globals found in mmengine Runner checkpoints.
-
-    Exactly these are allow-listed for ``torch.load(weights_only=True)``:
-    ``HistoryBuffer`` (message hub), numpy arrays / scalars / numeric dtypes
-    (inside HistoryBuffer and the meta), and the restricted ``getattr`` above.
-    """
-    import numpy as np
-    from mmengine.logging import HistoryBuffer
-    try:  # numpy >= 2
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct, scalar
-    numeric_dtypes = [
-        type(np.dtype(name)) for name in
-        ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16',
-         'uint32', 'uint64', 'float16', 'float32', 'float64')
-    ]
-    return [
-        HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar,
-        *numeric_dtypes, (_history_buffer_getattr, 'builtins.getattr')
-    ]
-
-
-def _install_checkpoint_safe_globals() -> None:
-    torch.serialization.add_safe_globals(checkpoint_safe_globals())
-
-
-_installed = False
-
-
-def install() -> None:
-    """Install the shims (idempotent)."""
-    global _installed
-    if _installed:
-        return
-    _install_mmcv_ops_standin()
-    _install_checkpoint_safe_globals()
-    _installed = True

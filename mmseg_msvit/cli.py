@@ -1,5 +1,6 @@
-"""Plumbing shared by the command-line tools (config loading, runtime safety, evaluation models,
-one-line errors)."""
+"""Command-line plumbing shared by the tools in tools/ (config loading, runtime safety, evaluation
+models, one-line errors). Not an inference API: for that use mmseg.apis (init_model,
+inference_model), which works with our configs."""
 import os
 import os.path as osp
 import sys

@@ -1,0 +1,201 @@
+"""What the segmentor and the classifier both add around an MSViT backbone: the gate loss and
+training statistics, the gate probe, the input-normalisation check of a transferred gate, and
+the per-image cost written into predictions. Everything is read from the layout a forward
+returns; nothing is kept on the backbone."""
+from contextlib import contextmanager
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmseg.registry import MODELS
+
+from .builder import build_component
+
+
+def build_gate_loss(cfg: Optional[dict], backbone, owner: str):
+    """Build the gate loss of a segmentor/classifier; None when ``cfg`` is None.
+
+    Refused when the backbone's scale is forced: the gate never runs, so the loss's parameters
+    (GBaS prior) would never get a gradient (and DistributedDataParallel stops on them).
+    """
+    if cfg is None:
+        return None
+    force_scale = getattr(backbone, 'force_scale', None)
+    if force_scale is not None:
+        raise ValueError(f'{owner}: gate_loss={cfg.get("type", cfg)} is set but the backbone has '
+                         f'force_scale={force_scale!r}, so the gate never runs; set '
+                         'model.gate_loss=None for a forced-scale baseline')
+    return build_component(cfg)
+
+
+def build_gate_probe(cfg: Optional[dict], owner: str):
+    """Build a gate probe (``type`` defaults to 'GateProbe'); None when ``cfg`` is None."""
+    if cfg is None:
+        return None
+    cfg = dict(cfg)
+    cfg.setdefault('type', 'GateProbe')
+    return build_component(cfg)
+
+
+def gate_loss_and_stats(layout, gate_loss: Optional[nn.Module]) -> dict:
+    """``loss_gate`` (when there is a gate loss and the gate ran) plus the logged statistics
+    ``gate.fine_fraction`` and ``gate.tokens_per_image`` of one forward's layout."""
+    losses = {}
+    if gate_loss is not None and layout.gate_logits is not None:
+        losses[gate_loss.loss_name] = gate_loss(torch.sigmoid(layout.gate_logits))
+    losses['gate.fine_fraction'] = layout.fine_mask.float().mean().detach()
+    losses['gate.tokens_per_image'] = layout.num_tokens.float().mean().detach()
+    return losses
+
+
+def current_target(gate_loss: Optional[nn.Module], default: float = 0.5) -> float:
+    """The gate loss's (annealed) fine-fraction target, else ``default``."""
+    return gate_loss.current_target() if hasattr(gate_loss, 'current_target') else default
+
+
+def input_normalisation(data_preprocessor) -> Optional[dict]:
+    """mean / std / bgr_to_rgb of an mmseg or mmpretrain data preprocessor (None if it does not
+    normalise)."""
+    if not getattr(data_preprocessor, '_enable_normalize', False):
+        return None
+    return dict(mean=data_preprocessor.mean.flatten().tolist(),
+                std=data_preprocessor.std.flatten().tolist(),
+                bgr_to_rgb=bool(getattr(data_preprocessor, 'channel_conversion',
+                                        getattr(data_preprocessor, 'to_rgb', False))))
+
+
+def check_gate_normalisation(backbone, data_preprocessor) -> None:
+    """A transferred gate (``backbone.gate_init``) must have seen inputs normalised as this
+    model's data preprocessor normalises them (clear error naming the differences)."""
+    if backbone.gate_init is None:
+        return
+    from .checkpoints import check_gate_compatible, read_gate_meta
+    path = backbone.gate_init['checkpoint']
+    check_gate_compatible(read_gate_meta(path), backbone.coarse_patch_size,
+                          backbone.fine_patch_size, backbone.in_channels,
+                          input_normalisation(data_preprocessor), path)
+
+
+def attach_cost(results, cost: dict):
+    """Write the per-image cost (:func:`mmseg_msvit.analysis.image_cost`, summed over slide
+    windows) into each prediction's metainfo (read by ``ComplexityMetric``):
+    ``msvit_backbone_macs``, ``msvit_fine_fraction``, ``msvit_num_tokens``, ``msvit_forwards``."""
+    for index, sample in enumerate(results):
+        sample.set_metainfo(dict(
+            msvit_backbone_macs=float(cost['macs'][index]),
+            msvit_fine_fraction=float(cost['fine_regions'][index] / cost['regions'][index]),
+            msvit_num_tokens=float(cost['tokens'][index]),
+            msvit_forwards=int(cost['forwards'][index])))
+    return results
+
+
+def probe_labels(benefit: torch.Tensor, target: float) -> torch.Tensor:
+    """1.0 (fine) for the probed regions whose benefit of fine tokens is in the top ``target``
+    share of those probed, 0.0 (coarse) for the others; all fine when ``target >= 1``."""
+    if target >= 1.0:
+        return torch.ones_like(benefit)
+    threshold = torch.quantile(benefit.flatten().float(), min(max(1.0 - target, 0.0), 1.0))
+    return (benefit > threshold).to(benefit.dtype)
+
+
+@contextmanager
+def frozen_batch_norm(model: nn.Module):
+    """BatchNorm layers keep their running statistics during the extra forwards."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    try:
+        for m in norms:
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
+
+@MODELS.register_module()
+class GateProbe(nn.Module):
+    """Teach the gate the measured effect of switching a region's scale (our option, not the
+    paper's).
+
+    The straight-through gradient follows the real effect of switching a region only weakly
+    (``tools/analysis_tools/gate_signal.py``), so the gate can be taught that effect directly.
+    Each iteration, for ``num_images`` images of the batch and ``regions_per_image`` random
+    regions in each, the model's own task loss (``task_loss_per_image``: the decode head's or the
+    classification head's loss, with its sampler, class weights and loss settings) is computed
+    with the region switched, the other regions as the gate decided (extra forwards without
+    gradient, BatchNorm statistics untouched); the regions whose benefit of fine tokens
+    (loss coarse - loss fine) is in the top ``target`` share of those probed (``target``: the gate
+    loss's current target, else 0.5) are labelled fine, the others coarse, and the gate's logits
+    there get a binary cross-entropy. Cost: ``num_images x (regions_per_image + 1)`` image
+    forwards per iteration. Shared by :class:`MSViTEncoderDecoder` and
+    :class:`MSViTImageClassifier`; configured like ``gate_loss``::
+
+        gate_probe=dict(type='GateProbe', num_images=4, regions_per_image=2, loss_weight=1.0)
+
+    Args:
+        num_images (int): images of the batch probed per iteration. Default: 4.
+        regions_per_image (int): regions switched per probed image. Default: 2.
+        loss_weight (float): Default: 1.0.
+        loss_name (str): Default: 'loss_gate_probe'.
+    """
+
+    def __init__(self, num_images: int = 4, regions_per_image: int = 2, loss_weight: float = 1.0,
+                 loss_name: str = 'loss_gate_probe') -> None:
+        super().__init__()
+        for key, value in (('num_images', num_images), ('regions_per_image', regions_per_image)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'GateProbe: {key} must be an int >= 1, got {value!r}')
+        self.num_images = num_images
+        self.regions_per_image = regions_per_image
+        self.loss_weight = float(loss_weight)
+        self.loss_name = loss_name
+
+    def forward(self, model: nn.Module, inputs: torch.Tensor, data_samples, layout,
+                target: float) -> torch.Tensor:
+        """The probe loss for one training batch whose forward returned ``layout``.
+
+        ``model`` provides ``task_loss_per_image(inputs, data_samples, fine_mask)`` -> (N,).
+        """
+        logits = layout.gate_logits  # (B, Hc, Wc), with grad, from this iteration
+        batch, rows, cols = logits.shape
+        num_images = min(self.num_images, batch)
+        per_image = min(self.regions_per_image, rows * cols)
+        device = logits.device
+        images = torch.randperm(batch, device=device)[:num_images]
+        regions = torch.stack([torch.randperm(rows * cols, device=device)[:per_image]
+                               for _ in range(num_images)])  # (n, K)
+        base = layout.fine_mask[images].flatten(1)  # (n, Hc*Wc) decisions of this iteration
+        masks = [base]
+        for k in range(per_image):
+            flipped = base.clone()
+            flipped.scatter_(1, regions[:, k:k + 1], ~base.gather(1, regions[:, k:k + 1]))
+            masks.append(flipped)
+        masks = torch.cat(masks).view(-1, rows, cols)
+        samples = [data_samples[int(i)] for i in images] * (per_image + 1)
+        with frozen_batch_norm(model), torch.no_grad():
+            image_loss = model.task_loss_per_image(
+                inputs[images].repeat(per_image + 1, 1, 1, 1), samples,
+                masks).view(per_image + 1, num_images)
+        was_fine = base.gather(1, regions)  # (n, K)
+        change = image_loss[1:].T - image_loss[0][:, None]  # loss(switched) - loss(as decided)
+        benefit = torch.where(was_fine, change, -change)  # loss(coarse) - loss(fine)
+        picked = logits[images].flatten(1).gather(1, regions)
+        return self.loss_weight * F.binary_cross_entropy_with_logits(
+            picked, probe_labels(benefit, target))
+
+
+def summed_losses(losses: dict) -> torch.Tensor:
+    """The sum of a head's loss terms (keys containing 'loss'), as mmengine's parse_losses."""
+    terms = [value for key, value in losses.items() if 'loss' in key]
+    total = 0
+    for value in terms:
+        total = total + (sum(value) if isinstance(value, (list, tuple)) else value)
+    return total
+
+
+__all__ = [
+    'build_gate_loss', 'build_gate_probe', 'gate_loss_and_stats', 'current_target',
+    'input_normalisation', 'check_gate_normalisation', 'attach_cost', 'probe_labels',
+    'frozen_batch_norm', 'GateProbe', 'summed_losses'
+]
