@@ -282,3 +282,30 @@ def test_transfer_gate_never_runs_checkpoint_text_nor_overwrites_its_source(trai
         tool.main([str(evil), str(tmp_path)])
     with pytest.raises(ValueError, match='already a gate file'):
         tool.main([str(tmp_path / 'gate.pth'), str(tmp_path / 'gate2.pth')])
+
+
+def test_benchmark_tradeoff_budget_curve_spans_the_range(trained, synthetic_root, tmp_path):
+    work_dir, _ = trained
+    tool = load_tool('tools/analysis_tools/benchmark_tradeoff.py')
+    rows = tool.main([DEMO, str(work_dir / 'iter_2.pth'), '--budgets', '0.1', '0.5', '1.0',
+                      '--out-dir', str(tmp_path), '--cfg-options',
+                      *data_options(synthetic_root / 'ade')])
+    assert [r['budget'] for r in rows] == [0.1, 0.5, 1.0]
+    assert all(r['threshold'] is None for r in rows)
+    gmacs = [r['backbone_gmacs'] for r in rows]
+    assert gmacs[0] < gmacs[1] < gmacs[2]  # strictly rising with the budget
+    assert rows[2]['fine_fraction'] == 1.0
+    assert (tmp_path / 'tradeoff.png').stat().st_size > 1000
+
+
+def test_export_onnx_tool_writes_and_checks_the_segmentor(trained, tmp_path):
+    pytest.importorskip('onnxruntime')
+    work_dir, _ = trained
+    tool = load_tool('tools/deployment/export_onnx.py')
+    out = tmp_path / 'demo.onnx'
+    result = tool.main([DEMO, str(work_dir / 'iter_2.pth'), '--shape', '128', '160',
+                        '--fine-budget', '0.5', '--out', str(out)])
+    assert out.stat().st_size > 10000 and result['max_abs_difference'] < 1e-4
+    with pytest.raises(SystemExit):
+        tool.parse_args([DEMO, str(work_dir / 'iter_2.pth'), '--shape', '128', '160',
+                         '--fine-budget', '0'])

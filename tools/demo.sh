@@ -23,7 +23,7 @@ $PYTHON tools/dataset_converters/make_synthetic.py $CLS_DATA --layout imagenet \
 echo "[demo] 2/7 classification demo $CLS_CONFIG (150 iterations) -> $CLS_WORK"
 rm -rf "$CLS_WORK"
 $PYTHON tools/train.py $CLS_CONFIG --work-dir $CLS_WORK 2>&1 \
-    | grep -E "Iter\(train\) \[ *(50|100|150)/|accuracy|Error|error" || true
+    | grep -E "Iter\(train\) \[ *(50|100|150)/|accuracy|Error:|error:" || true
 [ -f "$CLS_WORK/iter_150.pth" ] || { echo "[demo] classification training failed; see $CLS_WORK"; exit 1; }
 
 echo "[demo] 3/7 gate transfer: $CLS_WORK/iter_150.pth -> $GATE"
@@ -35,7 +35,7 @@ echo "[demo] 4/7 segmentation demo $SEG_CONFIG from the transferred gate (400 it
 rm -rf "$WORK"
 $PYTHON tools/train.py $SEG_CONFIG --work-dir $WORK \
     --cfg-options model.backbone.gate_init.checkpoint=$GATE model.backbone.gate_init.freeze=False \
-    2>&1 | grep -E "Iter\(|mIoU|Error|error" || true
+    2>&1 | grep -E "Iter\(|mIoU|Error:|error:" || true
 CKPT=$WORK/iter_400.pth
 [ -f "$CKPT" ] || { echo "[demo] training did not produce $CKPT; see $WORK/*/*.log"; exit 1; }
 

@@ -117,12 +117,15 @@ def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=
     (``attn.fused_attn = False``) to count attention.
     """
     from mmengine.analysis import FlopAnalyzer
+
+    from ..models.tokenizer import frozen_token_count_allowed
     if to_tensors is not None:
         module = _TensorOutputs(module, to_tensors)
     analyzer = FlopAnalyzer(module, inputs)
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
-    return int(analyzer.total())
+    with frozen_token_count_allowed():  # counting this one forward is the point
+        return int(analyzer.total())
 
 
 @torch.no_grad()

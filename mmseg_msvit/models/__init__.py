@@ -3,14 +3,14 @@ from .backbones import MSViT
 from .classifiers import MSViTImageClassifier
 from .features import MixedScaleFeatures
 from .gate_training import GateProbe
-from .gates import MixedScaleGate
+from .gates import ContentGate, MixedScaleGate
 from .losses import BaSLoss, GBaSLoss, L0GateLoss
 from .necks import MixedScaleToDense
 from .segmentors import MSViTEncoderDecoder
 from .tokenizer import MixedScaleLayout, MixedScaleTokenizer, coarsen
 
 __all__ = [
-    'MSViT', 'MixedScaleGate', 'MixedScaleToDense', 'MixedScaleFeatures', 'MixedScaleTokenizer',
+    'MSViT', 'MixedScaleGate', 'ContentGate', 'MixedScaleToDense', 'MixedScaleFeatures', 'MixedScaleTokenizer',
     'MixedScaleLayout', 'coarsen', 'GateProbe', 'GBaSLoss', 'BaSLoss', 'L0GateLoss', 'MSViTEncoderDecoder',
     'MSViTImageClassifier'
 ]

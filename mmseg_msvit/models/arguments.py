@@ -42,6 +42,16 @@ def check_gate_threshold(value) -> float:
     return float(value)
 
 
+def check_fine_budget(value):
+    """None, or a real number in (0, 1] (the fine fraction per image in budget mode)."""
+    if value is None:
+        return None
+    if not is_real(value) or not 0 < value <= 1:  # NaN fails the comparison
+        raise ValueError('MSViT: fine_budget must be None (threshold mode) or a number in (0, 1] '
+                         f'(the share of regions kept fine in every image), got {value!r}')
+    return float(value)
+
+
 def check_size_pair(owner: str, name: str, value) -> Tuple[int, int]:
     """A positive int or a pair of positive ints, as a pair."""
     if is_int(value):

@@ -10,6 +10,7 @@ Adaptive trimming: only the active tokens of each image are gathered; the batch 
 longest sequence and a key-padding mask hides the padding from attention. Inactive tokens never
 enter the transformer. There is no Python loop over images or tokens.
 """
+from contextlib import contextmanager
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -33,6 +34,27 @@ def regions_to_rows(img: torch.Tensor, region_size: int) -> torch.Tensor:
     rows, cols = height // region_size, width // region_size
     regions = img.reshape(batch, channels, rows, region_size, cols, region_size)
     return regions.permute(0, 2, 4, 1, 3, 5).reshape(batch, rows, cols, -1)
+
+
+_FREEZE_ALLOWED = []
+
+
+@contextmanager
+def frozen_token_count_allowed():
+    """Within this context threshold mode may be traced: for analysing ONE given forward (e.g.
+    mmengine's op counter), where freezing that forward's token count is the point."""
+    _FREEZE_ALLOWED.append(True)
+    try:
+        yield
+    finally:
+        _FREEZE_ALLOWED.pop()
+
+
+def _is_exporting() -> bool:
+    """True inside torch.export (and the ONNX dynamo exporter built on it)."""
+    compiler = getattr(torch, 'compiler', None)
+    return bool(compiler is not None and hasattr(compiler, 'is_exporting')
+                and compiler.is_exporting())
 
 
 def coarsen(x: torch.Tensor, ratio: int) -> torch.Tensor:
@@ -121,15 +143,21 @@ class MixedScaleTokenizer(nn.Module):
         self.ratio = coarse_patch_size // fine_patch_size
         self._region_of_cell_cache = {}
 
-    def _region_of_cell(self, fine_grid: Tuple[int, int], device) -> torch.Tensor:
+    def _region_of_cell_index(self, fine_grid: Tuple[int, int], device) -> torch.Tensor:
         """(Hf*Wf,) index of the coarse region that owns each fine cell."""
+        rows, cols = fine_grid
+        ys = torch.arange(rows, device=device) // self.ratio
+        xs = torch.arange(cols, device=device) // self.ratio
+        return (ys[:, None] * (cols // self.ratio) + xs[None, :]).flatten()
+
+    def _region_of_cell(self, fine_grid: Tuple[int, int], device) -> torch.Tensor:
+        """:meth:`_region_of_cell_index`, cached per grid and device in eager mode (never while
+        tracing or compiling, so no traced value is kept)."""
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return self._region_of_cell_index(fine_grid, device)
         key = (fine_grid, str(device))
         if key not in self._region_of_cell_cache:
-            rows, cols = fine_grid
-            ys = torch.arange(rows, device=device) // self.ratio
-            xs = torch.arange(cols, device=device) // self.ratio
-            self._region_of_cell_cache[key] = (ys[:, None] * (cols // self.ratio) +
-                                               xs[None, :]).flatten()
+            self._region_of_cell_cache[key] = self._region_of_cell_index(fine_grid, device)
         return self._region_of_cell_cache[key]
 
     def forward(self,
@@ -141,7 +169,8 @@ class MixedScaleTokenizer(nn.Module):
                 cls_pos: torch.Tensor,
                 fine_value: Optional[torch.Tensor] = None,
                 out_size: Optional[Tuple[int, int]] = None,
-                gate_logits: Optional[torch.Tensor] = None) -> MixedScaleTokens:
+                gate_logits: Optional[torch.Tensor] = None,
+                num_tokens: Optional[int] = None) -> MixedScaleTokens:
         """Tokenize a batch.
 
         Args:
@@ -156,6 +185,9 @@ class MixedScaleTokenizer(nn.Module):
                 tokens by ``1 - fine_value`` so the task loss reaches the gate.
             out_size (tuple, optional): (H_out, W_out) fine cells of the unpadded input.
             gate_logits (Tensor, optional): the gate's logits, carried in the layout.
+            num_tokens (int, optional): the patch tokens of EVERY image, when the caller knows
+                it from shapes (budget mode, forced scale): no padding, no host read of the
+                longest length, static shapes for torch.export / ONNX.
 
         Returns:
             MixedScaleTokens
@@ -174,13 +206,25 @@ class MixedScaleTokenizer(nn.Module):
         coarse_active = ~fine_mask.flatten(1)  # (B, Nc)
         fine_active = fine_mask.flatten(1)[:, region_of_cell]  # (B, Nf)
         active = torch.cat([coarse_active, fine_active], dim=1)  # (B, M)
-        num_tokens = active.sum(1)
-        length = int(num_tokens.max())
+        counts = active.sum(1)
+        if num_tokens is not None:
+            length = int(num_tokens)  # static: every image has this many tokens
+        elif (torch.jit.is_tracing() or _is_exporting()) and not _FREEZE_ALLOWED:
+            raise RuntimeError(
+                'MSViT: in threshold mode the token count depends on the image, so '
+                'torch.jit.trace / torch.export would freeze one image\'s count and give wrong '
+                'results on others. Use budget mode for static shapes: set '
+                'model.backbone.fine_budget (e.g. 0.5), or force_scale.')
+        else:
+            length = int(counts.max())  # the one host read of threshold mode
 
         # Active candidates first, in candidate order (stable sort), then truncate to the longest.
-        order = torch.argsort((~active).to(torch.uint8), dim=1, stable=True)
+        # keys are unique (inactive after active, each in candidate order), so a plain sort is
+        # the stable one: ONNX has no stable sort
+        candidate = torch.arange(active.shape[1], device=img.device)
+        order = torch.argsort((~active).long() * active.shape[1] + candidate, dim=1)
         token_index = order[:, :length]  # (B, L) candidate index of each token
-        valid = torch.arange(length, device=img.device)[None, :] < num_tokens[:, None]
+        valid = torch.arange(length, device=img.device)[None, :] < counts[:, None]
 
         pixels = torch.gather(candidates, 1,
                               token_index[..., None].expand(-1, -1, candidates.shape[-1]))
@@ -199,7 +243,7 @@ class MixedScaleTokenizer(nn.Module):
             weight = torch.gather(value, 1, token_index)[..., None]  # 1 in the forward pass
             tokens = tokens * weight
 
-        has_padding = bool((num_tokens < length).any())
+        has_padding = num_tokens is None and bool((counts < length).any())
         if has_padding:
             tokens = tokens * valid[..., None]
             key_mask = torch.cat([valid.new_ones(batch, 1), valid], dim=1)
@@ -219,7 +263,7 @@ class MixedScaleTokenizer(nn.Module):
             fine_mask=fine_mask,
             cell_to_token=cell_to_token,
             valid=valid,
-            num_tokens=num_tokens,
+            num_tokens=counts,
             fine_grid=(fine_rows, fine_cols),
             out_size=out_size or (fine_rows, fine_cols),
             gate_logits=gate_logits)

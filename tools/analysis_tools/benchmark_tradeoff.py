@@ -1,13 +1,17 @@
-"""mIoU against GMACs: sweep the gate threshold of a trained MSViT on the validation set.
+"""mIoU against GMACs of one checkpoint: sweep the gate threshold and/or the fine budget.
 
     python tools/analysis_tools/benchmark_tradeoff.py CONFIG CHECKPOINT
-        [--thresholds 0.1 0.3 0.5 0.7 0.9] [--baseline CONFIG CHECKPOINT LABEL ...]
-        [--out-dir work_dirs/tradeoff] [--cfg-options ...]
+        [--thresholds 0.1 0.3 0.5 0.7 0.9] [--budgets 0.1 0.25 0.5 0.75 1.0]
+        [--baseline CONFIG CHECKPOINT LABEL ...] [--out-dir work_dirs/tradeoff]
+        [--cfg-options ...]
 
-For each threshold the whole validation set is evaluated (mIoU, mean backbone GMACs per image,
-fine fraction, images/s). Extra config/checkpoint pairs (the dense baseline, a lower-resolution
-baseline, ...) are evaluated once and drawn as points. Writes tradeoff.csv, tradeoff.json and
-tradeoff.png (curve + baselines) to --out-dir.
+Threshold mode (adaptive per image) moves few regions once GBaS has made the gate decisive;
+budget mode (``MSViT.fine_budget``: exactly that share of regions fine in every image, the
+gate's highest scores) spans the whole range from one checkpoint. For each setting the whole
+validation set is evaluated (mIoU, mean backbone GMACs per image, fine fraction, images/s).
+Extra config/checkpoint pairs (the dense baseline, a lower-resolution baseline, ...) are
+evaluated once and drawn as points. Writes tradeoff.csv, tradeoff.json and tradeoff.png (both
+curves + baselines on one plot) to --out-dir.
 """
 import argparse
 import csv
@@ -25,24 +29,36 @@ from mmengine.runner import Runner  # noqa: E402
 import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.cli import ensure_runtime_hooks, load_config  # noqa: E402
 
-FIELDS = ('label', 'threshold', 'mIoU', 'backbone_gmacs', 'fine_fraction', 'images_per_s')
+FIELDS = ('label', 'threshold', 'budget', 'mIoU', 'backbone_gmacs', 'fine_fraction',
+          'images_per_s')
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config')
     parser.add_argument('checkpoint')
-    parser.add_argument('--thresholds', type=float, nargs='+',
-                        default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    parser.add_argument('--thresholds', type=float, nargs='*', default=None,
+                        help='gate thresholds in [0, 1] (threshold mode); default 0.1 0.3 0.5 '
+                        '0.7 0.9 when --budgets is not given, none when it is')
+    parser.add_argument('--budgets', type=float, nargs='*', default=[],
+                        help='fine budgets in (0, 1] (budget mode: that share of regions fine '
+                        'in every image); default: none')
     parser.add_argument('--baseline', nargs=3, action='append', default=[],
-                        metavar=('CONFIG', 'CHECKPOINT', 'LABEL'))
-    parser.add_argument('--out-dir', default='work_dirs/tradeoff')
+                        metavar=('CONFIG', 'CHECKPOINT', 'LABEL'),
+                        help='another model evaluated once and drawn as a point (repeatable)')
+    parser.add_argument('--out-dir', default='work_dirs/tradeoff',
+                        help='folder for tradeoff.csv/json/png (default work_dirs/tradeoff)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='applied to every config')
     args = parser.parse_args(argv)
+    if args.thresholds is None:
+        args.thresholds = [] if args.budgets else [0.1, 0.3, 0.5, 0.7, 0.9]
     for threshold in args.thresholds:
         if not 0.0 <= threshold <= 1.0:
             parser.error(f'--thresholds: {threshold} is not in [0, 1]')
+    for budget in args.budgets:
+        if not 0.0 < budget <= 1.0:
+            parser.error(f'--budgets: {budget} is not in (0, 1]')
     for path in [args.config, args.checkpoint] + [p for b in args.baseline for p in b[:2]]:
         if not osp.isfile(path):
             parser.error(f'file {path!r} does not exist')
@@ -68,14 +84,17 @@ def build_runner(config, checkpoint, cfg_options, work_dir):
     return runner
 
 
-def evaluate(runner, label, threshold=None):
+def evaluate(runner, label, threshold=None, budget=None):
+    backbone = runner.model.backbone
     if threshold is not None:
-        runner.model.backbone.gate_threshold = threshold
+        backbone.gate_threshold = threshold
+    if threshold is not None or budget is not None:
+        backbone.fine_budget = budget
     num_images = len(runner.test_dataloader.dataset)
     start = time.perf_counter()
     metrics = runner.test_loop.run()
     seconds = time.perf_counter() - start
-    return dict(label=label, threshold=threshold, mIoU=float(metrics['mIoU']),
+    return dict(label=label, threshold=threshold, budget=budget, mIoU=float(metrics['mIoU']),
                 backbone_gmacs=float(metrics['complexity/backbone_gmacs']),
                 fine_fraction=float(metrics['complexity/fine_fraction']),
                 images_per_s=round(num_images / seconds, 3))
@@ -85,16 +104,20 @@ def plot(rows, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    curve = [r for r in rows if r['threshold'] is not None]
-    points = [r for r in rows if r['threshold'] is None]
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.plot([r['backbone_gmacs'] for r in curve], [r['mIoU'] for r in curve], 'o-',
-            label=f'{curve[0]["label"]} (gate threshold sweep)')
-    for r in curve:
-        ax.annotate(f'{r["threshold"]:.2f}', (r['backbone_gmacs'], r['mIoU']),
-                    textcoords='offset points', xytext=(4, 4), fontsize=8)
-    for r in points:
-        ax.plot(r['backbone_gmacs'], r['mIoU'], 's', markersize=8, label=r['label'])
+    for key, style, name in (('threshold', 'o-', 'gate threshold sweep'),
+                             ('budget', 'D--', 'fine budget sweep')):
+        curve = [r for r in rows if r[key] is not None]
+        if not curve:
+            continue
+        ax.plot([r['backbone_gmacs'] for r in curve], [r['mIoU'] for r in curve], style,
+                label=f'{curve[0]["label"]} ({name})')
+        for r in curve:
+            ax.annotate(f'{r[key]:.2f}', (r['backbone_gmacs'], r['mIoU']),
+                        textcoords='offset points', xytext=(4, 4), fontsize=8)
+    for r in rows:
+        if r['threshold'] is None and r['budget'] is None:
+            ax.plot(r['backbone_gmacs'], r['mIoU'], 's', markersize=8, label=r['label'])
     ax.set_xlabel('backbone GMACs per image')
     ax.set_ylabel('mIoU')
     ax.grid(alpha=0.3)
@@ -111,9 +134,11 @@ def main(argv=None):
                           osp.join(args.out_dir, 'runs'))
     label = osp.splitext(osp.basename(args.config))[0]
     rows = []
-    for index, threshold in enumerate(sorted(args.thresholds)):
-        rows.append(evaluate(runner, label, threshold))
-        print(f'[tradeoff] {index + 1}/{len(args.thresholds)} threshold {threshold:.2f}: '
+    settings = [('threshold', t) for t in sorted(args.thresholds)] + \
+        [('budget', b) for b in sorted(args.budgets)]
+    for index, (kind, value) in enumerate(settings):
+        rows.append(evaluate(runner, label, **{kind: value}))
+        print(f'[tradeoff] {index + 1}/{len(settings)} {kind} {value:.2f}: '
               f'mIoU {rows[-1]["mIoU"]:.2f}, {rows[-1]["backbone_gmacs"]:.3f} GMACs, fine '
               f'{rows[-1]["fine_fraction"]:.3f}, {rows[-1]["images_per_s"]:.2f} img/s',
               flush=True)

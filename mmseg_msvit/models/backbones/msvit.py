@@ -6,6 +6,7 @@ logits, token counts) comes back in the outputs' :class:`MixedScaleLayout`, neve
 on the module. Parameter names are timm's (``cls_token``, ``pos_embed``, ``patch_embed.proj.*``,
 ``blocks.N.*``, ``norm.*``); checkpoint formats live in :mod:`mmseg_msvit.models.checkpoints`.
 """
+import inspect
 from functools import partial
 from typing import Optional, Sequence, Tuple, Union
 
@@ -19,10 +20,12 @@ from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..arguments import (check_gate_threshold, check_out_indices, check_positive_int,
-                         check_positive_real, check_rate, check_size_pair, is_int)
+from ..arguments import (check_fine_budget, check_gate_threshold, check_out_indices,
+                         check_positive_int, check_positive_real, check_rate, check_size_pair,
+                         is_int)
 from ..builder import build_component
 from ..features import MixedScaleFeatures
+from ..gates import budget_decisions
 from ..tokenizer import MixedScaleTokenizer, MixedScaleTokens
 
 
@@ -68,6 +71,12 @@ class MSViT(BaseModule):
         gate (dict): config of the gate. Default: ``dict(type='MixedScaleGate')``.
         gate_threshold (float): eval threshold in [0, 1] on the gate probability; may be changed
             after building (``model.backbone.gate_threshold = 0.7``, checked). Default: 0.5.
+        fine_budget (float, optional): budget mode. A float in (0, 1]: every image keeps exactly
+            ``round(fine_budget * regions)`` fine regions, those the gate scores highest, so all
+            images of a batch have the same token count (no padding, static shapes, exportable);
+            in training the top-k carries a straight-through gradient. 1.0 is the dense ViT.
+            None: threshold mode (adaptive per image). Settable after building
+            (``model.backbone.fine_budget = 0.3``). Default: None.
         freeze_gate (bool): keep the gate's parameters fixed (requires_grad False). Default: False.
         gate_init (dict, optional): ``dict(checkpoint='gate.pth', freeze=False)`` loads a gate
             written by ``tools/transfer_gate.py`` (from any MSViT, any width, any task) after the
@@ -115,6 +124,7 @@ class MSViT(BaseModule):
                  force_scale: Optional[str] = None,
                  gate: Optional[dict] = None,
                  gate_threshold: float = 0.5,
+                 fine_budget: Optional[float] = None,
                  freeze_gate: bool = False,
                  gate_init: Optional[dict] = None,
                  pretrained: Optional[str] = None,
@@ -159,6 +169,7 @@ class MSViT(BaseModule):
         self.out_indices = check_out_indices('MSViT', out_indices, self.depth)
         self.force_scale = force_scale
         self.gate_threshold = gate_threshold  # checked by the property's setter
+        self.fine_budget = fine_budget  # checked by the property's setter
         self.final_norm = final_norm
         self.with_cp = with_cp
         self.norm_eval = norm_eval
@@ -191,6 +202,11 @@ class MSViT(BaseModule):
         gate_cfg = dict(type='MixedScaleGate') if gate is None else dict(gate)
         gate_cfg.setdefault('coarse_patch_size', coarse_patch_size)
         gate_cfg.setdefault('in_channels', in_channels)
+        gate_class = MODELS.get(gate_cfg['type']) if isinstance(gate_cfg['type'], str) else \
+            gate_cfg['type']
+        if gate_class is not None and \
+                'fine_patch_size' in inspect.signature(gate_class.__init__).parameters:
+            gate_cfg.setdefault('fine_patch_size', fine_patch_size)
         if gate_cfg['coarse_patch_size'] != coarse_patch_size:
             raise ValueError(f"MSViT: gate coarse_patch_size={gate_cfg['coarse_patch_size']} "
                              f'differs from the backbone coarse_patch_size={coarse_patch_size}')
@@ -230,6 +246,30 @@ class MSViT(BaseModule):
     @gate_threshold.setter
     def gate_threshold(self, value: float) -> None:
         self._gate_threshold = check_gate_threshold(value)
+
+    @property
+    def fine_budget(self) -> Optional[float]:
+        """Budget mode's fine fraction per image in (0, 1], or None (threshold mode)."""
+        return self._fine_budget
+
+    @fine_budget.setter
+    def fine_budget(self, value: Optional[float]) -> None:
+        self._fine_budget = check_fine_budget(value)
+
+    def num_fine_regions(self, num_regions: int) -> int:
+        """Fine regions per image in budget mode: ``round(fine_budget * num_regions)``."""
+        return int(round(self.fine_budget * num_regions))
+
+    def static_num_tokens(self, grid: Tuple[int, int]) -> Optional[int]:
+        """Patch tokens per image when every image has the same count (budget mode or a forced
+        scale), known from shapes alone; None in threshold mode."""
+        regions = grid[0] * grid[1]
+        per_fine = (self.coarse_patch_size // self.fine_patch_size)**2
+        if self.force_scale is not None:
+            return regions * (per_fine if self.force_scale == 'fine' else 1)
+        if self.fine_budget is not None:
+            return regions + (per_fine - 1) * self.num_fine_regions(regions)
+        return None
 
     # ------------------------------------------------------------------ weights
     def _reset_parameters(self) -> None:
@@ -361,7 +401,8 @@ class MSViT(BaseModule):
         """Decide every region of a padded input.
 
         Precedence: an explicit ``fine_mask`` (with an optional straight-through ``fine_value``),
-        then ``force_scale``, then the gate.
+        then ``force_scale``, then the gate: its top ``fine_budget`` share of regions per image
+        in budget mode, else its threshold.
 
         Returns:
             tuple: ``fine_mask`` (B, Hc, Wc) bool; ``fine_value`` (float, the straight-through
@@ -392,7 +433,14 @@ class MSViT(BaseModule):
             make = torch.ones if self.force_scale == 'fine' else torch.zeros
             return make((batch, *grid), dtype=torch.bool, device=img.device), None, None
         logits = self.gate(img)
-        fine_mask, value = self.gate.decide(logits, self.gate_threshold)
+        if self.fine_budget is not None:
+            fine_mask, value = budget_decisions(logits, self.num_fine_regions(grid[0] * grid[1]),
+                                                self.training and any(
+                                                    p.requires_grad
+                                                    for p in self.gate.parameters()),
+                                                getattr(self.gate, 'temperature', 1.0))
+        else:
+            fine_mask, value = self.gate.decide(logits, self.gate_threshold)
         return fine_mask, value, logits
 
     def embed(self,
@@ -400,13 +448,15 @@ class MSViT(BaseModule):
               fine_mask: torch.Tensor,
               fine_value: Optional[torch.Tensor] = None,
               gate_logits: Optional[torch.Tensor] = None,
-              out_size: Optional[Tuple[int, int]] = None) -> MixedScaleTokens:
-        """Tokenize a padded input with the given decisions (CLS and positions included)."""
+              out_size: Optional[Tuple[int, int]] = None,
+              num_tokens: Optional[int] = None) -> MixedScaleTokens:
+        """Tokenize a padded input with the given decisions (CLS and positions included);
+        ``num_tokens``: the patch tokens of every image when known from shapes (static)."""
         cls_pos, pos_grid = self.fine_position_grid(
             (img.shape[-2] // self.fine_patch_size, img.shape[-1] // self.fine_patch_size))
         tokens = self.tokenizer(img, fine_mask, self.patch_embed, pos_grid, self.cls_token,
                                 cls_pos, fine_value=fine_value, out_size=out_size,
-                                gate_logits=gate_logits)
+                                gate_logits=gate_logits, num_tokens=num_tokens)
         return tokens._replace(tokens=self.pos_drop(tokens.tokens))
 
     def forward_blocks(self, tokens: MixedScaleTokens) -> Tuple[MixedScaleFeatures, ...]:
@@ -445,6 +495,8 @@ class MSViT(BaseModule):
             decisions, the gate logits and the token counts of this forward.
         """
         img, out_size = self.pad_input(img)
+        static = None if fine_mask is not None else self.static_num_tokens(
+            (img.shape[-2] // self.coarse_patch_size, img.shape[-1] // self.coarse_patch_size))
         fine_mask, fine_value, gate_logits = self.decide_scales(img, fine_mask, fine_value)
         return self.forward_blocks(
-            self.embed(img, fine_mask, fine_value, gate_logits, out_size))
+            self.embed(img, fine_mask, fine_value, gate_logits, out_size, static))

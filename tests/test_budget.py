@@ -1,0 +1,153 @@
+"""Budget mode: exactly round(f * regions) fine regions per image, static shapes, export; and the
+training-free content gate."""
+import pytest
+import torch
+
+from mmseg_msvit.analysis import backbone_macs
+from mmseg_msvit.models import MSViT
+
+
+def tiny(**kwargs):
+    kwargs.setdefault('arch', dict(embed_dims=48, depth=2, num_heads=3))
+    kwargs.setdefault('img_size', 64)
+    kwargs.setdefault('out_indices', (0, 1))
+    return MSViT(**kwargs)
+
+
+def test_every_image_keeps_exactly_the_budget_and_the_gates_top_scores():
+    torch.manual_seed(0)
+    model = tiny(fine_budget=0.3).eval()
+    img = torch.randn(4, 3, 96, 160)  # 3 x 5 = 15 regions -> round(4.5) = 4 fine
+    with torch.no_grad():
+        features = model(img)
+        layout = features[0].layout
+    assert layout.fine_mask.flatten(1).sum(1).tolist() == [4] * 4
+    assert layout.num_tokens.tolist() == [15 + 3 * 4] * 4  # equal counts, so no padding
+    assert bool(layout.valid.all())
+    # the decisions are the explicit top-k of the gate's logits
+    logits = layout.gate_logits.flatten(1)
+    topk = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.topk(4, 1).indices,
+                                                               True).view_as(layout.fine_mask)
+    assert torch.equal(layout.fine_mask, topk)
+    with torch.no_grad():
+        explicit = model(img, fine_mask=topk)
+    for ours, theirs in zip(features, explicit):
+        torch.testing.assert_close(ours.tokens, theirs.tokens)
+    # equal cost for every image of the batch
+    macs = backbone_macs(model, img)
+    assert torch.all(macs == macs[0])
+    # no padding mask reaches attention
+    padded, _ = model.pad_input(img)
+    fine_mask, value, gate_logits = model.decide_scales(padded)
+    tokens = model.embed(padded, fine_mask, value, gate_logits,
+                         num_tokens=model.static_num_tokens((3, 5)))
+    assert tokens.attn_mask is None
+
+
+def test_budget_one_is_the_dense_vit_and_cost_rises_with_the_budget():
+    torch.manual_seed(1)
+    model = tiny().eval()
+    dense = tiny(force_scale='fine').eval()
+    dense.load_state_dict(model.state_dict())
+    img = torch.randn(2, 3, 128, 128)
+    model.fine_budget = 1.0
+    with torch.no_grad():
+        for ours, theirs in zip(model(img), dense(img)):
+            torch.testing.assert_close(ours.tokens, theirs.tokens)
+    costs = []
+    for budget in (0.1, 0.25, 0.5, 0.75, 1.0):
+        model.fine_budget = budget
+        costs.append(float(backbone_macs(model, img)[0]))
+    assert all(a < b for a, b in zip(costs, costs[1:])), costs
+
+
+def test_budget_is_checked_and_settable_after_building():
+    model = tiny()
+    for bad in (0, 0.0, 1.5, -0.2, float('nan'), '0.5', True):
+        with pytest.raises(ValueError, match='fine_budget must be None .* or a number in'):
+            model.fine_budget = bad
+    with pytest.raises(ValueError, match='fine_budget'):
+        tiny(fine_budget=2)
+    model.fine_budget = 0.5
+    assert model.fine_budget == 0.5
+    model.fine_budget = None
+    assert model.fine_budget is None
+
+
+def test_budget_training_reaches_the_gate_through_the_top_k():
+    torch.manual_seed(2)
+    model = tiny(fine_budget=0.5, out_indices=(1, )).train()
+    (features, ) = model(torch.randn(2, 3, 64, 96))
+    assert features.fine_mask.flatten(1).sum(1).tolist() == [3, 3]
+    features.to_dense().square().mean().backward()
+    grads = [p.grad for p in model.gate.parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+
+
+def test_threshold_mode_refuses_trace_and_export_and_points_to_budget_mode():
+    from mmseg_msvit.deployment import DenseBackbone
+    module = DenseBackbone(tiny().eval())
+    img = torch.randn(1, 3, 64, 64)
+    with pytest.raises(RuntimeError, match='threshold mode.*fine_budget'):
+        torch.jit.trace(module, (img, ))
+    with pytest.raises(RuntimeError, match='threshold mode.*fine_budget'):
+        torch.export.export(module, (img, ))
+
+
+@pytest.mark.parametrize('shape', [(224, 224), (96, 160)])
+def test_budget_mode_exports_to_onnx_and_matches_eager(shape, tmp_path):
+    pytest.importorskip('onnxruntime')  # tests.txt installs it; users may not have it
+    from mmseg_msvit.deployment import (DenseBackbone, export_onnx, max_abs_difference,
+                                        onnxruntime_outputs)
+    torch.manual_seed(3)
+    module = DenseBackbone(tiny(fine_budget=0.5).eval())
+    img = torch.randn(2, 3, *shape)
+    torch.export.export(module, (img, ))
+    export_onnx(module, img, str(tmp_path / 'backbone.onnx'))
+    other = torch.randn(2, 3, *shape)  # other images: other decisions, same shapes
+    for example in (img, other):
+        with torch.no_grad():
+            eager = module(example)
+        assert max_abs_difference(eager, onnxruntime_outputs(str(tmp_path / 'backbone.onnx'),
+                                                             example)) < 1e-4
+
+
+def test_budget_mode_compiles_once_per_input_size_without_graph_breaks():
+    compiles = []
+
+    def counting_backend(graph_module, example_inputs):
+        compiles.append(len(example_inputs))
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    model = tiny(fine_budget=0.5).eval()
+    compiled = torch.compile(model, backend=counting_backend, fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        for size in ((64, 96), (64, 96), (96, 96)):
+            out = compiled(torch.randn(2, 3, *size))
+            eager = model(torch.randn(2, 3, *size))
+            assert out[0].tokens.shape == eager[0].tokens.shape
+    assert len(compiles) == 2  # one graph per input size, fullgraph: no break
+    torch._dynamo.reset()
+
+
+def test_content_gate_ranks_a_flat_region_below_a_textured_one():
+    from mmseg_msvit.models.gates import ContentGate
+    gate = ContentGate()
+    img = torch.zeros(1, 3, 32, 96)
+    img[..., 32:64] = torch.linspace(-1, 1, 32)[None, None, None, :]  # smooth ramp
+    img[..., 64:] = (torch.arange(32) % 2).float()[None, None, :, None]  # 1 px stripes
+    scores = gate(img)[0, 0]
+    assert scores[0] < scores[2] and scores[1] < scores[2]
+    assert list(gate.parameters()) == []
+
+
+def test_content_gate_with_a_budget_needs_no_training():
+    torch.manual_seed(4)
+    model = tiny(gate=dict(type='ContentGate'), fine_budget=0.5).train()
+    img = torch.zeros(1, 3, 64, 64)
+    img[..., :32, :32] = torch.randn(3, 32, 32)  # only the top-left region has detail
+    img[..., 32:, 32:] = torch.randn(3, 32, 32) * 0.1  # a little in the bottom-right
+    (features, _) = model(img)
+    assert features.fine_mask[0].tolist() == [[True, False], [False, True]]
+    assert model.gate.macs_per_region == 2 * 3 * 32 * 32

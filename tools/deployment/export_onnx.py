@@ -1,0 +1,97 @@
+"""Export a segmentor (or its MSViT backbone) to ONNX in budget mode and check it.
+
+    python tools/deployment/export_onnx.py CONFIG CHECKPOINT --shape H W --fine-budget F
+        [--out model.onnx] [--backbone-only] [--cfg-options ...]
+
+Budget mode keeps exactly round(F * regions) fine regions per image (the highest gate scores),
+so the token count depends on the input size alone and the model has static shapes. The graph
+is captured with torch.export and converted by PyTorch's dynamo-based ONNX exporter; the file is
+then run by onnxruntime on a random normalised input and compared with eager PyTorch (the max
+absolute difference is printed; above --atol the tool fails). Inputs of the ONNX model are
+normalised images (B, 3, H, W) as the data preprocessor outputs them; outputs are the decode
+head's logits (or, with --backbone-only, the dense map of every tap and the fine mask).
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # noqa: E402
+
+import torch  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
+
+import mmseg_msvit  # noqa: E402,F401
+from mmseg_msvit.cli import build_eval_model, load_config, run_cli  # noqa: E402
+from mmseg_msvit.deployment import (DenseBackbone, SegmentorLogits, check_budget_mode,  # noqa
+                                    export_onnx, max_abs_difference, onnxruntime_outputs)
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 32:
+        raise argparse.ArgumentTypeError(f'must be >= 32 px (one coarse region), got {value}')
+    return value
+
+
+def budget(text):
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f'must lie in (0, 1], got {value}')
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='segmentation config')
+    parser.add_argument('checkpoint', help='its trained checkpoint')
+    parser.add_argument('--shape', type=positive_int, nargs=2, required=True,
+                        metavar=('H', 'W'), help='input height and width in px (fixed)')
+    parser.add_argument('--fine-budget', type=budget, required=True,
+                        help='share of regions kept fine in every image, in (0, 1]')
+    parser.add_argument('--batch-size', type=int, default=1, help='fixed batch size (default 1)')
+    parser.add_argument('--out', default=None,
+                        help='ONNX file to write (default: next to the checkpoint, '
+                        '<checkpoint>_budget<F>_<H>x<W>.onnx)')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help='export the backbone (dense maps + fine mask), not the segmentor')
+    parser.add_argument('--atol', type=float, default=1e-4,
+                        help='largest accepted |onnxruntime - eager| (default 1e-4)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys')
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f'--batch-size must be >= 1, got {args.batch_size}')
+    return args
+
+
+@torch.no_grad()
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.model.backbone.fine_budget = args.fine_budget
+    model, _ = build_eval_model(cfg, args.checkpoint, ('test_dataloader', ))
+    from mmengine.model import revert_sync_batchnorm
+    model = revert_sync_batchnorm(model)
+    check_budget_mode(model.backbone)
+    module = DenseBackbone(model.backbone) if args.backbone_only else SegmentorLogits(model)
+    module.eval()
+    height, width = args.shape
+    example = torch.randn(args.batch_size, 3, height, width,
+                          generator=torch.Generator().manual_seed(0))
+    out = args.out or (osp.splitext(args.checkpoint)[0] +
+                       f'_budget{args.fine_budget:g}_{height}x{width}.onnx')
+    print(f'[export] {"backbone" if args.backbone_only else "segmentor"} of {args.config}, '
+          f'fine budget {args.fine_budget:g}, input {args.batch_size}x3x{height}x{width}',
+          flush=True)
+    export_onnx(module, example, out)
+    difference = max_abs_difference(module(example), onnxruntime_outputs(out, example))
+    print(f'[export] wrote {out}; onnxruntime vs eager PyTorch: max |difference| '
+          f'{difference:.2e} (accepted <= {args.atol:g})')
+    if not difference <= args.atol:
+        raise ValueError(f'export check failed: max |difference| {difference:.2e} > '
+                         f'--atol {args.atol:g}')
+    return dict(path=out, max_abs_difference=difference)
+
+
+if __name__ == '__main__':
+    run_cli(main)
