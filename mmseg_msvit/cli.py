@@ -118,8 +118,9 @@ def setup_cpu_distributed(cfg: Config) -> bool:
                                'run with tools/dist_train.sh (torchrun)')
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')
-    wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel',
-                                                   broadcast_buffers=False)
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
     wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
     replaced = _replace_sync_bn(cfg.model)
@@ -132,7 +133,8 @@ def setup_cpu_distributed(cfg: Config) -> bool:
 def build_eval_model(cfg: Config, checkpoint: Optional[str] = None,
                      loader_names: Sequence[str] = ('val_dataloader', )) -> Tuple:
     """An eval-mode segmentor from ``cfg`` (weights from ``checkpoint``, no pretrained file) and
-    the first of ``loader_names`` as a single-process, batch-1 dataloader.
+    the first of ``loader_names`` as a single-process, batch-1 dataloader (None when
+    ``loader_names`` is empty: no dataset needed).
 
     The checkpoint must cover the model (:func:`mmseg_msvit.models.checkpoints.check_covers`):
     a gate file, a classification model or a backbone alone is refused, never evaluated with
@@ -152,6 +154,8 @@ def build_eval_model(cfg: Config, checkpoint: Optional[str] = None,
     if checkpoint:
         load_model_weights(model, checkpoint)
     model.eval()
+    if not loader_names:
+        return model, None
     loader_cfg = cfg[loader_names[0]]
     loader_cfg.batch_size = 1
     loader_cfg.num_workers = 0

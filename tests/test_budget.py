@@ -17,16 +17,16 @@ def tiny(**kwargs):
 def test_every_image_keeps_exactly_the_budget_and_the_gates_top_scores():
     torch.manual_seed(0)
     model = tiny(fine_budget=0.3).eval()
-    img = torch.randn(4, 3, 96, 160)  # 3 x 5 = 15 regions -> round(4.5) = 4 fine
+    img = torch.randn(4, 3, 96, 160)  # 3 x 5 = 15 regions -> 4.5, half up: 5 fine
     with torch.no_grad():
         features = model(img)
         layout = features[0].layout
-    assert layout.fine_mask.flatten(1).sum(1).tolist() == [4] * 4
-    assert layout.num_tokens.tolist() == [15 + 3 * 4] * 4  # equal counts, so no padding
+    assert layout.fine_mask.flatten(1).sum(1).tolist() == [5] * 4
+    assert layout.num_tokens.tolist() == [15 + 3 * 5] * 4  # equal counts, so no padding
     assert bool(layout.valid.all())
     # the decisions are the explicit top-k of the gate's logits
     logits = layout.gate_logits.flatten(1)
-    topk = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.topk(4, 1).indices,
+    topk = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.topk(5, 1).indices,
                                                                True).view_as(layout.fine_mask)
     assert torch.equal(layout.fine_mask, topk)
     with torch.no_grad():
@@ -63,6 +63,7 @@ def test_budget_one_is_the_dense_vit_and_cost_rises_with_the_budget():
 
 def test_budget_is_checked_and_settable_after_building():
     model = tiny()
+    assert tiny(fine_budget=0.01).num_fine_regions(4) == 1  # a budget is > 0: at least one
     for bad in (0, 0.0, 1.5, -0.2, float('nan'), '0.5', True):
         with pytest.raises(ValueError, match='fine_budget must be None .* or a number in'):
             model.fine_budget = bad

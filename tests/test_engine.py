@@ -239,3 +239,51 @@ class NaNInputHook(Hook):
             for image in data_batch['inputs']:
                 image[:] = 0
             data_batch['inputs'][0] = data_batch['inputs'][0].float() * float('nan')
+
+
+def _epoch_runner(work_dir, max_epochs, resume, record):
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Noisy(BaseModel):
+        """Its loss draws random numbers, as the gate's Gumbel noise does."""
+
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 1)
+
+        def forward(self, inputs, targets, mode='loss'):
+            noisy = inputs + 0.1 * torch.randn_like(inputs)
+            return dict(loss=((self.linear(noisy) - targets)**2).mean())
+
+    class Data(torch.utils.data.Dataset):
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, index):
+            gen = torch.Generator().manual_seed(index)
+            return dict(inputs=torch.randn(4, generator=gen),
+                        targets=torch.randn(1, generator=gen))
+
+    torch.manual_seed(0)  # the same initial weights in every run
+    return Runner(
+        model=Noisy(), work_dir=str(work_dir),
+        train_dataloader=dict(dataset=Data(), sampler=dict(type='DefaultSampler', shuffle=True),
+                              batch_size=2, collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
+        default_hooks=dict(checkpoint=dict(type='SafeCheckpointHook', interval=1)),
+        custom_hooks=[dict(type='ExactResumeHook'), dict(type='LossRecorderHook', path=record)],
+        resume=resume, randomness=dict(seed=0),
+        experiment_name=f'epochs_{max_epochs}_{resume}_{osp.basename(record)}')
+
+
+def test_epoch_based_resume_repeats_the_uninterrupted_losses(tmp_path):
+    _epoch_runner(tmp_path / 'straight', 2, False, str(tmp_path / 'straight.jsonl')).train()
+    _epoch_runner(tmp_path / 'cut', 1, False, str(tmp_path / 'first.jsonl')).train()
+    _epoch_runner(tmp_path / 'cut', 2, True, str(tmp_path / 'second.jsonl')).train()
+    straight, second = read_losses(tmp_path / 'straight.jsonl'), read_losses(
+        tmp_path / 'second.jsonl')
+    assert sorted(second) == [5, 6, 7, 8]
+    assert [second[i] for i in (5, 6, 7, 8)] == [straight[i] for i in (5, 6, 7, 8)]

@@ -309,3 +309,31 @@ def test_export_onnx_tool_writes_and_checks_the_segmentor(trained, tmp_path):
     with pytest.raises(SystemExit):
         tool.parse_args([DEMO, str(work_dir / 'iter_2.pth'), '--shape', '128', '160',
                          '--fine-budget', '0'])
+
+
+def test_load_from_keeps_the_gate_that_gate_init_loaded(trained, wrong_files, synthetic_root,
+                                                         tmp_path):
+    train = load_tool('tools/train.py')
+    options = data_options(synthetic_root / 'ade') + [
+        'train_cfg.max_iters=1', f"load_from={wrong_files['seg']}",
+        f"model.backbone.gate_init.checkpoint={wrong_files['gate']}",
+        'model.backbone.gate_init.freeze=True']
+    runner = train.main([DEMO, '--work-dir', str(tmp_path), '--cfg-options', *options])
+    gate = torch.load(wrong_files['gate'], weights_only=True)['state_dict']
+    for key, value in runner.model.backbone.gate.state_dict().items():
+        torch.testing.assert_close(value, gate[key])
+
+
+def test_evaluation_weights_of_another_image_size_are_resized(trained):
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    from mmseg_msvit.models.checkpoints import load_model_weights
+    work_dir, _ = trained
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(DEMO)
+    cfg.model.backbone.img_size = (256, 256)  # trained at 128: pos_embed 8x8 -> 16x16
+    model = MODELS.build(cfg.model)
+    load_model_weights(model, str(work_dir / 'iter_2.pth'))
+    assert model.backbone.pos_embed.shape == (1, 1 + 16 * 16, 192)

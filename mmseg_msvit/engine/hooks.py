@@ -37,8 +37,9 @@ class SafeCheckpointHook(CheckpointHook):
 
     Differences: checkpoints go through the ``'atomic_local'`` file backend unless
     ``backend_args`` names another; the new checkpoint and ``last_checkpoint`` are written
-    before the oldest kept checkpoint is removed; before training, ``.*.tmp`` files left in the
-    output folder by an interrupted save are removed.
+    before the oldest kept checkpoint is removed; before training, ``.*.tmp`` files and outdated
+    checkpoints left by an interrupted save are removed. ``save_best`` keeps mmengine's own
+    order (the previous best is replaced by the new one).
     """
 
     def __init__(self, *args, backend_args: Optional[dict] = None, **kwargs) -> None:
@@ -48,10 +49,19 @@ class SafeCheckpointHook(CheckpointHook):
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
-        if is_main_process() and osp.isdir(self.out_dir):
-            for path in remove_stale_temporaries(self.out_dir):
-                print_log(f'SafeCheckpointHook: removed {path}, left by an interrupted save',
-                          logger='current')
+        if not (is_main_process() and osp.isdir(self.out_dir)):
+            return
+        stale = remove_stale_temporaries(self.out_dir)
+        for step in runner.message_hub.runtime_info.get('outdated_ckpt_ids', []):
+            if step in self.keep_ckpt_ids:
+                continue
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(step))
+            if self.file_backend.isfile(path):  # kept by a kill between save and deletion
+                self.file_backend.remove(path)
+                stale.append(path)
+        for path in stale:
+            print_log(f'SafeCheckpointHook: removed {path}, left by an interrupted save',
+                      logger='current')
 
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
         ckpt_filename = self.filename_tmpl.format(step)
@@ -65,6 +75,9 @@ class SafeCheckpointHook(CheckpointHook):
                 outdated.append(self.keep_ckpt_ids.popleft())
             self.keep_ckpt_ids.append(step)
             runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+        # saved with the new checkpoint: a kill between its save and the deletion below leaves
+        # the old files named here, and the next training removes them (before_train)
+        runner.message_hub.update_info('outdated_ckpt_ids', list(outdated))
         runner.save_checkpoint(
             self.out_dir, ckpt_filename, self.file_client_args,
             save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler,
@@ -100,7 +113,7 @@ def set_random_state(state: dict) -> None:
     version, internal, gauss = state['python']
     random.setstate((version, tuple(internal), gauss))
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        torch.cuda.set_rng_state_all(state['cuda'][:torch.cuda.device_count()])
 
 
 class _RestoreAfterSkip:
@@ -163,11 +176,13 @@ class ExactResumeHook(Hook):
         saved_iter, state = self._pending
         self._pending = None
         loop = runner.train_loop
-        if saved_iter == 0 or runner.iter != saved_iter or \
-                not hasattr(loop, 'dataloader_iterator'):
+        if saved_iter == 0 or runner.iter != saved_iter:
             return  # loaded weights (load_from), not a resume: keep the configured seed
-        loop.dataloader_iterator = _RestoreAfterSkip(loop.dataloader_iterator, runner.iter,
-                                                     state)
+        if hasattr(loop, 'dataloader_iterator'):  # iteration-based: batches are re-read first
+            loop.dataloader_iterator = _RestoreAfterSkip(loop.dataloader_iterator, runner.iter,
+                                                         state)
+        else:  # epoch-based: checkpoints are written at epoch ends, nothing is re-read
+            set_random_state(state)
 
 
 @HOOKS.register_module()
@@ -191,6 +206,17 @@ class CheckpointCheckHook(Hook):
         from ..models.checkpoints import check_covers
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
         path = runner._load_from or runner.message_hub.get_info('last_ckpt') or 'checkpoint'
+        backbone = getattr(model, 'backbone', None)
+        if getattr(backbone, 'gate_init', None) is not None and not runner._resume:
+            # load_from runs after init_weights: keep the gate that gate_init loaded
+            state = checkpoint.get('state_dict', checkpoint)
+            dropped = [key for key in list(state) if key.startswith(('backbone.gate.',
+                                                                     'module.backbone.gate.'))]
+            for key in dropped:
+                state.pop(key)
+            if dropped:
+                print_log(f'CheckpointCheckHook: {path} loaded without its gate: '
+                          'model.backbone.gate_init provides the gate', logger='current')
         check_covers(model, checkpoint, str(path))
 
 

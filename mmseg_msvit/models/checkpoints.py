@@ -117,10 +117,10 @@ def describe_checkpoint(checkpoint) -> str:
         return 'a classification model'
     if has('backbone.'):
         return 'a backbone (with the segmentor/classifier prefix) only'
-    if has('patch_embed.') or has('blocks.'):
-        return 'a backbone only (timm/DeiT key names)'
     if has('layers.') or has('patch_embed.projection'):
         return 'a backbone only (mmseg/mmpretrain key names)'
+    if has('patch_embed.') or has('blocks.'):
+        return 'a backbone only (timm/DeiT key names)'
     return f'an unknown set of {len(keys)} weights (first: {keys[0]})'
 
 
@@ -140,8 +140,10 @@ def required_keys(model: torch.nn.Module) -> List[str]:
     forced (the gate is not run then)."""
     optional = list(EVAL_OPTIONAL_PREFIXES)
     backbone = getattr(model, 'backbone', None)
-    if backbone is not None and getattr(backbone, 'force_scale', None) is not None:
-        optional.append('backbone.gate.')
+    if backbone is not None and (getattr(backbone, 'force_scale', None) is not None or
+                                 getattr(backbone, 'gate_init', None) is not None or
+                                 not any(True for _ in backbone.gate.parameters())):
+        optional.append('backbone.gate.')  # not run, from a gate file, or nothing to load
     return [k for k in model.state_dict() if not k.startswith(tuple(optional))]
 
 
@@ -178,6 +180,9 @@ def load_model_weights(model: torch.nn.Module, path: str,
         checkpoint = read_checkpoint(path)
     check_covers(model, checkpoint, path)
     state = state_dict_of(checkpoint)
+    backbone = getattr(model, 'backbone', None)
+    if hasattr(backbone, '_resize_pos_embed'):  # as load_state_dict's pre-hook would
+        backbone._resize_pos_embed(state, 'backbone.')
     wanted = model.state_dict()
     required = set(required_keys(model))
     usable = {}

@@ -69,19 +69,20 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
     cfg.model.backbone.fine_budget = args.fine_budget
-    model, _ = build_eval_model(cfg, args.checkpoint, ('test_dataloader', ))
+    model, _ = build_eval_model(cfg, args.checkpoint, ())  # no dataset needed
     from mmengine.model import revert_sync_batchnorm
     model = revert_sync_batchnorm(model)
     check_budget_mode(model.backbone)
     module = DenseBackbone(model.backbone) if args.backbone_only else SegmentorLogits(model)
     module.eval()
     height, width = args.shape
-    example = torch.randn(args.batch_size, 3, height, width,
+    example = torch.randn(args.batch_size, model.backbone.in_channels, height, width,
                           generator=torch.Generator().manual_seed(0))
     out = args.out or (osp.splitext(args.checkpoint)[0] +
                        f'_budget{args.fine_budget:g}_{height}x{width}.onnx')
     print(f'[export] {"backbone" if args.backbone_only else "segmentor"} of {args.config}, '
-          f'fine budget {args.fine_budget:g}, input {args.batch_size}x3x{height}x{width}',
+          f'fine budget {args.fine_budget:g}, input '
+          f'{tuple(example.shape)}',
           flush=True)
     export_onnx(module, example, out)
     difference = max_abs_difference(module(example), onnxruntime_outputs(out, example))

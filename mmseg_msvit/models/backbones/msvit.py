@@ -7,6 +7,7 @@ on the module. Parameter names are timm's (``cls_token``, ``pos_embed``, ``patch
 ``blocks.N.*``, ``norm.*``); checkpoint formats live in :mod:`mmseg_msvit.models.checkpoints`.
 """
 import inspect
+import math
 from functools import partial
 from typing import Optional, Sequence, Tuple, Union
 
@@ -72,7 +73,8 @@ class MSViT(BaseModule):
         gate_threshold (float): eval threshold in [0, 1] on the gate probability; may be changed
             after building (``model.backbone.gate_threshold = 0.7``, checked). Default: 0.5.
         fine_budget (float, optional): budget mode. A float in (0, 1]: every image keeps exactly
-            ``round(fine_budget * regions)`` fine regions, those the gate scores highest, so all
+            ``round(fine_budget * regions)`` fine regions (half up, at least one), those the gate
+            scores highest, so all
             images of a batch have the same token count (no padding, static shapes, exportable);
             in training the top-k carries a straight-through gradient. 1.0 is the dense ViT.
             None: threshold mode (adaptive per image). Settable after building
@@ -257,8 +259,9 @@ class MSViT(BaseModule):
         self._fine_budget = check_fine_budget(value)
 
     def num_fine_regions(self, num_regions: int) -> int:
-        """Fine regions per image in budget mode: ``round(fine_budget * num_regions)``."""
-        return int(round(self.fine_budget * num_regions))
+        """Fine regions per image in budget mode: ``fine_budget * num_regions`` rounded half
+        up, and at least one (a budget is > 0)."""
+        return max(1, int(math.floor(self.fine_budget * num_regions + 0.5)))
 
     def static_num_tokens(self, grid: Tuple[int, int]) -> Optional[int]:
         """Patch tokens per image when every image has the same count (budget mode or a forced
