@@ -15,7 +15,7 @@ class _Exploit:
 
 
 def test_read_checkpoint_errors_say_what_the_file_is_not(tmp_path):
-    (tmp_path / 'random.pth').write_bytes(os.urandom(256))
+    (tmp_path / 'random.pth').write_bytes(bytes(range(256)) * 4)  # fixed: not a pickle
     (tmp_path / 'empty.pth').write_bytes(b'')
     torch.save({'meta': _Exploit()}, tmp_path / 'evil.pth')
     with pytest.raises(CheckpointError, match='is not a PyTorch checkpoint') as info:

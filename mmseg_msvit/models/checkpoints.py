@@ -140,9 +140,10 @@ def required_keys(model: torch.nn.Module) -> List[str]:
     forced (the gate is not run then)."""
     optional = list(EVAL_OPTIONAL_PREFIXES)
     backbone = getattr(model, 'backbone', None)
-    if backbone is not None and (getattr(backbone, 'force_scale', None) is not None or
-                                 getattr(backbone, 'gate_init', None) is not None or
-                                 not any(True for _ in backbone.gate.parameters())):
+    gate = getattr(backbone, 'gate', None)
+    if gate is not None and (getattr(backbone, 'force_scale', None) is not None or
+                             getattr(backbone, 'gate_init', None) is not None or
+                             not any(True for _ in gate.parameters())):
         optional.append('backbone.gate.')  # not run, from a gate file, or nothing to load
     return [k for k in model.state_dict() if not k.startswith(tuple(optional))]
 
