@@ -26,7 +26,8 @@ from mmseg_msvit.models.checkpoints import read_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Train a segmentor')
+    parser = argparse.ArgumentParser(
+        description='Train a segmentor', formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('config', help='config file')
     parser.add_argument('--work-dir', help='folder for logs and checkpoints')
     parser.add_argument('--resume', action='store_true',
@@ -36,7 +37,8 @@ def parse_args(argv=None):
                         help='override config keys, e.g. train_cfg.max_iters=100')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help='set by older launchers (torch.distributed.launch)')
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args

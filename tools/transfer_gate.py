@@ -18,7 +18,9 @@ from mmseg_msvit.models.checkpoints import extract_gate, save_gate  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0].replace('\n', ' '),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('checkpoint', help='segmentation or classification checkpoint')
     parser.add_argument('out', help='gate checkpoint to write')
     parser.add_argument('--include-prior', action='store_true',

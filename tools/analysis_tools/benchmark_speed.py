@@ -26,17 +26,25 @@ from mmseg_msvit.models import MSViT  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--arch', default='small')
-    parser.add_argument('--sizes', type=int, nargs='+', default=[224, 512])
-    parser.add_argument('--fractions', type=float, nargs='+', default=[0.25, 0.5, 0.75])
-    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8])
-    parser.add_argument('--mode', nargs='+', choices=['infer', 'train'], default=['infer'])
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--repeats', type=int, default=20)
-    parser.add_argument('--warmup', type=int, default=5)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0].replace('\n', ' '),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--arch', default='small', help='MSViT arch: tiny, small, base, large')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[224, 512],
+                        help='square input sizes in px')
+    parser.add_argument('--fractions', type=float, nargs='+', default=[0.25, 0.5, 0.75],
+                        help='shares of regions kept fine (fixed random masks)')
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8],
+                        help='batch sizes to time')
+    parser.add_argument('--mode', nargs='+', choices=['infer', 'train'], default=['infer'],
+                        help='inference forward and/or training step (forward + backward)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='cpu or cuda (default: cuda when available)')
+    parser.add_argument('--repeats', type=int, default=20,
+                        help='timed repeats per setting (median reported)')
+    parser.add_argument('--warmup', type=int, default=5, help='untimed repeats first')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0, help='random seed')
     args = parser.parse_args(argv)
     for fraction in args.fractions:
         if not 0.0 <= fraction <= 1.0:  # NaN fails too

@@ -34,9 +34,11 @@ FIELDS = ('label', 'threshold', 'budget', 'mIoU', 'backbone_gmacs', 'fine_fracti
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('config')
-    parser.add_argument('checkpoint')
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0].replace('\n', ' '),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--thresholds', type=float, nargs='*', default=None,
                         help='gate thresholds in [0, 1] (threshold mode); default 0.1 0.3 0.5 '
                         '0.7 0.9 when --budgets is not given, none when it is')

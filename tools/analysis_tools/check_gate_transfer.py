@@ -33,14 +33,17 @@ def positive_int(text: str) -> int:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('cls_config')
-    parser.add_argument('cls_checkpoint')
-    parser.add_argument('seg_config')
-    parser.add_argument('gate')
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0].replace('\n', ' '),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('cls_config', help='classification config the gate was trained in')
+    parser.add_argument('cls_checkpoint', help='its trained checkpoint')
+    parser.add_argument('seg_config', help='segmentation config to move the gate into')
+    parser.add_argument('gate', help='gate file written by tools/transfer_gate.py')
     parser.add_argument('--num-images', type=positive_int, default=8,
                         help='validation images to compare (>= 1)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. model.backbone.fine_budget=0.5')
     return parser.parse_args(argv)
 
 

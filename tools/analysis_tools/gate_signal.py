@@ -41,14 +41,16 @@ from mmseg_msvit.cli import build_eval_model, load_config  # noqa: E402
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Exact per-region benefit of fine tokens vs the gate\'s training signal')
-    parser.add_argument('config')
-    parser.add_argument('checkpoint')
-    parser.add_argument('--num-images', type=int, default=8)
+        description='Exact per-region benefit of fine tokens vs the gate\'s training signal',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--num-images', type=int, default=8, help='test images to analyse')
     parser.add_argument('--fine-fraction', type=float, default=0.5,
                         help='probability that a region is fine in the random decisions')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--seed', type=int, default=0, help='random seed')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. model.backbone.fine_budget=0.5')
     return parser.parse_args(argv)
 
 

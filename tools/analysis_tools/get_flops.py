@@ -24,11 +24,15 @@ from mmseg_msvit.cli import build_eval_model, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('config')
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0].replace('\n', ' '),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('config', help='config file')
     parser.add_argument('--checkpoint', help='trained weights (the gate decides per image)')
-    parser.add_argument('--num-images', type=int, default=20)
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--num-images', type=int, default=20,
+                        help='validation images to count')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. model.backbone.fine_budget=0.5')
     return parser.parse_args(argv)
 
 

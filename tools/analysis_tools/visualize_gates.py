@@ -42,16 +42,18 @@ def unit_interval(text: str) -> float:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Draw gate decisions over validation images')
-    parser.add_argument('config')
-    parser.add_argument('checkpoint')
-    parser.add_argument('--out-dir', required=True)
+    parser = argparse.ArgumentParser(
+        description='Draw gate decisions over validation images', formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--out-dir', required=True, help='folder for the pictures')
     parser.add_argument('--num-images', type=int, default=8, help='pictures to draw')
     parser.add_argument('--num-eval', type=int, default=None,
                         help='images for the detail statistics (default: the whole test set)')
     parser.add_argument('--threshold', type=unit_interval, default=None,
                         help='gate threshold in [0, 1] (default: the config\'s)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. model.backbone.fine_budget=0.5')
     return parser.parse_args(argv)
 
 

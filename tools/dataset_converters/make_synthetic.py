@@ -16,7 +16,9 @@ from mmseg_msvit.datasets.synthetic import LAYOUTS, make_synthetic
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0].replace('\n', ' '),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('out_dir', help='root folder of the dataset')
     parser.add_argument('--layout', default='ade20k', help=f'one of {LAYOUTS}')
     parser.add_argument('--num-train', type=int, default=64,
@@ -25,7 +27,7 @@ def parse_args(argv=None):
                         help='validation images (imagenet: per class)')
     parser.add_argument('--img-size', type=int, nargs=2, default=(256, 256),
                         metavar=('H', 'W'), help='image height and width')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0, help='random seed')
     return parser.parse_args(argv)
 
 

@@ -41,7 +41,9 @@ def budget(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0].replace('\n', ' '),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('config', help='segmentation config')
     parser.add_argument('checkpoint', help='its trained checkpoint')
     parser.add_argument('--shape', type=positive_int, nargs=2, required=True,
