@@ -1,6 +1,7 @@
 """Command-line plumbing shared by the tools in tools/ (config loading, runtime safety, evaluation
 models, one-line errors). Not an inference API: for that use mmseg.apis (init_model,
 inference_model), which works with our configs."""
+import argparse
 import os
 import os.path as osp
 import sys
@@ -161,6 +162,39 @@ def build_eval_model(cfg: Config, checkpoint: Optional[str] = None,
     loader_cfg.num_workers = 0
     loader_cfg.persistent_workers = False
     return model, Runner.build_dataloader(loader_cfg)
+
+
+def int_at_least(minimum: int, unit: str = ''):
+    """An argparse type: an int >= ``minimum`` (clear message otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not an int') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'must be >= {minimum}{unit}, got {value}')
+        return value
+
+    return parse
+
+
+def number_in(low: float, high: float, low_open: bool = False):
+    """An argparse type: a number in [low, high] (or (low, high] with ``low_open``); NaN
+    refused."""
+    interval = f'{"(" if low_open else "["}{low:g}, {high:g}]'
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not a number in {interval}') from None
+        inside = (low < value if low_open else low <= value) and value <= high
+        if not inside:  # NaN fails both comparisons
+            raise argparse.ArgumentTypeError(f'{text} is not in {interval}')
+        return value
+
+    return parse
 
 
 #: errors that mean "the input was wrong": shown as one line, no traceback

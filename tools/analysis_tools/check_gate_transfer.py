@@ -16,20 +16,9 @@ from mmengine.config import DictAction  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
-from mmseg_msvit.cli import build_eval_model, load_config  # noqa: E402
+from mmseg_msvit.cli import build_eval_model, int_at_least, load_config  # noqa: E402
 from mmseg_msvit.models.checkpoints import load_model_weights  # noqa: E402
 from mmseg_msvit.models.gate_training import input_normalisation  # noqa: E402
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not an int') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
-    return value
 
 
 def parse_args(argv=None):
@@ -40,7 +29,7 @@ def parse_args(argv=None):
     parser.add_argument('cls_checkpoint', help='its trained checkpoint')
     parser.add_argument('seg_config', help='segmentation config to move the gate into')
     parser.add_argument('gate', help='gate file written by tools/transfer_gate.py')
-    parser.add_argument('--num-images', type=positive_int, default=8,
+    parser.add_argument('--num-images', type=int_at_least(1), default=8,
                         help='validation images to compare (>= 1)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, e.g. model.backbone.fine_budget=0.5')

@@ -26,19 +26,8 @@ from PIL import Image  # noqa: E402
 import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.analysis.gate_alignment import (DetailAlignment,  # noqa: E402
                                                   region_detail_kinds)
-from mmseg_msvit.cli import build_eval_model, load_config  # noqa: E402
+from mmseg_msvit.cli import build_eval_model, load_config, number_in  # noqa: E402
 from mmseg_msvit.visualization import draw_gate_map  # noqa: E402
-
-
-def unit_interval(text: str) -> float:
-    """argparse type: a number in [0, 1] (NaN refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a number in [0, 1]') from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f'{text} is not in [0, 1]')
-    return value
 
 
 def parse_args(argv=None):
@@ -50,7 +39,7 @@ def parse_args(argv=None):
     parser.add_argument('--num-images', type=int, default=8, help='pictures to draw')
     parser.add_argument('--num-eval', type=int, default=None,
                         help='images for the detail statistics (default: the whole test set)')
-    parser.add_argument('--threshold', type=unit_interval, default=None,
+    parser.add_argument('--threshold', type=number_in(0, 1), default=None,
                         help='gate threshold in [0, 1] (default: the config\'s)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, e.g. model.backbone.fine_budget=0.5')

@@ -21,23 +21,10 @@ import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
-from mmseg_msvit.cli import build_eval_model, load_config, run_cli  # noqa: E402
+from mmseg_msvit.cli import (build_eval_model, int_at_least, load_config,  # noqa: E402
+                             number_in, run_cli)
 from mmseg_msvit.deployment import (DenseBackbone, SegmentorLogits, check_budget_mode,  # noqa
                                     export_onnx, max_abs_difference, onnxruntime_outputs)
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 32:
-        raise argparse.ArgumentTypeError(f'must be >= 32 px (one coarse region), got {value}')
-    return value
-
-
-def budget(text):
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f'must lie in (0, 1], got {value}')
-    return value
 
 
 def parse_args(argv=None):
@@ -46,9 +33,9 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('config', help='segmentation config')
     parser.add_argument('checkpoint', help='its trained checkpoint')
-    parser.add_argument('--shape', type=positive_int, nargs=2, required=True,
+    parser.add_argument('--shape', type=int_at_least(32, ' px (one coarse region)'), nargs=2, required=True,
                         metavar=('H', 'W'), help='input height and width in px (fixed)')
-    parser.add_argument('--fine-budget', type=budget, required=True,
+    parser.add_argument('--fine-budget', type=number_in(0, 1, low_open=True), required=True,
                         help='share of regions kept fine in every image, in (0, 1]')
     parser.add_argument('--batch-size', type=int, default=1, help='fixed batch size (default 1)')
     parser.add_argument('--out', default=None,
