@@ -19,6 +19,8 @@ echo "[setup] creating/updating $VENV with the pinned stack (first time: a few m
 pip_quiet() { "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
 pip_quiet install --quiet -r requirements/torch.txt -r requirements/runtime.txt -r requirements/tests.txt
 pip_quiet install --quiet --no-deps --no-build-isolation -e .
+# `import mmseg.apis` before `import mmseg_msvit` works with mmcv-lite (mmseg_msvit_startup.py)
+"$VENV/bin/python" -m mmseg_msvit_startup
 "$VENV/bin/python" -c "import mmseg_msvit, mmseg.models, mmpretrain.models; print('[setup] import check ok: mmseg_msvit', mmseg_msvit.__version__)"
 echo "$want" > "$stamp"
 echo "[setup] done in $(( $(date +%s) - start )) s"

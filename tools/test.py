@@ -34,7 +34,9 @@ def parse_args(argv=None):
                         help='override config keys')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
-    parser.add_argument('--tta', action='store_true', help='test-time augmentation')
+    parser.add_argument('--tta', action='store_true',
+                        help="test-time augmentation (the config's tta_pipeline); GMACs per "
+                        'image are the sum over all views')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
                         help='set by older launchers (torch.distributed.launch)')
     args = parser.parse_args(argv)
@@ -63,7 +65,15 @@ def build_cfg(args) -> Config:
         if args.show_dir:
             cfg.visualizer['save_dir'] = args.show_dir
     if args.tta:
+        missing = [key for key in ('tta_pipeline', 'tta_model') if key not in cfg]
+        if missing:
+            raise ValueError(f'--tta: the config defines no {" / ".join(missing)}; add them as '
+                             "mmseg's dataset configs do (e.g. tta_model = dict(type="
+                             "'MSViTSegTTAModel') and a tta_pipeline with TestTimeAug), or drop "
+                             '--tta')
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        if cfg.tta_model.get('type') == 'SegTTAModel':
+            cfg.tta_model.type = 'MSViTSegTTAModel'  # counts the cost of every view
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
     evaluators = list(_evaluators(cfg.test_evaluator))

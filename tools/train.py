@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # noqa: E402  (a clone)
 
 import mmseg_msvit  # noqa: E402,F401  (compat shims + registration, before any model import)
+import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
@@ -32,7 +33,9 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='folder for logs and checkpoints')
     parser.add_argument('--resume', action='store_true',
                         help='resume from the latest checkpoint in the work dir')
-    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision (fp16 with loss scaling on a GPU, '
+                        'bfloat16 autocast on a CPU)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, e.g. train_cfg.max_iters=100')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -55,6 +58,12 @@ def build_cfg(args) -> Config:
                       level=logging.WARNING)
         elif wrapper != 'OptimWrapper':
             raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, got {wrapper}')
+        elif not torch.cuda.is_available():
+            # mmengine's AmpOptimWrapper asserts a GPU: bfloat16 autocast on the CPU instead
+            cfg.optim_wrapper.type = 'CPUAutocastOptimWrapper'
+            cfg.optim_wrapper.dtype = 'bfloat16'
+            print_log('--amp without a GPU: bfloat16 autocast on the CPU '
+                      '(CPUAutocastOptimWrapper; no loss scaling needed)', logger='current')
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'

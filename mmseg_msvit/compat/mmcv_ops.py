@@ -157,6 +157,15 @@ def install_mmcv_ops_standin() -> bool:
     if mmcv_has_compiled_ops():
         return False
     import mmcv  # noqa: F401  (the parent package must exist first)
+    module = build_standin_module()
+    sys.modules['mmcv.ops'] = module
+    sys.modules['mmcv'].ops = module
+    return True
+
+
+def build_standin_module() -> types.ModuleType:
+    """The stand-in ``mmcv.ops`` module (not registered; see :func:`install_mmcv_ops_standin`
+    and the start-up finder in ``mmseg_msvit_startup``)."""
     module = types.ModuleType(
         'mmcv.ops', 'Stand-in for mmcv.ops installed by mmseg_msvit.compat: '
         'mmcv has no compiled ops here.')
@@ -170,8 +179,6 @@ def install_mmcv_ops_standin() -> bool:
     # mmcv-lite warns on every import that it lacks this op; with the stand-in that is known
     # (and the placeholder names the op if it is ever used), so keep tool output clean
     warnings.filterwarnings('ignore', message='Fail to import ``MultiScaleDeformableAttention``')
-    sys.modules['mmcv.ops'] = module
-    sys.modules['mmcv'].ops = module
-    return True
+    return module
 
 

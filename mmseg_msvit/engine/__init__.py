@@ -1,10 +1,11 @@
 """Runtime pieces for mmengine's Runner: durable checkpoint files and the safety hooks."""
 from .fileio import AtomicLocalBackend, atomic_write, atomic_write_bytes, remove_stale_temporaries
+from .optim import CPUAutocastOptimWrapper
 from .hooks import (RUNTIME_HOOKS, CheckpointCheckHook, ExactResumeHook, FiniteLossHook,
                     SafeCheckpointHook, get_random_state, set_random_state)
 
 __all__ = [
-    'AtomicLocalBackend', 'atomic_write', 'atomic_write_bytes', 'remove_stale_temporaries',
+    'CPUAutocastOptimWrapper', 'AtomicLocalBackend', 'atomic_write', 'atomic_write_bytes', 'remove_stale_temporaries',
     'RUNTIME_HOOKS', 'CheckpointCheckHook', 'ExactResumeHook', 'FiniteLossHook',
     'SafeCheckpointHook', 'get_random_state', 'set_random_state'
 ]

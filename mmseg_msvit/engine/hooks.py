@@ -193,7 +193,9 @@ class CheckpointCheckHook(Hook):
       count) is removed before it is read: a checkpoint is data, never code.
     * A checkpoint given as ``load_from`` (tools/test.py, or the start of a training run) that
       lacks weights the model needs is refused, naming what is missing and what the file looks
-      like. A resume is checked the same way.
+      like. A resume is checked the same way. Only the start of a training run may lack gate
+      weights (a dense model, another gate type): the gate then trains from its
+      initialisation, and the log says so.
     """
     priority = 'VERY_HIGH'
 
@@ -217,6 +219,19 @@ class CheckpointCheckHook(Hook):
             if dropped:
                 print_log(f'CheckpointCheckHook: {path} loaded without its gate: '
                           'model.backbone.gate_init provides the gate', logger='current')
+        from mmengine.runner import BaseLoop
+
+        from ..models.checkpoints import required_keys, state_dict_of
+        if isinstance(runner._train_loop, BaseLoop) and not runner._resume:
+            # the start of a training run may bring a new gate (a dense model, or another gate
+            # type): the gate then trains from its initialisation; everything else must fit
+            state = state_dict_of(checkpoint)
+            missing = [k for k in required_keys(model) if k not in state]
+            if missing and all(k.startswith('backbone.gate.') for k in missing):
+                print_log(f'CheckpointCheckHook: {path} has no weights for '
+                          f'{len(missing)} gate parameters ({", ".join(missing[:3])}); the '
+                          'gate starts from its initialisation', logger='current')
+                return
         check_covers(model, checkpoint, str(path))
 
 

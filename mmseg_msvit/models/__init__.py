@@ -3,14 +3,14 @@ from .backbones import MSViT
 from .classifiers import MSViTImageClassifier
 from .features import MixedScaleFeatures
 from .gate_training import GateProbe
-from .gates import ContentGate, MixedScaleGate
+from .gates import ContentGate, MixedScaleGate, RandomGate
 from .losses import BaSLoss, GBaSLoss, L0GateLoss
 from .necks import MixedScaleToDense
 from .segmentors import MSViTEncoderDecoder
 from .tokenizer import MixedScaleLayout, MixedScaleTokenizer, coarsen
 
 __all__ = [
-    'MSViT', 'MixedScaleGate', 'ContentGate', 'MixedScaleToDense', 'MixedScaleFeatures', 'MixedScaleTokenizer',
+    'MSViT', 'MixedScaleGate', 'ContentGate', 'RandomGate', 'MixedScaleToDense', 'MixedScaleFeatures', 'MixedScaleTokenizer',
     'MixedScaleLayout', 'coarsen', 'GateProbe', 'GBaSLoss', 'BaSLoss', 'L0GateLoss', 'MSViTEncoderDecoder',
     'MSViTImageClassifier'
 ]

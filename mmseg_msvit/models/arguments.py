@@ -82,3 +82,54 @@ def check_out_indices(owner: str, value, depth: int) -> list:
             raise ValueError(f'{owner}: out_indices contains {index}, outside a depth of {depth}')
         resolved.append(int(block))
     return resolved
+
+
+#: mmseg ``VisionTransformer`` argument names that map one to one onto MSViT's
+MMSEG_VIT_RENAMES = {'patch_size': 'fine_patch_size', 'num_layers': 'depth'}
+#: mmseg ``VisionTransformer`` arguments MSViT accepts only at the value it implements
+MMSEG_VIT_FIXED = {'with_cls_token': True, 'output_cls_token': False, 'patch_norm': False,
+                   'pre_norm': False, 'interpolate_mode': 'bicubic'}
+
+
+def translate_mmseg_vit_args(given: dict, explicit: dict) -> dict:
+    """MSViT arguments from mmseg ``VisionTransformer`` names, so a config switches by changing
+    ``type`` (README, "From an mmseg ViT config").
+
+    ``patch_size`` -> ``fine_patch_size``, ``num_layers`` -> ``depth``, ``norm_cfg=dict(type='LN',
+    eps=e)`` -> ``norm_eps=e`` (mmseg's LN default eps is 1e-5), ``act_cfg`` GELU only; the
+    arguments of :data:`MMSEG_VIT_FIXED` only at the value MSViT implements. Anything else is
+    refused with the list of accepted names.
+
+    Args:
+        given (dict): the extra keyword arguments MSViT received.
+        explicit (dict): MSViT's own arguments that were set (to refuse giving both names).
+    """
+    out = {}
+    for name, value in given.items():
+        if name in MMSEG_VIT_RENAMES:
+            ours = MMSEG_VIT_RENAMES[name]
+            if explicit.get(ours) is not None:
+                raise ValueError(f'MSViT: got both {name}={value!r} (mmseg name) and '
+                                 f'{ours}={explicit[ours]!r}; give one')
+            out[ours] = value
+        elif name == 'norm_cfg':
+            if not isinstance(value, dict) or value.get('type') not in ('LN', 'LayerNorm') or \
+                    set(value) - {'type', 'eps', 'requires_grad'}:
+                raise ValueError(f"MSViT: norm_cfg must be dict(type='LN', eps=...) (MSViT's "
+                                 f'blocks use LayerNorm), got {value!r}')
+            out['norm_eps'] = float(value.get('eps', 1e-5))  # mmcv's LN: nn.LayerNorm default
+        elif name == 'act_cfg':
+            if not isinstance(value, dict) or value.get('type') != 'GELU':
+                raise ValueError(f"MSViT: act_cfg must be dict(type='GELU') (timm's ViT blocks), "
+                                 f'got {value!r}')
+        elif name in MMSEG_VIT_FIXED:
+            if value != MMSEG_VIT_FIXED[name]:
+                raise ValueError(f'MSViT: {name}={value!r} is not supported; MSViT implements '
+                                 f'{name}={MMSEG_VIT_FIXED[name]!r} (remove it from the config)')
+        else:
+            accepted = sorted(list(MMSEG_VIT_RENAMES) + ['norm_cfg', 'act_cfg'] +
+                              list(MMSEG_VIT_FIXED))
+            raise TypeError(f'MSViT: unexpected argument {name}={value!r}; besides its own '
+                            f'arguments MSViT accepts these mmseg VisionTransformer names: '
+                            f'{", ".join(accepted)}')
+    return out

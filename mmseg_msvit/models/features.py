@@ -15,6 +15,16 @@ class MixedScaleFeatures:
         cls_token (Tensor, optional): (B, D) the CLS token of this layer.
     """
 
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        # a decode head or neck that expects NCHW tensors got the backbone's raw output
+        name = getattr(func, '__name__', str(func))
+        raise TypeError(
+            f'{name}() got an MSViT MixedScaleFeatures (mixed-scale tokens), not a tensor: an '
+            "MSViT backbone needs the neck dict(type='MixedScaleToDense') (add scales=[4, 2, 1, "
+            '0.5], in_channels and out_channels for UPerNet) to rebuild dense maps; see the '
+            'README, "From an mmseg ViT config"')
+
     def __init__(self,
                  tokens: torch.Tensor,
                  layout: MixedScaleLayout,

@@ -38,6 +38,12 @@ class MixedScaleGate(BaseModule):
         init_fine_fraction (float, optional): if given, the output bias is set to
             ``logit(init_fine_fraction)`` so that the gate starts near that fine fraction
             (must lie in (0, 1)). Default: None (bias 0, i.e. p = 0.5).
+        content_prior (bool): our option (not the paper's): add ``w * c`` to the MLP's logit,
+            where ``c`` is the :class:`ContentGate` score of the region (log of the pixel energy
+            the coarse token loses) minus its mean over the image, and ``w`` a learned scalar
+            (starts at 1). The gate then starts as the training-free content ranking and learns
+            corrections to it; still one region at a time, from its pixels alone. Default: False.
+        fine_patch_size (int): S_f, used by ``content_prior``. Default: 16.
         init_cfg (dict, optional): mmengine init config.
     """
 
@@ -47,6 +53,8 @@ class MixedScaleGate(BaseModule):
                  hidden_dims: Sequence[int] = (256, 256),
                  temperature: float = 1.0,
                  init_fine_fraction: Optional[float] = None,
+                 content_prior: bool = False,
+                 fine_patch_size: int = 16,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         def is_positive_int(value) -> bool:
@@ -80,9 +88,18 @@ class MixedScaleGate(BaseModule):
             if index < len(widths) - 2:
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
+        if not isinstance(content_prior, bool):
+            raise ValueError(f'MixedScaleGate: content_prior must be True or False, got '
+                             f'{content_prior!r}')
+        self.content_prior = content_prior
+        if content_prior:
+            self.content = ContentGate(coarse_patch_size, fine_patch_size, in_channels)
+            self.content_weight = nn.Parameter(torch.ones(()))
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
+        if self.content_prior:
+            nn.init.ones_(self.content_weight)
         for module in self.mlp:
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -99,8 +116,9 @@ class MixedScaleGate(BaseModule):
 
     @property
     def macs_per_region(self) -> int:
-        """Multiply-adds of the MLP for one coarse region."""
-        return sum(m.in_features * m.out_features for m in self.mlp if isinstance(m, nn.Linear))
+        """Multiply-adds of the MLP (and of the content score) for one coarse region."""
+        mlp = sum(m.in_features * m.out_features for m in self.mlp if isinstance(m, nn.Linear))
+        return mlp + (self.content.macs_per_region if self.content_prior else 0)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         """Gate logits.
@@ -115,7 +133,11 @@ class MixedScaleGate(BaseModule):
             raise ValueError(f'MixedScaleGate: expected {self.in_channels} input channels, got '
                              f'image of shape {tuple(img.shape)}')
         rows = regions_to_rows(img, self.coarse_patch_size)
-        return self.mlp(rows).squeeze(-1)
+        logits = self.mlp(rows).squeeze(-1)
+        if self.content_prior:
+            score = self.content(img)
+            logits = logits + self.content_weight * (score - score.mean((-2, -1), keepdim=True))
+        return logits
 
     def decide(self, logits: torch.Tensor, threshold: float = 0.5) -> Tuple[torch.Tensor,
                                                                            torch.Tensor]:
@@ -221,5 +243,45 @@ class ContentGate(BaseModule):
     def decide(self, logits: torch.Tensor, threshold: float = 0.5
                ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Threshold decisions (no noise, no gradient: nothing to train)."""
+        fine_mask = torch.sigmoid(logits) > threshold
+        return fine_mask, fine_mask.to(logits.dtype)
+
+
+@MODELS.register_module()
+class RandomGate(BaseModule):
+    """A gate without parameters that ignores the image: every region gets an independent
+    standard-normal score at every forward (a fresh draw from torch's global generator).
+
+    With a fine budget (``MSViT(fine_budget=f)``) it keeps a uniformly random ``round(f * regions)``
+    regions fine per image: the control that any gate must beat (``tools/analysis_tools/
+    msvit_study.py``). In threshold mode a region is fine with probability ``1 - threshold``.
+
+    Args:
+        coarse_patch_size (int): S_c. Default: 32.
+        in_channels (int): Default: 3.
+    """
+    hidden_dims: Tuple[int, ...] = ()
+    macs_per_region = 0
+
+    def __init__(self, coarse_patch_size: int = 32, in_channels: int = 3, init_cfg=None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        for name, value in (('coarse_patch_size', coarse_patch_size),
+                            ('in_channels', in_channels)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f'RandomGate: {name} must be a positive int, got {value!r}')
+        self.coarse_patch_size = coarse_patch_size
+        self.in_channels = in_channels
+        self.temperature = 1.0
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        """(B, Hc, Wc) random logits for an image whose sides are multiples of the coarse size."""
+        batch, _, height, width = img.shape
+        size = self.coarse_patch_size
+        return torch.randn(batch, height // size, width // size, device=img.device,
+                           dtype=img.dtype)
+
+    def decide(self, logits: torch.Tensor, threshold: float = 0.5
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Threshold decisions (no gradient: nothing to train)."""
         fine_mask = torch.sigmoid(logits) > threshold
         return fine_mask, fine_mask.to(logits.dtype)

@@ -1,12 +1,21 @@
-"""GMACs of a segmentor measured on real validation images (the gate decides per image).
+"""GMACs and parameters of a segmentor: on real validation images (the gate decides per image),
+or for an input shape without any dataset.
 
     python tools/analysis_tools/get_flops.py CONFIG [--checkpoint CKPT] [--num-images 20]
-        [--cfg-options ...]
+        [--shape H [W]] [--cfg-options ...]
 
-The backbone is counted per image from the tokens actually used (gate and pooling included,
-every slide window counted); the neck rescale and decode head, whose cost does not depend on the
-gate, are counted once per window shape with mmengine's FlopAnalyzer (mmengine >= 0.7.3; mmseg
-1.2.2's own get_flops.py crashes with it). Prints mean / min / max per image.
+On images: the backbone is counted per image from the tokens actually used (gate and pooling
+included, every slide window counted); the neck rescale and decode head, whose cost does not
+depend on the gate, are counted once per window shape with mmengine's FlopAnalyzer (mmengine >=
+0.7.3; mmseg 1.2.2's own get_flops.py crashes with it). Prints mean / min / max per image.
+
+With --shape (as mmseg's get_flops.py; no dataset needed): one forward of that size, reported for
+every region fine (the dense ViT), every region coarse and, in budget mode, the budget (exact:
+the cost does not depend on the image there); in threshold mode the cost depends on the image, so
+use real images. Beside our count it prints what mmengine's FlopAnalyzer (the counter behind
+mmseg's get_flops.py) sees in the same dense backbone forward: it has no counter for
+``scaled_dot_product_attention``, so it leaves out the attention products, and its figure is
+lower; compare like with like. Parameters (total, backbone, gate, neck + heads) are printed too.
 """
 import argparse
 import os.path as osp
@@ -20,7 +29,7 @@ from mmengine.config import DictAction  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.analysis import decode_macs  # noqa: E402
-from mmseg_msvit.cli import build_eval_model, load_config  # noqa: E402
+from mmseg_msvit.cli import build_eval_model, int_at_least, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -31,9 +40,80 @@ def parse_args(argv=None):
     parser.add_argument('--checkpoint', help='trained weights (the gate decides per image)')
     parser.add_argument('--num-images', type=int, default=20,
                         help='validation images to count')
+    parser.add_argument('--shape', type=int_at_least(32, ' px'), nargs='+', default=None,
+                        metavar='H [W]',
+                        help='count one input of this size instead of validation images (no '
+                        'dataset needed); W defaults to H')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, e.g. model.backbone.fine_budget=0.5')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.shape is not None:
+        if len(args.shape) > 2:
+            parser.error(f'--shape takes H or H W, got {len(args.shape)} numbers')
+        args.shape = (args.shape[0], args.shape[-1])
+    return args
+
+
+def parameter_counts(model) -> dict:
+    """Parameters (millions): whole model, backbone, its gate, neck + heads."""
+    def count(module):
+        return sum(p.numel() for p in module.parameters()) / 1e6 if module is not None else 0.0
+
+    backbone = model.backbone
+    return dict(total=count(model), backbone=count(backbone),
+                gate=count(getattr(backbone, 'gate', None)),
+                neck_and_heads=count(model) - count(backbone) - count(
+                    getattr(model, 'gate_loss', None)))
+
+
+def print_parameters(model) -> dict:
+    params = parameter_counts(model)
+    print(f"[flops] parameters: {params['total']:.2f} M (backbone {params['backbone']:.2f} M, of "
+          f"which gate {params['gate']:.3f} M; neck + heads {params['neck_and_heads']:.2f} M)")
+    return params
+
+
+@torch.no_grad()
+def count_shape(model, shape) -> dict:
+    """Backbone cost of one ``shape`` input: dense, all coarse, the budget (budget mode)."""
+    from mmseg_msvit.analysis import backbone_macs, count_macs_with_mmengine
+    backbone = model.backbone
+    img = torch.zeros(1, 3, *shape)
+    padded, _ = backbone.pad_input(img)
+    grid = (padded.shape[-2] // backbone.coarse_patch_size,
+            padded.shape[-1] // backbone.coarse_patch_size)
+    rows = {}
+    for name, fill in (('all fine (dense ViT)', True), ('all coarse', False)):
+        mask = torch.full((1, *grid), fill, dtype=torch.bool)
+        rows[name] = float(backbone_macs(backbone, img, mask)[0])
+    if backbone.fine_budget is not None:
+        # the budget's cost is the same for every image: count it on a random one
+        rows[f'budget {backbone.fine_budget}'] = float(backbone_macs(backbone,
+                                                                     torch.randn_like(img))[0])
+    dense = [f.to_dense() for f in backbone(img, fine_mask=torch.ones((1, *grid),
+                                                                      dtype=torch.bool))]
+    head = decode_macs(model, dense)
+    saved = backbone.force_scale
+    backbone.force_scale = 'fine'
+    try:
+        mmengine_count = count_macs_with_mmengine(
+            backbone, (img, ), to_tensors=lambda feats: tuple(f.tokens for f in feats))
+    finally:
+        backbone.force_scale = saved
+    print(f'[flops] input {shape[0]}x{shape[1]} (padded to {padded.shape[-2]}x'
+          f'{padded.shape[-1]}), {grid[0] * grid[1]} regions')
+    for name, macs in rows.items():
+        print(f'[flops] backbone, {name:22s} {macs / 1e9:.3f} GMACs; whole model '
+              f'{(macs + head) / 1e9:.3f}')
+    print(f'[flops] neck + decode head: {head / 1e9:.3f} GMACs (independent of the gate)')
+    if backbone.fine_budget is None and backbone.force_scale is None:
+        print('[flops] threshold mode: the gate decides per image, so the cost lies between '
+              'all coarse and all fine; count real images (no --shape) for its figures')
+    print(f'[flops] mmengine FlopAnalyzer on the same dense backbone forward (what mmseg\'s '
+          f'get_flops.py counts): {mmengine_count / 1e9:.3f} GMACs; it has no counter for '
+          'scaled_dot_product_attention, hence lower than our '
+          f"{rows['all fine (dense ViT)'] / 1e9:.3f}")
+    return dict(backbone=rows, decode=head, mmengine_dense_backbone=mmengine_count)
 
 
 def window_shape(model, inputs):
@@ -57,7 +137,12 @@ def main(argv=None):
     if args.num_images < 1:
         raise ValueError(f'--num-images must be >= 1, got {args.num_images}')
     cfg = load_config(args.config, args.cfg_options)
+    if args.shape is not None:
+        model, _ = build_eval_model(cfg, args.checkpoint, loader_names=())
+        params = print_parameters(model)
+        return dict(params=params, **count_shape(model, args.shape))
     model, loader = build_eval_model(cfg, args.checkpoint, ('val_dataloader', ))
+    print_parameters(model)
     if not args.checkpoint:
         print('[flops] no --checkpoint: the gate is untrained (its initial decisions)')
     cache, rows = {}, []

@@ -41,3 +41,14 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 val_evaluator = [dict(type='IoUMetric', iou_metrics=['mIoU']), dict(type='ComplexityMetric')]
 test_evaluator = val_evaluator
+# test-time augmentation (tools/test.py --tta): three scales x flip; GMACs are summed over views
+tta_img_ratios = [0.75, 1.0, 1.25]
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug',
+         transforms=[[dict(type='Resize', scale_factor=r, keep_ratio=True)
+                      for r in tta_img_ratios],
+                     [dict(type='RandomFlip', prob=0., direction='horizontal'),
+                      dict(type='RandomFlip', prob=1., direction='horizontal')],
+                     [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])
+]

@@ -7,6 +7,8 @@ on the module. Parameter names are timm's (``cls_token``, ``pos_embed``, ``patch
 ``blocks.N.*``, ``norm.*``); checkpoint formats live in :mod:`mmseg_msvit.models.checkpoints`.
 """
 import inspect
+import logging
+import warnings
 import math
 from functools import partial
 from typing import Optional, Sequence, Tuple, Union
@@ -15,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from timm.layers import PatchEmbed, resample_abs_pos_embed
@@ -23,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..arguments import (check_fine_budget, check_gate_threshold, check_out_indices,
                          check_positive_int, check_positive_real, check_rate, check_size_pair,
-                         is_int)
+                         is_int, translate_mmseg_vit_args)
 from ..builder import build_component
 from ..features import MixedScaleFeatures
 from ..gates import budget_decisions
@@ -88,9 +91,21 @@ class MSViT(BaseModule):
         pretrained (str, optional): shorthand for ``init_cfg=dict(type='Pretrained',
             checkpoint=pretrained)`` (what mmseg's segmentor ``pretrained=`` passes down).
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint='file.pth' or
-            '.safetensors', prefix=None)`` loads a local timm/DeiT checkpoint; otherwise timm's
-            ViT initialisation. Position embeddings of another grid are resized on every load
-            (a ``load_state_dict`` pre-hook, so mmengine's ``load_checkpoint`` resizes too).
+            '.safetensors', prefix=None)`` loads a local ViT checkpoint with timm/DeiT, mmseg
+            ``VisionTransformer`` or mmpretrain ``VisionTransformer`` key names, alone or inside a
+            segmentor/classifier checkpoint; otherwise timm's ViT initialisation. Position
+            embeddings of another grid are resized on every load (a ``load_state_dict``
+            pre-hook, so mmengine's ``load_checkpoint`` resizes too).
+        norm_eps (float): LayerNorm eps. timm and mmpretrain use 1e-6, mmseg's
+            ``norm_cfg=dict(type='LN')`` 1e-5: match the source of pretrained weights.
+            Default: 1e-6.
+        patch_bias (bool): the patch embedding has a bias (timm, mmpretrain); mmseg's
+            ``VisionTransformer`` default is False. Default: True.
+        **mmseg_vit_args: mmseg ``VisionTransformer`` names, accepted where they map one to one
+            (``patch_size``, ``num_layers``, ``norm_cfg``, ``act_cfg``, and ``with_cls_token``,
+            ``output_cls_token``, ``patch_norm``, ``pre_norm``, ``interpolate_mode`` at the
+            values MSViT implements; :func:`mmseg_msvit.models.arguments.
+            translate_mmseg_vit_args`).
 
     Outputs:
         tuple[MixedScaleFeatures]: one per ``out_indices``, sharing one layout (decisions, gate
@@ -130,7 +145,17 @@ class MSViT(BaseModule):
                  freeze_gate: bool = False,
                  gate_init: Optional[dict] = None,
                  pretrained: Optional[str] = None,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: Optional[dict] = None,
+                 norm_eps: float = 1e-6,
+                 patch_bias: bool = True,
+                 **mmseg_vit_args) -> None:
+        if mmseg_vit_args:
+            renamed = translate_mmseg_vit_args(
+                mmseg_vit_args, dict(fine_patch_size=None if fine_patch_size == 16 else
+                                     fine_patch_size, depth=depth))
+            fine_patch_size = renamed.get('fine_patch_size', fine_patch_size)
+            depth = renamed.get('depth', depth)
+            norm_eps = renamed.get('norm_eps', norm_eps)
         if pretrained is not None:
             if init_cfg is not None:
                 raise ValueError('MSViT: give either pretrained or init_cfg, not both')
@@ -190,7 +215,13 @@ class MSViT(BaseModule):
             torch.zeros(1, self.num_prefix_tokens + self.pos_grid_size[0] *
                         self.pos_grid_size[1], self.embed_dims))
         self.pos_drop = nn.Dropout(p=drop_rate)
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.norm_eps = check_positive_real('MSViT', 'norm_eps', norm_eps)
+        if not isinstance(patch_bias, bool):
+            raise ValueError(f'MSViT: patch_bias must be True or False, got {patch_bias!r}')
+        self.patch_bias = patch_bias
+        if not patch_bias:  # mmseg's VisionTransformer default: no patch-embedding bias
+            self.patch_embed.proj.bias = None
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         drop_path = [x.item() for x in torch.linspace(0, drop_path_rate, self.depth)]
         self.blocks = nn.ModuleList([
             Block(dim=self.embed_dims, num_heads=self.num_heads, mlp_ratio=mlp_ratio,
@@ -213,6 +244,10 @@ class MSViT(BaseModule):
             raise ValueError(f"MSViT: gate coarse_patch_size={gate_cfg['coarse_patch_size']} "
                              f'differs from the backbone coarse_patch_size={coarse_patch_size}')
         self.gate = build_component(gate_cfg)
+        #: set by MSViTEncoderDecoder / MSViTImageClassifier when a gate loss or probe trains
+        #: the gate; a gate trained with neither gets a warning (once)
+        self.gate_trained_by: Optional[str] = None
+        self._warned_untrained_gate = False
         self.tokenizer = MixedScaleTokenizer(fine_patch_size, coarse_patch_size)
 
         self._register_load_state_dict_pre_hook(self._resize_pos_embed)
@@ -446,6 +481,19 @@ class MSViT(BaseModule):
             fine_mask, value = self.gate.decide(logits, self.gate_threshold)
         return fine_mask, value, logits
 
+    def _warn_untrained_gate(self) -> None:
+        if self._warned_untrained_gate or not any(p.requires_grad for p in
+                                                  self.gate.parameters()):
+            return
+        self._warned_untrained_gate = True
+        message = ('MSViT is training a gate that no gate loss or probe trains (only the task '
+                   "loss reaches it, and its fine fraction is uncontrolled): use "
+                   "model.type='MSViTEncoderDecoder' (or 'MSViTImageClassifier') with "
+                   "gate_loss=dict(type='GBaSLoss', target=...), or set freeze_gate=True, "
+                   "force_scale='fine' or a fine_budget")
+        warnings.warn(message, stacklevel=3)
+        print_log(message, logger='current', level=logging.WARNING)
+
     def embed(self,
               img: torch.Tensor,
               fine_mask: torch.Tensor,
@@ -501,5 +549,7 @@ class MSViT(BaseModule):
         static = None if fine_mask is not None else self.static_num_tokens(
             (img.shape[-2] // self.coarse_patch_size, img.shape[-1] // self.coarse_patch_size))
         fine_mask, fine_value, gate_logits = self.decide_scales(img, fine_mask, fine_value)
+        if self.training and gate_logits is not None and self.gate_trained_by is None:
+            self._warn_untrained_gate()
         return self.forward_blocks(
             self.embed(img, fine_mask, fine_value, gate_logits, out_size, static))

@@ -46,6 +46,8 @@ class MSViTImageClassifier(ImageClassifier):
                             f'{type(self.backbone).__name__}')
         self.gate_loss = build_gate_loss(gate_loss, self.backbone, 'MSViTImageClassifier')
         self.gate_probe = build_gate_probe(gate_probe, 'MSViTImageClassifier')
+        self.backbone.gate_trained_by = 'MSViTImageClassifier' if (
+            self.gate_loss is not None or self.gate_probe is not None) else None
 
     def _neck(self, features) -> tuple:
         cls_tokens = tuple(f.cls_token for f in features)  # (B, D) per tap

@@ -1,3 +1,4 @@
 from .msvit_encoder_decoder import MSViTEncoderDecoder
+from .msvit_tta import MSViTSegTTAModel
 
-__all__ = ['MSViTEncoderDecoder']
+__all__ = ['MSViTEncoderDecoder', 'MSViTSegTTAModel']

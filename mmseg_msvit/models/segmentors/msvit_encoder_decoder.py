@@ -46,20 +46,59 @@ class MSViTEncoderDecoder(EncoderDecoder):
         gate_probe (dict, optional): a :class:`~mmseg_msvit.models.gate_training.GateProbe`
             config (our option), e.g. ``dict(type='GateProbe', num_images=4,
             regions_per_image=2)``; it measures with the decode head's own loss. None (default):
-            no probe. Other arguments: as EncoderDecoder.
+            no probe.
+        train_gate_only (bool): our option: train the gate (and the gate loss's prior) on an
+            otherwise frozen model: every other parameter gets ``requires_grad=False`` and the
+            neck, heads and transformer blocks stay in eval mode (BatchNorm statistics and
+            dropout frozen). The recipe "train the ViT dense, then learn where it needs fine
+            tokens" (``tools/analysis_tools/msvit_study.py``, README "Evidence"). Default: False.
+            Other arguments: as EncoderDecoder.
     """
 
     def __init__(self,
                  *args,
                  gate_loss: Optional[dict] = None,
                  gate_probe: Optional[dict] = None,
+                 train_gate_only: bool = False,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(self.backbone, MSViT):
             raise TypeError(f'MSViTEncoderDecoder: the backbone {type(self.backbone).__name__} '
                             'is not an MSViT')
+        if not self.with_neck:
+            raise ValueError("MSViTEncoderDecoder: neck=None, but an MSViT backbone returns "
+                             "mixed-scale tokens; add neck=dict(type='MixedScaleToDense') (with "
+                             'scales=[4, 2, 1, 0.5], in_channels and out_channels for UPerNet)')
         self.gate_loss = build_gate_loss(gate_loss, self.backbone, 'MSViTEncoderDecoder')
         self.gate_probe = build_gate_probe(gate_probe, 'MSViTEncoderDecoder')
+        # training the gate without any signal but the task loss is the paper's ablation at
+        # most; MSViT warns when nobody declared to train its gate
+        self.backbone.gate_trained_by = 'MSViTEncoderDecoder' if (
+            self.gate_loss is not None or self.gate_probe is not None) else None
+        if not isinstance(train_gate_only, bool):
+            raise ValueError(f'MSViTEncoderDecoder: train_gate_only must be True or False, got '
+                             f'{train_gate_only!r}')
+        self.train_gate_only = train_gate_only
+        if train_gate_only:
+            if self.backbone.force_scale is not None or not any(
+                    p.requires_grad for p in self.backbone.gate.parameters()):
+                raise ValueError('MSViTEncoderDecoder: train_gate_only needs a gate with '
+                                 'trainable parameters (no force_scale, no frozen or '
+                                 'parameter-free gate)')
+            for name, param in self.named_parameters():
+                if not name.startswith(('backbone.gate.', 'gate_loss.')):
+                    param.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and getattr(self, 'train_gate_only', False):
+            for name, module in self.named_children():
+                if name not in ('backbone', 'gate_loss', 'gate_probe', 'data_preprocessor'):
+                    module.eval()
+            for module in (self.backbone.blocks, self.backbone.patch_embed,
+                           self.backbone.pos_drop, self.backbone.norm):
+                module.eval()
+        return self
 
     def init_weights(self) -> None:
         super().init_weights()
