@@ -1,0 +1,252 @@
+"""Evaluation and aggregation for the evidence study (``tools/analysis_tools/msvit_study.py``).
+
+:class:`StudyEvaluator` evaluates one trained segmentor under several *decision rules* without
+rebuilding it: the scale forced (dense at any input scale, all coarse), its own gate (threshold
+or fine budget), a substituted training-free gate (content, random) at a budget, or the label
+oracle at a budget. Every evaluation reports mIoU, the IoU of every class, the mean IoU of the
+small-object classes, backbone GMACs per image (mean, min, max), the fine fraction and the fine
+fraction on detailed and on uniform regions.
+
+:func:`summarise` turns per-seed records into mean +- std rows; :func:`compare` sets two rows
+side by side, paired by seed.
+"""
+import math
+import time
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from mmengine.dataset import pseudo_collate
+
+from .gate_alignment import DETAILED, DetailAlignment, region_detail_kinds
+from .macs import image_cost
+
+#: decision rules an evaluation can use
+RULES = ('forced', 'gate', 'content', 'random', 'oracle')
+
+
+def oracle_fine_mask(label: torch.Tensor, img: torch.Tensor, coarse_patch_size: int,
+                     num_fine: int, ignore_index: int = 255) -> torch.Tensor:
+    """(1, Hc, Wc) bool: the ``num_fine`` regions a label oracle would split.
+
+    Detailed regions (two or more classes in the ground truth) come first; ties, and the
+    remaining budget, go by the content score (pixel energy the coarse token loses), so the
+    oracle differs from the content gate only by knowing where the class boundaries are.
+    """
+    from mmseg_msvit.models.gates import ContentGate
+    kinds = torch.as_tensor(
+        region_detail_kinds(label.cpu().numpy(), coarse_patch_size, ignore_index))
+    energy = ContentGate(coarse_patch_size=coarse_patch_size).to(img.device)(img)[0].cpu()
+    if kinds.shape != energy.shape:
+        raise ValueError(f'oracle_fine_mask: label regions {tuple(kinds.shape)} do not match '
+                         f'the image regions {tuple(energy.shape)}; the oracle needs the label '
+                         'at the input resolution (scale 1.0)')
+    # detailed first: energy is log(...) >= log(eps), far above -1e6
+    score = energy + (kinds == DETAILED).float() * 1e6
+    flat = score.flatten()
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[flat.topk(num_fine).indices] = True
+    return mask.view(1, *score.shape)
+
+
+class StudyEvaluator:
+    """Evaluates segmentors on a validation set kept in memory (one copy per input scale).
+
+    Args:
+        dataset_cfg (dict): the validation dataset config (its pipeline's ``Resize`` scale is
+            replaced per input scale).
+        base_size (tuple[int, int]): the test ``Resize`` scale that input scale 1.0 means.
+        class_names (Sequence[str]): names of the classes, in label order.
+        small_classes (Sequence[str]): classes reported together as the small-object mIoU.
+        device (str): where the models run. Default: 'cpu'.
+    """
+
+    def __init__(self, dataset_cfg: dict, base_size: Sequence[int], class_names: Sequence[str],
+                 small_classes: Sequence[str] = (), device: str = 'cpu') -> None:
+        unknown = [name for name in small_classes if name not in class_names]
+        if unknown:
+            raise ValueError(f'StudyEvaluator: small_classes {unknown} are not among the '
+                             f'classes {list(class_names)}')
+        self.dataset_cfg = dataset_cfg
+        self.base_size = tuple(base_size)
+        self.class_names = tuple(class_names)
+        self.small_classes = tuple(small_classes)
+        self.device = device
+        self._cache: Dict[float, list] = {}
+
+    def samples(self, scale: float) -> list:
+        """The validation samples resized by ``scale`` (cached)."""
+        if scale not in self._cache:
+            from mmseg.registry import DATASETS
+            cfg = dict(self.dataset_cfg)
+            pipeline = []
+            for step in cfg['pipeline']:
+                step = dict(step)
+                if step['type'] == 'Resize':
+                    step['scale'] = tuple(int(round(s * scale)) for s in self.base_size)
+                pipeline.append(step)
+            cfg['pipeline'] = pipeline
+            dataset = DATASETS.build(cfg)
+            self._cache[scale] = [dataset[index] for index in range(len(dataset))]
+        return self._cache[scale]
+
+    @torch.no_grad()
+    def evaluate(self, model, rule: str = 'forced', scale: float = 1.0,
+                 force_scale: Optional[str] = 'fine', threshold: Optional[float] = None,
+                 budget: Optional[float] = None, seed: int = 0) -> dict:
+        """One pass over the validation set with one decision rule.
+
+        Args:
+            model: an eval-mode ``MSViTEncoderDecoder``.
+            rule (str): 'forced' (``force_scale``), 'gate' (the model's gate at ``threshold`` or
+                ``budget``), 'content' / 'random' (that training-free gate substituted, at
+                ``budget``) or 'oracle' (label oracle at ``budget``).
+            scale (float): input scale relative to ``base_size``.
+            seed (int): seeds torch's generator first (the random gate's draws).
+        """
+        if rule not in RULES:
+            raise ValueError(f'StudyEvaluator: rule must be one of {RULES}, got {rule!r}')
+        if rule in ('content', 'random', 'oracle') and budget is None:
+            raise ValueError(f'StudyEvaluator: rule {rule!r} needs a budget')
+        backbone = model.backbone
+        saved = (backbone.gate, backbone.force_scale, backbone.fine_budget,
+                 backbone.gate_threshold)
+        torch.manual_seed(seed)
+        try:
+            if rule == 'forced':
+                backbone.force_scale = force_scale
+            else:
+                backbone.force_scale = None
+                backbone.fine_budget = budget
+                if threshold is not None:
+                    backbone.gate_threshold = threshold
+                if rule in ('content', 'random'):
+                    from mmseg_msvit.models.gates import ContentGate, RandomGate
+                    gate = ContentGate(coarse_patch_size=backbone.coarse_patch_size,
+                                       fine_patch_size=backbone.fine_patch_size) \
+                        if rule == 'content' else \
+                        RandomGate(coarse_patch_size=backbone.coarse_patch_size)
+                    backbone.gate = gate.to(self.device).eval()
+            return self._run(model, scale, rule, budget)
+        finally:
+            backbone.gate, backbone.force_scale = saved[0], saved[1]
+            backbone.fine_budget, backbone.gate_threshold = saved[2], saved[3]
+
+    def _run(self, model, scale: float, rule: str, budget: Optional[float]) -> dict:
+        num_classes = len(self.class_names)
+        intersect = torch.zeros(num_classes, dtype=torch.float64)
+        union = torch.zeros(num_classes, dtype=torch.float64)
+        macs, fine_fractions = [], []
+        alignment = DetailAlignment()
+        coarse = model.backbone.coarse_patch_size
+        ignore_index = 255
+        start = time.perf_counter()
+        samples = self.samples(scale)
+        for sample in samples:
+            data = model.data_preprocessor(pseudo_collate([sample]), False)
+            inputs, data_samples = data['inputs'].to(self.device), data['data_samples']
+            label = data_samples[0].gt_sem_seg.data[0]
+            same_grid = tuple(inputs.shape[-2:]) == tuple(label.shape)
+            kwargs = {}
+            if rule == 'oracle':
+                padded, _ = model.backbone.pad_input(inputs)
+                regions = (padded.shape[-2] // coarse) * (padded.shape[-1] // coarse)
+                kwargs['fine_mask'] = oracle_fine_mask(
+                    label, padded, coarse, model.backbone.num_fine_regions(regions)
+                    if budget is not None else regions)
+            feats, layout = model.extract_feat_and_layout(inputs, **kwargs)
+            metas = [s.metainfo for s in data_samples]
+            seg_logits = model.decode_head.predict(feats, metas, model.test_cfg)
+            result = model.postprocess_result(seg_logits, data_samples)[0]
+            pred = result.pred_sem_seg.data[0].cpu()
+            label = label.cpu()
+            from mmseg.evaluation.metrics import IoUMetric
+            area_i, area_u, _, _ = IoUMetric.intersect_and_union(pred, label, num_classes,
+                                                                 ignore_index)
+            intersect += area_i.double()
+            union += area_u.double()
+            cost = image_cost(model.backbone, layout)
+            macs.append(float(cost['macs'][0]))
+            fine_fractions.append(float(cost['fine_regions'][0] / cost['regions'][0]))
+            if same_grid:
+                alignment.update(layout.fine_mask[0].cpu().numpy(),
+                                 region_detail_kinds(label.numpy(), coarse, ignore_index))
+        seconds = time.perf_counter() - start
+        with np.errstate(invalid='ignore', divide='ignore'):
+            iou = (intersect / union).numpy() * 100  # NaN for a class absent everywhere
+        per_class = {name: float(value) for name, value in zip(self.class_names, iou)}
+        small = [per_class[name] for name in self.small_classes]
+        gmacs = np.asarray(macs) / 1e9
+        summary = alignment.summary() if alignment.counts.sum() else {}
+        return dict(
+            mIoU=float(np.nanmean(iou)),
+            small_mIoU=float(np.nanmean(small)) if small else float('nan'),
+            iou=per_class,
+            gmacs=float(gmacs.mean()), gmacs_min=float(gmacs.min()), gmacs_max=float(gmacs.max()),
+            fine_fraction=float(np.mean(fine_fractions)),
+            fine_on_detailed=summary.get('fine_on_detailed', float('nan')),
+            fine_on_uniform=summary.get('fine_on_uniform', float('nan')),
+            images=len(samples), eval_seconds=seconds)
+
+
+# ---------------------------------------------------------------------------------- aggregation
+SUMMARY_KEYS = ('mIoU', 'small_mIoU', 'gmacs', 'gmacs_min', 'gmacs_max', 'fine_fraction',
+                'fine_on_detailed', 'fine_on_uniform', 'train_seconds')
+
+
+def _mean_std(values: Sequence[float]):
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float('nan'), float('nan')
+    array = np.asarray(values, np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def summarise(records: Iterable[dict]) -> List[dict]:
+    """Mean and sample std over seeds for every (run, eval) pair, in first-seen order.
+
+    Each record holds ``run``, ``eval``, ``seed`` and the metrics of :meth:`StudyEvaluator.
+    evaluate` (plus ``train_seconds``). Rows carry ``<key>`` (mean) and ``<key>_std`` for the
+    :data:`SUMMARY_KEYS`, per-class IoU means under ``iou``, and ``seeds``.
+    """
+    groups: Dict[tuple, List[dict]] = {}
+    for record in records:
+        groups.setdefault((record['run'], record['eval']), []).append(record)
+    rows = []
+    for (run, name), group in groups.items():
+        row = dict(run=run, eval=name, seeds=sorted(r['seed'] for r in group),
+                   label=group[0].get('label', f'{run} / {name}'),
+                   family=group[0].get('family', run))
+        for key in SUMMARY_KEYS:
+            row[key], row[f'{key}_std'] = _mean_std([r.get(key) for r in group])
+        classes = group[0].get('iou', {})
+        row['iou'] = {c: _mean_std([r['iou'][c] for r in group])[0] for c in classes}
+        rows.append(row)
+    return rows
+
+
+def compare(records: Iterable[dict], first: tuple, second: tuple) -> Optional[dict]:
+    """``first`` minus ``second`` (each a (run, eval) pair) in mIoU and GMACs, paired by seed.
+
+    Returns None when the two share no seed; otherwise ``delta`` (mean of the per-seed mIoU
+    differences), ``delta_std``, ``gmacs_ratio`` (mean GMACs first / second), ``seeds`` and
+    ``separated``: whether the mean +- std intervals of the two do not overlap (None with fewer
+    than two seeds: there is no spread to compare).
+    """
+    by_key: Dict[tuple, Dict[int, dict]] = {}
+    for record in records:
+        by_key.setdefault((record['run'], record['eval']), {})[record['seed']] = record
+    a, b = by_key.get(tuple(first), {}), by_key.get(tuple(second), {})
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    deltas = [a[s]['mIoU'] - b[s]['mIoU'] for s in seeds]
+    mean_a, std_a = _mean_std([a[s]['mIoU'] for s in seeds])
+    mean_b, std_b = _mean_std([b[s]['mIoU'] for s in seeds])
+    delta, delta_std = _mean_std(deltas)
+    low, high = sorted([(mean_a - std_a, mean_a + std_a), (mean_b - std_b, mean_b + std_b)])
+    return dict(first=list(first), second=list(second), seeds=seeds, delta=delta,
+                delta_std=delta_std,
+                gmacs_ratio=float(np.mean([a[s]['gmacs'] for s in seeds]) /
+                                  np.mean([b[s]['gmacs'] for s in seeds])),
+                separated=bool(low[1] < high[0]) if len(seeds) > 1 else None)

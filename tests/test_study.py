@@ -1,0 +1,268 @@
+"""The evidence study: random gate, label oracle, evaluator, aggregation and the tool end to end."""
+import json
+import math
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+
+from mmseg_msvit.analysis import backbone_macs
+from mmseg_msvit.analysis.gate_alignment import DETAILED, UNIFORM, region_detail_kinds
+from mmseg_msvit.analysis.study import StudyEvaluator, compare, oracle_fine_mask, summarise
+from mmseg_msvit.datasets.synthetic import SCENE_CLASSES, make_synthetic
+from mmseg_msvit.models import MSViT, RandomGate
+from mmseg_msvit.models.tokenizer import regions_to_rows
+
+from _helpers import load_tool
+from test_segmentor import build, segmentor_cfg
+
+
+def test_random_gate_keeps_the_budget_with_fresh_random_regions():
+    model = MSViT(arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64,
+                  out_indices=(1, ), gate=dict(type='RandomGate'), fine_budget=0.5).eval()
+    assert not list(model.gate.parameters())
+    img = torch.zeros(3, 3, 128, 128)  # 16 regions, every image the same
+    torch.manual_seed(0)
+    with torch.no_grad():
+        first = model(img)[0].layout.fine_mask
+        second = model(img)[0].layout.fine_mask
+    assert first.flatten(1).sum(1).tolist() == [8, 8, 8]
+    # it ignores the image: identical images get different regions, and so do two forwards
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first, second)
+    # it costs nothing beyond the tokens
+    assert model.gate.macs_per_region == 0
+    with pytest.raises(ValueError, match='coarse_patch_size'):
+        RandomGate(coarse_patch_size=0)
+
+
+def test_oracle_splits_the_regions_where_classes_meet_first():
+    label = torch.zeros(64, 96, dtype=torch.long)  # 2 x 3 regions of 32 px
+    label[:, 40:44] = 1  # a thin pole inside region (*, 1)
+    label[10:20, 70:80] = 2  # a small box inside region (0, 2)
+    img = torch.zeros(1, 3, 64, 96)
+    img[0, :, 0:32, 0:32] = torch.randn(3, 32, 32)  # texture in a uniform region
+    mask = oracle_fine_mask(label, img, 32, num_fine=3)
+    kinds = torch.as_tensor(region_detail_kinds(label.numpy(), 32))
+    assert mask.shape == (1, 2, 3) and int(mask.sum()) == 3
+    assert torch.equal(mask[0], kinds == DETAILED)
+    # the rest of the budget goes to the region the coarse token blurs most (the texture)
+    mask = oracle_fine_mask(label, img, 32, num_fine=4)
+    assert bool(mask[0, 0, 0]) and int(mask[0][kinds == UNIFORM].sum()) == 1
+    with pytest.raises(ValueError, match='scale 1.0'):
+        oracle_fine_mask(label[:32], img, 32, num_fine=1)
+
+
+def records_of(run, name, mious, gmacs=1.0):
+    return [dict(run=run, eval=name, seed=seed, mIoU=m, small_mIoU=m / 2, gmacs=gmacs,
+                 gmacs_min=gmacs, gmacs_max=gmacs, fine_fraction=0.5, fine_on_detailed=0.8,
+                 fine_on_uniform=0.2, train_seconds=10.0 + seed, iou={'a': m, 'b': float('nan')})
+            for seed, m in enumerate(mious)]
+
+
+def test_summary_is_mean_and_sample_std_over_seeds_and_comparisons_pair_seeds():
+    records = records_of('gated', 'b0.4', [60.0, 62.0, 64.0], gmacs=0.9) + \
+        records_of('low', 's0.75', [58.0, 58.5, 59.0], gmacs=1.0)
+    rows = {row['run']: row for row in summarise(records)}
+    assert rows['gated']['mIoU'] == pytest.approx(62.0)
+    assert rows['gated']['mIoU_std'] == pytest.approx(2.0)  # ddof=1
+    assert rows['gated']['seeds'] == [0, 1, 2]
+    assert rows['gated']['train_seconds'] == pytest.approx(11.0)
+    assert rows['gated']['iou']['a'] == pytest.approx(62.0) and math.isnan(rows['gated']['iou']['b'])
+    result = compare(records, ('gated', 'b0.4'), ('low', 's0.75'))
+    assert result['delta'] == pytest.approx(3.5)  # (2 + 3.5 + 5) / 3
+    assert result['delta_std'] == pytest.approx(1.5)
+    assert result['gmacs_ratio'] == pytest.approx(0.9)
+    assert result['separated'] is True  # 62 +- 2 vs 58.5 +- 0.5
+    result = compare(records, ('low', 's0.75'), ('gated', 'b0.4'))
+    assert result['delta'] == pytest.approx(-3.5) and result['separated'] is True
+    close = records_of('near', 'x', [61.0, 63.0, 65.0], gmacs=0.9)
+    assert compare(records + close, ('gated', 'b0.4'), ('near', 'x'))['separated'] is False
+    one_seed = records_of('solo', 'x', [70.0])
+    assert compare(records + one_seed, ('solo', 'x'), ('gated', 'b0.4'))['separated'] is None
+    assert compare(records, ('gated', 'b0.4'), ('missing', 'x')) is None
+
+
+@pytest.fixture(scope='module')
+def scenes(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('scenes'))
+    make_synthetic(root, layout='ade20k', num_train=1, num_val=3, img_size=(128, 128))
+    return root
+
+
+def evaluator_for(root):
+    dataset = dict(type='SyntheticScenesDataset', data_root=root,
+                   data_prefix=dict(img_path='images/validation',
+                                    seg_map_path='annotations/validation'),
+                   pipeline=[dict(type='LoadImageFromFile'),
+                             dict(type='Resize', scale=(128, 128), keep_ratio=True),
+                             dict(type='LoadAnnotations'), dict(type='PackSegInputs')])
+    return StudyEvaluator(dataset, (128, 128), SCENE_CLASSES, ('pole', 'ball', 'box'))
+
+
+def test_evaluator_reports_the_cost_of_each_rule_and_restores_the_model(scenes):
+    from mmengine.registry import DefaultScope
+    from mmseg.evaluation.metrics import IoUMetric
+    cfg = segmentor_cfg()
+    cfg['decode_head'] = dict(cfg['decode_head'], num_classes=len(SCENE_CLASSES))
+    cfg['auxiliary_head'] = dict(cfg['auxiliary_head'], num_classes=len(SCENE_CLASSES))
+    torch.manual_seed(0)
+    model = build(cfg).eval()
+    gate = model.backbone.gate
+    evaluator = evaluator_for(scenes)
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        dense = evaluator.evaluate(model, rule='forced', force_scale='fine')
+        coarse = evaluator.evaluate(model, rule='forced', force_scale='coarse')
+        content = evaluator.evaluate(model, rule='content', budget=0.5)
+        oracle = evaluator.evaluate(model, rule='oracle', budget=0.5)
+        half = evaluator.evaluate(model, rule='forced', scale=0.5)
+    # the model is as it was
+    assert model.backbone.gate is gate and model.backbone.force_scale is None
+    assert model.backbone.fine_budget is None and model.backbone.gate_threshold == 0.5
+    # costs: the backbone's own formula on the evaluated input
+    img = torch.zeros(1, 3, 128, 128)
+    model.backbone.force_scale = 'fine'
+    assert dense['gmacs'] == pytest.approx(float(backbone_macs(model.backbone, img)[0]) / 1e9)
+    model.backbone.force_scale = None
+    assert coarse['gmacs'] < content['gmacs'] < dense['gmacs']
+    assert content['fine_fraction'] == pytest.approx(8 / 16)  # 16 regions, budget 0.5
+    # same tokens; the content gate's own pass over the pixels is counted, the oracle has none
+    assert (content['gmacs'] - oracle['gmacs']) * 1e9 == pytest.approx(16 * 2 * 3 * 32 * 32)
+    model.backbone.force_scale = 'fine'
+    assert half['gmacs'] == pytest.approx(
+        float(backbone_macs(model.backbone, torch.zeros(1, 3, 64, 64))[0]) / 1e9)
+    model.backbone.force_scale = None
+    assert math.isnan(half['fine_on_detailed'])  # labels not on the input grid at scale 0.5
+    # the oracle spends its budget on detailed regions before uniform ones
+    assert oracle['fine_on_uniform'] == oracle['fine_on_uniform']  # there are uniform regions
+    assert oracle['fine_on_detailed'] >= content['fine_on_detailed']
+    assert oracle['fine_on_uniform'] <= content['fine_on_uniform']
+    # mIoU is the mean over classes of the accumulated IoU; recompute it for the dense rule
+    for result in (dense, coarse, content, oracle):
+        values = np.array(list(result['iou'].values()), dtype=float)
+        assert result['mIoU'] == pytest.approx(np.nanmean(values))
+        assert result['small_mIoU'] == pytest.approx(
+            np.nanmean([result['iou'][c] for c in ('pole', 'ball', 'box')]))
+    total_i = torch.zeros(len(SCENE_CLASSES), dtype=torch.float64)
+    total_u = torch.zeros_like(total_i)
+    from mmengine.dataset import pseudo_collate
+    model.backbone.force_scale = 'fine'
+    with torch.no_grad(), DefaultScope.overwrite_default_scope('mmseg'):
+        for sample in evaluator.samples(1.0):
+            data = model.data_preprocessor(pseudo_collate([sample]), False)
+            pred = model.predict(data['inputs'], data['data_samples'])[0]
+            i, u, _, _ = IoUMetric.intersect_and_union(
+                pred.pred_sem_seg.data[0], pred.gt_sem_seg.data[0], len(SCENE_CLASSES), 255)
+            total_i += i.double()
+            total_u += u.double()
+    with np.errstate(invalid='ignore'):
+        expected = (total_i / total_u).numpy() * 100
+    assert dense['mIoU'] == pytest.approx(float(np.nanmean(expected)))
+    with pytest.raises(ValueError, match='needs a budget'):
+        evaluator.evaluate(model, rule='content')
+    with pytest.raises(ValueError, match='rule must be one of'):
+        evaluator.evaluate(model, rule='magic')
+
+
+def test_study_tool_runs_resumes_and_reports(tmp_path):
+    study = load_tool('tools/analysis_tools/msvit_study.py')
+    out = str(tmp_path / 'study')
+    argv = ['--setting', 'smoke', '--seeds', '0', '--out-dir', out, '--only', 'coarse',
+            'random_gate']
+    study.main(argv)
+    with open(osp.join(out, 'results.jsonl')) as f:
+        records = [json.loads(line) for line in f]
+    assert {(r['run'], r['eval']) for r in records} == {
+        ('dense_pre', 'scale1.0'), ('coarse', 'coarse'), ('random_gate', 'random0.5'),
+        ('random_gate', 'content0.5')}
+    by_eval = {(r['run'], r['eval']): r for r in records}
+    assert by_eval[('coarse', 'coarse')]['fine_fraction'] == 0.0
+    assert by_eval[('random_gate', 'random0.5')]['fine_fraction'] == pytest.approx(0.5)
+    assert by_eval[('coarse', 'coarse')]['gmacs'] < by_eval[('random_gate', 'random0.5')][
+        'gmacs'] < by_eval[('dense_pre', 'scale1.0')]['gmacs']
+    for name in ('summary.csv', 'summary.json', 'summary.md', 'study.png'):
+        assert osp.getsize(osp.join(out, name)) > 0
+    with open(osp.join(out, 'summary.md')) as f:
+        table = f.read()
+    assert 'all coarse, coarse' in table and 'random-trained model' in table
+    # a second call finds everything done: no training, no new result
+    steps = study.Study(study.parse_args(argv + ['--out-dir', out])).plan()
+    assert steps == []
+    study.main(argv)
+    with open(osp.join(out, 'results.jsonl')) as f:
+        assert len(f.readlines()) == len(records)
+    with pytest.raises(ValueError, match='no such run'):
+        study.main(['--setting', 'smoke', '--out-dir', out, '--only', 'nonsense'])
+
+
+def test_content_prior_gate_starts_as_the_content_ranking_and_learns_on_top(tmp_path):
+    from mmseg_msvit.models import ContentGate, MixedScaleGate
+    torch.manual_seed(0)
+    gate = MixedScaleGate(hidden_dims=(16, ), content_prior=True)
+    img = torch.zeros(2, 3, 128, 128)  # flat, but for textured regions
+    img[0, :, :32, :64] = torch.randn(3, 32, 64)
+    img[1, :, 64:, 96:] = torch.randn(3, 64, 32)
+    logits = gate(img)
+    content = ContentGate()(img)
+    centred = content - content.mean((-2, -1), keepdim=True)
+    mlp_part = gate.mlp(regions_to_rows(img, 32)).squeeze(-1)
+    torch.testing.assert_close(logits - mlp_part, centred)
+    # so its ranking within an image is the content gate's while the MLP part is small
+    assert float(mlp_part.abs().max()) < 0.1 * float(centred.abs().max())
+    # the weight of the content score and the MLP both receive gradient
+    logits.sum().backward()
+    assert gate.content_weight.grad is not None and gate.mlp[0].weight.grad is not None
+    assert gate.macs_per_region == 3072 * 16 + 16 + ContentGate().macs_per_region
+    with pytest.raises(ValueError, match='content_prior'):
+        MixedScaleGate(content_prior='yes')
+
+
+def test_gate_files_record_the_content_prior_and_refuse_a_mismatch(tmp_path):
+    from mmseg_msvit.models.checkpoints import extract_gate, load_gate, save_gate
+    backbone = MSViT(arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64,
+                     out_indices=(1, ), gate=dict(type='MixedScaleGate', hidden_dims=(16, ),
+                                                  content_prior=True))
+    with torch.no_grad():
+        backbone.gate.content_weight.fill_(0.25)
+    source = str(tmp_path / 'model.pth')
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in backbone.state_dict().items()}},
+               source)
+    gate = extract_gate(source, mean=[0.0] * 3, std=[1.0] * 3, bgr_to_rgb=False)
+    assert gate['meta']['content_prior'] is True
+    path = str(tmp_path / 'gate.pth')
+    save_gate(gate, path)
+    same = MSViT(arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64, out_indices=(1, ),
+                 gate=dict(type='MixedScaleGate', hidden_dims=(16, ), content_prior=True))
+    load_gate(same, path)
+    assert float(same.gate.content_weight) == 0.25
+    plain = MSViT(arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64, out_indices=(1, ),
+                  gate=dict(type='MixedScaleGate', hidden_dims=(16, )))
+    with pytest.raises(ValueError, match='content_prior=True'):
+        load_gate(plain, path)
+
+
+def test_train_gate_only_changes_the_gate_and_nothing_else():
+    import copy
+
+    from mmengine.optim import OptimWrapper
+
+    from test_segmentor import make_batch
+    torch.manual_seed(0)
+    cfg = segmentor_cfg(train_gate_only=True, gate_probe=dict(type='GateProbe', num_images=1,
+                                                              regions_per_image=1))
+    model = build(cfg)
+    model.train()
+    # neck, heads and blocks in eval mode (BatchNorm statistics frozen), the gate in training
+    assert not model.decode_head.training and not model.backbone.blocks.training
+    assert model.backbone.gate.training and model.backbone.training
+    before = copy.deepcopy(model.state_dict())
+    optim = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1))
+    log_vars = model.train_step(make_batch(), optim)
+    assert 'loss_gate' in log_vars and 'loss_gate_probe' in log_vars
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(('backbone.gate.', 'gate_loss.')) for k in changed), \
+        sorted(changed)
+    assert any(k.startswith('backbone.gate.mlp') for k in changed)
+    forced = dict(cfg['backbone'], force_scale='fine')
+    with pytest.raises(ValueError, match='train_gate_only needs a gate'):
+        build(segmentor_cfg(backbone=forced, gate_loss=None, train_gate_only=True))

@@ -1,0 +1,619 @@
+"""The evidence study: does mixed-scale tokenization beat the simple alternatives at equal GMACs?
+
+    python tools/analysis_tools/msvit_study.py [--setting quick|full] [--seeds 0 1 2]
+        [--out-dir work_dirs/study_quick] [--device cpu|cuda] [--only RUN ...]
+
+Trains and evaluates, for every seed, on the synthetic ADE-layout scenes (generated into
+OUT_DIR/data), with the same data, crops, scale augmentation (0.5-1.25x) and schedule for every
+model. Runs (a model's evaluations: input scales, budgets, decision rules, in brackets):
+
+* ``dense_pre``: a dense ViT (every region fine) trained from scratch; the other models start
+  from it (as the paper starts from a pretrained ViT) and are fine-tuned for the same number of
+  iterations: ``dense`` (input scales = the resolution curve; training-free content, random and
+  label-oracle decisions at budgets), ``dense_lowres`` (fine-tuned at the input scale whose
+  GMACs match the budget), ``coarse`` (all coarse), ``random_gate`` / ``content_gate``
+  (fine-tuned with random / content-ranked regions at the budget), ``learned_gbas`` (the paper:
+  MLP gate, Gumbel-sigmoid straight-through, GBaS annealed to the budget) and ``learned_probe``
+  (plus our gate probe), both at the gate threshold 0.5 and along their budget curves;
+* ``gate_only``, ``gate_only_mlp``, ``gate_only_transfer``: the fine-tuned dense model frozen,
+  only a gate trained on it (GBaS + probe) for a few more iterations: with the content prior
+  (the gate's logit starts from the content score), a plain MLP gate, and the MLP gate of a
+  classification model trained on the synthetic ImageNet-layout set (transfer vs scratch);
+* optional (``--only``): ``learned_transfer`` (``learned_probe`` from the transferred gate),
+  ``learned_content`` (``learned_probe`` with the content prior), ``learned_scratch`` (the demo
+  recipe from scratch, same total iterations). In the full setting all of them run.
+
+Resumable: results go to OUT_DIR/results.jsonl as they come, finished trainings are kept, and a
+re-run does only what is missing (``--only`` limits it to some runs and what they start from).
+At the end it writes summary.csv, summary.json, summary.md (table + comparisons at equal GMACs,
+paired by seed) and study.png (mIoU against backbone GMACs with the seed spread).
+"""
+import argparse
+import csv
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # noqa: E402
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+SMALL_CLASSES = ('pole', 'ball', 'box')
+
+#: The two settings. quick: the demo's model (MSViT-Ti + light UPerNet, 128 px crops of 256 px
+#: scenes) on 2 CPU cores; full: MSViT-S at 512 px on a GPU, longer schedule.
+SETTINGS = {
+    'quick': dict(
+        seg_config='configs/msvit/demo_msvit_synthetic.py',
+        cls_config='configs/msvit_cls/demo_msvit_cls_synthetic.py',
+        data=dict(num_train=256, num_val=48, img_size=256), cls_data=dict(num_train=40,
+                                                                          num_val=10, img_size=96),
+        arch='tiny', width=192, neck_width=96, crop=128, batch_size=8, min_kept=20000,
+        pre_iters=300, fine_iters=100, gate_iters=40, gate_lr=3e-3, gate_lr_mult=10.0,
+        lr=1.5e-3, fine_lr=5e-4, cls_iters=150, budget=0.42, budgets=(0.25, 0.42, 0.6),
+        scales=(0.5, 0.625, 0.75, 1.0), low_scale=0.75, probe_images=2, num_workers=2,
+        optional=('learned_transfer', 'learned_content', 'learned_scratch')),
+    'full': dict(
+        seg_config='configs/msvit/demo_msvit_synthetic.py',
+        cls_config='configs/msvit_cls/demo_msvit_cls_synthetic.py',
+        data=dict(num_train=2000, num_val=200, img_size=512), cls_data=dict(num_train=400,
+                                                                            num_val=50,
+                                                                            img_size=224),
+        arch='small', width=384, neck_width=192, crop=256, batch_size=16, min_kept=100000,
+        pre_iters=8000, fine_iters=4000, gate_iters=2000, gate_lr=2e-3, gate_lr_mult=10.0, lr=1e-3, fine_lr=5e-4,
+        cls_iters=3000,
+        budget=0.42, budgets=(0.25, 0.42, 0.6), scales=(0.5, 0.625, 0.75, 0.875, 1.0),
+        low_scale=0.75, probe_images=8, num_workers=4, optional=()),
+    # a few iterations on a few images: checks that every step runs (tests), no result
+    'smoke': dict(
+        seg_config='configs/msvit/demo_msvit_synthetic.py',
+        cls_config='configs/msvit_cls/demo_msvit_cls_synthetic.py',
+        data=dict(num_train=8, num_val=2, img_size=128), cls_data=dict(num_train=4, num_val=1,
+                                                                       img_size=64),
+        arch='tiny', width=192, neck_width=32, crop=64, batch_size=2, min_kept=100,
+        pre_iters=2, fine_iters=2, gate_iters=2, gate_lr=1e-3, gate_lr_mult=10.0, lr=1.5e-3, fine_lr=1e-3, cls_iters=2,
+        budget=0.5, budgets=(0.25, 0.5), scales=(0.5, 1.0), low_scale=0.5, probe_images=1,
+        num_workers=0, optional=()),
+}
+
+
+def runs(setting: dict) -> dict:
+    """name -> dict(label, family, start ('scratch' | 'dense_pre'), model settings, evals)."""
+    b, budgets, scales = setting['budget'], setting['budgets'], setting['scales']
+    forced = dict(force_scale='fine', gate_loss=None, gate_probe=None)
+    learned_evals = [('thr0.5', dict(rule='gate', threshold=0.5))] + \
+        [(f'budget{x}', dict(rule='gate', budget=x)) for x in budgets]
+    return {
+        'dense_pre': dict(label='dense ViT (pre-training)', start='scratch', **forced,
+                          iters=setting['pre_iters'], evals=[('scale1.0', dict(scale=1.0))]),
+        'dense': dict(
+            label='dense ViT', start='dense_pre', **forced,
+            evals=[(f'scale{s}', dict(scale=s)) for s in scales] +
+            [(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
+            [(f'random{b}', dict(rule='random', budget=b)), (f'oracle{b}',
+                                                             dict(rule='oracle', budget=b))]),
+        'dense_lowres': dict(label=f"dense ViT trained at {setting['low_scale']}x",
+                             start='dense_pre', **forced, train_scale=setting['low_scale'],
+                             evals=[(f"scale{setting['low_scale']}",
+                                     dict(scale=setting['low_scale']))]),
+        'coarse': dict(label='all coarse', start='dense_pre', force_scale='coarse',
+                       gate_loss=None, gate_probe=None,
+                       evals=[('coarse', dict(force_scale='coarse'))]),
+        'random_gate': dict(label='MSViT, random regions', start='dense_pre', force_scale=None,
+                            gate=dict(type='RandomGate'), fine_budget=b, gate_loss=None,
+                            gate_probe=None,
+                            evals=[(f'random{b}', dict(rule='random', budget=b)),
+                                   (f'content{b}', dict(rule='content', budget=b))]),
+        'content_gate': dict(label='MSViT, content gate', start='dense_pre', force_scale=None,
+                             gate=dict(type='ContentGate'), fine_budget=b, gate_loss=None,
+                             gate_probe=None,
+                             evals=[(f'content{x}', dict(rule='content', budget=x))
+                                    for x in budgets]),
+        'learned_gbas': dict(label='MSViT, learned gate (GBaS, paper)', start='dense_pre',
+                             force_scale=None, gate_probe=None, evals=learned_evals),
+        'learned_probe': dict(label='MSViT, learned gate + probe', start='dense_pre',
+                              force_scale=None, evals=learned_evals),
+        'learned_transfer': dict(label='MSViT, transferred gate + probe', start='dense_pre',
+                                 force_scale=None, gate_init=True, evals=learned_evals),
+        'learned_content': dict(label='MSViT, learned gate with content prior + probe',
+                                start='dense_pre', force_scale=None,
+                                gate=dict(type='MixedScaleGate', hidden_dims=(256, 256),
+                                          init_fine_fraction=0.9, content_prior=True),
+                                evals=learned_evals),
+        'gate_only': dict(label='dense ViT + learned gate (content prior + probe, gate only)',
+                          start='dense', force_scale=None, train_gate_only=True,
+                          iters=setting['gate_iters'],
+                          gate=dict(type='MixedScaleGate', hidden_dims=(256, 256),
+                                    init_fine_fraction=0.9, content_prior=True),
+                          evals=learned_evals),
+        'gate_only_mlp': dict(label='dense ViT + learned gate (MLP + probe, gate only)',
+                              start='dense', force_scale=None, train_gate_only=True,
+                              iters=setting['gate_iters'], evals=learned_evals),
+        'gate_only_transfer': dict(
+            label='dense ViT + transferred gate (MLP + probe, gate only)', start='dense',
+            force_scale=None, train_gate_only=True, gate_init=True, iters=setting['gate_iters'],
+            evals=learned_evals),
+        'learned_scratch': dict(label='MSViT from scratch (demo recipe)', start='scratch',
+                                force_scale=None,
+                                iters=setting['pre_iters'] + setting['fine_iters'],
+                                evals=learned_evals[:1] + [(f'budget{b}',
+                                                            dict(rule='gate', budget=b))]),
+    }
+
+
+# ------------------------------------------------------------------------------------ configs
+def seg_config(setting_name: str, run: str, seed: int, out_dir: str):
+    """The mmengine Config of one training run (built in Python, nothing generated is run)."""
+    from mmengine.config import Config
+    setting = SETTINGS[setting_name]
+    spec = runs(setting)[run]
+    cfg = Config.fromfile(osp.join(REPO, setting['seg_config']))
+    crop, size = setting['crop'], setting['data']['img_size']
+    iters = spec.get('iters', setting['fine_iters'])
+    data_root = osp.join(out_dir, 'data', 'seg')
+    train_scale = spec.get('train_scale', 1.0)
+    scaled = int(round(size * train_scale))
+    cfg.train_dataloader.dataset.data_root = data_root
+    cfg.val_dataloader.dataset.data_root = data_root
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.train_dataloader.batch_size = setting['batch_size']
+    cfg.train_dataloader.num_workers = setting['num_workers']
+    for loader in (cfg.train_dataloader, cfg.val_dataloader):
+        loader.persistent_workers = False
+    cfg.val_dataloader.num_workers = 0
+    # the same scale augmentation for every model (0.5-1.25x), so the resolution curve is fair
+    cfg.train_dataloader.dataset.pipeline = [
+        dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+        dict(type='RandomResize', scale=(scaled, scaled), ratio_range=(0.5, 1.25),
+             keep_ratio=True),
+        dict(type='RandomCrop', crop_size=(crop, crop), cat_max_ratio=0.75),
+        dict(type='RandomFlip', prob=0.5), dict(type='PackSegInputs')]
+    cfg.val_dataloader.dataset.pipeline = [
+        dict(type='LoadImageFromFile'), dict(type='Resize', scale=(size, size), keep_ratio=True),
+        dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
+    model = cfg.model
+    model.data_preprocessor.size = (crop, crop)
+    model.backbone.arch = setting['arch']
+    model.backbone.img_size = (crop, crop)
+    model.neck.in_channels = [setting['width']] * 4
+    model.neck.out_channels = setting['neck_width']
+    model.decode_head.in_channels = [setting['neck_width']] * 4
+    model.decode_head.channels = setting['neck_width']
+    model.decode_head.sampler.min_kept = setting['min_kept']
+    model.auxiliary_head.in_channels = setting['neck_width']
+    model.backbone.force_scale = spec.get('force_scale')
+    for key in ('gate', 'fine_budget'):
+        if key in spec:
+            model.backbone[key] = spec[key]
+    if 'gate_loss' in spec and spec['gate_loss'] is None:
+        model.gate_loss = None
+    elif model.get('gate_loss') is not None:
+        model.gate_loss.target = setting['budget']
+        model.gate_loss.anneal_iters = iters // 2
+    if 'gate_probe' in spec and spec['gate_probe'] is None:
+        model.gate_probe = None
+    elif model.get('gate_probe') is not None:
+        model.gate_probe.num_images = setting['probe_images']
+    if spec.get('gate_init'):
+        model.backbone.gate_init = dict(checkpoint=gate_file(out_dir, seed), freeze=False)
+    cfg.work_dir = run_dir(out_dir, seed, run)
+    # an interrupted run continues from its own last checkpoint; a new one starts from dense_pre
+    # (mmengine resumes FROM load_from when both are set, so only one of them is)
+    cfg.resume = osp.exists(osp.join(cfg.work_dir, 'last_checkpoint'))
+    if spec['start'] != 'scratch' and not cfg.resume:
+        cfg.load_from = final_checkpoint(out_dir, seed, spec['start'], setting)
+    if spec.get('train_gate_only'):
+        model.train_gate_only = True
+    lr = setting['lr'] if spec['start'] == 'scratch' else \
+        setting['gate_lr'] if spec.get('train_gate_only') else setting['fine_lr']
+    cfg.optim_wrapper.optimizer.lr = lr
+    if spec['start'] != 'scratch' and not spec.get('train_gate_only'):
+        # a fresh gate on a trained network: without a higher learning rate it cannot follow
+        # the GBaS target within the fine-tuning schedule (measured: it stayed all fine)
+        cfg.optim_wrapper.paramwise_cfg.custom_keys['backbone.gate'] = dict(
+            lr_mult=setting['gate_lr_mult'], decay_mult=0.0)
+    warmup = max(1, iters // 10)
+    cfg.param_scheduler = [
+        dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=warmup),
+        dict(type='PolyLR', eta_min=0.0, power=1.0, begin=warmup, end=iters, by_epoch=False)]
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters, val_interval=iters + 1)
+    cfg.val_cfg = None
+    cfg.val_dataloader = None
+    cfg.val_evaluator = None
+    cfg.default_hooks.checkpoint = dict(type='SafeCheckpointHook', by_epoch=False,
+                                        interval=max(1, iters // 2), max_keep_ckpts=1)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=max(1, iters // 4))
+    cfg.randomness = dict(seed=seed)
+    return cfg
+
+
+def cls_config(setting_name: str, seed: int, out_dir: str):
+    from mmengine.config import Config
+    setting = SETTINGS[setting_name]
+    cfg = Config.fromfile(osp.join(REPO, setting['cls_config']))
+    iters = setting['cls_iters']
+    for loader in (cfg.train_dataloader, cfg.val_dataloader):
+        loader.dataset.data_root = osp.join(out_dir, 'data', 'cls')
+        loader.num_workers = 0
+        loader.persistent_workers = False
+    cfg.model.backbone.img_size = setting['cls_data']['img_size']
+    warmup = max(1, min(20, iters // 5))
+    cfg.param_scheduler[0].end = warmup
+    cfg.param_scheduler[-1].begin = warmup
+    cfg.param_scheduler[-1].end = iters
+    cfg.train_cfg = dict(by_epoch=False, max_iters=iters, val_interval=iters + 1)
+    cfg.val_cfg = None
+    cfg.val_dataloader = None
+    cfg.val_evaluator = None
+    cfg.test_dataloader = None
+    cfg.test_evaluator = None
+    cfg.test_cfg = None
+    cfg.default_hooks.checkpoint.interval = iters
+    cfg.randomness = dict(seed=seed)
+    cfg.work_dir = run_dir(out_dir, seed, 'cls')
+    cfg.resume = osp.exists(osp.join(cfg.work_dir, 'last_checkpoint'))
+    return cfg
+
+
+def run_dir(out_dir, seed, run):
+    return osp.join(out_dir, f'seed{seed}', run)
+
+
+def final_checkpoint(out_dir, seed, run, setting):
+    iters = runs(setting)[run].get('iters', setting['fine_iters']) if run != 'cls' else \
+        setting['cls_iters']
+    return osp.join(run_dir(out_dir, seed, run), f'iter_{iters}.pth')
+
+
+def gate_file(out_dir, seed):
+    return osp.join(run_dir(out_dir, seed, 'cls'), 'gate.pth')
+
+
+def train_one(setting_name: str, run: str, seed: int, out_dir: str) -> None:
+    """Child process: train one run (``--train``)."""
+    import mmseg_msvit  # noqa: F401
+    from mmengine.runner import Runner
+
+    from mmseg_msvit.cli import ensure_runtime_hooks
+    cfg = cls_config(setting_name, seed, out_dir) if run == 'cls' else \
+        seg_config(setting_name, run, seed, out_dir)
+    ensure_runtime_hooks(cfg)
+    Runner.from_cfg(cfg).train()
+
+
+# ---------------------------------------------------------------------------------- the study
+class Study:
+
+    def __init__(self, args):
+        self.args = args
+        self.setting = SETTINGS[args.setting]
+        self.runs = runs(self.setting)
+        self.out_dir = args.out_dir
+        self.results_path = osp.join(self.out_dir, 'results.jsonl')
+        self.records = []
+        if osp.exists(self.results_path):
+            with open(self.results_path) as f:
+                self.records = [json.loads(line) for line in f if line.strip()]
+        self.done = {(r['seed'], r['run'], r['eval']) for r in self.records}
+        self.evaluator = None
+
+    # -- plan
+    def selected_runs(self):
+        names = [name for name in self.runs if name not in self.setting['optional']]
+        if self.args.only:
+            names = list(self.runs)
+            unknown = sorted(set(self.args.only) - set(names))
+            if unknown:
+                raise ValueError(f'msvit_study: --only {unknown}: no such run; runs are {names}')
+            needed, queue = set(), list(self.args.only)
+            while queue:  # a run needs the run it starts from
+                name = queue.pop()
+                needed.add(name)
+                start = self.runs[name]['start']
+                if start != 'scratch' and start not in needed:
+                    queue.append(start)
+            names = [n for n in names if n in needed]
+        return names
+
+    def plan(self):
+        """[(kind, seed, run, eval_name, eval_kwargs, weight)] of what is still to do."""
+        steps = []
+        for seed in self.args.seeds:
+            for run in self.selected_runs():
+                spec = self.runs[run]
+                if spec.get('gate_init') and not osp.exists(gate_file(self.out_dir, seed)):
+                    steps.append(('cls', seed, 'cls', None, None, self.setting['cls_iters'] * 0.4
+                                  + 15))
+                if not self.trained(seed, run):
+                    iters = spec.get('iters', self.setting['fine_iters'])
+                    # the gate probe's extra forwards about double an iteration
+                    factor = 2.0 if 'gate_probe' not in spec and \
+                        spec.get('force_scale') is None else 1.0
+                    steps.append(('train', seed, run, None, None, iters * 0.45 * factor + 15))
+                for name, kwargs in spec['evals']:
+                    if (seed, run, name) not in self.done:
+                        steps.append(('eval', seed, run, name, kwargs, 4.0))
+        return steps
+
+    def trained(self, seed, run):
+        return osp.exists(final_checkpoint(self.out_dir, seed, run, self.setting)) and \
+            osp.exists(osp.join(run_dir(self.out_dir, seed, run), 'train_time.json'))
+
+    # -- steps
+    def train(self, seed, run):
+        command = [sys.executable, osp.abspath(__file__), '--setting', self.args.setting,
+                   '--out-dir', self.out_dir, '--train', run, '--seed', str(seed)]
+        env = dict(os.environ)
+        if self.args.device == 'cpu':
+            env['CUDA_VISIBLE_DEVICES'] = ''
+        os.makedirs(run_dir(self.out_dir, seed, run), exist_ok=True)
+        log_path = osp.join(run_dir(self.out_dir, seed, run), 'train_stdout.log')
+        start = time.time()
+        with open(log_path, 'a') as log:
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   cwd=REPO)
+        if code != 0:
+            raise RuntimeError(f'msvit_study: training {run!r} (seed {seed}) failed with exit '
+                               f'code {code}; see {log_path}')
+        seconds = time.time() - start
+        with open(osp.join(run_dir(self.out_dir, seed, run), 'train_time.json'), 'w') as f:
+            json.dump(dict(seconds=seconds), f)
+        if run == 'cls':
+            from mmseg_msvit.models.checkpoints import extract_gate, save_gate
+            save_gate(extract_gate(final_checkpoint(self.out_dir, seed, 'cls', self.setting)),
+                      gate_file(self.out_dir, seed))
+
+    def evaluate(self, seed, run, name, kwargs):
+        from mmseg_msvit.analysis.study import StudyEvaluator
+        from mmseg_msvit.cli import build_eval_model
+        cfg = seg_config(self.args.setting, run, seed, self.out_dir)
+        cfg.model.backbone.gate_init = None
+        if self.evaluator is None:
+            from mmseg_msvit.datasets.synthetic import SCENE_CLASSES
+            size = self.setting['data']['img_size']
+            self.evaluator = StudyEvaluator(cfg.test_dataloader.dataset.to_dict(), (size, size),
+                                            SCENE_CLASSES, SMALL_CLASSES, self.args.device)
+        key = (seed, run)
+        if getattr(self, '_model_key', None) != key:
+            self._model, _ = build_eval_model(
+                cfg, final_checkpoint(self.out_dir, seed, run, self.setting), loader_names=())
+            self._model.to(self.args.device)
+            self._model_key = key
+        kwargs = dict(kwargs)
+        kwargs.setdefault('rule', 'forced')
+        result = self.evaluator.evaluate(self._model, seed=seed, **kwargs)
+        with open(osp.join(run_dir(self.out_dir, seed, run), 'train_time.json')) as f:
+            train_seconds = json.load(f)['seconds']
+        record = dict(seed=seed, run=run, eval=name, label=f"{self.runs[run]['label']}, {name}",
+                      family=family(run, name), setting=self.args.setting, **kwargs,
+                      train_seconds=train_seconds, **result)
+        self.records.append(record)
+        self.done.add((seed, run, name))
+        with open(self.results_path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+            f.flush()
+            os.fsync(f.fileno())
+        return record
+
+    def execute(self):
+        prepare_data(self.args.setting, self.out_dir)
+        steps = self.plan()
+        total = sum(step[-1] for step in steps)
+        done_weight, start = 0.0, time.time()
+        print(f'[study] {self.args.setting}: {len(steps)} steps to do for seeds '
+              f'{self.args.seeds} ({len(self.done)} results already in {self.results_path})',
+              flush=True)
+        for index, (kind, seed, run, name, kwargs, weight) in enumerate(steps):
+            step_start = time.time()
+            if kind in ('cls', 'train'):
+                if not self.trained(seed, run) and not (kind == 'cls' and osp.exists(
+                        gate_file(self.out_dir, seed))):
+                    self.train(seed, run)
+                what = f'trained {run}'
+            else:
+                record = self.evaluate(seed, run, name, kwargs)
+                what = (f"{run} {name}: mIoU {record['mIoU']:.2f} (small "
+                        f"{record['small_mIoU']:.2f}), {record['gmacs']:.3f} GMACs, fine "
+                        f"{record['fine_fraction']:.2f}")
+            done_weight += weight
+            elapsed = time.time() - start
+            eta = elapsed / done_weight * (total - done_weight)
+            print(f'[study] {index + 1}/{len(steps)} seed {seed} {what} '
+                  f'({time.time() - step_start:.0f} s; elapsed {elapsed / 60:.1f} min, '
+                  f'ETA {eta / 60:.1f} min)', flush=True)
+        write_outputs(self.records, self.setting, self.out_dir)
+
+
+def family(run, name):
+    """The curve a result belongs to in the plot."""
+    if run == 'dense' and name.startswith('scale'):
+        return 'dense ViT, input downscaled'
+    if name.startswith('oracle'):
+        return f'{run} + label oracle'
+    if run == 'dense' and name.startswith('content'):
+        return 'dense ViT + content gate (training-free)'
+    if run == 'dense' and name.startswith('random'):
+        return 'dense ViT + random regions'
+    if run.startswith('learned') and name.startswith('budget'):
+        return f'{run} (budget curve)'
+    return run
+
+
+def prepare_data(setting_name, out_dir):
+    from mmseg_msvit.datasets.synthetic import make_synthetic
+    setting = SETTINGS[setting_name]
+    for kind, layout, spec in (('seg', 'ade20k', setting['data']),
+                               ('cls', 'imagenet', setting['cls_data'])):
+        root = osp.join(out_dir, 'data', kind)
+        marker = osp.join(root, '.complete')
+        if osp.exists(marker):
+            continue
+        print(f'[study] writing the synthetic {layout} data to {root}', flush=True)
+        make_synthetic(root, layout=layout, num_train=spec['num_train'],
+                       num_val=spec['num_val'], img_size=(spec['img_size'], spec['img_size']))
+        open(marker, 'w').close()
+
+
+# ---------------------------------------------------------------------------------- outputs
+def comparisons(setting):
+    """(label, first, second) pairs the verdicts are about: equal GMACs unless stated."""
+    b, low = setting['budget'], setting['low_scale']
+    pairs = []
+    for learned in ('learned_gbas', 'learned_probe', 'learned_transfer', 'learned_content',
+                    'gate_only', 'gate_only_mlp', 'gate_only_transfer'):
+        mine = (learned, f'budget{b}')
+        pairs += [
+            (f'{learned} vs dense trained at {low}x', mine, ('dense_lowres', f'scale{low}')),
+            (f'{learned} vs dense downscaled to {low}x', mine, ('dense', f'scale{low}')),
+            (f'{learned} vs content gate (fine-tuned)', mine, ('content_gate', f'content{b}')),
+            (f'{learned} vs content gate (training-free)', mine, ('dense', f'content{b}')),
+            (f'{learned} vs random regions (fine-tuned)', mine, ('random_gate', f'random{b}')),
+            (f'{learned} vs dense at full GMACs', mine, ('dense', 'scale1.0')),
+        ]
+    pairs += [
+        ('transferred vs scratch gate (gate only)', ('gate_only_transfer', f'budget{b}'),
+         ('gate_only_mlp', f'budget{b}')),
+        ('transferred vs scratch gate (whole model)', ('learned_transfer', f'budget{b}'),
+         ('learned_probe', f'budget{b}')),
+        ('dense start vs from scratch (probe)', ('learned_probe', f'budget{b}'),
+         ('learned_scratch', f'budget{b}')),
+        ('content gate vs dense trained at low res', ('content_gate', f'content{b}'),
+         ('dense_lowres', f'scale{low}')),
+        ('label oracle vs content gate, both on the dense model', ('dense', f'oracle{b}'),
+         ('dense', f'content{b}')),
+        ('random-trained model: content vs random decisions', ('random_gate', f'content{b}'),
+         ('random_gate', f'random{b}')),
+    ]
+    return pairs
+
+
+def fmt(mean, std, digits=2):
+    return 'n/a' if mean != mean else f'{mean:.{digits}f} ± {std:.{digits}f}'
+
+
+def write_outputs(records, setting, out_dir):
+    from mmseg_msvit.analysis.study import compare, summarise
+    rows = summarise(records)
+    fields = ['run', 'eval', 'label', 'family', 'seeds'] + \
+        [k for key in ('mIoU', 'small_mIoU', 'gmacs', 'gmacs_min', 'gmacs_max', 'fine_fraction',
+                       'fine_on_detailed', 'fine_on_uniform', 'train_seconds')
+         for k in (key, f'{key}_std')]
+    classes = list(rows[0]['iou']) if rows else []
+    with open(osp.join(out_dir, 'summary.csv'), 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(fields + [f'IoU {c}' for c in classes])
+        for row in rows:
+            writer.writerow([row[k] for k in fields] + [row['iou'][c] for c in classes])
+    verdicts = []
+    for label, first, second in comparisons(setting):
+        result = compare(records, first, second)
+        if result is not None:
+            verdicts.append(dict(label=label, **result))
+    with open(osp.join(out_dir, 'summary.json'), 'w') as f:
+        json.dump(dict(rows=rows, comparisons=verdicts), f, indent=1)
+    lines = ['| model, decisions | seeds | mIoU | small-object mIoU | pole / ball / box IoU | '
+             'backbone GMACs (min-max) | fine | fine on detailed / uniform | train s |',
+             '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+    for row in sorted(rows, key=lambda r: (r['family'], -r['gmacs'])):
+        iou = row['iou']
+        lines.append(
+            f"| {row['label']} | {len(row['seeds'])} | {fmt(row['mIoU'], row['mIoU_std'])} | "
+            f"{fmt(row['small_mIoU'], row['small_mIoU_std'])} | "
+            + ' / '.join(f'{iou.get(c, float("nan")):.1f}' for c in SMALL_CLASSES) +
+            f" | {row['gmacs']:.3f} ({row['gmacs_min']:.2f}-{row['gmacs_max']:.2f}) | "
+            f"{row['fine_fraction']:.2f} | {row['fine_on_detailed']:.2f} / "
+            f"{row['fine_on_uniform']:.2f} | {row['train_seconds']:.0f} |")
+    lines += ['', '| comparison (first minus second, paired by seed) | mIoU difference | '
+              'GMACs ratio | spreads separated |', '| --- | --- | --- | --- |']
+    for v in verdicts:
+        lines.append(f"| {v['label']} | {v['delta']:+.2f} ± {v['delta_std']:.2f} | "
+                     f"{v['gmacs_ratio']:.2f} | "
+                     f"{ {True: 'yes', False: 'no', None: 'one seed'}[v['separated']]} |")
+    with open(osp.join(out_dir, 'summary.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    plot(rows, osp.join(out_dir, 'study.png'))
+    print('\n'.join(lines), flush=True)
+    print(f'[study] wrote summary.csv, summary.json, summary.md, study.png to {out_dir}')
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    families = {}
+    for row in rows:
+        if row['run'] == 'dense_pre':
+            continue
+        families.setdefault(row['family'], []).append(row)
+    markers = 'osD^v<>phX*P'
+    for index, (name, group) in enumerate(sorted(families.items())):
+        group = sorted(group, key=lambda r: r['gmacs'])
+        ax.errorbar([r['gmacs'] for r in group], [r['mIoU'] for r in group],
+                    xerr=[r['gmacs_std'] for r in group], yerr=[r['mIoU_std'] for r in group],
+                    fmt=markers[index % len(markers)] + ('-' if len(group) > 1 else ''),
+                    capsize=3, markersize=5, label=name)
+    ax.set_xlabel('backbone GMACs per image')
+    ax.set_ylabel('mIoU (mean ± std over seeds)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc='lower right')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    from mmseg_msvit.cli import int_at_least
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0].replace('\n', ' '),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--setting', choices=sorted(SETTINGS), default='quick',
+                        help='quick: MSViT-Ti at 256 px, under an hour on 2 CPU cores; full: '
+                        'MSViT-S at 512 px, longer schedule, for a GPU; smoke: a few '
+                        'iterations (checks that every step runs, no result)')
+    parser.add_argument('--seeds', type=int_at_least(0), nargs='+', default=[0, 1, 2],
+                        help='training seeds (every model is trained once per seed)')
+    parser.add_argument('--out-dir', default=None,
+                        help='results, checkpoints and data (default work_dirs/study_SETTING)')
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu',
+                        help='where training and evaluation run')
+    parser.add_argument('--only', nargs='+', default=None, metavar='RUN',
+                        help='do only these runs (and dense_pre where they start from it)')
+    parser.add_argument('--report-only', action='store_true',
+                        help='only rewrite the summary and plot from results.jsonl')
+    parser.add_argument('--train', default=None, metavar='RUN',
+                        help='internal: train one run in this process (used by the study)')
+    parser.add_argument('--seed', type=int_at_least(0), default=0,
+                        help='internal: the seed of --train')
+    args = parser.parse_args(argv)
+    if args.out_dir is None:
+        args.out_dir = osp.join('work_dirs', f'study_{args.setting}')
+    if args.device == 'cuda':
+        import torch
+        if not torch.cuda.is_available():
+            parser.error('--device cuda: no CUDA device is available here; use --device cpu')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.out_dir = osp.abspath(args.out_dir)
+    if args.train:
+        return train_one(args.setting, args.train, args.seed, args.out_dir)
+    import warnings
+    warnings.simplefilter('ignore')  # library deprecation notes would bury the progress lines
+    import mmseg_msvit  # noqa: F401
+    os.makedirs(args.out_dir, exist_ok=True)
+    study = Study(args)
+    if args.report_only:
+        if not study.records:
+            raise FileNotFoundError(f'msvit_study: no results in {study.results_path} yet')
+        return write_outputs(study.records, study.setting, args.out_dir)
+    return study.execute()
+
+
+if __name__ == '__main__':
+    from mmseg_msvit.cli import run_cli
+    run_cli(main)
