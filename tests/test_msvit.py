@@ -65,9 +65,10 @@ def test_force_coarse_is_vit_on_pooled_image(timm_vit_small):
         x[:, 1:].transpose(1, 2).reshape(1, 384, 8, 10), scale_factor=2, mode='nearest'))
 
 
-def test_padding_leaks_nothing_between_images():
+@pytest.mark.parametrize('token_packing', [True, False])
+def test_padding_leaks_nothing_between_images(token_packing):
     torch.manual_seed(3)
-    model = tiny_msvit(out_indices=(0, 1)).eval()
+    model = tiny_msvit(out_indices=(0, 1), token_packing=token_packing).eval()
     img = torch.randn(3, 3, 96, 128)
     masks = torch.stack([torch.zeros(3, 4, dtype=torch.bool),
                          torch.rand(3, 4) > 0.5,
@@ -101,7 +102,7 @@ def test_to_dense_places_fine_and_coarse_tokens_exactly():
     fine_mask[0, 0, 0], fine_mask[1, 0, 0] = True, False  # both kinds in both images
     zeros = torch.zeros(1, 1, 1)
     tokens, _, layout = tokenizer(img, fine_mask, patch_embed, torch.zeros(1, 1, 6, 8), zeros,
-                                  zeros)
+                                  zeros, pack=False)
     dense = MixedScaleFeatures(tokens[:, 1:], layout).to_dense()  # (2, 1, 6, 8)
     coarse_means = coarsen(cell_values, 2)
     expected = torch.where(F.interpolate(fine_mask[:, None].float(), scale_factor=2) > 0,

@@ -10,9 +10,14 @@ class MixedScaleFeatures:
     """The patch tokens of one tapped layer plus the layout to put them back on the grid.
 
     Args:
-        tokens (Tensor): (B, L, D) patch tokens (CLS excluded), padded to the longest image.
+        tokens (Tensor): (B, L, D) patch tokens (CLS excluded), padded to the longest image; or,
+            when ``layout.packed`` is set, the (N, D) packed sequence of the layer (every
+            image's CLS and patch tokens, :mod:`mmseg_msvit.models.packed`). ``.tokens`` and
+            ``.cls_token`` then unpack on first use, and :meth:`to_dense` reads the packed
+            sequence directly.
         layout (MixedScaleLayout): shared by all taps of one forward.
-        cls_token (Tensor, optional): (B, D) the CLS token of this layer.
+        cls_token (Tensor, optional): (B, D) the CLS token of this layer (not given when
+            packed: it is in the sequence).
     """
 
     @classmethod
@@ -29,9 +34,47 @@ class MixedScaleFeatures:
                  tokens: torch.Tensor,
                  layout: MixedScaleLayout,
                  cls_token: Optional[torch.Tensor] = None) -> None:
-        self.tokens = tokens
         self.layout = layout
-        self.cls_token = cls_token
+        if layout.packed is None:
+            self._packed = None
+            self.tokens, self.cls_token = tokens, cls_token
+        else:
+            if tokens.dim() != 2 or tokens.shape[0] != layout.packed.total:
+                raise ValueError('MixedScaleFeatures: packed tokens must be (N, D) with N = '
+                                 f'{layout.packed.total}, got {tuple(tokens.shape)}')
+            self._packed = tokens
+            self._tokens = self._cls = None
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """(B, L, D) patch tokens (CLS excluded), zero on padding."""
+        if self._packed is not None and self._tokens is None:
+            index, valid = self._patch_index(self.layout.valid.shape[1])
+            self._tokens = self._packed[index] * valid[..., None]
+        return self._tokens
+
+    @tokens.setter
+    def tokens(self, value: torch.Tensor) -> None:
+        self._tokens = value
+
+    @property
+    def cls_token(self) -> Optional[torch.Tensor]:
+        """(B, D) the CLS token of this layer (None if not kept)."""
+        if self._packed is not None and self._cls is None:
+            self._cls = self._packed[self.layout.packed.starts]
+        return self._cls
+
+    @cls_token.setter
+    def cls_token(self, value: Optional[torch.Tensor]) -> None:
+        self._cls = value
+
+    def _patch_index(self, length: int):
+        """(B, length) packed index of each image's patch tokens 0..length-1 (clamped on
+        padding) and the (B, length) validity mask."""
+        starts = self.layout.packed.starts
+        index = starts[:, None] + 1 + torch.arange(length, device=starts.device)[None, :]
+        valid = self.layout.valid
+        return index.clamp(max=self._packed.shape[0] - 1), valid
 
     @property
     def fine_mask(self) -> torch.Tensor:
@@ -57,10 +100,15 @@ class MixedScaleFeatures:
         Returns:
             Tensor: (B, D, H/S_f, W/S_f).
         """
-        batch, _, dims = self.tokens.shape
         rows, cols = self.layout.fine_grid
-        index = self.layout.cell_to_token[..., None].expand(-1, -1, dims)
-        dense = torch.gather(self.tokens, 1, index)  # (B, Hf*Wf, D)
+        if self._packed is not None:  # straight from the packed sequence
+            starts = self.layout.packed.starts
+            batch, dims = starts.shape[0], self._packed.shape[-1]
+            dense = self._packed[starts[:, None] + 1 + self.layout.cell_to_token]
+        else:
+            batch, _, dims = self.tokens.shape
+            index = self.layout.cell_to_token[..., None].expand(-1, -1, dims)
+            dense = torch.gather(self.tokens, 1, index)  # (B, Hf*Wf, D)
         dense = dense.transpose(1, 2).reshape(batch, dims, rows, cols)
         out_rows, out_cols = self.layout.out_size
         if (out_rows, out_cols) != (rows, cols):
@@ -68,6 +116,8 @@ class MixedScaleFeatures:
         return dense.contiguous()
 
     def __repr__(self) -> str:
-        return (f'{self.__class__.__name__}(tokens={tuple(self.tokens.shape)}, '
+        shape = tuple(self._packed.shape) if self._packed is not None else \
+            tuple(self.tokens.shape)
+        return (f'{self.__class__.__name__}(tokens={shape}, '
                 f'fine_mask={tuple(self.fine_mask.shape)}, '
                 f'fine_fraction={self.fine_mask.float().mean().item():.3f})')

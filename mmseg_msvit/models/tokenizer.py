@@ -6,9 +6,11 @@ Every coarse region (S_c x S_c px) becomes either ONE coarse token or (S_c/S_f)^
 embedded by the SAME patch embedding as the fine patches; its position embedding is the same
 average of the fine position embeddings it covers (:func:`coarsen`, the one pooling rule).
 
-Adaptive trimming: only the active tokens of each image are gathered; the batch is padded to its
-longest sequence and a key-padding mask hides the padding from attention. Inactive tokens never
-enter the transformer. There is no Python loop over images or tokens.
+Adaptive trimming: only the active tokens of each image are gathered; inactive tokens never
+enter the transformer. When the images of a batch need different numbers of tokens (threshold
+mode), they are packed into one sequence (:mod:`mmseg_msvit.models.packed`: no padding anywhere,
+attention within each image), or, with ``pack=False``, padded to the longest sequence with a
+key-padding mask. There is no Python loop over images or tokens.
 """
 from contextlib import contextmanager
 from typing import NamedTuple, Optional, Tuple
@@ -17,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .packed import PackedSequences, pack_lengths
 
 
 def regions_to_rows(img: torch.Tensor, region_size: int) -> torch.Tensor:
@@ -84,6 +87,9 @@ class MixedScaleLayout(NamedTuple):
         gate_logits (Tensor | None): (B, Hc, Wc) logits of FINE from the gate of this forward
             (with gradient in training), None when the gate did not run (forced scale or
             decisions given by the caller).
+        packed (PackedSequences | None): set when the tokens of the batch are packed into one
+            sequence (each image's CLS token at ``packed.starts``, its patch tokens after it in
+            ``cell_to_token`` order); None for a (B, 1 + L, D) batch.
     """
     fine_mask: torch.Tensor
     cell_to_token: torch.Tensor
@@ -92,6 +98,7 @@ class MixedScaleLayout(NamedTuple):
     fine_grid: Tuple[int, int]
     out_size: Tuple[int, int]
     gate_logits: Optional[torch.Tensor] = None
+    packed: Optional[PackedSequences] = None
 
     @property
     def num_regions(self) -> int:
@@ -103,9 +110,11 @@ class MixedScaleTokens(NamedTuple):
     """Output of :class:`MixedScaleTokenizer`.
 
     Attributes:
-        tokens (Tensor): (B, 1 + L, D), CLS first, padded to the longest image.
+        tokens (Tensor): (B, 1 + L, D), CLS first, padded to the longest image; or, when
+            ``layout.packed`` is set, (1, N, D): every image's CLS and patch tokens one after
+            the other, N = sum of (1 + L_b).
         attn_mask (Tensor | None): (B, 1, 1, 1 + L) bool key mask (True = attend), or None when
-            no image in the batch is padded.
+            no image in the batch is padded (always None when packed).
         layout (MixedScaleLayout): the index map for reconstruction.
     """
     tokens: torch.Tensor
@@ -170,7 +179,8 @@ class MixedScaleTokenizer(nn.Module):
                 fine_value: Optional[torch.Tensor] = None,
                 out_size: Optional[Tuple[int, int]] = None,
                 gate_logits: Optional[torch.Tensor] = None,
-                num_tokens: Optional[int] = None) -> MixedScaleTokens:
+                num_tokens: Optional[int] = None,
+                pack: bool = True) -> MixedScaleTokens:
         """Tokenize a batch.
 
         Args:
@@ -188,6 +198,12 @@ class MixedScaleTokenizer(nn.Module):
             num_tokens (int, optional): the patch tokens of EVERY image, when the caller knows
                 it from shapes (budget mode, forced scale): no padding, no host read of the
                 longest length, static shapes for torch.export / ONNX.
+            pack (bool): when the images need different numbers of tokens, pack them into one
+                sequence (True, default) instead of padding to the longest (False).
+
+        Host reads: in threshold mode ONE, the token count of every image (``counts.tolist()``):
+        the shapes of the packed or padded batch depend on it, so it cannot be avoided there.
+        With ``num_tokens`` (budget mode, forced scale) none.
 
         Returns:
             MixedScaleTokens
@@ -207,6 +223,7 @@ class MixedScaleTokenizer(nn.Module):
         fine_active = fine_mask.flatten(1)[:, region_of_cell]  # (B, Nf)
         active = torch.cat([coarse_active, fine_active], dim=1)  # (B, M)
         counts = active.sum(1)
+        lengths = None
         if num_tokens is not None:
             length = int(num_tokens)  # static: every image has this many tokens
         elif (torch.jit.is_tracing() or _is_exporting()) and not _FREEZE_ALLOWED:
@@ -216,7 +233,8 @@ class MixedScaleTokenizer(nn.Module):
                 'results on others. Use budget mode for static shapes: set '
                 'model.backbone.fine_budget (e.g. 0.5), or force_scale.')
         else:
-            length = int(counts.max())  # the one host read of threshold mode
+            lengths = counts.tolist()  # the one host read of threshold mode
+            length = max(lengths)
 
         # Active candidates first, in candidate order (stable sort), then truncate to the longest.
         # keys are unique (inactive after active, each in candidate order), so a plain sort is
@@ -225,33 +243,23 @@ class MixedScaleTokenizer(nn.Module):
         order = torch.argsort((~active).long() * active.shape[1] + candidate, dim=1)
         token_index = order[:, :length]  # (B, L) candidate index of each token
         valid = torch.arange(length, device=img.device)[None, :] < counts[:, None]
-
-        pixels = torch.gather(candidates, 1,
-                              token_index[..., None].expand(-1, -1, candidates.shape[-1]))
-        proj = patch_embed.proj
-        tokens = F.linear(pixels, proj.weight.flatten(1), proj.bias)  # (B, L, D)
-        tokens = patch_embed.norm(tokens)
-
         pos_candidates = torch.cat(
             [coarsen(pos_grid, self.ratio).flatten(2),
              pos_grid.flatten(2)], dim=2)[0].transpose(0, 1)  # (M, D)
-        tokens = tokens + pos_candidates[token_index]
-
+        value = None
         if fine_value is not None and fine_value.requires_grad:
             flat_value = fine_value.flatten(1)
             value = torch.cat([1 - flat_value, flat_value[:, region_of_cell]], dim=1)
-            weight = torch.gather(value, 1, token_index)[..., None]  # 1 in the forward pass
-            tokens = tokens * weight
 
-        has_padding = num_tokens is None and bool((counts < length).any())
-        if has_padding:
-            tokens = tokens * valid[..., None]
-            key_mask = torch.cat([valid.new_ones(batch, 1), valid], dim=1)
-            attn_mask = key_mask[:, None, None, :]
-        else:
+        if lengths is not None and pack and min(lengths) < length:
+            tokens, packed = self._packed_tokens(candidates, order, counts, lengths, patch_embed,
+                                                 pos_candidates, cls_token + cls_pos, value)
             attn_mask = None
-        cls = (cls_token + cls_pos).expand(batch, -1, -1)
-        tokens = torch.cat([cls, tokens], dim=1)
+        else:
+            tokens, attn_mask = self._padded_tokens(candidates, token_index, valid, lengths,
+                                                    patch_embed, pos_candidates,
+                                                    cls_token + cls_pos, value)
+            packed = None
 
         # Reconstruction index: sequence position of every candidate, then of every fine cell.
         position = torch.empty_like(order)
@@ -266,5 +274,53 @@ class MixedScaleTokenizer(nn.Module):
             num_tokens=counts,
             fine_grid=(fine_rows, fine_cols),
             out_size=out_size or (fine_rows, fine_cols),
-            gate_logits=gate_logits)
+            gate_logits=gate_logits,
+            packed=packed)
         return MixedScaleTokens(tokens, attn_mask, layout)
+
+    @staticmethod
+    def _embed(pixels: torch.Tensor, patch_embed: nn.Module) -> torch.Tensor:
+        """The patch embedding's conv as the equivalent linear map on flat pixel rows."""
+        proj = patch_embed.proj
+        return patch_embed.norm(F.linear(pixels, proj.weight.flatten(1), proj.bias))
+
+    def _padded_tokens(self, candidates, token_index, valid, lengths, patch_embed,
+                       pos_candidates, cls, value):
+        """(B, 1 + L, D) tokens, padded to the longest image, and the key mask (or None)."""
+        batch = candidates.shape[0]
+        pixels = torch.gather(candidates, 1,
+                              token_index[..., None].expand(-1, -1, candidates.shape[-1]))
+        tokens = self._embed(pixels, patch_embed) + pos_candidates[token_index]  # (B, L, D)
+        if value is not None:
+            tokens = tokens * torch.gather(value, 1, token_index)[..., None]  # 1 forward
+        attn_mask = None
+        if lengths is not None and min(lengths) < token_index.shape[1]:  # padded images
+            tokens = tokens * valid[..., None]
+            key_mask = torch.cat([valid.new_ones(batch, 1), valid], dim=1)
+            attn_mask = key_mask[:, None, None, :]
+        tokens = torch.cat([cls.expand(batch, -1, -1), tokens], dim=1)
+        return tokens, attn_mask
+
+    def _packed_tokens(self, candidates, order, counts, lengths, patch_embed, pos_candidates,
+                       cls, value):
+        """(1, N, D) tokens of all images one after the other (each its CLS first, then its
+        active candidates in candidate order) and their :class:`PackedSequences`."""
+        batch, device = candidates.shape[0], candidates.device
+        total = sum(lengths)
+        packed = pack_lengths(tuple(n + 1 for n in lengths), device)
+        # image and rank (position among its image's active candidates) of each patch token
+        image = torch.repeat_interleave(torch.arange(batch, device=device), counts,
+                                        output_size=total)
+        first = counts.cumsum(0) - counts
+        rank = torch.arange(total, device=device) - first[image]
+        candidate = order[image, rank]  # (T,) candidate index of each patch token
+        tokens = self._embed(candidates[image, candidate], patch_embed) + \
+            pos_candidates[candidate]  # (T, D)
+        if value is not None:
+            tokens = tokens * value[image, candidate][:, None]  # 1 in the forward pass
+        # put CLS tokens and patch tokens at their packed positions (a gather keeps autograd)
+        source = torch.empty(total + batch, dtype=torch.long, device=device)
+        source[packed.starts] = torch.arange(batch, device=device)
+        source[packed.starts[image] + 1 + rank] = batch + torch.arange(total, device=device)
+        tokens = torch.cat([cls[0].expand(batch, -1), tokens], dim=0)[source]
+        return tokens[None], packed

@@ -30,6 +30,7 @@ from ..arguments import (check_fine_budget, check_gate_threshold, check_out_indi
 from ..builder import build_component
 from ..features import MixedScaleFeatures
 from ..gates import budget_decisions
+from ..packed import packed_block_forward
 from ..tokenizer import MixedScaleTokenizer, MixedScaleTokens
 
 
@@ -40,7 +41,9 @@ class MSViT(BaseModule):
     A gate (:class:`MixedScaleGate`) scores every ``coarse_patch_size`` region of the input; the
     region becomes one coarse token (the region average-pooled to ``fine_patch_size`` and embedded
     by the shared patch embedding) or ``(coarse/fine)^2`` fine tokens. Only active tokens enter the
-    transformer; a batch is padded to its longest image with a key mask.
+    transformer. When the images of a batch need different numbers of tokens (threshold mode),
+    their tokens are packed into one sequence with attention restricted to each image
+    (:mod:`mmseg_msvit.models.packed`), so no padded token costs anything.
 
     Decisions where the paper is silent (docs/method.md): the CLS token is always kept; a coarse
     token's position embedding is the average of its fine ones; the gate reads pixels.
@@ -96,6 +99,11 @@ class MSViT(BaseModule):
             segmentor/classifier checkpoint; otherwise timm's ViT initialisation. Position
             embeddings of another grid are resized on every load (a ``load_state_dict``
             pre-hook, so mmengine's ``load_checkpoint`` resizes too).
+        token_packing (bool): in a batch whose images need different numbers of tokens, pack
+            them into one sequence (True) or pad every image to the longest with a key mask
+            (False: the padded path, kept for comparison; ``benchmark_speed.py`` times both).
+            Batches of equal counts (budget mode, forced scale, equal decisions) are never
+            packed or padded. Default: True.
         norm_eps (float): LayerNorm eps. timm and mmpretrain use 1e-6, mmseg's
             ``norm_cfg=dict(type='LN')`` 1e-5: match the source of pretrained weights.
             Default: 1e-6.
@@ -148,6 +156,7 @@ class MSViT(BaseModule):
                  init_cfg: Optional[dict] = None,
                  norm_eps: float = 1e-6,
                  patch_bias: bool = True,
+                 token_packing: bool = True,
                  **mmseg_vit_args) -> None:
         if mmseg_vit_args:
             renamed = translate_mmseg_vit_args(
@@ -199,6 +208,10 @@ class MSViT(BaseModule):
         self.fine_budget = fine_budget  # checked by the property's setter
         self.final_norm = final_norm
         self.with_cp = with_cp
+        if not isinstance(token_packing, bool):
+            raise ValueError(f'MSViT: token_packing must be True or False, got '
+                             f'{token_packing!r}')
+        self.token_packing = token_packing
         self.norm_eval = norm_eval
         self.frozen_stages = frozen_stages
         self.freeze_gate = freeze_gate or bool((gate_init or {}).get('freeze', False))
@@ -507,22 +520,30 @@ class MSViT(BaseModule):
             (img.shape[-2] // self.fine_patch_size, img.shape[-1] // self.fine_patch_size))
         tokens = self.tokenizer(img, fine_mask, self.patch_embed, pos_grid, self.cls_token,
                                 cls_pos, fine_value=fine_value, out_size=out_size,
-                                gate_logits=gate_logits, num_tokens=num_tokens)
+                                gate_logits=gate_logits, num_tokens=num_tokens,
+                                pack=self.token_packing)
         return tokens._replace(tokens=self.pos_drop(tokens.tokens))
 
     def forward_blocks(self, tokens: MixedScaleTokens) -> Tuple[MixedScaleFeatures, ...]:
         """The transformer blocks; the taps of ``out_indices`` as :class:`MixedScaleFeatures`."""
         x, attn_mask, layout = tokens
+        packed = layout.packed
+        if packed is not None:  # (1, N, D): every image's tokens, attention within each image
+            block_fn, extra = packed_block_forward, packed
+        else:
+            block_fn, extra = None, attn_mask
         outs = []
         for index, block in enumerate(self.blocks):
+            call = block if block_fn is None else partial(block_fn, block)
             if self.with_cp and self.training and x.requires_grad:
-                x = cp.checkpoint(block, x, attn_mask, use_reentrant=False)
+                x = cp.checkpoint(call, x, extra, use_reentrant=False)
             else:
-                x = block(x, attn_mask=attn_mask)
+                x = call(x, extra)
             if index == self.depth - 1:
                 x = self.norm(x)
             if index in self.out_indices:
-                outs.append(MixedScaleFeatures(x[:, self.num_prefix_tokens:], layout, x[:, 0]))
+                outs.append(MixedScaleFeatures(x[0], layout) if packed is not None else
+                            MixedScaleFeatures(x[:, self.num_prefix_tokens:], layout, x[:, 0]))
         return tuple(outs)
 
     def forward(self,
