@@ -66,11 +66,16 @@ def test_benchmark_speed_runs_on_sizes_that_are_not_multiples_of_32():
     tool = load_tool('tools/analysis_tools/benchmark_speed.py')
     threads = torch.get_num_threads()
     try:
-        rows = tool.main(['--arch', 'tiny', '--sizes', '100', '--batch-sizes', '1',
+        rows = tool.main(['--arch', 'tiny', '--sizes', '100', '--batch-sizes', '1', '2',
                           '--fractions', '0', '0.5', '--repeats', '1', '--warmup', '0',
                           '--device', 'cpu', '--threads', '1'])
     finally:
         torch.set_num_threads(threads)
-    assert [(r[1], r[2], r[3]) for r in rows] == [(100, 1, 0.0), (100, 1, 0.5)]
+    # 100 px is padded to 128: 16 regions; a single image is never padded, so no 'padded' row
+    assert [(r['batch'], r['kind'], r['fraction']) for r in rows if r['batch'] == 1] == [
+        (1, 'dense', 1.0), (1, 'equal', 0.0), (1, 'spread', 0.0), (1, 'gate', 0.0),
+        (1, 'equal', 0.5), (1, 'spread', 0.5), (1, 'gate', 0.5)]
+    assert {r['kind'] for r in rows if r['batch'] == 2} == {'dense', 'equal', 'spread', 'padded',
+                                                           'gate'}
     # ideal MAC ratio > 1 whenever some regions are coarse
-    assert all(r[9] > 1 for r in rows)
+    assert all(r['ideal_mac_ratio'] > 1 for r in rows if r['kind'] != 'dense')

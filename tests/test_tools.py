@@ -138,13 +138,22 @@ def test_get_flops_counts_real_images(trained, synthetic_root):
 
 def test_benchmark_speed_reports_the_quotient(capsys):
     tool = load_tool('tools/analysis_tools/benchmark_speed.py')
-    rows = tool.main(['--arch', 'tiny', '--sizes', '64', '--batch-sizes', '1', '--fractions',
-                      '0.0', '1.0', '--repeats', '1', '--warmup', '0', '--mode', 'infer'])
+    rows = tool.main(['--arch', 'tiny', '--sizes', '64', '--batch-sizes', '4', '--fractions',
+                      '0.0', '0.5', '1.0', '--repeats', '1', '--warmup', '0', '--mode', 'infer',
+                      '--kinds', 'equal', 'spread', 'padded', 'gate'])
     out = capsys.readouterr().out
-    assert 'quotient' in out and len(rows) == 2
-    ideal = {row[3]: row[9] for row in rows}
-    assert ideal[1.0] == pytest.approx(1.0)  # all fine = dense
-    assert ideal[0.0] > 3.0  # 4 regions of 1 token instead of 16
+    assert 'quotient' in out and 'time / equal' in out and len(rows) == 1 + 3 * 4
+    ideal = {(row['kind'], row['fraction']): row['ideal_mac_ratio'] for row in rows}
+    assert ideal[('equal', 1.0)] == pytest.approx(1.0)  # all fine = dense
+    assert ideal[('equal', 0.0)] > 3.0  # 4 regions of 1 token instead of 16
+    by = {(row['kind'], row['fraction']): row for row in rows}
+    # spread batches keep the mean share but differ from image to image
+    spread = by[('spread', 0.5)]
+    assert spread['fine_mean'] == pytest.approx(0.5) and spread['fine_min'] < spread['fine_max']
+    assert by[('padded', 0.5)]['fine_min'] == spread['fine_min']  # same decisions, padded path
+    # the gate rows carry the share of time spent in gate + tokenizer
+    assert 0.0 < by[('gate', 0.5)]['gate_tokenizer_share'] < 1.0
+    assert by[('equal', 0.5)]['vs_equal'] == pytest.approx(1.0)
 
 
 def test_benchmark_tradeoff_writes_csv_json_and_plot(trained, synthetic_root, tmp_path):

@@ -1,61 +1,111 @@
-"""Speed of the MSViT backbone against its dense baseline, measured side by side in one run.
+"""Speed of the MSViT backbone as users see it: dense, equal and mixed batches, side by side.
 
     python tools/analysis_tools/benchmark_speed.py [--arch small] [--sizes 224 512]
-        [--fractions 0.25 0.5 0.75] [--batch-sizes 1 8] [--mode infer train] [--device cpu]
-        [--repeats 20] [--warmup 5] [--threads N]
+        [--batch-sizes 1 8] [--fractions 0.25 0.5] [--spread 0.4]
+        [--kinds dense equal spread padded gate] [--dtypes fp32 bf16] [--mode infer train]
+        [--device cpu|cuda] [--repeats 5] [--warmup 2] [--out-dir DIR]
 
-For every (size, batch) the backbone runs densely (every region fine) and with a fixed random
-fine mask of each fraction, alternating within every repeat. Prints median latency, images/s, the
-measured speedup, the ideal MAC ratio (dense MACs / mixed MACs, from the tokens used, gate
-excluded when the mask is fixed) and their quotient, and peak memory (CUDA) or max RSS (CPU).
+For every (mode, dtype, size, batch) the backbone runs on synthetic validation scenes with these
+decisions, all timed in one interleaved loop (each repeat runs every batch once, so a slow period
+of the machine hits all of them alike):
+
+* ``dense``: every region fine (the plain ViT/16);
+* ``equal``: every image keeps the same share ``f`` of its regions fine (random regions);
+* ``spread``: the images' shares spread evenly over ``f - spread .. f + spread`` (same mean,
+  about the same useful tokens): what a gate does to a batch; packed tokens;
+* ``padded``: the same batch with the padded path (``token_packing=False``): the A/B of packing;
+* ``gate``: the decisions of a real gate on the scenes (the training-free content gate's scores,
+  one threshold for the batch so that its mean fine share is ``f``): per-image shares as a gate
+  gives them; packed tokens.
+
+Reported per row: median latency, images/s, speedup over dense, the ideal MAC ratio (dense MACs /
+this batch's MACs, from the tokens used; the decisions are given, so the gate is not run or
+counted), their quotient, the time relative to the equal batch, peak memory (CUDA: allocated by
+torch for that batch; CPU: the process's maximum RSS so far) and, on ``gate`` rows, the share of
+the backbone's time spent in the learned gate (``MixedScaleGate``, 3072-256-256-1) plus the
+tokenizer (``decide + embed``), from the same loop. ``--out-dir`` also writes CSV and JSON.
 """
 import argparse
+import csv
+import json
+import os
 import os.path as osp
 import resource
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # noqa: E402
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.analysis import backbone_macs  # noqa: E402
 from mmseg_msvit.models import MSViT  # noqa: E402
 
+KINDS = ('dense', 'equal', 'spread', 'padded', 'gate')
+DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+#: ImageNet normalisation (the configs' data preprocessor)
+MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+
 
 def parse_args(argv=None):
+    from mmseg_msvit.cli import int_at_least
+    cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0].replace('\n', ' '),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--arch', default='small', help='MSViT arch: tiny, small, base, large')
     parser.add_argument('--sizes', type=int, nargs='+', default=[224, 512],
-                        help='square input sizes in px')
-    parser.add_argument('--fractions', type=float, nargs='+', default=[0.25, 0.5, 0.75],
-                        help='shares of regions kept fine (fixed random masks)')
-    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8],
-                        help='batch sizes to time')
+                        help='square input sizes in px (>= 32)')
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=None,
+                        help='batch sizes to time (default: 1 8 32 on CUDA, 1 8 on the CPU)')
+    parser.add_argument('--fractions', type=float, nargs='+', default=[0.25, 0.5],
+                        help='mean share of regions kept fine in each mixed batch')
+    parser.add_argument('--spread', type=float, default=0.4,
+                        help="'spread' batches: the images' fine shares run evenly from "
+                        'fraction - spread to fraction + spread (narrowed to stay in [0, 1], '
+                        'so the mean is the fraction)')
+    parser.add_argument('--kinds', nargs='+', choices=KINDS, default=list(KINDS),
+                        help='which batches to time (see the description); dense is always '
+                        'timed (the reference)')
+    parser.add_argument('--dtypes', nargs='+', choices=sorted(DTYPES), default=None,
+                        help='fp32, or autocast to bf16 / fp16 (default: fp32 bf16 on CUDA, '
+                        'fp32 on the CPU)')
     parser.add_argument('--mode', nargs='+', choices=['infer', 'train'], default=['infer'],
                         help='inference forward and/or training step (forward + backward)')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+    parser.add_argument('--device', default='cuda' if cuda else 'cpu',
                         help='cpu or cuda (default: cuda when available)')
-    parser.add_argument('--repeats', type=int, default=20,
+    parser.add_argument('--repeats', type=int, default=5,
                         help='timed repeats per setting (median reported)')
-    parser.add_argument('--warmup', type=int, default=5, help='untimed repeats first')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed repeats first')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
-    parser.add_argument('--seed', type=int, default=0, help='random seed')
+    parser.add_argument('--seed', type=int_at_least(0), default=0, help='random seed')
+    parser.add_argument('--out-dir', default=None,
+                        help='also write speed.csv and speed.json there')
     args = parser.parse_args(argv)
     for fraction in args.fractions:
         if not 0.0 <= fraction <= 1.0:  # NaN fails too
             parser.error(f'--fractions: {fraction} is not in [0, 1]')
+    if not 0.0 <= args.spread <= 1.0:
+        parser.error(f'--spread: {args.spread} is not in [0, 1]')
     for size in args.sizes:
         if size < 32:
             parser.error(f'--sizes: {size} px is too small; sizes must be >= 32 (one coarse '
                          'region)')
+    on_cuda = str(args.device).startswith('cuda')
+    if args.batch_sizes is None:
+        args.batch_sizes = [1, 8, 32] if on_cuda else [1, 8]
     for batch in args.batch_sizes:
         if batch < 1:
             parser.error(f'--batch-sizes: {batch} is not a batch size; must be >= 1')
+    if args.dtypes is None:
+        args.dtypes = ['fp32', 'bf16'] if on_cuda else ['fp32']
+    if on_cuda and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: no CUDA device is available here; use '
+                     '--device cpu')
     if args.repeats < 1:
         parser.error(f'--repeats must be >= 1, got {args.repeats}')
     if args.warmup < 0:
@@ -65,40 +115,181 @@ def parse_args(argv=None):
     return args
 
 
+# ------------------------------------------------------------------------------ inputs
+def scenes(batch: int, size: int, seed: int, device) -> torch.Tensor:
+    """(batch, 3, size, size) normalised synthetic validation scenes (the demo's generator)."""
+    from mmseg_msvit.datasets.synthetic import render_scene
+    images = [render_scene(np.random.default_rng([seed, 1, i]), (size, size))[0]
+              for i in range(batch)]
+    img = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    img = (img - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    return img.to(device)
+
+
+def random_masks(shares, grid, seed) -> torch.Tensor:
+    """(B, Hc, Wc) bool: image b keeps round(shares[b] * regions) random regions fine."""
+    generator = torch.Generator().manual_seed(seed)
+    regions = grid[0] * grid[1]
+    scores = torch.rand(len(shares), regions, generator=generator)
+    ranks = scores.argsort(1).argsort(1)
+    counts = torch.tensor([round(s * regions) for s in shares])[:, None]
+    return (ranks < counts).reshape(len(shares), *grid)
+
+
+def spread_shares(fraction: float, spread: float, batch: int) -> list:
+    """Fine shares evenly spaced around ``fraction`` (half-width ``spread``, narrowed where it
+    would leave [0, 1], so the mean stays ``fraction``)."""
+    half = min(spread, fraction, 1.0 - fraction)
+    if batch == 1:
+        return [fraction]
+    return [float(s) for s in np.linspace(fraction - half, fraction + half, batch)]
+
+
+def content_masks(img, fraction, coarse) -> torch.Tensor:
+    """The content gate's decisions: one threshold for the whole batch, so that its mean fine
+    share is ``fraction`` while each image gets as many fine regions as its content asks for."""
+    from mmseg_msvit.models import ContentGate
+    with torch.no_grad():
+        scores = ContentGate(coarse_patch_size=coarse)(img).float().cpu()  # (B, Hc, Wc)
+    flat = scores.flatten()
+    keep = round(fraction * flat.numel())
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if keep:
+        mask[flat.topk(keep).indices] = True
+    return mask.view_as(scores)
+
+
+# ------------------------------------------------------------------------------ timing
 def _sync(device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
 
-def run_step(model, img, fine_mask, mode):
-    if mode == 'infer':
-        with torch.no_grad():
-            model(img, fine_mask=fine_mask)
-    else:
-        outs = model(img, fine_mask=fine_mask)
-        sum(f.tokens.float().mean() for f in outs).backward()
+def make_step(model, img, mask, mode, dtype):
+    """One forward (infer) or forward + backward (train) with the given decisions."""
+    autocast = torch.autocast(img.device.type, dtype=dtype) if dtype is not None else \
+        nullcontext()
+
+    def step():
+        with autocast:
+            if mode == 'infer':
+                with torch.no_grad():
+                    return model(img, fine_mask=mask)
+            outs = model(img, fine_mask=mask)
+        sum(f.to_dense().float().mean() for f in outs).backward()
+
+    return step
 
 
-def time_interleaved(model, img, masks, mode, repeats, warmup):
-    """Median seconds per step for each mask, the masks alternating within every repeat so that
-    a slow period of the machine hits all of them alike."""
-    device = img.device
-    times = [[] for _ in masks]
+def make_gate_tokenizer_step(model, img, mask, dtype):
+    """The learned gate on the batch plus the tokenizer (decide + embed), no blocks."""
+    autocast = torch.autocast(img.device.type, dtype=dtype) if dtype is not None else \
+        nullcontext()
+
+    def step():
+        with autocast, torch.no_grad():
+            padded, out_size = model.pad_input(img)
+            model.gate(padded)
+            model.embed(padded, mask, out_size=out_size)
+
+    return step
+
+
+def time_interleaved(steps, repeats, warmup, device):
+    """Median seconds of each step; every repeat runs all steps once, in turn."""
+    times = [[] for _ in steps]
     for index in range(warmup + repeats):
-        for slot, mask in enumerate(masks):
+        for slot, step in enumerate(steps):
             _sync(device)
             start = time.perf_counter()
-            run_step(model, img, mask, mode)
+            step()
             _sync(device)
             if index >= warmup:
                 times[slot].append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
 
 
-def peak_memory_mb(device) -> float:
+def peak_memory_mb(step, device) -> float:
     if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        _sync(device)
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_setting(models, mode, dtype_name, size, batch, args, device):
+    """Rows of one (mode, dtype, size, batch): dense plus every kind at every fraction."""
+    model, padded_model = models
+    dtype = DTYPES[dtype_name]
+    img = scenes(batch, size, args.seed, device)
+    grid = (-(-size // model.coarse_patch_size), ) * 2
+    batches = [('dense', None, torch.ones(batch, *grid, dtype=torch.bool))]
+    for fraction in args.fractions:
+        for kind in args.kinds:
+            if kind == 'dense' or (kind == 'padded' and batch == 1):
+                continue  # a single image is never padded
+            if kind == 'equal':
+                mask = random_masks([fraction] * batch, grid, args.seed)
+            elif kind in ('spread', 'padded'):
+                mask = random_masks(spread_shares(fraction, args.spread, batch), grid,
+                                    args.seed)
+            else:
+                padded_img, _ = model.pad_input(img)
+                mask = content_masks(padded_img, fraction, model.coarse_patch_size)
+            batches.append((kind, fraction, mask))
+    steps = [make_step(padded_model if kind == 'padded' else model, img, mask.to(device), mode,
+                       dtype) for kind, _, mask in batches]
+    gate_slots = {}
+    if mode == 'infer':
+        for slot, (kind, fraction, mask) in enumerate(batches):
+            if kind == 'gate':
+                gate_slots[slot] = len(steps)
+                steps.append(make_gate_tokenizer_step(model, img, mask.to(device), dtype))
+    model.train(mode == 'train')
+    padded_model.train(mode == 'train')
+    seconds = time_interleaved(steps, args.repeats, args.warmup, device)
+    model.eval()
+    with torch.no_grad():
+        macs = [float(backbone_macs(model, img, mask.to(device)).sum()) for _, _, mask in batches]
+    model.train(mode == 'train')
+    rows, equal_time = [], {}
+    for slot, (kind, fraction, mask) in enumerate(batches):
+        if kind == 'equal':
+            equal_time[fraction] = seconds[slot]
+    for slot, (kind, fraction, mask) in enumerate(batches):
+        shares = mask.flatten(1).float().mean(1)
+        row = dict(mode=mode, dtype=dtype_name, size=size, batch=batch, kind=kind,
+                   fraction=1.0 if fraction is None else fraction,
+                   fine_mean=float(shares.mean()), fine_min=float(shares.min()),
+                   fine_max=float(shares.max()), ms=seconds[slot] * 1e3,
+                   images_per_s=batch / seconds[slot], speedup=seconds[0] / seconds[slot],
+                   ideal_mac_ratio=macs[0] / macs[slot])
+        row['quotient'] = row['speedup'] / row['ideal_mac_ratio']
+        row['vs_equal'] = seconds[slot] / equal_time[fraction] if fraction in equal_time \
+            else float('nan')
+        row['gate_tokenizer_share'] = seconds[gate_slots[slot]] / (
+            seconds[slot] + seconds[gate_slots[slot]]) if slot in gate_slots else float('nan')
+        row['peak_mem_mb'] = peak_memory_mb(steps[slot], device)
+        rows.append(row)
+    return rows
+
+
+HEADER = ('| mode | dtype | size | batch | batch kind | fine (min-max) | ms | img/s | speedup | '
+          'ideal MAC ratio | quotient | time / equal | gate+tok | peak MB |')
+
+
+def format_row(row) -> str:
+    def opt(value, fmt, unit=''):
+        return '-' if value != value else format(value, fmt) + unit  # NaN: not measured
+
+    return (f"| {row['mode']} | {row['dtype']} | {row['size']} | {row['batch']} | {row['kind']} | "
+            f"{row['fine_mean']:.2f} ({row['fine_min']:.2f}-{row['fine_max']:.2f}) | "
+            f"{row['ms']:.1f} | {row['images_per_s']:.1f} | {row['speedup']:.2f} | "
+            f"{row['ideal_mac_ratio']:.2f} | {row['quotient']:.2f} | "
+            f"{opt(row['vs_equal'], '.2f')} | "
+            f"{opt(row['gate_tokenizer_share'] * 100, '.1f', '%')} | "
+            f"{row['peak_mem_mb']:.0f} |")
 
 
 def main(argv=None):
@@ -108,41 +299,37 @@ def main(argv=None):
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     model = MSViT(arch=args.arch).to(device)
-    print(f'# MSViT-{args.arch} backbone vs dense on {device} '
-          f'({torch.get_num_threads()} CPU threads), median of {args.repeats} after '
-          f'{args.warmup} warm-up runs')
-    print('mode   size batch fine   dense_ms mixed_ms  dense_img/s mixed_img/s  speedup '
-          'ideal_mac_ratio quotient peak_mem_MB')
-    rows = []
-    for mode in args.mode:
-        model.train(mode == 'train')
-        for size in args.sizes:
-            for batch in args.batch_sizes:
-                img = torch.randn(batch, 3, size, size, device=device)
-                # decisions are per region of the input padded to a multiple of the coarse size
-                grid = (-(-size // model.coarse_patch_size), ) * 2
-                dense_mask = torch.ones(batch, *grid, dtype=torch.bool, device=device)
-                if device.type == 'cuda':
-                    torch.cuda.reset_peak_memory_stats(device)
-                masks = [dense_mask]
-                for fraction in args.fractions:
-                    generator = torch.Generator().manual_seed(args.seed)
-                    scores = torch.rand(batch, *grid, generator=generator).flatten(1)
-                    ranks = scores.argsort(1).argsort(1)
-                    count = round(fraction * scores.shape[1])
-                    masks.append((ranks < count).reshape(batch, *grid).to(device))
-                seconds = time_interleaved(model, img, masks, mode, args.repeats, args.warmup)
-                macs = [float(backbone_macs(model.eval(), img, m).sum()) for m in masks]
-                model.train(mode == 'train')
-                for fraction, mixed_s, mixed_macs in zip(args.fractions, seconds[1:], macs[1:]):
-                    speedup = seconds[0] / mixed_s
-                    ideal = macs[0] / mixed_macs
-                    row = (mode, size, batch, fraction, seconds[0] * 1e3, mixed_s * 1e3,
-                           batch / seconds[0], batch / mixed_s, speedup, ideal, speedup / ideal,
-                           peak_memory_mb(device))
-                    rows.append(row)
-                    print('{:6s} {:4d} {:5d} {:4.2f} {:10.1f} {:8.1f} {:12.1f} {:11.1f} '
-                          '{:8.2f} {:15.2f} {:8.2f} {:11.0f}'.format(*row), flush=True)
+    padded_model = MSViT(arch=args.arch, token_packing=False).to(device)
+    padded_model.load_state_dict(model.state_dict())
+    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
+        f'cpu, {torch.get_num_threads()} threads'
+    print(f'# MSViT-{args.arch} backbone on {where}, torch {torch.__version__}; median of '
+          f'{args.repeats} after {args.warmup} warm-up runs, all batches of a setting '
+          'interleaved', flush=True)
+    settings = [(m, d, s, b) for m in args.mode for d in args.dtypes for s in args.sizes
+                for b in args.batch_sizes]
+    rows, start = [], time.time()
+    print(HEADER)
+    print('| ' + ' | '.join(['---'] * (HEADER.count('|') - 1)) + ' |')
+    for index, (mode, dtype_name, size, batch) in enumerate(settings):
+        new = run_setting((model, padded_model), mode, dtype_name, size, batch, args, device)
+        rows += new
+        for row in new:
+            print(format_row(row), flush=True)
+        elapsed = time.time() - start
+        eta = elapsed / (index + 1) * (len(settings) - index - 1)
+        print(f'<!-- {index + 1}/{len(settings)} settings, {elapsed:.0f} s, ETA {eta:.0f} s -->',
+              flush=True)
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)
+        with open(osp.join(args.out_dir, 'speed.csv'), 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        with open(osp.join(args.out_dir, 'speed.json'), 'w') as f:
+            json.dump(dict(device=where, torch=torch.__version__, arch=args.arch, rows=rows), f,
+                      indent=1)
+        print(f'[speed] wrote speed.csv and speed.json to {args.out_dir}')
     return rows
 
 
