@@ -152,3 +152,30 @@ def test_content_gate_with_a_budget_needs_no_training():
     (features, _) = model(img)
     assert features.fine_mask[0].tolist() == [[True, False], [False, True]]
     assert model.gate.macs_per_region == 2 * 3 * 32 * 32
+
+
+def test_train_budget_range_draws_a_budget_per_training_batch_and_evaluates_at_the_budget():
+    model = tiny(fine_budget=0.5, train_budget_range=(0.25, 1.0), out_indices=(1, ),
+                 gate=dict(type='ContentGate'))
+    img = torch.randn(3, 3, 128, 128)  # 16 regions
+    torch.manual_seed(0)
+    model.train()
+    fine_counts = set()
+    for _ in range(8):
+        (features, ) = model(img)
+        per_image = features.fine_mask.flatten(1).sum(1).tolist()
+        assert len(set(per_image)) == 1  # one draw per batch: equal counts, never packed
+        assert features.layout.packed is None
+        assert 4 <= per_image[0] <= 16
+        fine_counts.add(per_image[0])
+    assert len(fine_counts) > 2  # the budget really varies from batch to batch
+    model.eval()
+    with torch.no_grad():
+        (features, ) = model(img)
+    assert features.fine_mask.flatten(1).sum(1).tolist() == [8, 8, 8]  # fine_budget 0.5
+    for kwargs in (dict(fine_budget=None, train_budget_range=(0.2, 0.5)),
+                   dict(fine_budget=0.5, train_budget_range=(0.6, 0.3)),
+                   dict(fine_budget=0.5, train_budget_range=(0.0, 0.5)),
+                   dict(fine_budget=0.5, train_budget_range=0.5)):
+        with pytest.raises(ValueError, match='train_budget_range'):
+            tiny(**kwargs)

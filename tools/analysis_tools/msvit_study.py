@@ -12,7 +12,9 @@ model. Runs (a model's evaluations: input scales, budgets, decision rules, in br
   iterations: ``dense`` (input scales = the resolution curve; training-free content, random and
   label-oracle decisions at budgets), ``dense_lowres`` (fine-tuned at the input scale whose
   GMACs match the budget), ``coarse`` (all coarse), ``random_gate`` / ``content_gate``
-  (fine-tuned with random / content-ranked regions at the budget), ``learned_gbas`` (the paper:
+  (fine-tuned with random / content-ranked regions at the budget), ``mixed_content`` (the
+  content gate, fine-tuned with a budget drawn per batch from 0.25-1.0, so dense batches keep
+  teaching detail), ``learned_gbas`` (the paper:
   MLP gate, Gumbel-sigmoid straight-through, GBaS annealed to the budget) and ``learned_probe``
   (plus our gate probe), both at the gate threshold 0.5 and along their budget curves;
 * ``gate_only``, ``gate_only_mlp``, ``gate_only_transfer``: the fine-tuned dense model frozen,
@@ -111,6 +113,12 @@ def runs(setting: dict) -> dict:
                              gate_probe=None,
                              evals=[(f'content{x}', dict(rule='content', budget=x))
                                     for x in budgets]),
+        'mixed_content': dict(label='MSViT, content gate, fine-tuned on budgets 0.25-1.0',
+                              start='dense_pre', force_scale=None, gate=dict(type='ContentGate'),
+                              fine_budget=b, train_budget_range=(0.25, 1.0), gate_loss=None,
+                              gate_probe=None,
+                              evals=[(f'content{x}', dict(rule='content', budget=x))
+                                     for x in budgets] + [('scale1.0', dict(scale=1.0))]),
         'learned_gbas': dict(label='MSViT, learned gate (GBaS, paper)', start='dense_pre',
                              force_scale=None, gate_probe=None, evals=learned_evals),
         'learned_probe': dict(label='MSViT, learned gate + probe', start='dense_pre',
@@ -184,7 +192,7 @@ def seg_config(setting_name: str, run: str, seed: int, out_dir: str):
     model.decode_head.sampler.min_kept = setting['min_kept']
     model.auxiliary_head.in_channels = setting['neck_width']
     model.backbone.force_scale = spec.get('force_scale')
-    for key in ('gate', 'fine_budget'):
+    for key in ('gate', 'fine_budget', 'train_budget_range'):
         if key in spec:
             model.backbone[key] = spec[key]
     if 'gate_loss' in spec and spec['gate_loss'] is None:
@@ -461,9 +469,11 @@ def comparisons(setting):
     """(label, first, second) pairs the verdicts are about: equal GMACs unless stated."""
     b, low = setting['budget'], setting['low_scale']
     pairs = []
-    for learned in ('learned_gbas', 'learned_probe', 'learned_transfer', 'learned_content',
-                    'gate_only', 'gate_only_mlp', 'gate_only_transfer'):
-        mine = (learned, f'budget{b}')
+    candidates = [(run, f'budget{b}') for run in (
+        'learned_gbas', 'learned_probe', 'learned_transfer', 'learned_content', 'gate_only',
+        'gate_only_mlp', 'gate_only_transfer')] + [('mixed_content', f'content{b}')]
+    for mine in candidates:
+        learned = mine[0]
         pairs += [
             (f'{learned} vs dense trained at {low}x', mine, ('dense_lowres', f'scale{low}')),
             (f'{learned} vs dense downscaled to {low}x', mine, ('dense', f'scale{low}')),
@@ -485,6 +495,10 @@ def comparisons(setting):
          ('dense', f'content{b}')),
         ('random-trained model: content vs random decisions', ('random_gate', f'content{b}'),
          ('random_gate', f'random{b}')),
+        ('content decisions: fine-tuned on budgets 0.25-1.0 vs dense-only training',
+         ('mixed_content', f'content{b}'), ('dense', f'content{b}')),
+        ('dense evaluation: fine-tuned on budgets 0.25-1.0 vs dense-only training',
+         ('mixed_content', 'scale1.0'), ('dense', 'scale1.0')),
     ]
     return pairs
 

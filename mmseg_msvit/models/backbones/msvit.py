@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..arguments import (check_fine_budget, check_gate_threshold, check_out_indices,
                          check_positive_int, check_positive_real, check_rate, check_size_pair,
-                         is_int, translate_mmseg_vit_args)
+                         is_int, is_real, translate_mmseg_vit_args)
 from ..builder import build_component
 from ..features import MixedScaleFeatures
 from ..gates import budget_decisions
@@ -85,6 +85,11 @@ class MSViT(BaseModule):
             in training the top-k carries a straight-through gradient. 1.0 is the dense ViT.
             None: threshold mode (adaptive per image). Settable after building
             (``model.backbone.fine_budget = 0.3``). Default: None.
+        train_budget_range (tuple, optional): our option, with ``fine_budget``: in training, each
+            forward draws its budget uniformly from ``(low, high)`` (one draw per batch, so the
+            batch keeps equal token counts); evaluation uses ``fine_budget``. Training on many
+            budgets, up to 1.0 (dense), lets the transformer keep learning detail from fine
+            tokens while it learns to read coarse ones (README, "Evidence"). Default: None.
         freeze_gate (bool): keep the gate's parameters fixed (requires_grad False). Default: False.
         gate_init (dict, optional): ``dict(checkpoint='gate.pth', freeze=False)`` loads a gate
             written by ``tools/transfer_gate.py`` (from any MSViT, any width, any task) after the
@@ -150,6 +155,7 @@ class MSViT(BaseModule):
                  gate: Optional[dict] = None,
                  gate_threshold: float = 0.5,
                  fine_budget: Optional[float] = None,
+                 train_budget_range: Optional[Tuple[float, float]] = None,
                  freeze_gate: bool = False,
                  gate_init: Optional[dict] = None,
                  pretrained: Optional[str] = None,
@@ -206,6 +212,17 @@ class MSViT(BaseModule):
         self.force_scale = force_scale
         self.gate_threshold = gate_threshold  # checked by the property's setter
         self.fine_budget = fine_budget  # checked by the property's setter
+        if train_budget_range is not None:
+            low_high = tuple(train_budget_range) if isinstance(train_budget_range,
+                                                               (list, tuple)) else ()
+            if len(low_high) != 2 or fine_budget is None or not all(
+                    is_real(v) and 0 < v <= 1 for v in low_high) or low_high[0] > low_high[1]:
+                raise ValueError('MSViT: train_budget_range must be (low, high) with 0 < low <= '
+                                 'high <= 1, and needs a fine_budget (the evaluation budget), '
+                                 f'got train_budget_range={train_budget_range!r}, '
+                                 f'fine_budget={fine_budget!r}')
+            train_budget_range = (float(low_high[0]), float(low_high[1]))
+        self.train_budget_range = train_budget_range
         self.final_norm = final_norm
         self.with_cp = with_cp
         if not isinstance(token_packing, bool):
@@ -306,12 +323,22 @@ class MSViT(BaseModule):
     def fine_budget(self, value: Optional[float]) -> None:
         self._fine_budget = check_fine_budget(value)
 
-    def num_fine_regions(self, num_regions: int) -> int:
-        """Fine regions per image in budget mode: ``fine_budget * num_regions`` rounded half
-        up, and at least one (a budget is > 0)."""
-        return max(1, int(math.floor(self.fine_budget * num_regions + 0.5)))
+    def num_fine_regions(self, num_regions: int, budget: Optional[float] = None) -> int:
+        """Fine regions per image in budget mode: ``budget`` (default ``fine_budget``) times
+        ``num_regions``, rounded half up, and at least one (a budget is > 0)."""
+        budget = self.fine_budget if budget is None else budget
+        return max(1, int(math.floor(budget * num_regions + 0.5)))
 
-    def static_num_tokens(self, grid: Tuple[int, int]) -> Optional[int]:
+    def forward_budget(self) -> Optional[float]:
+        """The budget of this forward: ``fine_budget``, or in training with
+        ``train_budget_range`` a uniform draw from that range (torch's generator)."""
+        if self.training and self.train_budget_range is not None:
+            low, high = self.train_budget_range
+            return low + (high - low) * float(torch.rand(()))
+        return self.fine_budget
+
+    def static_num_tokens(self, grid: Tuple[int, int],
+                          budget: Optional[float] = None) -> Optional[int]:
         """Patch tokens per image when every image has the same count (budget mode or a forced
         scale), known from shapes alone; None in threshold mode."""
         regions = grid[0] * grid[1]
@@ -319,7 +346,7 @@ class MSViT(BaseModule):
         if self.force_scale is not None:
             return regions * (per_fine if self.force_scale == 'fine' else 1)
         if self.fine_budget is not None:
-            return regions + (per_fine - 1) * self.num_fine_regions(regions)
+            return regions + (per_fine - 1) * self.num_fine_regions(regions, budget)
         return None
 
     # ------------------------------------------------------------------ weights
@@ -447,13 +474,14 @@ class MSViT(BaseModule):
     def decide_scales(self,
                       img: torch.Tensor,
                       fine_mask: Optional[torch.Tensor] = None,
-                      fine_value: Optional[torch.Tensor] = None
+                      fine_value: Optional[torch.Tensor] = None,
+                      budget: Optional[float] = None
                       ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Decide every region of a padded input.
 
         Precedence: an explicit ``fine_mask`` (with an optional straight-through ``fine_value``),
-        then ``force_scale``, then the gate: its top ``fine_budget`` share of regions per image
-        in budget mode, else its threshold.
+        then ``force_scale``, then the gate: its top ``budget`` (default ``fine_budget``) share
+        of regions per image in budget mode, else its threshold.
 
         Returns:
             tuple: ``fine_mask`` (B, Hc, Wc) bool; ``fine_value`` (float, the straight-through
@@ -485,7 +513,8 @@ class MSViT(BaseModule):
             return make((batch, *grid), dtype=torch.bool, device=img.device), None, None
         logits = self.gate(img)
         if self.fine_budget is not None:
-            fine_mask, value = budget_decisions(logits, self.num_fine_regions(grid[0] * grid[1]),
+            fine_mask, value = budget_decisions(logits,
+                                                self.num_fine_regions(grid[0] * grid[1], budget),
                                                 self.training and any(
                                                     p.requires_grad
                                                     for p in self.gate.parameters()),
@@ -567,9 +596,12 @@ class MSViT(BaseModule):
             decisions, the gate logits and the token counts of this forward.
         """
         img, out_size = self.pad_input(img)
+        budget = self.forward_budget()
         static = None if fine_mask is not None else self.static_num_tokens(
-            (img.shape[-2] // self.coarse_patch_size, img.shape[-1] // self.coarse_patch_size))
-        fine_mask, fine_value, gate_logits = self.decide_scales(img, fine_mask, fine_value)
+            (img.shape[-2] // self.coarse_patch_size, img.shape[-1] // self.coarse_patch_size),
+            budget)
+        fine_mask, fine_value, gate_logits = self.decide_scales(img, fine_mask, fine_value,
+                                                                budget)
         if self.training and gate_logits is not None and self.gate_trained_by is None:
             self._warn_untrained_gate()
         return self.forward_blocks(
