@@ -444,8 +444,10 @@ def family(run, name):
         return 'dense ViT + content gate (training-free)'
     if run == 'dense' and name.startswith('random'):
         return 'dense ViT + random regions'
-    if run.startswith('learned') and name.startswith('budget'):
+    if run.startswith(('learned', 'gate_only')) and name.startswith('budget'):
         return f'{run} (budget curve)'
+    if run == 'mixed_content' and name.startswith('scale'):
+        return f'{run}, every region fine'
     return run
 
 
@@ -509,6 +511,8 @@ def fmt(mean, std, digits=2):
 
 def write_outputs(records, setting, out_dir):
     from mmseg_msvit.analysis.study import compare, summarise
+    # the curve of each result follows this version's grouping, also for older results
+    records = [dict(r, family=family(r['run'], r['eval'])) for r in records]
     rows = summarise(records)
     fields = ['run', 'eval', 'label', 'family', 'seeds'] + \
         [k for key in ('mIoU', 'small_mIoU', 'gmacs', 'gmacs_min', 'gmacs_max', 'fine_fraction',
@@ -563,12 +567,14 @@ def plot(rows, path):
             continue
         families.setdefault(row['family'], []).append(row)
     markers = 'osD^v<>phX*P'
+    colours = plt.cm.tab20.colors  # one colour per curve (up to 20), markers cycle besides
     for index, (name, group) in enumerate(sorted(families.items())):
         group = sorted(group, key=lambda r: r['gmacs'])
         ax.errorbar([r['gmacs'] for r in group], [r['mIoU'] for r in group],
                     xerr=[r['gmacs_std'] for r in group], yerr=[r['mIoU_std'] for r in group],
                     fmt=markers[index % len(markers)] + ('-' if len(group) > 1 else ''),
-                    capsize=3, markersize=5, label=name)
+                    color=colours[index % len(colours)], capsize=2, markersize=5,
+                    elinewidth=0.8, alpha=0.9, label=name)
     ax.set_xlabel('backbone GMACs per image')
     ax.set_ylabel('mIoU (mean ± std over seeds)')
     ax.grid(alpha=0.3)
