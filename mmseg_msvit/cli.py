@@ -164,6 +164,22 @@ def build_eval_model(cfg: Config, checkpoint: Optional[str] = None,
     return model, Runner.build_dataloader(loader_cfg)
 
 
+def check_output_path(tool: str, source: str, out: str, force: bool = False,
+                      example: str = 'out.pth') -> None:
+    """A tool's output file: never a folder, never its source checkpoint, and an existing file
+    only with ``--force`` (clear one-line errors naming ``tool``)."""
+    if osp.isdir(out):
+        raise IsADirectoryError(f'{tool}: output {out!r} is a directory; give a file name, e.g. '
+                                f'{osp.join(out, example)}')
+    same = osp.abspath(source) == osp.abspath(out) or (
+        osp.exists(source) and osp.exists(out) and osp.samefile(source, out))
+    if same:
+        raise FileExistsError(f'{tool}: output {out!r} is the source checkpoint; it is never '
+                              'overwritten, choose another output file')
+    if osp.exists(out) and not force:
+        raise FileExistsError(f'{tool}: output {out!r} exists; pass --force to replace it')
+
+
 def int_at_least(minimum: int, unit: str = ''):
     """An argparse type: an int >= ``minimum`` (clear message otherwise)."""
 

@@ -14,6 +14,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
+from mmseg_msvit.cli import check_output_path  # noqa: E402
 from mmseg_msvit.models.checkpoints import extract_gate, save_gate  # noqa: E402
 
 
@@ -34,24 +35,9 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def check_paths(source: str, out: str, force: bool = False) -> None:
-    """The source is never overwritten; an existing output needs --force; a folder is no
-    output file."""
-    if osp.isdir(out):
-        raise IsADirectoryError(f'transfer_gate: output {out!r} is a directory; give a file '
-                                f"name, e.g. {osp.join(out, 'gate.pth')}")
-    if osp.exists(out):
-        if osp.exists(source) and osp.samefile(source, out):
-            raise FileExistsError(f'transfer_gate: output {out!r} is the source checkpoint; it '
-                                  'is never overwritten, choose another output file')
-        if not force:
-            raise FileExistsError(f'transfer_gate: output {out!r} exists; pass --force to '
-                                  'replace it')
-
-
 def main(argv=None):
     args = parse_args(argv)
-    check_paths(args.checkpoint, args.out, args.force)
+    check_output_path('transfer_gate', args.checkpoint, args.out, args.force, 'gate.pth')
     gate = extract_gate(args.checkpoint, include_prior=args.include_prior, mean=args.mean,
                         std=args.std, bgr_to_rgb=args.bgr_to_rgb)
     save_gate(gate, args.out)

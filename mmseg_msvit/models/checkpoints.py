@@ -253,8 +253,7 @@ def _strip_wrapper(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return state
 
 
-def to_timm_vit(state: Dict[str, torch.Tensor], embed_dims: Optional[int] = None
-                ) -> Tuple[Dict[str, torch.Tensor], str]:
+def to_timm_vit(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], str]:
     """A ViT state dict in timm's key names, from timm/DeiT, mmseg ``VisionTransformer``
     (the ``vit2mmseg`` names) or mmpretrain ``VisionTransformer`` checkpoints, bare or inside a
     segmentor/classifier checkpoint (``backbone.`` prefix).
@@ -302,6 +301,21 @@ def to_timm_vit(state: Dict[str, torch.Tensor], embed_dims: Optional[int] = None
     return out, kind
 
 
+def checkpoint_to_timm_vit(state: Dict[str, torch.Tensor], owner: str, path: str
+                           ) -> Tuple[Dict[str, torch.Tensor], str]:
+    """:func:`to_timm_vit` for the weights read from ``path``; an unrecognised layout is a
+    KeyError that names ``owner`` and the file."""
+    try:
+        return to_timm_vit(state)
+    except KeyError as err:
+        raise KeyError(f'{owner} {path!r}: {err.args[0]}') from None
+
+
+def vit_depth(state: Dict[str, torch.Tensor]) -> int:
+    """Transformer blocks in a timm-named ViT state dict (``blocks.N.*``)."""
+    return 1 + max((int(k.split('.')[1]) for k in state if k.startswith('blocks.')), default=-1)
+
+
 def load_pretrained(backbone, path: str, prefix: Optional[str] = None) -> Tuple[list, list]:
     """Load a local ViT checkpoint into an MSViT ``backbone``: timm/DeiT, mmseg
     ``VisionTransformer`` or mmpretrain ``VisionTransformer`` weights, alone or inside a
@@ -319,10 +333,7 @@ def load_pretrained(backbone, path: str, prefix: Optional[str] = None) -> Tuple[
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
             raise KeyError(f'MSViT: no key of {path!r} starts with prefix={prefix!r}')
-    try:
-        state, kind = to_timm_vit(state)
-    except KeyError as err:
-        raise KeyError(f'MSViT: pretrained checkpoint {path!r}: {err.args[0]}') from None
+    state, kind = checkpoint_to_timm_vit(state, 'MSViT: pretrained checkpoint', path)
     proj = state['patch_embed.proj.weight']
     if proj.shape[0] != backbone.embed_dims:
         raise ValueError(f'MSViT: checkpoint {path!r} has embed width {proj.shape[0]}, the '
@@ -331,7 +342,7 @@ def load_pretrained(backbone, path: str, prefix: Optional[str] = None) -> Tuple[
     if tuple(proj.shape[1:]) != expected:
         raise ValueError(f'MSViT: checkpoint {path!r} patch embedding is '
                          f'{tuple(proj.shape[1:])} (C, p, p), the backbone expects {expected}')
-    depth = 1 + max((int(k.split('.')[1]) for k in state if k.startswith('blocks.')), default=-1)
+    depth = vit_depth(state)
     if depth != backbone.depth:
         raise ValueError(f'MSViT: checkpoint {path!r} has {depth} transformer blocks, the '
                          f'backbone has depth={backbone.depth}')

@@ -49,8 +49,11 @@ class MixedScaleFeatures:
     def tokens(self) -> torch.Tensor:
         """(B, L, D) patch tokens (CLS excluded), zero on padding."""
         if self._packed is not None and self._tokens is None:
-            index, valid = self._patch_index(self.layout.valid.shape[1])
-            self._tokens = self._packed[index] * valid[..., None]
+            valid = self.layout.valid
+            rank = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)
+            # padding positions point at the image's own CLS (rank -1) and are zeroed
+            self._tokens = self._packed[self._packed_index(torch.where(valid, rank, -1))] * \
+                valid[..., None]
         return self._tokens
 
     @tokens.setter
@@ -68,13 +71,11 @@ class MixedScaleFeatures:
     def cls_token(self, value: Optional[torch.Tensor]) -> None:
         self._cls = value
 
-    def _patch_index(self, length: int):
-        """(B, length) packed index of each image's patch tokens 0..length-1 (clamped on
-        padding) and the (B, length) validity mask."""
+    def _packed_index(self, rank: torch.Tensor) -> torch.Tensor:
+        """Packed position of each image's patch token of the given ``rank`` (B, ...) (its
+        position in the image's sequence, CLS excluded)."""
         starts = self.layout.packed.starts
-        index = starts[:, None] + 1 + torch.arange(length, device=starts.device)[None, :]
-        valid = self.layout.valid
-        return index.clamp(max=self._packed.shape[0] - 1), valid
+        return starts.view(-1, *([1] * (rank.dim() - 1))) + 1 + rank
 
     @property
     def fine_mask(self) -> torch.Tensor:
@@ -102,9 +103,8 @@ class MixedScaleFeatures:
         """
         rows, cols = self.layout.fine_grid
         if self._packed is not None:  # straight from the packed sequence
-            starts = self.layout.packed.starts
-            batch, dims = starts.shape[0], self._packed.shape[-1]
-            dense = self._packed[starts[:, None] + 1 + self.layout.cell_to_token]
+            batch, dims = self.layout.packed.starts.shape[0], self._packed.shape[-1]
+            dense = self._packed[self._packed_index(self.layout.cell_to_token)]
         else:
             batch, _, dims = self.tokens.shape
             index = self.layout.cell_to_token[..., None].expand(-1, -1, dims)

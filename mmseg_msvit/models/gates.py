@@ -185,6 +185,14 @@ def budget_decisions(logits: torch.Tensor, num_fine: int, training: bool = False
     return hard.bool(), hard
 
 
+def hard_threshold(logits: torch.Tensor, threshold: float = 0.5
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``sigmoid(logits) > threshold`` and its 0/1 value (no gradient): the decisions of the gates
+    that have nothing to train (:class:`ContentGate`, :class:`RandomGate`)."""
+    fine_mask = torch.sigmoid(logits) > threshold
+    return fine_mask, fine_mask.to(logits.dtype)
+
+
 @MODELS.register_module()
 class ContentGate(BaseModule):
     """A gate without parameters: a region's score is the pixel energy that its coarse token
@@ -243,8 +251,7 @@ class ContentGate(BaseModule):
     def decide(self, logits: torch.Tensor, threshold: float = 0.5
                ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Threshold decisions (no noise, no gradient: nothing to train)."""
-        fine_mask = torch.sigmoid(logits) > threshold
-        return fine_mask, fine_mask.to(logits.dtype)
+        return hard_threshold(logits, threshold)
 
 
 @MODELS.register_module()
@@ -283,5 +290,4 @@ class RandomGate(BaseModule):
     def decide(self, logits: torch.Tensor, threshold: float = 0.5
                ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Threshold decisions (no gradient: nothing to train)."""
-        fine_mask = torch.sigmoid(logits) > threshold
-        return fine_mask, fine_mask.to(logits.dtype)
+        return hard_threshold(logits, threshold)

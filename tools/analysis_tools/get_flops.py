@@ -83,23 +83,18 @@ def count_shape(model, shape) -> dict:
     grid = (padded.shape[-2] // backbone.coarse_patch_size,
             padded.shape[-1] // backbone.coarse_patch_size)
     rows = {}
-    for name, fill in (('all fine (dense ViT)', True), ('all coarse', False)):
-        mask = torch.full((1, *grid), fill, dtype=torch.bool)
+    all_fine = torch.ones((1, *grid), dtype=torch.bool)
+    for name, mask in (('all fine (dense ViT)', all_fine), ('all coarse', ~all_fine)):
         rows[name] = float(backbone_macs(backbone, img, mask)[0])
     if backbone.fine_budget is not None:
         # the budget's cost is the same for every image: count it on a random one
         rows[f'budget {backbone.fine_budget}'] = float(backbone_macs(backbone,
                                                                      torch.randn_like(img))[0])
-    dense = [f.to_dense() for f in backbone(img, fine_mask=torch.ones((1, *grid),
-                                                                      dtype=torch.bool))]
+    dense = [f.to_dense() for f in backbone(img, fine_mask=all_fine)]
     head = decode_macs(model, dense)
-    saved = backbone.force_scale
-    backbone.force_scale = 'fine'
-    try:
-        mmengine_count = count_macs_with_mmengine(
-            backbone, (img, ), to_tensors=lambda feats: tuple(f.tokens for f in feats))
-    finally:
-        backbone.force_scale = saved
+    # the same dense forward (decisions given: the gate does not run) through mmengine's counter
+    mmengine_count = count_macs_with_mmengine(
+        backbone, (img, all_fine), to_tensors=lambda feats: tuple(f.tokens for f in feats))
     print(f'[flops] input {shape[0]}x{shape[1]} (padded to {padded.shape[-2]}x'
           f'{padded.shape[-1]}), {grid[0] * grid[1]} regions')
     for name, macs in rows.items():

@@ -395,7 +395,7 @@ class Study:
         with open(osp.join(run_dir(self.out_dir, seed, run), 'train_time.json')) as f:
             train_seconds = json.load(f)['seconds']
         record = dict(seed=seed, run=run, eval=name, label=f"{self.runs[run]['label']}, {name}",
-                      family=family(run, name), setting=self.args.setting, **kwargs,
+                      setting=self.args.setting, **kwargs,
                       train_seconds=train_seconds, **result)
         self.records.append(record)
         self.done.add((seed, run, name))
@@ -511,7 +511,7 @@ def fmt(mean, std, digits=2):
 
 def write_outputs(records, setting, out_dir):
     from mmseg_msvit.analysis.study import compare, summarise
-    # the curve of each result follows this version's grouping, also for older results
+    # the plot's curve of each result is derived from its run and evaluation, never stored
     records = [dict(r, family=family(r['run'], r['eval'])) for r in records]
     rows = summarise(records)
     fields = ['run', 'eval', 'label', 'family', 'seeds'] + \

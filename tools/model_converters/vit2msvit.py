@@ -24,9 +24,10 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import torch  # noqa: E402
 
+from mmseg_msvit.cli import check_output_path  # noqa: E402
 from mmseg_msvit.engine.fileio import atomic_write, atomic_write_bytes  # noqa: E402
-from mmseg_msvit.models.checkpoints import (read_checkpoint, state_dict_of,  # noqa: E402
-                                            to_timm_vit)
+from mmseg_msvit.models.checkpoints import (checkpoint_to_timm_vit,  # noqa: E402
+                                            read_checkpoint, state_dict_of, vit_depth)
 
 _BIAS_KEYS = ('patch_embed.proj.bias', 'patch_embed.projection.bias')
 
@@ -44,20 +45,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def check_paths(src: str, dst: str, force: bool = False) -> None:
-    """DST is a file name, never the source, and replaced only with ``force``."""
-    if osp.isdir(dst):
-        raise IsADirectoryError(f'vit2msvit: output {dst!r} is a directory; give a file name, '
-                                f"e.g. {osp.join(dst, 'vit_msvit.pth')}")
-    same = osp.abspath(src) == osp.abspath(dst) or (
-        osp.exists(src) and osp.exists(dst) and osp.samefile(src, dst))
-    if same:
-        raise FileExistsError(f'vit2msvit: output {dst!r} is the source checkpoint; it is never '
-                              'overwritten, choose another output file')
-    if osp.exists(dst) and not force:
-        raise FileExistsError(f'vit2msvit: output {dst!r} exists; pass --force to replace it')
-
-
 def convert(src: str):
     """Read ``src`` and rename its ViT weights to timm's names.
 
@@ -67,10 +54,7 @@ def convert(src: str):
     source = state_dict_of(read_checkpoint(src, 'vit2msvit: source checkpoint'))
     if not source:
         raise ValueError(f'vit2msvit: source checkpoint {src!r} holds no model weights')
-    try:
-        state, kind = to_timm_vit(source)
-    except KeyError as err:
-        raise KeyError(f'vit2msvit: source checkpoint {src!r}: {err.args[0]}') from None
+    state, kind = checkpoint_to_timm_vit(source, 'vit2msvit: source checkpoint', src)
     bias_added = not any(k.endswith(_BIAS_KEYS) for k in source)
     return state, kind, bias_added
 
@@ -87,10 +71,10 @@ def save(state: dict, dst: str) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
-    check_paths(args.src, args.dst, args.force)
+    check_output_path('vit2msvit', args.src, args.dst, args.force, 'vit_msvit.pth')
     state, kind, bias_added = convert(args.src)
     proj = state['patch_embed.proj.weight']
-    depth = 1 + max((int(k.split('.')[1]) for k in state if k.startswith('blocks.')), default=-1)
+    depth = vit_depth(state)
     save(state, args.dst)
     print(f'[vit2msvit] {args.src} ({kind} key names) -> {args.dst}: {len(state)} tensors, '
           f'embed width {proj.shape[0]}, depth {depth}, patch {proj.shape[-2]}x{proj.shape[-1]}, '
