@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test demo clean-env
+.PHONY: setup test demo clean-env lock
 
 setup:
 	@VENV=$(VENV) bash tools/setup_env.sh
@@ -18,3 +18,10 @@ demo: setup
 
 clean-env:
 	rm -rf $(VENV)
+
+# Rebuild requirements/lock.txt from the direct requirements in a fresh environment (maintainers).
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet -r requirements/torch.txt -r requirements/runtime.txt -r requirements/tests.txt
+	{ head -3 requirements/lock.txt; .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip=='; } > requirements/lock.txt.new
+	mv requirements/lock.txt.new requirements/lock.txt && rm -rf .lock-venv

@@ -23,7 +23,7 @@ INSTALL_REQUIRES = [
     'mmengine>=0.10.0,<1.0',
     'mmsegmentation>=1.2.0,<1.3',
     'mmpretrain>=1.2.0,<1.3',
-    'timm>=0.9',
+    'timm>=1.0.16',  # Block.forward(x, attn_mask), Attention.norm (models/packed.py)
     'numpy',
     'ftfy',  # imported by mmseg at import time but not declared by it
     'regex',

@@ -47,8 +47,10 @@ def check_budget_mode(backbone) -> None:
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: str) -> None:
     """Export ``module(example)`` with the dynamo-based exporter (torch.export) to ``path``."""
+    from .engine.fileio import atomic_path
     program = torch.onnx.export(module, (example, ), dynamo=True, verbose=False)
-    program.save(path)
+    with atomic_path(path) as tmp_path:  # a failed or killed export leaves no partial file
+        program.save(tmp_path)
 
 
 def onnxruntime_outputs(path: str, example: torch.Tensor) -> Sequence[np.ndarray]:

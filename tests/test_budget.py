@@ -113,6 +113,22 @@ def test_budget_mode_exports_to_onnx_and_matches_eager(shape, tmp_path):
                                                              example)) < 1e-4
 
 
+def test_backbone_itself_exports_in_budget_mode():
+    """torch.export of the bare backbone: its MixedScaleFeatures outputs are a registered pytree
+    (tokens and layout come back as they are in eager mode)."""
+    torch.manual_seed(4)
+    model = tiny(fine_budget=0.5, coarse_detail=True).eval()
+    img = torch.randn(2, 3, 64, 96)
+    program = torch.export.export(model, (img, ))
+    other = torch.randn(2, 3, 64, 96)  # other decisions, same shapes
+    with torch.no_grad():
+        exported, eager = program.module()(other), model(other)
+    assert all(type(f).__name__ == 'MixedScaleFeatures' for f in exported)
+    assert torch.equal(exported[0].layout.fine_mask, eager[0].layout.fine_mask)
+    for a, b in zip(exported, eager):
+        torch.testing.assert_close(a.to_dense(), b.to_dense())
+
+
 def test_budget_mode_compiles_once_per_input_size_without_graph_breaks():
     compiles = []
 

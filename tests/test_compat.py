@@ -231,6 +231,54 @@ def test_malicious_checkpoints_are_still_refused(tmp_path, payload):
     torch.save({'state_dict': {}, 'meta': payload}, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
-    with pytest.raises(pickle.UnpicklingError):
+    from mmseg_msvit.models.checkpoints import CheckpointError
+    with pytest.raises(CheckpointError, match='was refused'):  # one sentence, not a traceback
         CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
     assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
+
+
+class _CallsNdarray:
+    """A pickle calling numpy.ndarray(shape, dtype): an uninitialised array of any dtype."""
+
+    def __reduce__(self):
+        import numpy as np
+        return (np.ndarray, ((4, ), np.dtype('float64')))
+
+
+def test_crafted_numpy_and_history_states_are_refused(tmp_path):
+    """Only what mmengine checkpoints hold: plain numeric arrays and scalars, HistoryBuffers with
+    mmengine's own statistics, restored without touching class state."""
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+
+    from mmseg_msvit.models.checkpoints import CheckpointError, read_checkpoint
+    fine = {'array': np.arange(6, dtype=np.float32).reshape(2, 3), 'scalar': np.float64(1.5),
+            'ints': np.array([1, 2], dtype=np.uint8), 'buffer': HistoryBuffer([1.0, 2.0], [1, 1])}
+    torch.save(fine, tmp_path / 'fine.pth')
+    loaded = read_checkpoint(str(tmp_path / 'fine.pth'))
+    np.testing.assert_array_equal(loaded['array'], fine['array'])
+    assert loaded['scalar'] == 1.5 and loaded['ints'].dtype == np.uint8
+    assert type(loaded['buffer']) is HistoryBuffer and loaded['buffer'].mean() == 1.5
+    torch.save(loaded, tmp_path / 'again.pth')  # what was loaded saves as plain numpy again
+    assert read_checkpoint(str(tmp_path / 'again.pth'))['array'].sum() == 15
+
+    structured = np.zeros(2, dtype=[('x', 'i8'), ('y', 'O')])
+    torch.save({'a': structured}, tmp_path / 'object_field.pth')
+    with pytest.raises(CheckpointError, match=r'refused.*numpy.dtype'):
+        read_checkpoint(str(tmp_path / 'object_field.pth'))
+    torch.save({'a': _CallsNdarray()}, tmp_path / 'ndarray_call.pth')
+    with pytest.raises(CheckpointError, match=r'refused.*numpy.ndarray\(...\)'):
+        read_checkpoint(str(tmp_path / 'ndarray_call.pth'))
+
+    table = HistoryBuffer._statistics_methods
+    before = dict(table)
+    swapped = HistoryBuffer([1.0], [1])
+    try:  # a buffer whose 'min' statistic is mmengine's max
+        table['min'] = HistoryBuffer.max
+        torch.save({'buffer': swapped}, tmp_path / 'swapped.pth')
+    finally:
+        table.clear()
+        table.update(before)
+    with pytest.raises(CheckpointError, match=r"refused.*statistics \['current', 'max', 'mean'"):
+        read_checkpoint(str(tmp_path / 'swapped.pth'))
+    assert HistoryBuffer._statistics_methods == before  # no class state changed

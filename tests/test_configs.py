@@ -42,7 +42,7 @@ def _shrink_pipeline(pipeline):
 def tiny_cfg(path, synthetic_root, work_dir):
     cfg = Config.fromfile(path)
     dataset_type = cfg.train_dataloader.dataset.type
-    layout = 'cityscapes' if dataset_type == 'CityscapesDataset' else 'ade'
+    layout = 'cityscapes' if 'Cityscapes' in dataset_type else 'ade'
     for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
         loader.dataset.data_root = str(synthetic_root / layout)
         loader.num_workers = 0
@@ -118,7 +118,7 @@ def test_config_trains_one_iteration(path, synthetic_root, tmp_path):
         assert tuple(raw.model.gate_loss.grid_size) == (crop[0] // 32, crop[1] // 32), \
             'GBaS grid must be the coarse grid of the training crop'
     cfg, dataset_type = tiny_cfg(path, synthetic_root, tmp_path)
-    expected = {'ade20k': 'ADE20KDataset', 'cityscapes': 'CityscapesDataset',
+    expected = {'ade20k': 'CheckedADE20KDataset', 'cityscapes': 'CheckedCityscapesDataset',
                 'synthetic': 'SyntheticScenesDataset'}
     name = osp.basename(path)
     key = next((k for k in expected if k in name), 'synthetic')

@@ -27,3 +27,15 @@ def test_every_cited_path_exists():
 def test_the_project_carries_its_own_docs():
     for name in ('method.md', 'architecture.md'):
         assert osp.getsize(osp.join(REPO, 'docs', name)) > 2000
+
+
+def test_every_test_the_readme_names_exists():
+    """The README's reliability table names the tests that check each guarantee."""
+    defined = set()
+    for path in glob.glob(osp.join(REPO, 'tests', 'test_*.py')):
+        defined |= set(re.findall(r'^def (test_\w+)', open(path, encoding='utf-8').read(),
+                                  re.MULTILINE))
+    named = set()
+    for path in [osp.join(REPO, 'README.md')] + glob.glob(osp.join(REPO, 'docs', '*.md')):
+        named |= set(re.findall(r'`(test_\w+)`', open(path, encoding='utf-8').read()))
+    assert named and not named - defined, sorted(named - defined)

@@ -287,3 +287,27 @@ def test_epoch_based_resume_repeats_the_uninterrupted_losses(tmp_path):
         tmp_path / 'second.jsonl')
     assert sorted(second) == [5, 6, 7, 8]
     assert [second[i] for i in (5, 6, 7, 8)] == [straight[i] for i in (5, 6, 7, 8)]
+
+
+def test_training_time_adds_every_resumed_part(killed_and_resumed):
+    from types import SimpleNamespace
+
+    from mmengine.logging import MessageHub
+
+    from mmseg_msvit.engine import TrainingTimeHook
+    final = torch.load(killed_and_resumed['root'] / 'work' / 'iter_4.pth', weights_only=True)
+    assert final['meta']['train_seconds'] > 0
+    # the hook on its own: a resume adds the checkpoint's figure, a load_from start does not
+    hook = TrainingTimeHook()
+    resume = SimpleNamespace(_resume=True, message_hub=MessageHub.get_instance('time_hook'))
+    hook.after_load_checkpoint(resume, {'meta': {'train_seconds': 100.0}})
+    hook.before_train(resume)
+    checkpoint = {'meta': {}}
+    hook.before_save_checkpoint(resume, checkpoint)
+    assert 100.0 <= checkpoint['meta']['train_seconds'] < 110.0
+    hook.after_train(resume)
+    assert resume.message_hub.get_info('train_seconds') >= 100.0
+    fresh = TrainingTimeHook()
+    fresh.after_load_checkpoint(SimpleNamespace(_resume=False), {'meta': {'train_seconds': 100.0}})
+    fresh.before_train(None)
+    assert fresh.seconds() < 10.0

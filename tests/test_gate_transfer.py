@@ -153,3 +153,23 @@ def test_bad_normalisation_overrides_are_refused(tmp_path, override, match):
     with pytest.raises(ValueError, match=match):
         load_tool().main([str(src), str(tmp_path / 'gate.pth'), *NORMALISATION, *override])
     assert not (tmp_path / 'gate.pth').exists()
+
+
+def test_normalisation_is_the_models_own_preprocessor():
+    """The model's data_preprocessor (e.g. overridden with --cfg-options) wins over the
+    top-level variable that configs define first; the text is parsed, never run."""
+    from mmengine.config import Config
+
+    from mmseg_msvit.models.checkpoints import normalisation_from_cfg_text
+    top = dict(type='SegDataPreProcessor', mean=[1.0, 2.0, 3.0], std=[4.0, 5.0, 6.0],
+               bgr_to_rgb=True)
+    own = dict(top, mean=[10.0, 20.0, 30.0], bgr_to_rgb=False)
+    text = Config(dict(data_preprocessor=top, model=dict(type='X', data_preprocessor=own))
+                  ).pretty_text
+    assert text.index('data_preprocessor = dict') < text.index('model = dict')  # top first
+    assert normalisation_from_cfg_text(text) == dict(mean=[10.0, 20.0, 30.0],
+                                                     std=[4.0, 5.0, 6.0], bgr_to_rgb=False)
+    # mmpretrain configs keep only the top-level one
+    only_top = Config(dict(data_preprocessor=top, model=dict(type='X'))).pretty_text
+    assert normalisation_from_cfg_text(only_top)['mean'] == [1.0, 2.0, 3.0]
+    assert normalisation_from_cfg_text("model = dict(type='X')") is None

@@ -116,6 +116,15 @@ def test_refusals(tool, tmp_path):
     assert 'patch_embed.proj.bias' in torch.load(dst, weights_only=True)
     with pytest.raises(IsADirectoryError, match='is a directory'):
         tool.main([src, str(tmp_path)])
+    import os
+    import stat
+    with pytest.raises(FileExistsError, match='not a regular file'):
+        tool.main([src, '/dev/null', '--force'])
+    assert stat.S_ISCHR(os.stat('/dev/null').st_mode)  # still the device
+    fifo = str(tmp_path / 'pipe')
+    os.mkfifo(fifo)
+    with pytest.raises(FileExistsError, match='not a regular file'):
+        tool.main([src, fifo, '--force'])
     not_vit = str(tmp_path / 'head.pth')
     torch.save({'decode_head.conv_seg.weight': torch.zeros(1)}, not_vit)
     with pytest.raises(KeyError, match='no ViT patch embedding'):

@@ -379,6 +379,12 @@ def test_forward_refuses_empty_batch_and_bad_image_shape():
         model(torch.randn(3, 64, 64))
     with pytest.raises(ValueError, match=r'img must have in_channels=3 channels.*\(1, 1, 64, 64\)'):
         model(torch.randn(1, 1, 64, 64))
+    with pytest.raises(ValueError, match=r'img is a torch.uint8 tensor; .*normalised floating'):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r'img is torch.float16 but the weights are torch.float32'):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.float16))
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # mixed precision stays allowed
+        assert model(torch.zeros(1, 3, 64, 64, dtype=torch.bfloat16))[0].tokens.shape[0] == 1
 
 
 @pytest.mark.parametrize('kwargs, match', [

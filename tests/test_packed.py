@@ -147,3 +147,21 @@ def test_packed_attention_stays_within_each_image():
         start += n
     assert packed.cu_seqlens.tolist() == [0, 3, 8, 10]
     assert packed.image_of_token.tolist() == [0] * 3 + [1] * 5 + [2] * 2
+
+
+def test_a_block_with_parts_packing_does_not_know_is_refused():
+    """Packed tokens re-implement timm's Block from its parts: a timm whose Block gains a part
+    (or loses one) must fail loudly at construction, never skip a computation silently."""
+    import torch.nn as nn
+    from timm.models.vision_transformer import Block
+
+    from mmseg_msvit.models.packed import check_packable
+    block = Block(dim=48, num_heads=3)
+    check_packable(block)  # today's timm: every part known
+    block.attn.rope = nn.Identity()
+    with pytest.raises(ValueError, match=r"unknown parts: \['block.attn.rope'\].*token_packing=False"):
+        check_packable(block)
+    plain = Block(dim=48, num_heads=3)
+    del plain.attn.norm
+    with pytest.raises(ValueError, match=r"missing: \['norm'\]"):
+        check_packable(plain)

@@ -150,3 +150,36 @@ def test_cli_writes_and_reports(tmp_path):
     bad = subprocess.run([sys.executable, tool, str(tmp_path / 'y'), '--layout', 'voc'],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown layout='voc'" in bad.stderr
+
+
+def test_bad_files_in_a_dataset_are_errors_naming_the_file(tmp_path):
+    """An empty image, an RGB picture as a label, a label of another size: each refused with
+    the file's name (before cv2 or the loss could fail on it without one)."""
+    import numpy as np
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import DATASETS
+    from PIL import Image
+
+    from mmseg_msvit.datasets import make_synthetic
+    root = tmp_path / 'ade'
+    make_synthetic(str(root), 'ade20k', num_train=3, num_val=1, img_size=(64, 64))
+    init_default_scope('mmseg')
+    images = sorted((root / 'images' / 'training').iterdir())
+    labels = sorted((root / 'annotations' / 'training').iterdir())
+    images[0].write_bytes(b'')
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(labels[1])
+    Image.fromarray(np.zeros((32, 64), np.uint8)).save(labels[2])
+    pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+                dict(type='PackSegInputs')]
+    for type_name in ('SyntheticScenesDataset', 'CheckedADE20KDataset'):
+        dataset = DATASETS.build(dict(
+            type=type_name, data_root=str(root), pipeline=pipeline,
+            data_prefix=dict(img_path='images/training', seg_map_path='annotations/training')))
+        with pytest.raises(ValueError, match=f'image .*{images[0].name}.* empty file'):
+            dataset[0]
+        with pytest.raises(ValueError, match=f'label .*{labels[1].name}.* RGB image: a label '
+                           'map has one channel'):
+            dataset[1]
+        with pytest.raises(ValueError, match=f'label .*{labels[2].name}.* is 32x64 px but its '
+                           f'image .*{images[2].name}.* is 64x64 px'):
+            dataset[2]

@@ -53,6 +53,9 @@ def test_check_gate_transfer_needs_at_least_one_image(value, capsys):
     (['--fractions', '-0.25'], ['--fractions', '-0.25', '[0, 1]']),
     (['--fractions', 'nan'], ['--fractions', 'nan', '[0, 1]']),
     (['--threads', '0'], ['--threads', '0', '>= 1']),
+    (['--device', 'tpu'], ['--device', 'tpu', 'cpu, cuda or cuda:N']),
+    (['--device', 'cpu', '--out-dir', '/proc/speed'], ['--out-dir', '/proc/speed',
+                                                         'cannot create']),
 ])
 def test_benchmark_speed_refuses_bad_arguments(argv, expected, capsys):
     tool = load_tool('tools/analysis_tools/benchmark_speed.py')

@@ -315,6 +315,19 @@ def test_export_onnx_tool_writes_and_checks_the_segmentor(trained, tmp_path):
     result = tool.main([DEMO, str(work_dir / 'iter_2.pth'), '--shape', '128', '160',
                         '--fine-budget', '0.5', '--out', str(out)])
     assert out.stat().st_size > 10000 and result['max_abs_difference'] < 1e-4
+    checkpoint = work_dir / 'iter_2.pth'
+    before = checkpoint.read_bytes()
+    base = [DEMO, str(checkpoint), '--shape', '128', '160', '--fine-budget', '0.5', '--out']
+    with pytest.raises(FileExistsError, match='is the source checkpoint'):
+        tool.main(base + [str(checkpoint), '--force'])
+    assert checkpoint.read_bytes() == before
+    written = out.read_bytes()
+    with pytest.raises(FileExistsError, match='exists; pass --force'):
+        tool.main(base + [str(out)])
+    assert out.read_bytes() == written
+    with pytest.raises(FileExistsError, match='not a regular file'):
+        tool.main(base + ['/dev/null', '--force'])
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith('.tmp')]  # nothing left over
     with pytest.raises(SystemExit):
         tool.parse_args([DEMO, str(work_dir / 'iter_2.pth'), '--shape', '128', '160',
                          '--fine-budget', '0'])
@@ -346,3 +359,87 @@ def test_evaluation_weights_of_another_image_size_are_resized(trained):
     model = MODELS.build(cfg.model)
     load_model_weights(model, str(work_dir / 'iter_2.pth'))
     assert model.backbone.pos_embed.shape == (1, 1 + 16 * 16, 192)
+
+
+# ------------------------------------------------------------------ checkpoints are never code
+class _RunsCode:
+    """A pickle that creates ``marker`` when it is loaded as code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f'touch {self.marker}', ))
+
+
+def test_no_loader_runs_a_checkpoint_even_with_weights_only_switched_off(
+        trained, synthetic_root, tmp_path, monkeypatch):
+    """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 switches torch's default off; every path of the package
+    and of mmengine's loaders still reads checkpoints as data and says so in one sentence."""
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    from mmseg.apis import init_model
+    from mmseg.registry import MODELS
+
+    from mmseg_msvit.models.checkpoints import CheckpointError
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    marker = tmp_path / 'code_ran'
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'meta': _RunsCode(marker)}, evil)
+    refused = r"evil.pth' was refused: it holds objects other than tensors"
+    options = data_options(synthetic_root / 'ade')
+    # train --resume whose last_checkpoint names the crafted file
+    work_dir = tmp_path / 'resume'
+    work_dir.mkdir()
+    (work_dir / 'last_checkpoint').write_text(str(evil))
+    with pytest.raises(CheckpointError, match=refused):
+        load_tool('tools/train.py').main([DEMO, '--work-dir', str(work_dir), '--resume',
+                                          '--cfg-options', *options, 'train_cfg.max_iters=1'])
+    with pytest.raises(CheckpointError, match=refused):
+        load_tool('tools/analysis_tools/benchmark_tradeoff.py').main(
+            [DEMO, str(evil), '--thresholds', '0.5', '--out-dir', str(tmp_path / 'out'),
+             '--cfg-options', *options])
+    with pytest.raises(CheckpointError, match=refused):
+        init_model(DEMO, str(evil), device='cpu')
+    # a Pretrained init_cfg of the decode head (mmengine's PretrainedInit)
+    cfg = Config.fromfile(DEMO)
+    cfg.model.decode_head.init_cfg = dict(type='Pretrained', checkpoint=str(evil))
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        model = MODELS.build(cfg.model)
+    with pytest.raises(CheckpointError, match=refused):
+        model.init_weights()
+    assert not marker.exists()
+
+
+def test_evaluations_use_the_checkpoint_gate_not_gate_init(trained, synthetic_root, tmp_path):
+    """A config that still names gate_init (as saved by a transfer run) evaluates the gate of
+    the checkpoint: gate_init is read at the start of training only."""
+    work_dir, _ = trained
+    saved = torch.load(work_dir / 'iter_2.pth', weights_only=True)
+    state = saved['state_dict']
+    last_bias = max(k for k in state if k.startswith('backbone.gate.mlp.') and
+                    k.endswith('.bias'))
+    state[last_bias] = torch.full_like(state[last_bias], -100.0)  # every region coarse
+    coarse = tmp_path / 'coarse_gate_model.pth'
+    torch.save(saved, coarse)
+    gate = tmp_path / 'gate.pth'
+    load_tool('tools/transfer_gate.py').main([str(coarse), str(gate)])
+    options = data_options(synthetic_root / 'ade') + [
+        f'model.backbone.gate_init.checkpoint={gate}']
+    metrics = load_tool('tools/test.py').main([DEMO, str(coarse), '--work-dir',
+                                                str(tmp_path / 'test'), '--cfg-options',
+                                                *options])
+    assert metrics['complexity/fine_fraction'] == 0.0
+    rows = load_tool('tools/analysis_tools/benchmark_tradeoff.py').main(
+        [DEMO, str(coarse), '--thresholds', '0.5', '--out-dir', str(tmp_path / 'out'),
+         '--cfg-options', *options])
+    assert rows[0]['fine_fraction'] == 0.0
+    # and a checkpoint without a gate is refused for evaluation even when gate_init is set
+    del_gate = {k: v for k, v in state.items() if not k.startswith('backbone.gate.')}
+    gateless = tmp_path / 'gateless.pth'
+    torch.save(dict(saved, state_dict=del_gate), gateless)
+    from mmseg_msvit.models.checkpoints import CheckpointError
+    with pytest.raises(CheckpointError, match='backbone.gate'):
+        load_tool('tools/test.py').main([DEMO, str(gateless), '--work-dir',
+                                         str(tmp_path / 'test2'), '--cfg-options', *options])

@@ -2,12 +2,14 @@
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
+from .checked import CheckedSegDatasetMixin
 from .synthetic import SCENE_CLASSES, SCENE_PALETTE
 
 
 @DATASETS.register_module()
-class SyntheticScenesDataset(BaseSegDataset):
-    """The synthetic scenes with their own class names.
+class SyntheticScenesDataset(CheckedSegDatasetMixin, BaseSegDataset):
+    """The synthetic scenes with their own class names (bad files are errors naming the file:
+    :class:`~mmseg_msvit.datasets.checked.CheckedSegDatasetMixin`).
 
     Defaults read the ADE20K layout (``.jpg`` images, ``.png`` labels with 0 = other, which
     ``reduce_zero_label=True`` turns into the ignore index 255). For the Cityscapes layout pass

@@ -2,10 +2,10 @@
 from .fileio import AtomicLocalBackend, atomic_write, atomic_write_bytes, remove_stale_temporaries
 from .optim import CPUAutocastOptimWrapper
 from .hooks import (RUNTIME_HOOKS, CheckpointCheckHook, ExactResumeHook, FiniteLossHook,
-                    SafeCheckpointHook, get_random_state, set_random_state)
+                    SafeCheckpointHook, TrainingTimeHook, get_random_state, set_random_state)
 
 __all__ = [
     'CPUAutocastOptimWrapper', 'AtomicLocalBackend', 'atomic_write', 'atomic_write_bytes', 'remove_stale_temporaries',
     'RUNTIME_HOOKS', 'CheckpointCheckHook', 'ExactResumeHook', 'FiniteLossHook',
-    'SafeCheckpointHook', 'get_random_state', 'set_random_state'
+    'SafeCheckpointHook', 'TrainingTimeHook', 'get_random_state', 'set_random_state'
 ]

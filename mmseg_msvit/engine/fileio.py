@@ -7,6 +7,7 @@ file backend with that ``put``; it is registered under its own name, ``'atomic_l
 used where a config asks for it (``SafeCheckpointHook`` does by default). mmengine's own
 ``'local'`` backend is left as it is.
 """
+from contextlib import contextmanager
 import glob
 import os
 import os.path as osp
@@ -56,6 +57,27 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+@contextmanager
+def atomic_path(path: Union[str, os.PathLike]):
+    """A temporary path beside ``path`` for a writer that wants a file name (an exporter, say);
+    it replaces ``path`` when the block ends without an error, and is removed otherwise."""
+    path = os.fspath(path)
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix='.' + osp.basename(path) + '.',
+                                    suffix=TMP_SUFFIX)
+    os.close(fd)
+    try:
+        yield tmp_path
+        with open(tmp_path, 'rb') as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.replace(tmp_path, path)
+    finally:
+        if osp.exists(tmp_path):
+            os.remove(tmp_path)
 
 
 def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:

@@ -13,9 +13,12 @@
   the model (a gate file, a classification model, a backbone only).
 * :class:`FiniteLossHook` - stops training at the first non-finite loss, naming the iteration
   and the loss terms.
+* :class:`TrainingTimeHook` - the training's wall time summed over every resumed part, in each
+  checkpoint's ``meta['train_seconds']``.
 """
 import os.path as osp
 import random
+import time
 from typing import Optional
 
 import numpy as np
@@ -28,7 +31,7 @@ from mmengine.registry import HOOKS
 from .fileio import atomic_write_bytes, remove_stale_temporaries
 
 #: the hooks ``tools/train.py``/``tools/test.py`` make sure of, whatever the config says
-RUNTIME_HOOKS = ('ExactResumeHook', 'CheckpointCheckHook', 'FiniteLossHook')
+RUNTIME_HOOKS = ('ExactResumeHook', 'CheckpointCheckHook', 'FiniteLossHook', 'TrainingTimeHook')
 
 
 @HOOKS.register_module()
@@ -194,8 +197,8 @@ class CheckpointCheckHook(Hook):
     * A checkpoint given as ``load_from`` (tools/test.py, or the start of a training run) that
       lacks weights the model needs is refused, naming what is missing and what the file looks
       like. A resume is checked the same way. Only the start of a training run may lack gate
-      weights (a dense model, another gate type): the gate then trains from its
-      initialisation, and the log says so.
+      weights (a dense model, another gate type), coarse-token embedding or neck unpooling
+      weights: they then train from their initialisation, and the log says so.
     """
     priority = 'VERY_HIGH'
 
@@ -205,11 +208,17 @@ class CheckpointCheckHook(Hook):
             meta.pop('config')
             print_log('CheckpointCheckHook: ignored the config text stored in the checkpoint '
                       '(it is never executed)', logger='current')
-        from ..models.checkpoints import check_covers
+        from mmengine.runner import BaseLoop
+
+        from ..models.checkpoints import (FRESH_AT_TRAINING_START, check_covers, required_keys,
+                                          state_dict_of)
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
         path = runner._load_from or runner.message_hub.get_info('last_ckpt') or 'checkpoint'
         backbone = getattr(model, 'backbone', None)
-        if getattr(backbone, 'gate_init', None) is not None and not runner._resume:
+        # only the start of a training run (not a resume, not an evaluation) takes a gate from
+        # gate_init or starts new parts from their initialisation
+        training_start = isinstance(runner._train_loop, BaseLoop) and not runner._resume
+        if getattr(backbone, 'gate_init', None) is not None and training_start:
             # load_from runs after init_weights: keep the gate that gate_init loaded
             state = checkpoint.get('state_dict', checkpoint)
             dropped = [key for key in list(state) if key.startswith(('backbone.gate.',
@@ -219,18 +228,18 @@ class CheckpointCheckHook(Hook):
             if dropped:
                 print_log(f'CheckpointCheckHook: {path} loaded without its gate: '
                           'model.backbone.gate_init provides the gate', logger='current')
-        from mmengine.runner import BaseLoop
-
-        from ..models.checkpoints import required_keys, state_dict_of
-        if isinstance(runner._train_loop, BaseLoop) and not runner._resume:
+        if training_start:
             # the start of a training run may bring a new gate (a dense model, or another gate
-            # type): the gate then trains from its initialisation; everything else must fit
+            # type), a coarse-token embedding or the neck's unpooling: they then train from
+            # their initialisation (the latter two start at zero); everything else must fit
             state = state_dict_of(checkpoint)
             missing = [k for k in required_keys(model) if k not in state]
-            if missing and all(k.startswith('backbone.gate.') for k in missing):
+            if missing and all(k.startswith(FRESH_AT_TRAINING_START) for k in missing):
+                parts = sorted({k.split('.')[1] for k in missing})
                 print_log(f'CheckpointCheckHook: {path} has no weights for '
-                          f'{len(missing)} gate parameters ({", ".join(missing[:3])}); the '
-                          'gate starts from its initialisation', logger='current')
+                          f'{len(missing)} parameters of {" and ".join(parts)} '
+                          f'({", ".join(missing[:3])}); they start from their initialisation',
+                          logger='current')
                 return
         check_covers(model, checkpoint, str(path))
 
@@ -256,3 +265,39 @@ class FiniteLossHook(Hook):
             f'training stopped at iteration {runner.iter + 1}: non-finite loss '
             f"({', '.join(bad)}); check the inputs of this batch (a NaN/Inf pixel?) and the "
             'learning rate. The last checkpoint before it is intact.')
+
+
+@HOOKS.register_module()
+class TrainingTimeHook(Hook):
+    """Training wall time summed over every part of a resumed run.
+
+    Each checkpoint's ``meta['train_seconds']`` holds the time trained up to it: the resumed
+    checkpoint's figure plus the time since this process started training (a ``load_from``
+    start, which is a new run, starts from zero). Work done after the last checkpoint of a
+    killed run is not in it; its repetition after the resume is. The total is also in the
+    message hub's info ``train_seconds`` at the end.
+    """
+    priority = 'VERY_LOW'
+
+    def __init__(self) -> None:
+        self.resumed_seconds = 0.0
+        self.started = None
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+        seconds = meta.get('train_seconds', 0.0) if isinstance(meta, dict) else 0.0
+        self.resumed_seconds = float(seconds) if runner._resume else 0.0
+
+    def before_train(self, runner) -> None:
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Training time so far (resumed parts included)."""
+        since = 0.0 if self.started is None else time.perf_counter() - self.started
+        return self.resumed_seconds + since
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint.setdefault('meta', {})['train_seconds'] = self.seconds()
+
+    def after_train(self, runner) -> None:
+        runner.message_hub.update_info('train_seconds', self.seconds())

@@ -121,3 +121,23 @@ class MixedScaleFeatures:
         return (f'{self.__class__.__name__}(tokens={shape}, '
                 f'fine_mask={tuple(self.fine_mask.shape)}, '
                 f'fine_fraction={self.fine_mask.float().mean().item():.3f})')
+
+
+def _flatten_features(features: MixedScaleFeatures):
+    """pytree: the tensors a MixedScaleFeatures holds (packed sequence, or tokens and CLS) and its
+    layout (a NamedTuple, itself a pytree); the context says which form."""
+    if features._packed is not None:
+        return [features._packed, features.layout], 'packed'
+    return [features.tokens, features.cls_token, features.layout], 'padded'
+
+
+def _unflatten_features(children, context) -> MixedScaleFeatures:
+    if context == 'packed':
+        return MixedScaleFeatures(children[0], children[1])
+    return MixedScaleFeatures(children[0], children[2], children[1])
+
+
+# torch.export / torch.compile / torch.utils._pytree see the tensors inside the backbone's outputs
+torch.utils._pytree.register_pytree_node(
+    MixedScaleFeatures, _flatten_features, _unflatten_features,
+    serialized_type_name='mmseg_msvit.models.features.MixedScaleFeatures')

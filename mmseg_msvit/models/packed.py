@@ -100,6 +100,36 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: 
     return torch.cat(outs, 0)
 
 
+#: the submodules of timm's ``Block`` and ``Attention`` that :func:`packed_block_forward`
+#: re-implements (checked on timm 1.0.16, the first with ``Block.forward(x, attn_mask)``, and
+#: 1.0.17 to 1.0.31)
+PACKED_BLOCK_PARTS = ('norm1', 'attn', 'ls1', 'drop_path1', 'norm2', 'mlp', 'ls2', 'drop_path2')
+PACKED_ATTENTION_PARTS = ('qkv', 'q_norm', 'k_norm', 'attn_drop', 'norm', 'proj', 'proj_drop',
+                          'gate')
+
+
+def check_packable(block) -> None:
+    """Refuse a transformer block that :func:`packed_block_forward` does not reproduce exactly:
+    one with a submodule it does not know (a newer timm may add one), so that packed tokens can
+    never silently skip a computation."""
+    import timm
+    attn = getattr(block, 'attn', None)
+    unknown = [f'block.{name}' for name, _ in block.named_children()
+               if name not in PACKED_BLOCK_PARTS]
+    if attn is not None:
+        unknown += [f'block.attn.{name}' for name, _ in attn.named_children()
+                    if name not in PACKED_ATTENTION_PARTS]
+    missing = [name for name in ('num_heads', 'head_dim', 'qkv', 'q_norm', 'k_norm', 'norm',
+                                 'proj')
+               if attn is None or not hasattr(attn, name)]
+    if unknown or missing:
+        raise ValueError(
+            f'MSViT: token packing re-implements timm\'s Block, and this timm '
+            f'({timm.__version__}) Block differs from it (unknown parts: {unknown or "none"}; '
+            f'missing: {missing or "none"}); set token_packing=False (padded batches, timm\'s '
+            'own forward) or use a timm version listed in setup.py')
+
+
 def _attention(attn, x: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
     """timm ``Attention.forward`` on a packed (N, D) sequence."""
     tokens = x.shape[0]

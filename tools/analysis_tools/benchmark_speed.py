@@ -95,7 +95,17 @@ def parse_args(argv=None):
         if size < 32:
             parser.error(f'--sizes: {size} px is too small; sizes must be >= 32 (one coarse '
                          'region)')
+    import re
+    if not re.fullmatch(r'cpu|cuda(:\d+)?', str(args.device)):
+        parser.error(f'--device {args.device!r}: expected cpu, cuda or cuda:N')
     on_cuda = str(args.device).startswith('cuda')
+    if args.out_dir is not None:  # before minutes of timing, not after
+        try:
+            os.makedirs(args.out_dir, exist_ok=True)
+        except OSError as err:
+            parser.error(f'--out-dir {args.out_dir!r}: cannot create it ({err.strerror})')
+        if not os.access(args.out_dir, os.W_OK):
+            parser.error(f'--out-dir {args.out_dir!r}: not writable')
     if args.batch_sizes is None:
         args.batch_sizes = [1, 8, 32] if on_cuda else [1, 8]
     for batch in args.batch_sizes:

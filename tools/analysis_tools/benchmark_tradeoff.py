@@ -55,6 +55,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.thresholds is None:
         args.thresholds = [] if args.budgets else [0.1, 0.3, 0.5, 0.7, 0.9]
+    if not args.thresholds and not args.budgets:
+        parser.error('nothing to evaluate: give at least one value to --thresholds or --budgets '
+                     '(both were given empty)')
     for threshold in args.thresholds:
         if not 0.0 <= threshold <= 1.0:
             parser.error(f'--thresholds: {threshold} is not in [0, 1]')

@@ -61,6 +61,12 @@ def main(argv=None):
     cfg = load_config(args.config, args.cfg_options)
     model, loader = build_eval_model(cfg, args.checkpoint, ('test_dataloader', ))
     if args.threshold is not None:
+        if model.backbone.fine_budget is not None:
+            raise ValueError(f'--threshold {args.threshold:g} has no effect: the model is in '
+                             f'budget mode (model.backbone.fine_budget='
+                             f'{model.backbone.fine_budget:g} keeps that share of regions '
+                             'fine); drop --threshold, or add --cfg-options '
+                             'model.backbone.fine_budget=None for threshold mode')
         model.backbone.gate_threshold = args.threshold
     palette = loader.dataset.metainfo.get('palette') or []
     os.makedirs(args.out_dir, exist_ok=True)

@@ -21,8 +21,8 @@ import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
-from mmseg_msvit.cli import (build_eval_model, int_at_least, load_config,  # noqa: E402
-                             number_in, run_cli)
+from mmseg_msvit.cli import (build_eval_model, check_output_path, int_at_least,  # noqa: E402
+                             load_config, number_in, run_cli)
 from mmseg_msvit.deployment import (DenseBackbone, SegmentorLogits, check_budget_mode,  # noqa
                                     export_onnx, max_abs_difference, onnxruntime_outputs)
 
@@ -41,6 +41,8 @@ def parse_args(argv=None):
     parser.add_argument('--out', default=None,
                         help='ONNX file to write (default: next to the checkpoint, '
                         '<checkpoint>_budget<F>_<H>x<W>.onnx)')
+    parser.add_argument('--force', action='store_true',
+                        help='replace an existing --out file (never the checkpoint itself)')
     parser.add_argument('--backbone-only', action='store_true',
                         help='export the backbone (dense maps + fine mask), not the segmentor')
     parser.add_argument('--atol', type=float, default=1e-4,
@@ -56,6 +58,9 @@ def parse_args(argv=None):
 @torch.no_grad()
 def main(argv=None):
     args = parse_args(argv)
+    out = args.out or (osp.splitext(args.checkpoint)[0] +
+                       f'_budget{args.fine_budget:g}_{args.shape[0]}x{args.shape[1]}.onnx')
+    check_output_path('export_onnx', args.checkpoint, out, args.force, example='model.onnx')
     cfg = load_config(args.config, args.cfg_options)
     cfg.model.backbone.fine_budget = args.fine_budget
     model, _ = build_eval_model(cfg, args.checkpoint, ())  # no dataset needed
@@ -67,8 +72,6 @@ def main(argv=None):
     height, width = args.shape
     example = torch.randn(args.batch_size, model.backbone.in_channels, height, width,
                           generator=torch.Generator().manual_seed(0))
-    out = args.out or (osp.splitext(args.checkpoint)[0] +
-                       f'_budget{args.fine_budget:g}_{height}x{width}.onnx')
     print(f'[export] {"backbone" if args.backbone_only else "segmentor"} of {args.config}, '
           f'fine budget {args.fine_budget:g}, input '
           f'{tuple(example.shape)}',

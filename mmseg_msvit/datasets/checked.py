@@ -1,0 +1,86 @@
+"""Segmentation datasets whose bad files are errors that name the file.
+
+mmseg's loading fails on a bad sample deep inside cv2 or torch ("!buf.empty()" for an empty
+image; a shape assertion in the loss for a label of another size) or not at all (an RGB picture
+of the classes loads as a 3-channel "label"), without saying which file of the dataset it was.
+:class:`CheckedSegDatasetMixin` reads the headers of a sample's image and label before its
+pipeline runs (cheap: no pixels are decoded) and refuses an empty or unreadable file, a label
+with colour channels and a label whose size differs from its image's, naming the files; any
+other error of the pipeline is re-raised with the sample's files in the message.
+
+:class:`CheckedADE20KDataset` and :class:`CheckedCityscapesDataset` are mmseg's datasets with these
+checks (same arguments); the project's dataset configs use them, and the synthetic scenes'
+dataset has them too. Pipelines keep mmseg's transform names, so mmseg's inference APIs, which
+look for ``LoadImageFromFile`` / ``LoadAnnotations`` by name, work unchanged.
+"""
+import os
+import os.path as osp
+
+from mmseg.datasets import ADE20KDataset, CityscapesDataset
+from mmseg.registry import DATASETS
+from PIL import Image
+
+__all__ = ['CheckedSegDatasetMixin', 'CheckedADE20KDataset', 'CheckedCityscapesDataset',
+           'check_sample_files']
+
+#: PIL modes of a label map: one value (class index) per pixel
+LABEL_MODES = ('L', 'P', 'I', 'I;16', 'I;16B', 'I;16L', '1')
+
+
+def _header(path: str, what: str):
+    """(width, height, mode) of an image file, reading its header only."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{what} {path!r} does not exist')
+    if os.path.getsize(path) == 0:
+        raise ValueError(f'{what} {path!r} is an empty file (0 bytes); replace or remove it')
+    try:
+        with Image.open(path) as image:
+            return image.size[0], image.size[1], image.mode
+    except Exception as err:  # noqa: BLE001  (PIL raises many kinds for a non-image)
+        raise ValueError(f'{what} {path!r} cannot be read as an image '
+                         f'({type(err).__name__}: {err}); replace or remove it') from None
+
+
+def check_sample_files(img_path: str, seg_map_path=None) -> None:
+    """Refuse an empty/unreadable image or label, a label with colour channels, or a label of
+    another size than its image (headers only, nothing decoded)."""
+    width, height, _ = _header(img_path, 'image')
+    if not seg_map_path:
+        return
+    label_width, label_height, mode = _header(seg_map_path, 'label')
+    if mode not in LABEL_MODES:
+        raise ValueError(f'label {seg_map_path!r} is a {mode} image: a label map has one '
+                         'channel, the class index of each pixel (not an RGB picture of the '
+                         'classes); convert it with the dataset\'s palette')
+    if (label_width, label_height) != (width, height):
+        raise ValueError(f'label {seg_map_path!r} is {label_height}x{label_width} px but its image '
+                         f'{img_path!r} is {height}x{width} px; a label map has the size of its '
+                         'image')
+
+
+class CheckedSegDatasetMixin:
+    """Put in front of an mmseg dataset class: file checks before each sample's pipeline, and
+    pipeline errors that name the sample's files."""
+
+    def prepare_data(self, idx):
+        info = self.get_data_info(idx)
+        img_path, seg_map_path = info.get('img_path'), info.get('seg_map_path')
+        if img_path:
+            check_sample_files(img_path, seg_map_path)
+        try:
+            return super().prepare_data(idx)
+        except Exception as err:  # noqa: BLE001
+            files = img_path if not seg_map_path else f'{img_path} with label {seg_map_path}'
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ''
+            raise ValueError(f'{type(self).__name__}: sample {idx} ({files}) failed in the data '
+                             f'pipeline: {type(err).__name__}: {first}') from err
+
+
+@DATASETS.register_module()
+class CheckedADE20KDataset(CheckedSegDatasetMixin, ADE20KDataset):
+    """mmseg's ``ADE20KDataset`` whose bad files are errors naming the file."""
+
+
+@DATASETS.register_module()
+class CheckedCityscapesDataset(CheckedSegDatasetMixin, CityscapesDataset):
+    """mmseg's ``CityscapesDataset`` whose bad files are errors naming the file."""
