@@ -85,6 +85,14 @@ def ensure_runtime_hooks(cfg: Config) -> None:
     cfg.custom_hooks = hooks
 
 
+def fill_distill_teacher(cfg: Config) -> None:
+    """A model distilled from its dense teacher (``model.distill``) without a
+    ``teacher_checkpoint`` takes ``load_from``: the dense model the fine-tuning starts from."""
+    distill = cfg.model.get('distill')
+    if distill and not distill.get('teacher_checkpoint') and cfg.get('load_from'):
+        distill['teacher_checkpoint'] = cfg.load_from
+
+
 def _replace_sync_bn(node) -> int:
     """Turn every ``norm_cfg`` of type SyncBN in a config tree into BN; returns how many."""
     count = 0
@@ -166,11 +174,16 @@ def build_eval_model(cfg: Config, checkpoint: Optional[str] = None,
 
 def check_output_path(tool: str, source: str, out: str, force: bool = False,
                       example: str = 'out.pth') -> None:
-    """A tool's output file: never a folder, never its source checkpoint, and an existing file
-    only with ``--force`` (clear one-line errors naming ``tool``)."""
+    """A tool's output file: never a folder, never its source checkpoint, never anything but a
+    regular file (a device, a pipe, a socket), and an existing file only with ``--force`` (clear
+    one-line errors naming ``tool``)."""
     if osp.isdir(out):
         raise IsADirectoryError(f'{tool}: output {out!r} is a directory; give a file name, e.g. '
                                 f'{osp.join(out, example)}')
+    if osp.lexists(out) and not osp.isfile(out):
+        raise FileExistsError(f'{tool}: output {out!r} exists and is not a regular file (a '
+                              'device, pipe, socket or broken link); it is never replaced, '
+                              'choose another output file')
     same = osp.abspath(source) == osp.abspath(out) or (
         osp.exists(source) and osp.exists(out) and osp.samefile(source, out))
     if same:

@@ -14,7 +14,7 @@ from mmseg_msvit.datasets.synthetic import SCENE_CLASSES, make_synthetic
 from mmseg_msvit.models import MSViT, RandomGate
 from mmseg_msvit.models.tokenizer import regions_to_rows
 
-from _helpers import load_tool
+from _helpers import REPO, load_tool
 from test_segmentor import build, segmentor_cfg
 
 
@@ -193,6 +193,26 @@ def test_study_tool_runs_resumes_and_reports(tmp_path):
         assert len(f.readlines()) == len(records)
     with pytest.raises(ValueError, match='no such run'):
         study.main(['--setting', 'smoke', '--out-dir', out, '--only', 'nonsense'])
+    # the time of a resumed training counts all of its parts (TrainingTimeHook in the child)
+    with open(osp.join(out, 'seed0', 'coarse', 'train_time.json')) as f:
+        assert json.load(f)['seconds'] > 0
+    # an interrupted write leaves a torn last line: dropped with a note, the step runs again
+    path = osp.join(out, 'results.jsonl')
+    with open(path) as f:
+        complete = f.read()
+    with open(path, 'a') as f:
+        f.write('{"seed": 0, "run": "coarse", "ev')
+    study.main(argv + ['--report-only'])
+    with open(path) as f:
+        assert f.read() == complete
+    with open(path, 'a') as f:
+        f.write('not json\n' + complete.splitlines()[0] + '\n')
+    with pytest.raises(ValueError, match=r'results.jsonl, line \d+: not a JSON record'):
+        study.main(argv + ['--report-only'])
+    with pytest.raises(SystemExit):  # --set names a setting key and a value of its kind
+        study.parse_args(['--setting', 'smoke', '--set', 'pre_iters=abc'])
+    with pytest.raises(SystemExit):
+        study.parse_args(['--setting', 'smoke', '--set', 'nonsense=1'])
 
 
 def test_content_prior_gate_starts_as_the_content_ranking_and_learns_on_top(tmp_path):
@@ -266,3 +286,41 @@ def test_train_gate_only_changes_the_gate_and_nothing_else():
     forced = dict(cfg['backbone'], force_scale='fine')
     with pytest.raises(ValueError, match='train_gate_only needs a gate'):
         build(segmentor_cfg(backbone=forced, gate_loss=None, train_gate_only=True))
+
+
+def test_the_study_measures_the_shipped_recipe(tmp_path):
+    """What the study trains as `dense_pre` / `recipe` is what configs/msvit/demo_dense_synthetic.py
+    and demo_recipe_synthetic.py ship (model options, schedule, learning rates, augmentation)."""
+    from mmengine.config import Config
+    study = load_tool('tools/analysis_tools/msvit_study.py')
+    setting = study.SETTINGS['quick']
+    for run, shipped_path in (('dense_pre', 'demo_dense_synthetic.py'),
+                              ('recipe', 'demo_recipe_synthetic.py')):
+        measured = study.seg_config('quick', run, 0, str(tmp_path))
+        shipped = Config.fromfile(osp.join(REPO, 'configs', 'msvit', shipped_path))
+        for key in ('force_scale', 'fine_budget', 'train_budget_range', 'arch',
+                    'coarse_detail', 'coarse_scale_embed'):
+            assert measured.model.backbone.get(key) == shipped.model.backbone.get(key), key
+        assert measured.model.backbone.gate.get('type') == shipped.model.backbone.gate.get(
+            'type') or run == 'dense_pre'
+        assert bool(measured.model.neck.get('coarse_unpool')) == \
+            bool(shipped.model.neck.get('coarse_unpool'))
+        distill = measured.model.get('distill')
+        if distill is not None:
+            distill = {k: v for k, v in distill.items() if k != 'teacher_checkpoint'}
+        assert distill == shipped.model.get('distill')
+        assert measured.model.get('gate_loss') is None and shipped.model.get('gate_loss') is None
+        assert measured.train_cfg.max_iters == shipped.train_cfg.max_iters == setting[
+            'pre_iters' if run == 'dense_pre' else 'fine_iters']
+        assert measured.optim_wrapper.optimizer.lr == shipped.optim_wrapper.optimizer.lr
+        keys = shipped.optim_wrapper.paramwise_cfg.custom_keys
+        for key, value in measured.optim_wrapper.paramwise_cfg.custom_keys.items():
+            if key != 'backbone.gate':  # the study's x10 for gates (the content gate has none)
+                assert keys[key] == value, key
+        resize = [t for t in shipped.train_dataloader.dataset.pipeline
+                  if t['type'] == 'RandomResize'][0]
+        assert tuple(resize['ratio_range']) == (0.5, 1.25)
+        assert [s['type'] for s in measured.param_scheduler] == \
+            [s['type'] for s in shipped.param_scheduler]
+        assert [s['end'] for s in measured.param_scheduler] == \
+            [s['end'] for s in shipped.param_scheduler]

@@ -21,8 +21,9 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from mmseg.registry import RUNNERS  # noqa: E402
 
-from mmseg_msvit.cli import (check_data_folders, ensure_runtime_hooks, load_config,  # noqa: E402
-                              resolve_work_dir, run_cli, setup_cpu_distributed)
+from mmseg_msvit.cli import (check_data_folders, ensure_runtime_hooks,  # noqa: E402
+                             fill_distill_teacher, load_config, resolve_work_dir, run_cli,
+                             setup_cpu_distributed)
 from mmseg_msvit.models.checkpoints import read_checkpoint  # noqa: E402
 
 
@@ -70,6 +71,7 @@ def build_cfg(args) -> Config:
     cfg.resume = args.resume
     if cfg.get('load_from'):
         read_checkpoint(cfg.load_from, 'load_from checkpoint')  # clear error before training
+    fill_distill_teacher(cfg)
     check_data_folders(cfg, ('train_dataloader', 'val_dataloader'))
     ensure_runtime_hooks(cfg)
     setup_cpu_distributed(cfg)

@@ -1,1 +1,3 @@
-_base_ = ['./msvit-s16-32_segmenter-mask_8xb1-160k_ade20k-512x512.py']
+# The name users type: MSViT-S/16-32 + Segmenter mask transformer on ADE20K, the recommended recipe's step 2 (fine-tunes the
+# dense model of step 1 on mixed-scale tokens; needs load_from, see the long-named config).
+_base_ = ['./msvit-s16-32-distill_segmenter-mask_8xb1-40k_ade20k-512x512.py']

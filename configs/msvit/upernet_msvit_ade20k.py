@@ -1,2 +1,3 @@
-# The name users type: MSViT-S/16-32 + UPerNet on ADE20K (see the long-named config).
-_base_ = ['./msvit-s16-32_upernet_8xb2-160k_ade20k-512x512.py']
+# The name users type: MSViT-S/16-32 + UPerNet on ADE20K, the recommended recipe's step 2 (fine-tunes the
+# dense model of step 1 on mixed-scale tokens; needs load_from, see the long-named config).
+_base_ = ['./msvit-s16-32-distill_upernet_8xb2-40k_ade20k-512x512.py']

@@ -52,6 +52,9 @@ def msvit_macs_from_tokens(backbone,
     # pooling: pixels of each coarse patch, and the averaged position embedding of each
     macs = macs + num_coarse_tokens.double() * (channels * backbone.coarse_patch_size**2 +
                                                 ratio**2 * dims)
+    coarse_embed = getattr(backbone, 'coarse_embed', None)
+    if coarse_embed is not None:  # the coarse tokens' detail residual
+        macs = macs + num_coarse_tokens.double() * coarse_embed.macs_per_token
     if gate_ran:
         macs = macs + num_regions * backbone.gate.macs_per_region
     return macs
@@ -64,11 +67,18 @@ def layout_macs(backbone, layout) -> torch.Tensor:
                                   gate_ran=layout.gate_logits is not None)
 
 
-def image_cost(backbone, layout) -> Dict[str, torch.Tensor]:
+def image_cost(backbone, layout, neck=None) -> Dict[str, torch.Tensor]:
     """Per-image cost of one forward, as summable (B,) float64 tensors: ``macs``,
     ``fine_regions``, ``regions``, ``tokens`` and ``forwards`` (1 each). Slide inference adds the
-    dicts of its windows (:func:`add_costs`)."""
+    dicts of its windows (:func:`add_costs`).
+
+    ``macs`` is the backbone's (gate and pooling included) plus, with a ``neck`` that unpools
+    coarse tokens (``MixedScaleToDense(coarse_unpool=True)``), that unpooling: it exists only
+    because of mixed-scale tokens, so it is charged to them."""
     macs = layout_macs(backbone, layout).detach()
+    unpool_macs = getattr(neck, 'unpool_macs', None)
+    if unpool_macs is not None:
+        macs = macs + unpool_macs(layout)
     return dict(macs=macs,
                 fine_regions=layout.fine_mask.flatten(1).sum(1).double(),
                 regions=torch.full_like(macs, layout.num_regions),

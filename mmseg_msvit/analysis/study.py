@@ -4,8 +4,10 @@
 rebuilding it: the scale forced (dense at any input scale, all coarse), its own gate (threshold
 or fine budget), a substituted training-free gate (content, random) at a budget, or the label
 oracle at a budget. Every evaluation reports mIoU, the IoU of every class, the mean IoU of the
-small-object classes, backbone GMACs per image (mean, min, max), the fine fraction and the fine
-fraction on detailed and on uniform regions.
+small-object classes, backbone GMACs per image (mean, min, max; with the neck's coarse
+unpooling when the model has it), whole-model GMACs (backbone plus the neck's rescale and the
+decode head, which depend on the input size only), the fine fraction and the fine fraction on
+detailed and on uniform regions.
 
 :func:`summarise` turns per-seed records into mean +- std rows; :func:`compare` sets two rows
 side by side, paired by seed.
@@ -19,7 +21,7 @@ import torch
 from mmengine.dataset import pseudo_collate
 
 from .gate_alignment import DETAILED, DetailAlignment, region_detail_kinds
-from .macs import image_cost
+from .macs import decode_macs, image_cost
 
 #: decision rules an evaluation can use
 RULES = ('forced', 'gate', 'content', 'random', 'oracle')
@@ -73,6 +75,20 @@ class StudyEvaluator:
         self.small_classes = tuple(small_classes)
         self.device = device
         self._cache: Dict[float, list] = {}
+        self._head_macs: Dict[tuple, float] = {}
+
+    def head_macs(self, model, inputs: torch.Tensor) -> float:
+        """MACs of the neck's rescale and the decode head for one input of this size (they do
+        not depend on the decisions: counted once per model and size, on the dense maps)."""
+        key = (id(model), tuple(inputs.shape[-2:]))
+        if key not in self._head_macs:
+            padded, _ = model.backbone.pad_input(inputs[:1])
+            grid = (padded.shape[-2] // model.backbone.coarse_patch_size,
+                    padded.shape[-1] // model.backbone.coarse_patch_size)
+            feats = model.backbone(inputs[:1], fine_mask=torch.ones(
+                (1, *grid), dtype=torch.bool, device=inputs.device))
+            self._head_macs[key] = float(decode_macs(model, model.neck.dense_maps(feats)))
+        return self._head_macs[key]
 
     def samples(self, scale: float) -> list:
         """The validation samples resized by ``scale`` (cached)."""
@@ -136,7 +152,7 @@ class StudyEvaluator:
         num_classes = len(self.class_names)
         intersect = torch.zeros(num_classes, dtype=torch.float64)
         union = torch.zeros(num_classes, dtype=torch.float64)
-        macs, fine_fractions = [], []
+        macs, model_macs, fine_fractions = [], [], []
         alignment = DetailAlignment()
         coarse = model.backbone.coarse_patch_size
         ignore_index = 255
@@ -165,8 +181,11 @@ class StudyEvaluator:
                                                                  ignore_index)
             intersect += area_i.double()
             union += area_u.double()
-            cost = image_cost(model.backbone, layout)
+            cost = model.image_cost(layout) if hasattr(model, 'image_cost') else \
+                image_cost(model.backbone, layout)
             macs.append(float(cost['macs'][0]))
+            if hasattr(getattr(model, 'neck', None), 'dense_maps'):
+                model_macs.append(macs[-1] + self.head_macs(model, inputs))
             fine_fractions.append(float(cost['fine_regions'][0] / cost['regions'][0]))
             if same_grid:
                 alignment.update(layout.fine_mask[0].cpu().numpy(),
@@ -177,21 +196,59 @@ class StudyEvaluator:
         per_class = {name: float(value) for name, value in zip(self.class_names, iou)}
         small = [per_class[name] for name in self.small_classes]
         gmacs = np.asarray(macs) / 1e9
+        model_gmacs = np.asarray(model_macs) / 1e9 if model_macs else np.asarray([np.nan])
         summary = alignment.summary() if alignment.counts.sum() else {}
         return dict(
             mIoU=float(np.nanmean(iou)),
             small_mIoU=float(np.nanmean(small)) if small else float('nan'),
             iou=per_class,
             gmacs=float(gmacs.mean()), gmacs_min=float(gmacs.min()), gmacs_max=float(gmacs.max()),
+            model_gmacs=float(model_gmacs.mean()),
             fine_fraction=float(np.mean(fine_fractions)),
             fine_on_detailed=summary.get('fine_on_detailed', float('nan')),
             fine_on_uniform=summary.get('fine_on_uniform', float('nan')),
             images=len(samples), eval_seconds=seconds)
 
 
+# ---------------------------------------------------------------------------------- results file
+def read_results(path: str) -> List[dict]:
+    """The records of a study's ``results.jsonl`` (one JSON object per line).
+
+    A last line cut short by an interrupted write (no newline, not valid JSON) is dropped and the
+    file truncated back to its last complete line, with a note, so that a re-run can append
+    again; any other unreadable line is an error naming the file and the line.
+    """
+    import json
+    with open(path, 'rb') as f:
+        data = f.read()
+    records = []
+    lines = data.split(b'\n')
+    complete = data.endswith(b'\n') or not data
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError as err:
+            if number == len(lines) and not complete:  # the torn tail of an interrupted write
+                keep = len(data) - len(raw)
+                with open(path, 'r+b') as f:
+                    f.truncate(keep)
+                print(f'[study] {path}: dropped an incomplete last line (an interrupted write; '
+                      f'{len(raw)} bytes); its step runs again', flush=True)
+                break
+            raise ValueError(f'{path}, line {number}: not a JSON record ({err}); fix or remove '
+                             'that line') from None
+        if not isinstance(record, dict) or not {'seed', 'run', 'eval'} <= set(record):
+            raise ValueError(f'{path}, line {number}: not a study record (needs seed, run, '
+                             'eval)')
+        records.append(record)
+    return records
+
+
 # ---------------------------------------------------------------------------------- aggregation
-SUMMARY_KEYS = ('mIoU', 'small_mIoU', 'gmacs', 'gmacs_min', 'gmacs_max', 'fine_fraction',
-                'fine_on_detailed', 'fine_on_uniform', 'train_seconds')
+SUMMARY_KEYS = ('mIoU', 'small_mIoU', 'gmacs', 'gmacs_min', 'gmacs_max', 'model_gmacs',
+                'fine_fraction', 'fine_on_detailed', 'fine_on_uniform', 'train_seconds')
 
 
 def _mean_std(values: Sequence[float]):
@@ -229,7 +286,7 @@ def compare(records: Iterable[dict], first: tuple, second: tuple) -> Optional[di
     """``first`` minus ``second`` (each a (run, eval) pair) in mIoU and GMACs, paired by seed.
 
     Returns None when the two share no seed; otherwise ``delta`` (mean of the per-seed mIoU
-    differences), ``delta_std``, ``gmacs_ratio`` (mean GMACs first / second), ``seeds`` and
+    differences), ``delta_std``, ``deltas`` (per seed, in ``seeds`` order), ``gmacs_ratio`` (mean GMACs first / second), ``seeds`` and
     ``separated``: whether the mean +- std intervals of the two do not overlap (None with fewer
     than two seeds: there is no spread to compare).
     """
@@ -246,7 +303,7 @@ def compare(records: Iterable[dict], first: tuple, second: tuple) -> Optional[di
     delta, delta_std = _mean_std(deltas)
     low, high = sorted([(mean_a - std_a, mean_a + std_a), (mean_b - std_b, mean_b + std_b)])
     return dict(first=list(first), second=list(second), seeds=seeds, delta=delta,
-                delta_std=delta_std,
+                delta_std=delta_std, deltas=deltas,
                 gmacs_ratio=float(np.mean([a[s]['gmacs'] for s in seeds]) /
                                   np.mean([b[s]['gmacs'] for s in seeds])),
                 separated=bool(low[1] < high[0]) if len(seeds) > 1 else None)

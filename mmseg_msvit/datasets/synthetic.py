@@ -32,7 +32,7 @@ from PIL import Image
 
 __all__ = [
     'SCENE_CLASSES', 'SCENE_PALETTE', 'CLS_CLASSES', 'LAYOUTS', 'make_synthetic',
-    'render_scene', 'render_classification_image'
+    'render_scene', 'render_shifted_scene', 'SCENE_STYLES', 'render_classification_image'
 ]
 
 #: Scene classes, label 1..K in ADE layout (0 = other), train id 0..K-1 in Cityscapes layout.
@@ -146,6 +146,94 @@ def render_scene(rng: np.random.Generator, size: Tuple[int, int]) -> Tuple[np.nd
     return image, label
 
 
+def render_shifted_scene(rng: np.random.Generator,
+                         size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """A scene of the same 7 classes drawn differently from :func:`render_scene` (a check on
+    scenes the models were not designed on, ``style='shifted'``): another palette (dusk sky,
+    grey-green wall, blue boxes, yellow balls), gravel floors (per-pixel texture: detailed pixels
+    with ONE label, where a detail rule wastes fine tokens), stripes at 45 degrees, tilted poles,
+    elliptic balls. (image (H, W, 3) uint8, label (H, W) uint8 with 0 = other, 1..K classes.)"""
+    h, w = size
+    image = np.zeros((h, w, 3), np.float64)
+    label = np.zeros((h, w), np.uint8)
+    rows = np.arange(h)[:, None]
+    cols = np.arange(w)[None, :]
+
+    horizon = int(h * rng.uniform(0.2, 0.4))
+    floor_line = int(h * rng.uniform(0.6, 0.8))
+    slope = rng.uniform(-0.25, 0.25)
+    floor_edge = floor_line + slope * (cols - w / 2)
+    sky_top, sky_bottom = _jitter(rng, (60, 40, 110)), _jitter(rng, (240, 150, 90))
+    t = np.clip(rows / max(horizon, 1), 0, 1)[..., None]
+    sky = sky_top * (1 - t) + sky_bottom * t
+    wall_colour = _jitter(rng, (120, 140, 120), 25)
+    wall = np.broadcast_to(wall_colour, (h, w, 3)) + _smooth_noise(rng, (h, w), 8.0)
+    gravel_base = _jitter(rng, (110, 100, 85), 15)
+    gravel = gravel_base + rng.normal(0, 1, (h, w, 1)) * rng.uniform(25, 40) + \
+        rng.normal(0, 8, (h, w, 3))
+
+    is_sky = np.broadcast_to(rows < horizon, (h, w))
+    is_floor = rows >= floor_edge
+    image[:] = wall
+    label[:] = 2
+    image[is_sky] = np.broadcast_to(sky, (h, w, 3))[is_sky]
+    label[is_sky] = 1
+    image[is_floor] = gravel[is_floor]
+    label[is_floor] = 3
+
+    # Diagonal stripes on the wall (45 degrees, period 4-6 px), mean colour of the wall.
+    for _ in range(rng.integers(1, 3)):
+        ph, pw = rng.integers(h // 8, h // 4 + 1), rng.integers(w // 8, w // 4 + 1)
+        y0 = rng.integers(horizon, max(horizon + 1, int(floor_line) - ph))
+        x0 = rng.integers(0, max(1, w - pw))
+        period = int(rng.integers(2, 4))
+        diagonal = (rows + cols) if rng.random() < 0.5 else (rows - cols + w)
+        sign = np.where((diagonal // period) % 2 == 0, 1.0, -1.0)
+        stripe = wall_colour + rng.uniform(40, 65) * sign[..., None]
+        region = np.zeros((h, w), bool)
+        region[y0:y0 + ph, x0:x0 + pw] = True
+        image[region] = stripe[region]
+        label[region] = 4
+
+    # Tilted poles (4-7 px wide, up to 25 degrees off vertical).
+    for _ in range(rng.integers(1, 4)):
+        width = rng.uniform(4, 8)
+        x_bottom = rng.uniform(0, w)
+        lean = np.tan(np.deg2rad(rng.uniform(-25, 25)))
+        top = rng.integers(0, max(1, horizon))
+        centre = x_bottom + lean * (h - rows)
+        region = (np.abs(cols - centre) <= width / 2) & (rows >= top)
+        image[region] = _jitter(rng, (60, 60, 70), 10)
+        label[region] = 5
+
+    # Elliptic balls (radii 4-12 px) and boxes (10-22 px).
+    for _ in range(rng.integers(3, 8)):
+        cy, cx = rng.integers(0, h), rng.integers(0, w)
+        ry, rx = rng.integers(4, 13), rng.integers(4, 13)
+        region = ((rows - cy) / ry)**2 + ((cols - cx) / rx)**2 <= 1
+        image[region] = _jitter(rng, (235, 210, 40), 20)
+        label[region] = 6
+    for _ in range(rng.integers(2, 6)):
+        side_y, side_x = int(rng.integers(10, 23)), int(rng.integers(10, 23))
+        y0, x0 = rng.integers(0, h - side_y), rng.integers(0, w - side_x)
+        image[y0:y0 + side_y, x0:x0 + side_x] = _jitter(rng, (70, 60, 200), 25)
+        label[y0:y0 + side_y, x0:x0 + side_x] = 7
+
+    if rng.random() < 0.5:
+        cy, cx = rng.integers(0, h), rng.integers(0, w)
+        ry, rx = rng.integers(6, h // 6 + 7), rng.integers(6, w // 6 + 7)
+        region = ((rows - cy) / ry)**2 + ((cols - cx) / rx)**2 <= 1
+        image[region] = rng.integers(0, 256, 3)
+        label[region] = 0
+
+    image = np.clip(image + rng.normal(0, 2.0, image.shape), 0, 255).astype(np.uint8)
+    return image, label
+
+
+#: scene renderers by ``style``
+SCENE_STYLES = {'standard': render_scene, 'shifted': render_shifted_scene}
+
+
 def render_classification_image(rng: np.random.Generator, class_index: int,
                                 size: Tuple[int, int]) -> np.ndarray:
     """One image of class ``CLS_CLASSES[class_index]`` (H, W, 3) uint8.
@@ -201,7 +289,8 @@ def make_synthetic(out_dir: str,
                    num_train: int = 64,
                    num_val: int = 16,
                    img_size: Tuple[int, int] = (256, 256),
-                   seed: int = 0) -> Dict[str, int]:
+                   seed: int = 0,
+                   style: str = 'standard') -> Dict[str, int]:
     """Write a synthetic dataset under ``out_dir`` in one of :data:`LAYOUTS`.
 
     Args:
@@ -211,12 +300,18 @@ def make_synthetic(out_dir: str,
         num_val (int): validation images (imagenet: images per class in val).
         img_size (tuple[int, int]): (H, W) of every image.
         seed (int): everything written is a pure function of it.
+        style (str): scenes (ade20k / cityscapes layouts) drawn by :func:`render_scene`
+            ('standard') or :func:`render_shifted_scene` ('shifted': the same classes drawn
+            differently). Default: 'standard'.
 
     Returns:
         dict: number of images written per split, e.g. ``{'train': 64, 'val': 16}``.
     """
     if layout not in LAYOUTS:
         raise ValueError(f'make_synthetic: unknown layout={layout!r}; expected one of {LAYOUTS}')
+    if style not in SCENE_STYLES:
+        raise ValueError(f'make_synthetic: unknown style={style!r}; expected one of '
+                         f'{tuple(SCENE_STYLES)}')
     if num_train < 1 or num_val < 1:
         raise ValueError('make_synthetic: num_train and num_val must be >= 1 (zero images make '
                          f'an empty dataset), got num_train={num_train}, num_val={num_val}')
@@ -233,14 +328,15 @@ def make_synthetic(out_dir: str,
                                                         (h, w), seed)
         else:
             counts[short_split] = _write_scene_split(out_dir, layout, split, split_index, count,
-                                                     (h, w), seed)
+                                                     (h, w), seed, SCENE_STYLES[style])
     return counts
 
 
-def _write_scene_split(out_dir, layout, split, split_index, count, size, seed) -> int:
+def _write_scene_split(out_dir, layout, split, split_index, count, size, seed,
+                       render=render_scene) -> int:
     for i in range(count):
         rng = np.random.default_rng([seed, split_index, i])
-        image, label = render_scene(rng, size)
+        image, label = render(rng, size)
         if layout == 'ade20k':
             stem = f'synthetic_{split}_{i:05d}'
             img_path = osp.join(out_dir, 'images', split, stem + '.jpg')

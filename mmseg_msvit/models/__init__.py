@@ -4,7 +4,8 @@ from .classifiers import MSViTImageClassifier
 from .features import MixedScaleFeatures
 from .gate_training import GateProbe
 from .gates import ContentGate, MixedScaleGate, RandomGate
-from .losses import BaSLoss, GBaSLoss, L0GateLoss
+from .coarse_embed import CoarseTokenEmbed
+from .losses import BaSLoss, DenseDistillLoss, GBaSLoss, L0GateLoss
 from .necks import MixedScaleToDense
 from .segmentors import MSViTEncoderDecoder
 from .tokenizer import MixedScaleLayout, MixedScaleTokenizer, coarsen
@@ -12,5 +13,5 @@ from .tokenizer import MixedScaleLayout, MixedScaleTokenizer, coarsen
 __all__ = [
     'MSViT', 'MixedScaleGate', 'ContentGate', 'RandomGate', 'MixedScaleToDense', 'MixedScaleFeatures', 'MixedScaleTokenizer',
     'MixedScaleLayout', 'coarsen', 'GateProbe', 'GBaSLoss', 'BaSLoss', 'L0GateLoss', 'MSViTEncoderDecoder',
-    'MSViTImageClassifier'
+    'MSViTImageClassifier', 'CoarseTokenEmbed', 'DenseDistillLoss'
 ]

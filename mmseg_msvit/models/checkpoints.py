@@ -39,14 +39,21 @@ from ..engine.fileio import atomic_write
 #: parameters a model may lack in a checkpoint and still be evaluated correctly:
 #: the GBaS prior (training state of the gate loss) and the auxiliary head (training only)
 EVAL_OPTIONAL_PREFIXES = ('gate_loss.', 'auxiliary_head.')
+#: parts a checkpoint may lack at the START of a training run (``load_from``): they train from
+#: their initialisation (a new gate; the coarse-token embedding and the neck's unpooling, which
+#: start at zero and leave the loaded model's function unchanged)
+FRESH_AT_TRAINING_START = ('backbone.gate.', 'backbone.coarse_embed.', 'neck.unpool.')
 
 
 class CheckpointError(ValueError):
     """A file that is not a usable checkpoint for what it was given to."""
 
 
-def read_checkpoint(path: str, what: str = 'checkpoint'):
+def read_checkpoint(path: str, what: str = 'checkpoint', map_location='cpu'):
     """Load ``path`` as data (``weights_only=True``) with errors that say what the file is not.
+
+    ``weights_only=True`` is passed explicitly, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` does not
+    turn it off.
 
     Raises:
         FileNotFoundError: no such file; IsADirectoryError: a folder.
@@ -62,18 +69,25 @@ def read_checkpoint(path: str, what: str = 'checkpoint'):
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         try:
-            return load_file(path, device='cpu')
+            return load_file(path, device=map_location if isinstance(map_location, str)
+                             else 'cpu')
         except Exception as err:  # noqa: BLE001  (any parse failure means: not safetensors)
             raise CheckpointError(f'{what} {path!r} is not a valid safetensors file: {err}'
                                   ) from None
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if re.search(r'unsupported (global|class)', str(err), re.IGNORECASE):
             raise CheckpointError(
                 f'{what} {path!r} was refused: it holds objects other than tensors and plain '
                 f'values, and loading them would run code from the file ({_unsupported(err)}). '
                 'It was not loaded.') from None
+        if re.search(r'checkpoint asks for|Can only build|call reduce for unrecognized',
+                     str(err)):  # an allowed name used in a refused way
+            reason = str(err).split('WeightsUnpickler error:', 1)[1].strip().splitlines()[0]
+            raise CheckpointError(
+                f'{what} {path!r} was refused: it holds objects other than tensors and plain '
+                f'values ({reason.rstrip(".")}). It was not loaded.') from None
         raise CheckpointError(f'{what} {path!r} is not a PyTorch checkpoint (its bytes are not '
                               'a saved tensor file); it was not loaded') from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
@@ -138,14 +152,15 @@ def _groups(keys: Iterable[str], depth: int = 2) -> List[str]:
 def required_keys(model: torch.nn.Module) -> List[str]:
     """The weights ``model`` needs from a checkpoint to be evaluated: every parameter and
     buffer except :data:`EVAL_OPTIONAL_PREFIXES`, and the gate's when the backbone's scale is
-    forced (the gate is not run then)."""
+    forced (the gate is not run then). A ``gate_init`` in the config does not make the gate
+    optional: it is read when training starts, never for an evaluation, so the evaluated gate
+    is the checkpoint's."""
     optional = list(EVAL_OPTIONAL_PREFIXES)
     backbone = getattr(model, 'backbone', None)
     gate = getattr(backbone, 'gate', None)
     if gate is not None and (getattr(backbone, 'force_scale', None) is not None or
-                             getattr(backbone, 'gate_init', None) is not None or
                              not any(True for _ in gate.parameters())):
-        optional.append('backbone.gate.')  # not run, from a gate file, or nothing to load
+        optional.append('backbone.gate.')  # not run, or nothing to load
     return [k for k in model.state_dict() if not k.startswith(tuple(optional))]
 
 
@@ -352,8 +367,9 @@ def load_pretrained(backbone, path: str, prefix: Optional[str] = None) -> Tuple[
             raise ValueError(f'MSViT: checkpoint {path!r} has a non-zero patch-embedding bias '
                              'but the backbone has patch_bias=False; set patch_bias=True')
     missing, unexpected = backbone.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith('gate.')]
-    print_log(f'MSViT: loaded {path} ({kind} key names); missing (besides the gate): '
+    missing = [k for k in missing if not k.startswith(('gate.', 'coarse_embed.'))]
+    print_log(f'MSViT: loaded {path} ({kind} key names); missing (besides the gate and the '
+              'coarse-token embedding, which start fresh): '
               f'{missing}; unexpected: {unexpected}', logger='current')
     return missing, unexpected
 
@@ -380,8 +396,11 @@ def normalisation_from_cfg_text(cfg_text: str) -> Optional[dict]:
     """mean / std / bgr_to_rgb of the data preprocessor in the config text of a checkpoint.
 
     The text (mmengine stores the training config as Python source in ``meta['cfg']``) is only
-    PARSED (:mod:`ast`), never executed: the first ``data_preprocessor=dict(...)`` whose
-    ``mean`` and ``std`` are literal lists is read. None when there is none.
+    PARSED (:mod:`ast`), never executed. The model's own preprocessor wins: the
+    ``data_preprocessor=dict(...)`` inside the top-level ``model = dict(...)`` (what the model
+    was trained with, also when it was overridden), else a top-level ``data_preprocessor =
+    dict(...)``; only one whose ``mean`` and ``std`` are literal lists counts. None when there
+    is none.
     """
     if not isinstance(cfg_text, str) or not cfg_text:
         return None
@@ -389,15 +408,19 @@ def normalisation_from_cfg_text(cfg_text: str) -> Optional[dict]:
         tree = ast.parse(cfg_text)
     except (SyntaxError, ValueError):
         return None
-    for node in ast.walk(tree):
-        value = None
-        if isinstance(node, ast.keyword) and node.arg == 'data_preprocessor':
-            value = node.value
-        elif isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Name) and t.id == 'data_preprocessor' for t in node.targets):
-            value = node.value
-        if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
-                and value.func.id == 'dict'):
+    model_level, top_level = [], []
+    for node in tree.body:
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1 or \
+                not isinstance(node.targets[0], ast.Name):
+            continue
+        name = node.targets[0].id
+        if name == 'data_preprocessor':
+            top_level.append(node.value)
+        elif name == 'model' and _is_dict_call(node.value):
+            model_level += [k.value for k in node.value.keywords
+                            if k.arg == 'data_preprocessor']
+    for value in model_level + top_level:
+        if not _is_dict_call(value):
             continue
         fields = _literal_keywords(value)
         if fields.get('mean') is None or fields.get('std') is None:
@@ -406,6 +429,11 @@ def normalisation_from_cfg_text(cfg_text: str) -> Optional[dict]:
                     std=[float(v) for v in fields['std']],
                     bgr_to_rgb=bool(fields.get('bgr_to_rgb', fields.get('to_rgb', False))))
     return None
+
+
+def _is_dict_call(node) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+        node.func.id == 'dict'
 
 
 def _check_normalisation(normalisation: dict, in_channels: int, checkpoint: str) -> None:

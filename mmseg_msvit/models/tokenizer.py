@@ -180,7 +180,8 @@ class MixedScaleTokenizer(nn.Module):
                 out_size: Optional[Tuple[int, int]] = None,
                 gate_logits: Optional[torch.Tensor] = None,
                 num_tokens: Optional[int] = None,
-                pack: bool = True) -> MixedScaleTokens:
+                pack: bool = True,
+                coarse_embed: Optional[nn.Module] = None) -> MixedScaleTokens:
         """Tokenize a batch.
 
         Args:
@@ -200,6 +201,9 @@ class MixedScaleTokenizer(nn.Module):
                 longest length, static shapes for torch.export / ONNX.
             pack (bool): when the images need different numbers of tokens, pack them into one
                 sequence (True, default) instead of padding to the longest (False).
+            coarse_embed (nn.Module, optional): a
+                :class:`~mmseg_msvit.models.coarse_embed.CoarseTokenEmbed` whose output is added
+                to every coarse token (computed for the active coarse tokens only).
 
         Host reads: in threshold mode ONE, the token count of every image (``counts.tolist()``):
         the shapes of the packed or padded batch depend on it, so it cannot be avoided there.
@@ -250,15 +254,25 @@ class MixedScaleTokenizer(nn.Module):
         if fine_value is not None and fine_value.requires_grad:
             flat_value = fine_value.flatten(1)
             value = torch.cat([1 - flat_value, flat_value[:, region_of_cell]], dim=1)
+        extra = None
+        if coarse_embed is not None:
+            # a sequence holds its active coarse candidates first: image b's first n_coarse[b]
+            # tokens are coarse; every image's count follows from its length (no host read)
+            per_fine = self.ratio**2
+            longest_coarse = num_coarse - min((n - num_coarse) // (per_fine - 1) for n in (
+                lengths if lengths is not None else (length, )))
+            extra = self._coarse_extra(fine_rows_px, order, coarse_active.sum(1),
+                                       longest_coarse, patch_embed, coarse_embed)
 
         if lengths is not None and pack and min(lengths) < length:
             tokens, packed = self._packed_tokens(candidates, order, counts, lengths, patch_embed,
-                                                 pos_candidates, cls_token + cls_pos, value)
+                                                 pos_candidates, cls_token + cls_pos, value,
+                                                 extra)
             attn_mask = None
         else:
             tokens, attn_mask = self._padded_tokens(candidates, token_index, valid, lengths,
                                                     patch_embed, pos_candidates,
-                                                    cls_token + cls_pos, value)
+                                                    cls_token + cls_pos, value, extra)
             packed = None
 
         # Reconstruction index: sequence position of every candidate, then of every fine cell.
@@ -284,13 +298,36 @@ class MixedScaleTokenizer(nn.Module):
         proj = patch_embed.proj
         return patch_embed.norm(F.linear(pixels, proj.weight.flatten(1), proj.bias))
 
+    def _coarse_extra(self, fine_rows_px, order, num_coarse, longest, patch_embed,
+                      coarse_embed):
+        """(B, longest, D): ``coarse_embed`` of the active coarse tokens in sequence order
+        (image b's first ``num_coarse[b]`` tokens), zero beyond each image's count."""
+        batch, rows, cols, pixels = fine_rows_px.shape
+        cells = self.ratio**2
+        is_coarse = torch.arange(longest, device=order.device)[None, :] < num_coarse[:, None]
+        if getattr(coarse_embed, 'detail', True):
+            # the fine pixel rows of every region, raster order within the region
+            per_region = fine_rows_px.reshape(batch, rows // self.ratio, self.ratio,
+                                              cols // self.ratio, self.ratio, pixels)
+            per_region = per_region.permute(0, 1, 3, 2, 4, 5).reshape(batch, -1, cells, pixels)
+            region = torch.where(is_coarse, order[:, :longest], 0)  # coarse candidate = region
+            fine = self._embed(torch.gather(
+                per_region, 1, region[..., None, None].expand(-1, -1, cells, pixels)),
+                               patch_embed)  # (B, longest, cells, D)
+        else:
+            fine = fine_rows_px.new_zeros(batch, longest, 0, patch_embed.proj.weight.shape[0])
+        return coarse_embed(fine) * is_coarse[..., None]
+
     def _padded_tokens(self, candidates, token_index, valid, lengths, patch_embed,
-                       pos_candidates, cls, value):
+                       pos_candidates, cls, value, extra=None):
         """(B, 1 + L, D) tokens, padded to the longest image, and the key mask (or None)."""
         batch = candidates.shape[0]
         pixels = torch.gather(candidates, 1,
                               token_index[..., None].expand(-1, -1, candidates.shape[-1]))
         tokens = self._embed(pixels, patch_embed) + pos_candidates[token_index]  # (B, L, D)
+        if extra is not None and extra.shape[1]:
+            tokens = torch.cat([tokens[:, :extra.shape[1]] + extra,
+                                tokens[:, extra.shape[1]:]], dim=1)
         if value is not None:
             tokens = tokens * torch.gather(value, 1, token_index)[..., None]  # 1 forward
         attn_mask = None
@@ -302,7 +339,7 @@ class MixedScaleTokenizer(nn.Module):
         return tokens, attn_mask
 
     def _packed_tokens(self, candidates, order, counts, lengths, patch_embed, pos_candidates,
-                       cls, value):
+                       cls, value, extra=None):
         """(1, N, D) tokens of all images one after the other (each its CLS first, then its
         active candidates in candidate order) and their :class:`PackedSequences`."""
         batch, device = candidates.shape[0], candidates.device
@@ -316,6 +353,10 @@ class MixedScaleTokenizer(nn.Module):
         candidate = order[image, rank]  # (T,) candidate index of each patch token
         tokens = self._embed(candidates[image, candidate], patch_embed) + \
             pos_candidates[candidate]  # (T, D)
+        if extra is not None and extra.shape[1]:
+            # image b's first tokens are its coarse ones; extra is zero beyond its count
+            inside = rank < extra.shape[1]
+            tokens = tokens + extra[image, rank.clamp(max=extra.shape[1] - 1)] * inside[:, None]
         if value is not None:
             tokens = tokens * value[image, candidate][:, None]  # 1 in the forward pass
         # put CLS tokens and patch tokens at their packed positions (a gather keeps autograd)

@@ -1,34 +1,44 @@
 """The evidence study: does mixed-scale tokenization beat the simple alternatives at equal GMACs?
 
     python tools/analysis_tools/msvit_study.py [--setting quick|full] [--seeds 0 1 2]
-        [--out-dir work_dirs/study_quick] [--device cpu|cuda] [--only RUN ...]
+        [--out-dir work_dirs/study_quick] [--scenes standard|shifted] [--device cpu|cuda]
+        [--only RUN ...] [--set KEY=VALUE ...]
 
-Trains and evaluates, for every seed, on the synthetic ADE-layout scenes (generated into
-OUT_DIR/data), with the same data, crops, scale augmentation (0.5-1.25x) and schedule for every
-model. Runs (a model's evaluations: input scales, budgets, decision rules, in brackets):
+Trains and evaluates, for every seed, on synthetic ADE-layout scenes (generated into
+OUT_DIR/data; ``--scenes shifted`` draws the same classes differently, a check on scenes the
+recipe was not chosen on), with the same data, crops, scale augmentation (0.5-1.25x) and schedule
+for every model. What runs by default (:data:`DEFAULT_RUNS`; a model's evaluations - input
+scales, budgets, decision rules - in brackets):
 
-* ``dense_pre``: a dense ViT (every region fine) trained from scratch; the other models start
-  from it (as the paper starts from a pretrained ViT) and are fine-tuned for the same number of
-  iterations: ``dense`` (input scales = the resolution curve; training-free content, random and
-  label-oracle decisions at budgets), ``dense_lowres`` (fine-tuned at the input scale whose
-  GMACs match the budget), ``coarse`` (all coarse), ``random_gate`` / ``content_gate``
-  (fine-tuned with random / content-ranked regions at the budget), ``mixed_content`` (the
-  content gate, fine-tuned with a budget drawn per batch from 0.25-1.0, so dense batches keep
-  teaching detail), ``learned_gbas`` (the paper:
-  MLP gate, Gumbel-sigmoid straight-through, GBaS annealed to the budget) and ``learned_probe``
-  (plus our gate probe), both at the gate threshold 0.5 and along their budget curves;
-* ``gate_only``, ``gate_only_mlp``, ``gate_only_transfer``: the fine-tuned dense model frozen,
-  only a gate trained on it (GBaS + probe) for a few more iterations: with the content prior
-  (the gate's logit starts from the content score), a plain MLP gate, and the MLP gate of a
-  classification model trained on the synthetic ImageNet-layout set (transfer vs scratch);
-* optional (``--only``): ``learned_transfer`` (``learned_probe`` from the transferred gate),
-  ``learned_content`` (``learned_probe`` with the content prior), ``learned_scratch`` (the demo
-  recipe from scratch, same total iterations). In the full setting all of them run.
+* ``dense_pre``: a dense ViT (every region fine) trained from scratch; every other model starts
+  from it (as the paper starts from a pretrained ViT) and is fine-tuned for the same number of
+  iterations;
+* ``dense``: the dense ViT fine-tuned further [input scales = the resolution curve; the
+  training-free content gate, random regions and the label oracle at budgets];
+* ``learned_gbas``: the paper's recipe (MLP gate, Gumbel-sigmoid straight-through, GBaS annealed
+  to the budget) [threshold 0.5, budgets];
+* ``gate_only``: ``dense`` frozen, only a gate trained on it (content prior + GBaS + probe, a few
+  iterations) [threshold 0.5, budgets];
+* ``mixed_content``: ``dense_pre`` fine-tuned on mixed tokens with the task loss alone (content
+  gate, budgets 0.25-1.0): what the recipe adds is measured against it [content gate at
+  budgets, every region fine];
+* ``recipe``: the recommended recipe, ``dense_pre`` fine-tuned on mixed tokens (content gate, a
+  budget drawn per batch from 0.25-0.6), the neck unpooling coarse tokens to their cells,
+  distilled from the frozen dense model (logits and dense feature maps) [content gate at budgets,
+  label oracle, every region fine];
+* ``recipe_gate``: ``recipe`` frozen, only a learned gate trained on it, as ``gate_only``.
+
+Every other run (``--only RUN``; the full setting runs more of them) is a baseline or a variant
+tried on the way (docs/study.md): ``dense_lowres``, ``coarse``, ``random_gate``,
+``content_gate``, ``learned_probe``, ``learned_transfer``, ``learned_content``,
+``learned_scratch``, ``gate_only_mlp``, ``gate_only_transfer`` and the ``mixed_*`` /
+``recipe_detail*`` fine-tuning variants (coarse-token detail, logit-only distillation, budgets
+up to 1.0, ...).
 
 Resumable: results go to OUT_DIR/results.jsonl as they come, finished trainings are kept, and a
 re-run does only what is missing (``--only`` limits it to some runs and what they start from).
 At the end it writes summary.csv, summary.json, summary.md (table + comparisons at equal GMACs,
-paired by seed) and study.png (mIoU against backbone GMACs with the seed spread).
+paired by seed) and study.png (mIoU against backbone and whole-model GMACs with the seed spread).
 """
 import argparse
 import csv
@@ -44,6 +54,13 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SMALL_CLASSES = ('pole', 'ball', 'box')
 
+#: what a study runs without --only: the dense model and its baselines (resolution curve,
+#: training-free content gate, label oracle), the paper's recipe, the best gate-only recipe of
+#: the previous study, fine-tuning on mixed tokens without the recipe's additions, and the
+#: recommended recipe with and without a learned gate
+DEFAULT_RUNS = ('dense_pre', 'dense', 'learned_gbas', 'gate_only', 'mixed_content', 'recipe',
+                'recipe_gate')
+
 #: The two settings. quick: the demo's model (MSViT-Ti + light UPerNet, 128 px crops of 256 px
 #: scenes) on 2 CPU cores; full: MSViT-S at 512 px on a GPU, longer schedule.
 SETTINGS = {
@@ -53,10 +70,10 @@ SETTINGS = {
         data=dict(num_train=256, num_val=48, img_size=256), cls_data=dict(num_train=40,
                                                                           num_val=10, img_size=96),
         arch='tiny', width=192, neck_width=96, crop=128, batch_size=8, min_kept=20000,
-        pre_iters=300, fine_iters=100, gate_iters=40, gate_lr=3e-3, gate_lr_mult=10.0,
-        lr=1.5e-3, fine_lr=5e-4, cls_iters=150, budget=0.42, budgets=(0.25, 0.42, 0.6),
+        pre_iters=600, fine_iters=300, gate_iters=40, gate_lr=3e-3, gate_lr_mult=10.0,
+        lr=1.5e-3, fine_lr=5e-4, cls_iters=150, budget=0.42, budgets=(0.25, 0.42, 0.5, 0.6),
         scales=(0.5, 0.625, 0.75, 1.0), low_scale=0.75, probe_images=2, num_workers=2,
-        optional=('learned_transfer', 'learned_content', 'learned_scratch')),
+        default_runs=DEFAULT_RUNS),
     'full': dict(
         seg_config='configs/msvit/demo_msvit_synthetic.py',
         cls_config='configs/msvit_cls/demo_msvit_cls_synthetic.py',
@@ -66,8 +83,11 @@ SETTINGS = {
         arch='small', width=384, neck_width=192, crop=256, batch_size=16, min_kept=100000,
         pre_iters=8000, fine_iters=4000, gate_iters=2000, gate_lr=2e-3, gate_lr_mult=10.0, lr=1e-3, fine_lr=5e-4,
         cls_iters=3000,
-        budget=0.42, budgets=(0.25, 0.42, 0.6), scales=(0.5, 0.625, 0.75, 0.875, 1.0),
-        low_scale=0.75, probe_images=8, num_workers=4, optional=()),
+        budget=0.42, budgets=(0.25, 0.42, 0.5, 0.6), scales=(0.5, 0.625, 0.75, 0.875, 1.0),
+        low_scale=0.75, probe_images=8, num_workers=4,
+        default_runs=DEFAULT_RUNS + ('dense_lowres', 'coarse', 'random_gate', 'content_gate',
+                                     'learned_probe', 'gate_only_mlp', 'gate_only_transfer',
+                                     'recipe_detail')),
     # a few iterations on a few images: checks that every step runs (tests), no result
     'smoke': dict(
         seg_config='configs/msvit/demo_msvit_synthetic.py',
@@ -77,8 +97,17 @@ SETTINGS = {
         arch='tiny', width=192, neck_width=32, crop=64, batch_size=2, min_kept=100,
         pre_iters=2, fine_iters=2, gate_iters=2, gate_lr=1e-3, gate_lr_mult=10.0, lr=1.5e-3, fine_lr=1e-3, cls_iters=2,
         budget=0.5, budgets=(0.25, 0.5), scales=(0.5, 1.0), low_scale=0.5, probe_images=1,
-        num_workers=0, optional=()),
+        num_workers=0, default_runs=DEFAULT_RUNS),
 }
+
+
+#: the recommended recipe's fine-tuning options (configs/msvit/demo_recipe_synthetic.py holds the
+#: same; tests/test_study.py checks that they agree)
+FEATURE_DISTILL = dict(type='DenseDistillLoss', feature_weight=1.0)
+RECIPE = dict(train_budget_range=(0.25, 0.6), coarse_unpool=True, new_lr_mult=10.0,
+              distill=FEATURE_DISTILL)
+#: the coarse-token embedding options (tried, not in the recipe: docs/study.md)
+DETAIL = dict(coarse_detail=True, coarse_scale_embed=True)
 
 
 def runs(setting: dict) -> dict:
@@ -113,12 +142,6 @@ def runs(setting: dict) -> dict:
                              gate_probe=None,
                              evals=[(f'content{x}', dict(rule='content', budget=x))
                                     for x in budgets]),
-        'mixed_content': dict(label='MSViT, content gate, fine-tuned on budgets 0.25-1.0',
-                              start='dense_pre', force_scale=None, gate=dict(type='ContentGate'),
-                              fine_budget=b, train_budget_range=(0.25, 1.0), gate_loss=None,
-                              gate_probe=None,
-                              evals=[(f'content{x}', dict(rule='content', budget=x))
-                                     for x in budgets] + [('scale1.0', dict(scale=1.0))]),
         'learned_gbas': dict(label='MSViT, learned gate (GBaS, paper)', start='dense_pre',
                              force_scale=None, gate_probe=None, evals=learned_evals),
         'learned_probe': dict(label='MSViT, learned gate + probe', start='dense_pre',
@@ -142,6 +165,45 @@ def runs(setting: dict) -> dict:
         'gate_only_transfer': dict(
             label='dense ViT + transferred gate (MLP + probe, gate only)', start='dense',
             force_scale=None, train_gate_only=True, gate_init=True, iters=setting['gate_iters'],
+            evals=learned_evals),
+        # fine-tuning the dense ViT on mixed tokens (content gate, budget drawn per batch), and
+        # what was tried to make it pay off (docs/study.md, "How the recipe was found")
+        **{name: dict(dict(label=f'MSViT, content gate, {what}', start='dense_pre',
+                           force_scale=None, gate=dict(type='ContentGate'), fine_budget=b,
+                           train_budget_range=(0.25, 1.0), gate_loss=None, gate_probe=None,
+                           evals=[(f'content{x}', dict(rule='content', budget=x))
+                                  for x in budgets] + [('scale1.0', dict(scale=1.0))]), **extra)
+           for name, what, extra in (
+               ('mixed_content', 'fine-tuned on budgets 0.25-1.0', {}),
+               ('mixed_detail', 'budgets 0.25-1.0, coarse detail', dict(**DETAIL)),
+               ('mixed_distill', 'budgets 0.25-1.0, distilled (logits)',
+                dict(distill=dict(type='DenseDistillLoss'))),
+               ('mixed_detail_distill', 'budgets 0.25-1.0, coarse detail, distilled (logits)',
+                dict(**DETAIL, distill=dict(type='DenseDistillLoss'))),
+               ('mixed_detail_distill_feat', 'budgets 0.25-1.0, coarse detail, distilled '
+                '(logits + features)', dict(**DETAIL, distill=FEATURE_DISTILL)),
+               ('mixed_detail_unpool_feat', 'budgets 0.25-1.0, coarse detail + unpooling, '
+                'distilled (logits + features)',
+                {**DETAIL, **RECIPE, 'train_budget_range': (0.25, 1.0)}),
+               ('recipe_detail', 'budgets 0.25-0.6, coarse detail + unpooling, distilled '
+                '(logits + features)', dict(**DETAIL, **RECIPE)),
+               ('recipe_detail_feat3', 'as recipe_detail, feature distillation x3',
+                {**DETAIL, **RECIPE, 'distill': dict(FEATURE_DISTILL, feature_weight=3.0)}),
+           )},
+        # the recommended recipe: dense ViT, then fine-tuned on mixed tokens with the neck's
+        # coarse unpooling, distilled from the dense model; then (optionally) a learned gate
+        'recipe': dict(
+            label='recommended: dense ViT, then fine-tuned on mixed tokens (content gate, '
+            'budgets 0.25-0.6, coarse unpooling, distilled from the dense model)',
+            start='dense_pre', force_scale=None, gate=dict(type='ContentGate'), fine_budget=b,
+            gate_loss=None, gate_probe=None, **RECIPE,
+            evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
+            [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0))]),
+        'recipe_gate': dict(
+            label='recommended + learned gate (content prior + probe, gate only)',
+            start='recipe', force_scale=None, train_gate_only=True, iters=setting['gate_iters'],
+            coarse_unpool=True, gate=dict(type='MixedScaleGate', hidden_dims=(256, 256),
+                                          init_fine_fraction=0.9, content_prior=True),
             evals=learned_evals),
         'learned_scratch': dict(label='MSViT from scratch (demo recipe)', start='scratch',
                                 force_scale=None,
@@ -192,9 +254,16 @@ def seg_config(setting_name: str, run: str, seed: int, out_dir: str):
     model.decode_head.sampler.min_kept = setting['min_kept']
     model.auxiliary_head.in_channels = setting['neck_width']
     model.backbone.force_scale = spec.get('force_scale')
-    for key in ('gate', 'fine_budget', 'train_budget_range'):
+    for key in ('gate', 'fine_budget', 'train_budget_range', 'coarse_detail',
+                'coarse_scale_embed'):
         if key in spec:
             model.backbone[key] = spec[key]
+    if spec.get('coarse_unpool'):
+        model.neck.coarse_unpool = True
+    if spec.get('distill'):
+        # the teacher: the dense model this run starts from, frozen
+        model.distill = dict(spec['distill'], teacher_checkpoint=final_checkpoint(
+            out_dir, seed, spec['start'], setting))
     if 'gate_loss' in spec and spec['gate_loss'] is None:
         model.gate_loss = None
     elif model.get('gate_loss') is not None:
@@ -222,6 +291,14 @@ def seg_config(setting_name: str, run: str, seed: int, out_dir: str):
         # the GBaS target within the fine-tuning schedule (measured: it stayed all fine)
         cfg.optim_wrapper.paramwise_cfg.custom_keys['backbone.gate'] = dict(
             lr_mult=setting['gate_lr_mult'], decay_mult=0.0)
+    if spec.get('new_lr_mult'):
+        # parts that start at zero on a trained network learn faster
+        new_parts = [('backbone.coarse_embed', spec.get('coarse_detail') or
+                      spec.get('coarse_scale_embed')), ('neck.unpool', spec.get('coarse_unpool'))]
+        for key, present in new_parts:
+            if present:
+                cfg.optim_wrapper.paramwise_cfg.custom_keys[key] = dict(
+                    lr_mult=spec['new_lr_mult'])
     warmup = max(1, iters // 10)
     cfg.param_scheduler = [
         dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=warmup),
@@ -302,14 +379,14 @@ class Study:
         self.results_path = osp.join(self.out_dir, 'results.jsonl')
         self.records = []
         if osp.exists(self.results_path):
-            with open(self.results_path) as f:
-                self.records = [json.loads(line) for line in f if line.strip()]
+            from mmseg_msvit.analysis.study import read_results
+            self.records = read_results(self.results_path)
         self.done = {(r['seed'], r['run'], r['eval']) for r in self.records}
         self.evaluator = None
 
     # -- plan
     def selected_runs(self):
-        names = [name for name in self.runs if name not in self.setting['optional']]
+        names = [name for name in self.runs if name in self.setting['default_runs']]
         if self.args.only:
             names = list(self.runs)
             unknown = sorted(set(self.args.only) - set(names))
@@ -353,6 +430,8 @@ class Study:
     def train(self, seed, run):
         command = [sys.executable, osp.abspath(__file__), '--setting', self.args.setting,
                    '--out-dir', self.out_dir, '--train', run, '--seed', str(seed)]
+        if self.args.set:
+            command += ['--set', *self.args.set]
         env = dict(os.environ)
         if self.args.device == 'cpu':
             env['CUDA_VISIBLE_DEVICES'] = ''
@@ -365,9 +444,12 @@ class Study:
         if code != 0:
             raise RuntimeError(f'msvit_study: training {run!r} (seed {seed}) failed with exit '
                                f'code {code}; see {log_path}')
-        seconds = time.time() - start
+        # the training time of every resumed part (TrainingTimeHook), not only this one
+        from mmseg_msvit.models.checkpoints import read_checkpoint
+        final = read_checkpoint(final_checkpoint(self.out_dir, seed, run, self.setting))
+        seconds = float(final.get('meta', {}).get('train_seconds', time.time() - start))
         with open(osp.join(run_dir(self.out_dir, seed, run), 'train_time.json'), 'w') as f:
-            json.dump(dict(seconds=seconds), f)
+            json.dump(dict(seconds=seconds, this_attempt=time.time() - start), f)
         if run == 'cls':
             from mmseg_msvit.models.checkpoints import extract_gate, save_gate
             save_gate(extract_gate(final_checkpoint(self.out_dir, seed, 'cls', self.setting)),
@@ -406,7 +488,7 @@ class Study:
         return record
 
     def execute(self):
-        prepare_data(self.args.setting, self.out_dir)
+        prepare_data(self.args.setting, self.out_dir, self.args.scenes)
         steps = self.plan()
         total = sum(step[-1] for step in steps)
         done_weight, start = 0.0, time.time()
@@ -444,26 +526,36 @@ def family(run, name):
         return 'dense ViT + content gate (training-free)'
     if run == 'dense' and name.startswith('random'):
         return 'dense ViT + random regions'
-    if run.startswith(('learned', 'gate_only')) and name.startswith('budget'):
+    if run.startswith(('learned', 'gate_only', 'recipe_gate')) and name.startswith('budget'):
         return f'{run} (budget curve)'
-    if run == 'mixed_content' and name.startswith('scale'):
+    if run.startswith(('mixed', 'recipe')) and name.startswith('scale'):
         return f'{run}, every region fine'
+    if run == 'recipe':
+        return 'recipe (recommended), content gate'
     return run
 
 
-def prepare_data(setting_name, out_dir):
+def prepare_data(setting_name, out_dir, scenes='standard'):
     from mmseg_msvit.datasets.synthetic import make_synthetic
     setting = SETTINGS[setting_name]
     for kind, layout, spec in (('seg', 'ade20k', setting['data']),
                                ('cls', 'imagenet', setting['cls_data'])):
         root = osp.join(out_dir, 'data', kind)
         marker = osp.join(root, '.complete')
+        style = scenes if kind == 'seg' else 'standard'
         if osp.exists(marker):
+            with open(marker) as f:
+                written = f.read().strip() or 'standard'
+            if written != style:
+                raise ValueError(f'msvit_study: {root} holds {written} scenes, this run asks '
+                                 f'for --scenes {style}; use another --out-dir')
             continue
-        print(f'[study] writing the synthetic {layout} data to {root}', flush=True)
+        print(f'[study] writing the synthetic {layout} data ({style}) to {root}', flush=True)
         make_synthetic(root, layout=layout, num_train=spec['num_train'],
-                       num_val=spec['num_val'], img_size=(spec['img_size'], spec['img_size']))
-        open(marker, 'w').close()
+                       num_val=spec['num_val'], img_size=(spec['img_size'], spec['img_size']),
+                       style=style)
+        with open(marker, 'w') as f:
+            f.write(style)
 
 
 # ---------------------------------------------------------------------------------- outputs
@@ -471,9 +563,13 @@ def comparisons(setting):
     """(label, first, second) pairs the verdicts are about: equal GMACs unless stated."""
     b, low = setting['budget'], setting['low_scale']
     pairs = []
-    candidates = [(run, f'budget{b}') for run in (
-        'learned_gbas', 'learned_probe', 'learned_transfer', 'learned_content', 'gate_only',
-        'gate_only_mlp', 'gate_only_transfer')] + [('mixed_content', f'content{b}')]
+    mixed = ('mixed_content', 'mixed_detail', 'mixed_distill', 'mixed_detail_distill',
+             'mixed_detail_distill_feat', 'mixed_detail_unpool_feat', 'recipe_detail',
+             'recipe_detail_feat3')
+    candidates = [('recipe', f'content{b}'), ('recipe_gate', f'budget{b}')] + [
+        (run, f'budget{b}') for run in (
+            'learned_gbas', 'learned_probe', 'learned_transfer', 'learned_content', 'gate_only',
+            'gate_only_mlp', 'gate_only_transfer')] + [(run, f'content{b}') for run in mixed]
     for mine in candidates:
         learned = mine[0]
         pairs += [
@@ -501,7 +597,14 @@ def comparisons(setting):
          ('mixed_content', f'content{b}'), ('dense', f'content{b}')),
         ('dense evaluation: fine-tuned on budgets 0.25-1.0 vs dense-only training',
          ('mixed_content', 'scale1.0'), ('dense', 'scale1.0')),
-    ]
+        ('recipe: learned gate vs content gate, same model', ('recipe_gate', f'budget{b}'),
+         ('recipe', f'content{b}')),
+        ('recipe: label oracle vs content gate, same model', ('recipe', f'oracle{b}'),
+         ('recipe', f'content{b}')),
+        ('dense evaluation: recipe vs dense-only training', ('recipe', 'scale1.0'),
+         ('dense', 'scale1.0')),
+    ] + [(f'{run} vs recipe (the ablations)', (run, f'content{b}'), ('recipe', f'content{b}'))
+         for run in mixed]
     return pairs
 
 
@@ -515,8 +618,8 @@ def write_outputs(records, setting, out_dir):
     records = [dict(r, family=family(r['run'], r['eval'])) for r in records]
     rows = summarise(records)
     fields = ['run', 'eval', 'label', 'family', 'seeds'] + \
-        [k for key in ('mIoU', 'small_mIoU', 'gmacs', 'gmacs_min', 'gmacs_max', 'fine_fraction',
-                       'fine_on_detailed', 'fine_on_uniform', 'train_seconds')
+        [k for key in ('mIoU', 'small_mIoU', 'gmacs', 'gmacs_min', 'gmacs_max', 'model_gmacs',
+                       'fine_fraction', 'fine_on_detailed', 'fine_on_uniform', 'train_seconds')
          for k in (key, f'{key}_std')]
     classes = list(rows[0]['iou']) if rows else []
     with open(osp.join(out_dir, 'summary.csv'), 'w', newline='') as f:
@@ -532,8 +635,8 @@ def write_outputs(records, setting, out_dir):
     with open(osp.join(out_dir, 'summary.json'), 'w') as f:
         json.dump(dict(rows=rows, comparisons=verdicts), f, indent=1)
     lines = ['| model, decisions | seeds | mIoU | small-object mIoU | pole / ball / box IoU | '
-             'backbone GMACs (min-max) | fine | fine on detailed / uniform | train s |',
-             '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+             'backbone GMACs (min-max) | whole-model GMACs | fine | fine on detailed / uniform | '
+             'train s |', '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
     for row in sorted(rows, key=lambda r: (r['family'], -r['gmacs'])):
         iou = row['iou']
         lines.append(
@@ -541,14 +644,17 @@ def write_outputs(records, setting, out_dir):
             f"{fmt(row['small_mIoU'], row['small_mIoU_std'])} | "
             + ' / '.join(f'{iou.get(c, float("nan")):.1f}' for c in SMALL_CLASSES) +
             f" | {row['gmacs']:.3f} ({row['gmacs_min']:.2f}-{row['gmacs_max']:.2f}) | "
+            f"{row.get('model_gmacs', float('nan')):.3f} | "
             f"{row['fine_fraction']:.2f} | {row['fine_on_detailed']:.2f} / "
             f"{row['fine_on_uniform']:.2f} | {row['train_seconds']:.0f} |")
     lines += ['', '| comparison (first minus second, paired by seed) | mIoU difference | '
-              'GMACs ratio | spreads separated |', '| --- | --- | --- | --- |']
+              'per seed | backbone GMACs ratio | mean - std > 0 |', '| --- | --- | --- | --- | --- |']
     for v in verdicts:
-        lines.append(f"| {v['label']} | {v['delta']:+.2f} ± {v['delta_std']:.2f} | "
-                     f"{v['gmacs_ratio']:.2f} | "
-                     f"{ {True: 'yes', False: 'no', None: 'one seed'}[v['separated']]} |")
+        per_seed = ' / '.join(f'{d:+.1f}' for d in v.get('deltas', []))
+        above = 'one seed' if len(v['seeds']) < 2 else \
+            ('yes' if v['delta'] - v['delta_std'] > 0 else 'no')
+        lines.append(f"| {v['label']} | {v['delta']:+.2f} ± {v['delta_std']:.2f} | {per_seed} | "
+                     f"{v['gmacs_ratio']:.2f} | {above} |")
     with open(osp.join(out_dir, 'summary.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     plot(rows, osp.join(out_dir, 'study.png'))
@@ -560,7 +666,7 @@ def plot(rows, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
     families = {}
     for row in rows:
         if row['run'] == 'dense_pre':
@@ -568,20 +674,50 @@ def plot(rows, path):
         families.setdefault(row['family'], []).append(row)
     markers = 'osD^v<>phX*P'
     colours = plt.cm.tab20.colors  # one colour per curve (up to 20), markers cycle besides
-    for index, (name, group) in enumerate(sorted(families.items())):
-        group = sorted(group, key=lambda r: r['gmacs'])
-        ax.errorbar([r['gmacs'] for r in group], [r['mIoU'] for r in group],
-                    xerr=[r['gmacs_std'] for r in group], yerr=[r['mIoU_std'] for r in group],
-                    fmt=markers[index % len(markers)] + ('-' if len(group) > 1 else ''),
-                    color=colours[index % len(colours)], capsize=2, markersize=5,
-                    elinewidth=0.8, alpha=0.9, label=name)
-    ax.set_xlabel('backbone GMACs per image')
-    ax.set_ylabel('mIoU (mean ± std over seeds)')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc='lower right')
+    for ax, key, title in ((axes[0], 'gmacs', 'backbone GMACs per image'),
+                           (axes[1], 'model_gmacs', 'whole-model GMACs per image (backbone + '
+                            'neck + head)')):
+        for index, (name, group) in enumerate(sorted(families.items())):
+            group = sorted(group, key=lambda r: r['gmacs'])
+            if any(r.get(key) != r.get(key) or r.get(key) is None for r in group):
+                continue  # an older results file without whole-model GMACs
+            ax.errorbar([r[key] for r in group], [r['mIoU'] for r in group],
+                        xerr=[r[f'{key}_std'] for r in group],
+                        yerr=[r['mIoU_std'] for r in group],
+                        fmt=markers[index % len(markers)] + ('-' if len(group) > 1 else ''),
+                        color=colours[index % len(colours)], capsize=2, markersize=5,
+                        elinewidth=0.8, alpha=0.9, label=name)
+        ax.set_xlabel(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel('mIoU (mean ± std over seeds)')
+    axes[0].legend(fontsize=7, loc='lower right')
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def with_overrides(setting: dict, pairs) -> dict:
+    """``setting`` with ``KEY=VALUE`` overrides (values parsed as Python literals, never run)."""
+    import ast
+    setting = dict(setting)
+    for pair in pairs:
+        key, sep, text = pair.partition('=')
+        if not sep or key not in setting:
+            raise ValueError(f'--set {pair!r}: expected KEY=VALUE with KEY one of '
+                             f'{sorted(setting)}')
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f'--set {pair!r}: {text!r} is not a Python literal') from None
+        old = setting[key]
+        numbers = (int, float)
+        if not (type(value) is type(old) or (isinstance(old, numbers) and isinstance(
+                value, numbers) and not isinstance(value, bool)) or (
+                    isinstance(old, (tuple, list)) and isinstance(value, (tuple, list)))):
+            raise ValueError(f'--set {pair!r}: {key} is a {type(old).__name__} '
+                             f'({old!r}), got a {type(value).__name__}')
+        setting[key] = tuple(value) if isinstance(old, tuple) else value
+    return setting
 
 
 def parse_args(argv=None):
@@ -597,10 +733,17 @@ def parse_args(argv=None):
                         help='training seeds (every model is trained once per seed)')
     parser.add_argument('--out-dir', default=None,
                         help='results, checkpoints and data (default work_dirs/study_SETTING)')
+    parser.add_argument('--scenes', choices=['standard', 'shifted'], default='standard',
+                        help='the synthetic scenes as the project draws them, or drawn '
+                        'differently (other palette, gravel floors, diagonal stripes, tilted '
+                        'poles: a check on scenes the recipe was not chosen on)')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu',
                         help='where training and evaluation run')
     parser.add_argument('--only', nargs='+', default=None, metavar='RUN',
                         help='do only these runs (and dense_pre where they start from it)')
+    parser.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='override values of the chosen --setting (Python literals), e.g. '
+                        '--set pre_iters=600 budget=0.5; use a fresh --out-dir for other values')
     parser.add_argument('--report-only', action='store_true',
                         help='only rewrite the summary and plot from results.jsonl')
     parser.add_argument('--train', default=None, metavar='RUN',
@@ -608,6 +751,10 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int_at_least(0), default=0,
                         help='internal: the seed of --train')
     args = parser.parse_args(argv)
+    try:
+        SETTINGS[args.setting] = with_overrides(SETTINGS[args.setting], args.set)
+    except ValueError as err:
+        parser.error(str(err))
     if args.out_dir is None:
         args.out_dir = osp.join('work_dirs', f'study_{args.setting}')
     if args.device == 'cuda':

@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from mmseg_msvit.datasets.synthetic import LAYOUTS, make_synthetic
+from mmseg_msvit.datasets.synthetic import LAYOUTS, SCENE_STYLES, make_synthetic
 
 
 def parse_args(argv=None):
@@ -28,6 +28,9 @@ def parse_args(argv=None):
     parser.add_argument('--img-size', type=int, nargs=2, default=(256, 256),
                         metavar=('H', 'W'), help='image height and width')
     parser.add_argument('--seed', type=int, default=0, help='random seed')
+    parser.add_argument('--style', default='standard', choices=sorted(SCENE_STYLES),
+                        help='scenes as the project draws them (standard) or drawn differently '
+                        '(shifted: other palette, gravel floors, diagonal stripes, tilted poles)')
     return parser.parse_args(argv)
 
 
@@ -37,7 +40,7 @@ def main(argv=None):
     try:
         counts = make_synthetic(args.out_dir, layout=args.layout, num_train=args.num_train,
                                 num_val=args.num_val, img_size=tuple(args.img_size),
-                                seed=args.seed)
+                                seed=args.seed, style=args.style)
     except (ValueError, OSError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

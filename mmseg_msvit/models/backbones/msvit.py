@@ -28,9 +28,10 @@ from ..arguments import (check_fine_budget, check_gate_threshold, check_out_indi
                          check_positive_int, check_positive_real, check_rate, check_size_pair,
                          is_int, is_real, translate_mmseg_vit_args)
 from ..builder import build_component
+from ..coarse_embed import CoarseTokenEmbed
 from ..features import MixedScaleFeatures
 from ..gates import budget_decisions
-from ..packed import packed_block_forward
+from ..packed import check_packable, packed_block_forward
 from ..tokenizer import MixedScaleTokenizer, MixedScaleTokens
 
 
@@ -104,6 +105,12 @@ class MSViT(BaseModule):
             segmentor/classifier checkpoint; otherwise timm's ViT initialisation. Position
             embeddings of another grid are resized on every load (a ``load_state_dict``
             pre-hook, so mmengine's ``load_checkpoint`` resizes too).
+        coarse_detail (bool): our option: add to every coarse token a learned residual from its
+            region's fine patch embeddings (:class:`~mmseg_msvit.models.coarse_embed.
+            CoarseTokenEmbed`; its output layer starts at zero, so pretrained weights compute
+            exactly what they computed without it; its MACs are counted). Default: False.
+        coarse_scale_embed (bool): our option: a learned vector (starting at zero) added to every
+            coarse token. Default: False.
         token_packing (bool): in a batch whose images need different numbers of tokens, pack
             them into one sequence (True) or pad every image to the longest with a key mask
             (False: the padded path, kept for comparison; ``benchmark_speed.py`` times both).
@@ -163,6 +170,8 @@ class MSViT(BaseModule):
                  norm_eps: float = 1e-6,
                  patch_bias: bool = True,
                  token_packing: bool = True,
+                 coarse_detail: bool = False,
+                 coarse_scale_embed: bool = False,
                  **mmseg_vit_args) -> None:
         if mmseg_vit_args:
             renamed = translate_mmseg_vit_args(
@@ -261,6 +270,8 @@ class MSViT(BaseModule):
         # no final LayerNorm parameters when they are not used (final_norm=False): a trainable
         # parameter without gradient stops DistributedDataParallel at its second iteration
         self.norm = norm_layer(self.embed_dims) if final_norm else nn.Identity()
+        if token_packing:
+            check_packable(self.blocks[0])
 
         gate_cfg = dict(type='MixedScaleGate') if gate is None else dict(gate)
         gate_cfg.setdefault('coarse_patch_size', coarse_patch_size)
@@ -279,6 +290,14 @@ class MSViT(BaseModule):
         self.gate_trained_by: Optional[str] = None
         self._warned_untrained_gate = False
         self.tokenizer = MixedScaleTokenizer(fine_patch_size, coarse_patch_size)
+        for name, value in (('coarse_detail', coarse_detail),
+                            ('coarse_scale_embed', coarse_scale_embed)):
+            if not isinstance(value, bool):
+                raise ValueError(f'MSViT: {name} must be True or False, got {value!r}')
+        self.coarse_embed = CoarseTokenEmbed(
+            self.embed_dims, coarse_patch_size // fine_patch_size,
+            in_channels * fine_patch_size**2, detail=coarse_detail,
+            scale_embed=coarse_scale_embed) if (coarse_detail or coarse_scale_embed) else None
 
         self._register_load_state_dict_pre_hook(self._resize_pos_embed)
         self._reset_parameters()
@@ -355,7 +374,7 @@ class MSViT(BaseModule):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         for name, module in self.named_modules():
-            if name.startswith('gate'):
+            if name.startswith(('gate', 'coarse_embed')):
                 continue
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -364,6 +383,8 @@ class MSViT(BaseModule):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if self.coarse_embed is not None:
+            self.coarse_embed.reset_parameters()
 
     def _resize_pos_embed(self, state_dict, prefix, *args, **kwargs) -> None:
         """``load_state_dict`` pre-hook: a position embedding of another square grid (a timm
@@ -409,7 +430,9 @@ class MSViT(BaseModule):
     def _freeze(self) -> None:
         if self.frozen_stages >= 0:
             self.patch_embed.eval()
-            for param in (*self.patch_embed.parameters(), self.pos_embed, self.cls_token):
+            embedding = self.coarse_embed.parameters() if self.coarse_embed is not None else ()
+            for param in (*self.patch_embed.parameters(), *embedding, self.pos_embed,
+                          self.cls_token):
                 param.requires_grad = False
         for index in range(max(self.frozen_stages, 0)):
             block = self.blocks[index]
@@ -460,6 +483,15 @@ class MSViT(BaseModule):
         if img.shape[1] != self.in_channels:
             raise ValueError(f'MSViT: img must have in_channels={self.in_channels} channels '
                              f'(B, C, H, W), got shape {tuple(img.shape)}')
+        weight = self.patch_embed.proj.weight
+        if not img.is_floating_point():
+            raise ValueError(f'MSViT: img is a {img.dtype} tensor; the backbone takes normalised '
+                             f'floating-point images ({weight.dtype}), as the data preprocessor '
+                             'gives them (convert with img.float() and normalise first)')
+        if img.dtype != weight.dtype and not torch.is_autocast_enabled(img.device.type):
+            raise ValueError(f'MSViT: img is {img.dtype} but the weights are {weight.dtype}; '
+                             f'convert one to the other (img.to({weight.dtype}) or '
+                             f'model.to({img.dtype})), or run under torch.autocast')
         height, width = img.shape[-2:]
         if height < self.coarse_patch_size or width < self.coarse_patch_size:
             raise ValueError(f'MSViT: input of {height}x{width} px is smaller than one coarse '
@@ -550,7 +582,7 @@ class MSViT(BaseModule):
         tokens = self.tokenizer(img, fine_mask, self.patch_embed, pos_grid, self.cls_token,
                                 cls_pos, fine_value=fine_value, out_size=out_size,
                                 gate_logits=gate_logits, num_tokens=num_tokens,
-                                pack=self.token_packing)
+                                pack=self.token_packing, coarse_embed=self.coarse_embed)
         return tokens._replace(tokens=self.pos_drop(tokens.tokens))
 
     def forward_blocks(self, tokens: MixedScaleTokens) -> Tuple[MixedScaleFeatures, ...]:

@@ -1,15 +1,17 @@
 """EncoderDecoder that trains the MSViT gate with a gate loss and reports what the gate did."""
+import copy
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
-from mmseg.utils import OptSampleList, SampleList
+from mmseg.utils import OptSampleList, SampleList, add_prefix
 from torch import Tensor
 
 from ...analysis.macs import add_costs, image_cost
 from ..backbones import MSViT
+from ..builder import build_component
 from ..gate_training import (attach_cost, build_gate_loss, build_gate_probe,
                              check_gate_normalisation, current_target, gate_loss_and_stats,
                              summed_losses)
@@ -47,6 +49,12 @@ class MSViTEncoderDecoder(EncoderDecoder):
             config (our option), e.g. ``dict(type='GateProbe', num_images=4,
             regions_per_image=2)``; it measures with the decode head's own loss. None (default):
             no probe.
+        distill (dict, optional): our option: a
+            :class:`~mmseg_msvit.models.losses.DenseDistillLoss` config; while the model is
+            fine-tuned on mixed tokens, a frozen copy of the dense model (loaded from the loss's
+            ``teacher_checkpoint``, built in ``init_weights``, never part of the checkpoints)
+            runs every training batch with every region fine, and the student is pulled towards
+            its decode logits (and optionally its dense feature maps). Default: None.
         train_gate_only (bool): our option: train the gate (and the gate loss's prior) on an
             otherwise frozen model: every other parameter gets ``requires_grad=False`` and the
             neck, heads and transformer blocks stay in eval mode (BatchNorm statistics and
@@ -60,6 +68,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
                  gate_loss: Optional[dict] = None,
                  gate_probe: Optional[dict] = None,
                  train_gate_only: bool = False,
+                 distill: Optional[dict] = None,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(self.backbone, MSViT):
@@ -71,6 +80,12 @@ class MSViTEncoderDecoder(EncoderDecoder):
                              'scales=[4, 2, 1, 0.5], in_channels and out_channels for UPerNet)')
         self.gate_loss = build_gate_loss(gate_loss, self.backbone, 'MSViTEncoderDecoder')
         self.gate_probe = build_gate_probe(gate_probe, 'MSViTEncoderDecoder')
+        self.distill = None if distill is None else build_component(distill)
+        if self.distill is not None and not hasattr(self.neck, 'dense_maps'):
+            raise ValueError('MSViTEncoderDecoder: distill needs the MixedScaleToDense neck '
+                             f'(its dense maps), got {type(self.neck).__name__}')
+        # the dense teacher: built in init_weights, kept out of parameters and state_dict
+        self.__dict__['distill_teacher'] = None
         # training the gate without any signal but the task loss is the paper's ablation at
         # most; MSViT warns when nobody declared to train its gate
         self.backbone.gate_trained_by = 'MSViTEncoderDecoder' if (
@@ -103,6 +118,45 @@ class MSViTEncoderDecoder(EncoderDecoder):
     def init_weights(self) -> None:
         super().init_weights()
         check_gate_normalisation(self.backbone, self.data_preprocessor)
+        if self.distill is not None:
+            self.__dict__['distill_teacher'] = self.build_dense_teacher(
+                self.distill.teacher_checkpoint)
+
+    def build_dense_teacher(self, checkpoint: Optional[str]) -> torch.nn.Module:
+        """A frozen dense copy of this model's backbone, neck and decode head, loaded from
+        ``checkpoint`` (the distillation teacher)."""
+        from ..checkpoints import load_model_weights
+        if not checkpoint:
+            raise ValueError('MSViTEncoderDecoder: distill needs the dense teacher\'s checkpoint: '
+                             'set model.distill.teacher_checkpoint, or load_from (tools/train.py '
+                             'then uses that file)')
+        teacher = torch.nn.Module()
+        teacher.backbone = copy.deepcopy(self.backbone)
+        teacher.backbone.force_scale = 'fine'  # every region fine: the gate never runs
+        teacher.backbone.coarse_embed = None  # used by coarse tokens only
+        teacher.neck = copy.deepcopy(self.neck)
+        if getattr(teacher.neck, 'unpool', None) is not None:
+            teacher.neck.unpool = None  # used by coarse tokens only
+        teacher.decode_head = copy.deepcopy(self.decode_head)
+        load_model_weights(teacher, checkpoint)
+        for param in teacher.parameters():
+            param.requires_grad_(False)
+        return teacher.eval()
+
+    @torch.no_grad()
+    def dense_teacher_outputs(self, inputs: Tensor, with_maps: bool = False):
+        """The dense teacher's decode logits (and its taps as dense maps) for ``inputs``."""
+        teacher = self.distill_teacher
+        if teacher is None:
+            raise RuntimeError('MSViTEncoderDecoder: distill is set but the teacher was not '
+                               'built; call init_weights() first (the runner does)')
+        reference = next(teacher.parameters())
+        if reference.device != inputs.device:
+            teacher.to(inputs.device)
+        feats = teacher.backbone(inputs)
+        maps = teacher.neck.dense_maps(feats)
+        x = teacher.neck.rescale(maps) if teacher.neck.rescale is not None else maps
+        return teacher.decode_head.forward(list(x)), (maps if with_maps else None)
 
     # ------------------------------------------------------------------ features
     def extract_feat_and_layout(self, inputs: Tensor, **backbone_kwargs) -> Tuple[List, object]:
@@ -119,9 +173,31 @@ class MSViTEncoderDecoder(EncoderDecoder):
 
     # ------------------------------------------------------------------ training
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
+        if self.distill is not None:
+            return self._loss_with_distillation(inputs, data_samples)
         x, layout = self.extract_feat_and_layout(inputs)
         losses = dict()
         losses.update(self._decode_head_forward_train(x, data_samples))
+        return self._add_other_losses(losses, x, layout, inputs, data_samples)
+
+    def _loss_with_distillation(self, inputs: Tensor, data_samples: SampleList) -> dict:
+        """``loss`` with the decode head's forward shared by its loss and the distillation."""
+        feats = self.backbone(inputs)
+        layout = feats[0].layout
+        with_maps = bool(self.distill.feature_weight)
+        student_maps = self.neck.dense_maps(feats)
+        x = list(self.neck.rescale(student_maps)) if self.neck.rescale is not None else \
+            student_maps
+        seg_logits = self.decode_head.forward(x)
+        losses = add_prefix(self.decode_head.loss_by_feat(seg_logits, data_samples), 'decode')
+        teacher_logits, teacher_maps = self.dense_teacher_outputs(inputs, with_maps)
+        losses.update(self.distill(seg_logits, teacher_logits,
+                                   student_maps if with_maps else None, teacher_maps))
+        return self._add_other_losses(losses, x, layout, inputs, data_samples)
+
+    def _add_other_losses(self, losses: dict, x, layout, inputs: Tensor,
+                          data_samples: SampleList) -> dict:
+        """Auxiliary head, gate loss and statistics, gate probe."""
         if self.with_auxiliary_head:
             losses.update(self._auxiliary_head_forward_train(x, data_samples))
         losses.update(gate_loss_and_stats(layout, self.gate_loss))
@@ -152,7 +228,12 @@ class MSViTEncoderDecoder(EncoderDecoder):
         (:func:`mmseg_msvit.analysis.image_cost`)."""
         x, layout = self.extract_feat_and_layout(inputs)
         seg_logits = self.decode_head.predict(x, batch_img_metas, self.test_cfg)
-        return seg_logits, image_cost(self.backbone, layout)
+        return seg_logits, self.image_cost(layout)
+
+    def image_cost(self, layout) -> dict:
+        """:func:`mmseg_msvit.analysis.image_cost` of one forward's ``layout`` (the neck's coarse
+        unpooling, when enabled, included)."""
+        return image_cost(self.backbone, layout, self.neck if self.with_neck else None)
 
     def inference_with_cost(self, inputs: Tensor,
                             batch_img_metas: List[dict]) -> Tuple[Tensor, dict]:

@@ -1,0 +1,29 @@
+# Recommended recipe, step 2 on the synthetic scenes (the configuration the evidence study
+# measures as `recipe`, docs/study.md): the dense model of step 1 fine-tuned on mixed-scale tokens
+# for 300 iterations, starting from its weights and distilled from a frozen copy of it.
+#   python tools/train.py configs/msvit/demo_recipe_synthetic.py --work-dir work_dirs/demo_recipe \
+#       --cfg-options load_from=work_dirs/demo_dense/iter_600.pth
+# - training-free content gate (a region is scored by the pixel energy its coarse token loses),
+#   budget mode: 42% of the regions fine at evaluation (0.52x the dense backbone's GMACs), a
+#   budget drawn per batch from 0.25-0.6 in training;
+# - the neck unpools each coarse token to its 2x2 cells with learned per-cell features (starting
+#   at zero: the dense model's function at the start);
+# - distillation (DenseDistillLoss): per-pixel KL to the dense teacher's logits plus the teacher's
+#   dense feature maps at the four taps; the teacher is load_from (tools/train.py fills it in).
+_base_ = ['./vit-ti16-dense_upernet_1xb8-600_synthetic-128x128.py']
+model = dict(
+    backbone=dict(force_scale=None, gate=dict(_delete_=True, type='ContentGate'),
+                  fine_budget=0.42, train_budget_range=(0.25, 0.6)),
+    neck=dict(coarse_unpool=True),
+    distill=dict(type='DenseDistillLoss', feature_weight=1.0))
+optim_wrapper = dict(
+    optimizer=dict(lr=0.0005),
+    # the unpooling starts at zero on a trained network: it learns 10x faster
+    paramwise_cfg=dict(custom_keys={'neck.unpool': dict(lr_mult=10.0)}))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=30, end=300, by_epoch=False)
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=300, val_interval=300)
+default_hooks = dict(checkpoint=dict(by_epoch=False, interval=150, max_keep_ckpts=1))
+load_from = None  # the dense model of step 1 (required): --cfg-options load_from=...

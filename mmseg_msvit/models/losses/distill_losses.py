@@ -1,0 +1,105 @@
+"""Distillation from the dense model while the transformer is fine-tuned on mixed tokens (our
+option, not the paper's).
+
+Fine-tuning a dense ViT on mixed-scale tokens teaches it to read coarse tokens, but with the task
+loss alone it also forgets: on the synthetic scenes it ended below the dense model evaluated with
+the very same decisions (docs/study.md). A frozen copy of the dense model (the same weights the
+fine-tuning starts from), run on every training batch with every region fine, says what the
+mixed-scale model should output; the student is pulled towards it per pixel.
+"""
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmseg.registry import MODELS
+
+__all__ = ['DenseDistillLoss']
+
+
+@MODELS.register_module()
+class DenseDistillLoss(nn.Module):
+    """Per-pixel distillation from a frozen dense teacher (configured like ``gate_loss``).
+
+    ``MSViTEncoderDecoder(distill=dict(type='DenseDistillLoss', ...))`` builds the teacher in
+    ``init_weights``: a copy of its own backbone, neck and decode head loaded from
+    ``teacher_checkpoint`` (a checkpoint of the dense model; ``tools/train.py`` and the study fill
+    it from ``load_from`` when it is not given), kept out of the model's parameters and
+    checkpoints, always in eval mode, run without gradient with every region fine. Its forward is
+    part of each training iteration (counted in training time).
+
+    Loss terms (added to the segmentor's losses):
+
+    * ``loss_distill``: KL(teacher || student) of the decode logits per pixel, at temperature
+      ``temperature`` (softmax over classes of logits / T), averaged over pixels and multiplied by
+      T^2 (the usual scaling, so the gradient size does not depend on T), times ``loss_weight``;
+    * ``loss_distill_feat`` (when ``feature_weight > 0``): mean squared difference of the
+      backbone taps rebuilt as dense maps (each coarse token on its 2x2 cells), divided by the
+      teacher map's mean square, averaged over taps, times ``feature_weight``.
+
+    Args:
+        teacher_checkpoint (str, optional): the dense model's checkpoint. Default: None (filled
+            from ``load_from`` by ``tools/train.py``; an error at ``init_weights`` otherwise).
+        temperature (float): > 0. Default: 1.0.
+        loss_weight (float): weight of the logit term (>= 0). Default: 1.0.
+        feature_weight (float): weight of the feature term (>= 0). Default: 0.0.
+        loss_name (str): Default: 'loss_distill'.
+    """
+
+    def __init__(self,
+                 teacher_checkpoint: Optional[str] = None,
+                 temperature: float = 1.0,
+                 loss_weight: float = 1.0,
+                 feature_weight: float = 0.0,
+                 loss_name: str = 'loss_distill') -> None:
+        super().__init__()
+        for name, value, low in (('temperature', temperature, 0.0),
+                                 ('loss_weight', loss_weight, None),
+                                 ('feature_weight', feature_weight, None)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    (low is not None and value <= low) or value < 0:
+                raise ValueError(f'DenseDistillLoss: {name} must be a number '
+                                 f'{"> 0" if low is not None else ">= 0"}, got {value!r}')
+        if teacher_checkpoint is not None and not isinstance(teacher_checkpoint, str):
+            raise ValueError('DenseDistillLoss: teacher_checkpoint must be a path (str) or None, '
+                             f'got {teacher_checkpoint!r}')
+        if not loss_weight and not feature_weight:
+            raise ValueError('DenseDistillLoss: loss_weight and feature_weight are both 0: '
+                             'nothing to distil (set model.distill=None instead)')
+        self.teacher_checkpoint = teacher_checkpoint
+        self.temperature = float(temperature)
+        self.loss_weight = float(loss_weight)
+        self.feature_weight = float(feature_weight)
+        self.loss_name = loss_name
+
+    def logit_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """KL(teacher || student) per pixel of (B, K, H, W) logits, mean over pixels, x T^2."""
+        if student.shape != teacher.shape:
+            teacher = F.interpolate(teacher, size=student.shape[-2:], mode='bilinear',
+                                    align_corners=False)
+        t = self.temperature
+        log_student = F.log_softmax(student.float() / t, dim=1)
+        log_teacher = F.log_softmax(teacher.float() / t, dim=1)
+        kl = (log_teacher.exp() * (log_teacher - log_student)).sum(1)
+        return kl.mean() * t * t
+
+    @staticmethod
+    def feature_loss(student: Sequence[torch.Tensor],
+                     teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Mean over taps of ||s - t||^2 / ||t||^2 (per-element means) of dense maps."""
+        terms = [(s.float() - t.float()).pow(2).mean() / t.float().pow(2).mean().clamp_min(1e-6)
+                 for s, t in zip(student, teacher)]
+        return torch.stack(terms).mean()
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                student_maps: Optional[Sequence[torch.Tensor]] = None,
+                teacher_maps: Optional[Sequence[torch.Tensor]] = None
+                ) -> Dict[str, torch.Tensor]:
+        losses = {}
+        if self.loss_weight:
+            losses[self.loss_name] = self.loss_weight * self.logit_loss(student_logits,
+                                                                        teacher_logits)
+        if self.feature_weight and student_maps is not None:
+            losses[self.loss_name + '_feat'] = self.feature_weight * self.feature_loss(
+                student_maps, teacher_maps)
+        return losses

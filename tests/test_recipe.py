@@ -1,0 +1,231 @@
+"""The recommended recipe's parts: coarse tokens that keep detail, distillation from the dense
+model."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmseg_msvit.analysis import layout_macs
+from mmseg_msvit.cli import fill_distill_teacher
+from mmseg_msvit.models import CoarseTokenEmbed, DenseDistillLoss, MSViT
+
+
+def tiny(**kwargs):
+    cfg = dict(arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64, out_indices=(0, 1),
+               gate=dict(type='ContentGate'))
+    cfg.update(kwargs)
+    return MSViT(**cfg)
+
+
+def pair(**kwargs):
+    """The same weights without and with the coarse-token embedding."""
+    torch.manual_seed(0)
+    plain = tiny(**kwargs).eval()
+    extended = tiny(coarse_detail=True, coarse_scale_embed=True, **kwargs).eval()
+    missing, unexpected = extended.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == sorted(f'coarse_embed.{k}' for k in (
+        'reduce.weight', 'reduce.bias', 'proj.weight', 'proj.bias', 'scale_embed'))
+    assert not unexpected
+    return plain, extended
+
+
+def varied_masks():
+    return torch.stack([torch.zeros(3, 4, dtype=torch.bool), torch.tensor(
+        [[1, 0, 0, 1], [0, 1, 1, 0], [0, 0, 0, 1]], dtype=torch.bool),
+                        torch.ones(3, 4, dtype=torch.bool)])
+
+
+@pytest.mark.parametrize('token_packing', [True, False])
+def test_zero_initialised_coarse_embed_changes_nothing(token_packing):
+    plain, extended = pair(token_packing=token_packing)
+    img = torch.randn(3, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for kwargs in (dict(fine_mask=varied_masks()), {}):
+            for a, b in zip(plain(img, **kwargs), extended(img, **kwargs)):
+                torch.testing.assert_close(a.to_dense(), b.to_dense(), atol=0, rtol=0)
+        plain.fine_budget = extended.fine_budget = 0.5
+        torch.testing.assert_close(plain(img)[-1].to_dense(), extended(img)[-1].to_dense(),
+                                   atol=0, rtol=0)
+
+
+def randomise(module):
+    with torch.no_grad():
+        for param in module.parameters():
+            param.normal_(0, 0.2, generator=torch.Generator().manual_seed(param.numel()))
+
+
+@pytest.mark.parametrize('token_packing', [True, False])
+def test_coarse_embed_batched_equals_each_image_alone(token_packing):
+    _, model = pair(token_packing=token_packing)
+    randomise(model.coarse_embed)
+    img = torch.randn(3, 3, 96, 128, generator=torch.Generator().manual_seed(2))
+    masks = varied_masks()
+    with torch.no_grad():
+        batched = model(img, fine_mask=masks)
+        assert len(set(batched[0].num_tokens.tolist())) == 3
+        assert (batched[0].layout.packed is not None) == token_packing
+        for index in range(3):
+            alone = model(img[index:index + 1], fine_mask=masks[index:index + 1])
+            torch.testing.assert_close(batched[-1].to_dense()[index:index + 1],
+                                       alone[-1].to_dense(), atol=2e-5, rtol=0)
+
+
+def test_coarse_token_sees_detail_below_the_pooled_patch():
+    """A pixel checkerboard averages to zero over every 2x2 block: the pooled coarse patch, and
+    so today's coarse token, cannot see it; the detail residual does."""
+    plain, extended = pair(force_scale='coarse')
+    randomise(extended.coarse_embed)
+    img = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    rows, cols = torch.meshgrid(torch.arange(64), torch.arange(64), indexing='ij')
+    textured = img + 0.5 * (1 - 2 * ((rows + cols) % 2)).float()
+    torch.testing.assert_close(F.avg_pool2d(img, 2), F.avg_pool2d(textured, 2))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(img)[0].tokens, plain(textured)[0].tokens)
+        assert (extended(img)[0].tokens - extended(textured)[0].tokens).abs().max() > 1e-2
+
+
+def test_coarse_embed_macs_counted_per_coarse_token():
+    plain, extended = pair()
+    img = torch.randn(3, 3, 96, 128, generator=torch.Generator().manual_seed(4))
+    masks = varied_masks()
+    with torch.no_grad():
+        base = layout_macs(plain, plain(img, fine_mask=masks)[0].layout)
+        more = layout_macs(extended, extended(img, fine_mask=masks)[0].layout)
+    dims = 48
+    per_token = 4 * (3 * 16 * 16) * dims + 4 * dims * dims + dims * dims
+    assert extended.coarse_embed.macs_per_token == per_token
+    coarse = (~masks).flatten(1).sum(1).double()
+    torch.testing.assert_close(more - base, coarse * per_token)
+    # what mmengine's counter sees in the module itself (the fine embeddings are the patch
+    # embedding's, counted separately above as 4 * C * S_f^2 * D)
+    from mmseg_msvit.analysis import count_macs_with_mmengine
+    counted = count_macs_with_mmengine(extended.coarse_embed, (torch.randn(1, 4, dims), ))
+    assert counted == 4 * dims * dims + dims * dims
+
+
+def test_coarse_embed_trains_and_freezes_with_the_patch_embedding():
+    _, model = pair()
+    model.train()
+    img = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    model(img, fine_mask=torch.zeros(2, 2, 2, dtype=torch.bool))[-1].to_dense().sum().backward()
+    # at zero initialisation the output layer gets gradient (the residual's input is not zero)
+    assert model.coarse_embed.proj.weight.grad.abs().sum() > 0
+    assert model.coarse_embed.scale_embed.grad.abs().sum() > 0
+    frozen = tiny(coarse_detail=True, frozen_stages=0)
+    assert not any(p.requires_grad for p in frozen.coarse_embed.parameters())
+
+
+def test_coarse_embed_arguments_are_checked():
+    with pytest.raises(ValueError, match='coarse_detail must be True or False'):
+        tiny(coarse_detail=1)
+    with pytest.raises(ValueError, match='nothing to add'):
+        CoarseTokenEmbed(48, 2, 768, detail=False, scale_embed=False)
+
+
+def test_timm_checkpoint_loads_with_only_new_parts_missing(tmp_path):
+    import timm
+    torch.manual_seed(0)
+    vit = timm.create_model('vit_tiny_patch16_224', pretrained=False)
+    path = tmp_path / 'vit.pth'
+    torch.save(vit.state_dict(), path)
+    model = MSViT(arch='tiny', coarse_detail=True, coarse_scale_embed=True,
+                  init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    reference = MSViT(arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    reference.init_weights()
+    model.eval(), reference.eval()
+    img = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(6))
+    mask = torch.tensor([[[True, False, False], [False, True, False]]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(img, fine_mask=mask)[0].tokens,
+                                   reference(img, fine_mask=mask)[0].tokens, atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------------------ distillation
+def test_distill_loss_is_kl_of_tempered_softmax():
+    loss = DenseDistillLoss(temperature=2.0, loss_weight=0.5)
+    logits = torch.randn(2, 4, 3, 5, generator=torch.Generator().manual_seed(7))
+    assert loss(logits, logits)['loss_distill'].abs() < 1e-6
+    other = logits + torch.randn(logits.shape, generator=torch.Generator().manual_seed(8))
+    value = loss(other, logits)['loss_distill']
+    # reference: torch's KL(teacher || student) per pixel, mean over pixels, x T^2
+    reference = F.kl_div(F.log_softmax(other / 2, 1), F.log_softmax(logits / 2, 1),
+                         log_target=True, reduction='none').sum(1).mean() * 4
+    torch.testing.assert_close(value, 0.5 * reference)
+    student = other.clone().requires_grad_()
+    loss(student, logits)['loss_distill'].backward()
+    with torch.no_grad():  # one small step against the gradient lowers the loss
+        lower = loss(student - 0.1 * student.grad, logits)['loss_distill']
+    assert lower < value
+    features = DenseDistillLoss(loss_weight=0.0, feature_weight=2.0)
+    maps = [torch.ones(1, 2, 3, 3)]
+    out = features(logits, logits, [m * 2 for m in maps], maps)
+    assert set(out) == {'loss_distill_feat'}
+    torch.testing.assert_close(out['loss_distill_feat'], torch.tensor(2.0))
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(temperature=0), 'temperature must be a number > 0'),
+    (dict(loss_weight=-1), 'loss_weight must be a number >= 0'),
+    (dict(loss_weight=0, feature_weight=0), 'nothing to distil'),
+    (dict(teacher_checkpoint=3), 'teacher_checkpoint must be a path'),
+])
+def test_distill_loss_arguments_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DenseDistillLoss(**kwargs)
+
+
+def _segmentor_with_distill(tmp_path, **distill):
+    from test_segmentor import build, segmentor_cfg
+    dense = build(segmentor_cfg(backbone=dict(segmentor_cfg()['backbone'], force_scale='fine'),
+                                gate_loss=None))
+    path = tmp_path / 'dense.pth'
+    torch.save(dict(state_dict=dense.state_dict()), path)
+    cfg = segmentor_cfg(
+        backbone=dict(segmentor_cfg()['backbone'], gate=dict(type='ContentGate'),
+                      fine_budget=0.5, coarse_detail=True),
+        gate_loss=None, distill=dict(type='DenseDistillLoss', teacher_checkpoint=str(path),
+                                     **distill))
+    return dense, build(cfg), path
+
+
+def test_segmentor_distils_from_a_frozen_dense_teacher(tmp_path):
+    from test_segmentor import make_batch
+    dense, model, _ = _segmentor_with_distill(tmp_path, feature_weight=1.0)
+    teacher = model.distill_teacher
+    # the teacher is no parameter and no checkpoint entry of the model
+    assert not any(name.startswith('distill') for name in model.state_dict())
+    own = {id(p) for p in model.parameters()}
+    assert not any(id(p) in own for p in teacher.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    data = model.data_preprocessor(make_batch(), True)
+    dense.eval()
+    with torch.no_grad():
+        logits, maps = model.dense_teacher_outputs(data['inputs'], with_maps=True)
+        expected = dense.decode_head.forward(dense.extract_feat(data['inputs']))
+    torch.testing.assert_close(logits, expected)
+    assert len(maps) == 2 and maps[0].shape == (2, 48, 4, 4)
+    model.train()
+    losses = model.loss(data['inputs'], data['data_samples'])
+    assert {'loss_distill', 'loss_distill_feat', 'decode.loss_ce', 'aux.loss_ce'} <= set(losses)
+    assert losses['loss_distill'] > 0
+    total = sum(v for k, v in losses.items() if 'loss' in k)
+    total.backward()
+    assert model.backbone.coarse_embed.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not teacher.training  # model.train() leaves the teacher in eval mode
+
+
+def test_distill_needs_a_teacher_checkpoint(tmp_path):
+    from test_segmentor import build, segmentor_cfg
+    cfg = segmentor_cfg(gate_loss=None, distill=dict(type='DenseDistillLoss'))
+    with pytest.raises(ValueError, match='teacher_checkpoint, or load_from'):
+        build(cfg)
+    from mmengine.config import Config
+    config = Config(dict(model=copy.deepcopy(cfg), load_from=str(tmp_path / 'dense.pth')))
+    fill_distill_teacher(config)
+    assert config.model.distill.teacher_checkpoint == str(tmp_path / 'dense.pth')
+    given = Config(dict(model=dict(distill=dict(teacher_checkpoint='a.pth')), load_from='b.pth'))
+    fill_distill_teacher(given)
+    assert given.model.distill.teacher_checkpoint == 'a.pth'
