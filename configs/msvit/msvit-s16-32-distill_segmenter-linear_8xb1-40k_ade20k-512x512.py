@@ -7,17 +7,20 @@
 #   python tools/train.py configs/msvit/msvit-s16-32-distill_segmenter-linear_8xb1-40k_ade20k-512x512.py \
 #       --cfg-options load_from=<step 1's last checkpoint>
 # Content gate (training-free), 42% of the regions fine at evaluation, budgets 0.25-0.6 in
-# training; coarse tokens unpooled to their cells by the neck; DenseDistillLoss (logits and dense
-# feature maps; the teacher is load_from).
+# training; coarse tokens with their region's detail (coarse_detail, coarse_scale_embed) and
+# unpooled to their cells by the neck; DenseDistillLoss (logits and dense feature maps; the
+# teacher is load_from).
 _base_ = ['./vit-s16-dense_segmenter-linear_8xb1-160k_ade20k-512x512.py']
 model = dict(
     backbone=dict(force_scale=None, gate=dict(_delete_=True, type='ContentGate'),
-                  fine_budget=0.42, train_budget_range=(0.25, 0.6), init_cfg=None),
+                  fine_budget=0.42, train_budget_range=(0.25, 0.6),
+                  coarse_detail=True, coarse_scale_embed=True, init_cfg=None),
     neck=dict(coarse_unpool=True, in_channels=384, num_taps=1),
     distill=dict(type='DenseDistillLoss', feature_weight=1.0))
 optim_wrapper = dict(
     optimizer=dict(lr=0.0003),  # about a third of the dense recipe's 1e-3, as in the study
-    paramwise_cfg=dict(custom_keys={'neck.unpool': dict(lr_mult=10.0)}))
+    paramwise_cfg=dict(custom_keys={'backbone.coarse_embed': dict(lr_mult=10.0),
+                                    'neck.unpool': dict(lr_mult=10.0)}))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1000),
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1000, end=40000, by_epoch=False)

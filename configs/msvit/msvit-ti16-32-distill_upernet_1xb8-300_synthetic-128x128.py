@@ -6,20 +6,25 @@
 # - training-free content gate (a region is scored by the pixel energy its coarse token loses),
 #   budget mode: 42% of the regions fine at evaluation (0.52x the dense backbone's GMACs), a
 #   budget drawn per batch from 0.25-0.6 in training;
-# - the neck unpools each coarse token to its 2x2 cells with learned per-cell features (starting
-#   at zero: the dense model's function at the start);
+# - each coarse token gets a learned residual from its region's four fine patch embeddings and a
+#   coarse-scale vector (MSViT coarse_detail / coarse_scale_embed), and the neck unpools it to its
+#   2x2 cells with learned per-cell features (all three start at zero: the dense model's function
+#   at the start);
 # - distillation (DenseDistillLoss): per-pixel KL to the dense teacher's logits plus the teacher's
 #   dense feature maps at the four taps; the teacher is load_from (tools/train.py fills it in).
 _base_ = ['./vit-ti16-dense_upernet_1xb8-600_synthetic-128x128.py']
 model = dict(
     backbone=dict(force_scale=None, gate=dict(_delete_=True, type='ContentGate'),
-                  fine_budget=0.42, train_budget_range=(0.25, 0.6)),
+                  fine_budget=0.42, train_budget_range=(0.25, 0.6),
+                  coarse_detail=True, coarse_scale_embed=True),
     neck=dict(coarse_unpool=True),
     distill=dict(type='DenseDistillLoss', feature_weight=1.0))
 optim_wrapper = dict(
     optimizer=dict(lr=0.0005),
-    # the unpooling starts at zero on a trained network: it learns 10x faster
-    paramwise_cfg=dict(custom_keys={'neck.unpool': dict(lr_mult=10.0)}))
+    # the coarse-token embedding and the unpooling start at zero on a trained network: they
+    # learn 10x faster
+    paramwise_cfg=dict(custom_keys={'backbone.coarse_embed': dict(lr_mult=10.0),
+                                    'neck.unpool': dict(lr_mult=10.0)}))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=30, end=300, by_epoch=False)

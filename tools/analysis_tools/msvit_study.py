@@ -23,17 +23,18 @@ scales, budgets, decision rules - in brackets):
   gate, budgets 0.25-1.0): what the recipe adds is measured against it [content gate at
   budgets, every region fine];
 * ``recipe``: the recommended recipe, ``dense_pre`` fine-tuned on mixed tokens (content gate, a
-  budget drawn per batch from 0.25-0.6), the neck unpooling coarse tokens to their cells,
-  distilled from the frozen dense model (logits and dense feature maps) [content gate at budgets,
-  label oracle, every region fine];
+  budget drawn per batch from 0.25-0.6), coarse tokens with their region's detail (residual
+  from the fine patch embeddings) and unpooled to their cells by the neck, distilled from the
+  frozen dense model (logits and dense feature maps) [content gate at budgets, label oracle,
+  every region fine];
 * ``recipe_gate``: ``recipe`` frozen, only a learned gate trained on it, as ``gate_only``.
 
 Every other run (``--only RUN``; the full setting runs more of them) is a baseline or a variant
 tried on the way (docs/study.md): ``dense_lowres``, ``coarse``, ``random_gate``,
 ``content_gate``, ``learned_probe``, ``learned_transfer``, ``learned_content``,
 ``learned_scratch``, ``gate_only_mlp``, ``gate_only_transfer`` and the ``mixed_*`` /
-``recipe_detail*`` fine-tuning variants (coarse-token detail, logit-only distillation, budgets
-up to 1.0, ...).
+``recipe_*`` fine-tuning variants (without the coarse-token detail, logit-only distillation,
+budgets up to 1.0, ...).
 
 Resumable: results go to OUT_DIR/results.jsonl as they come, finished trainings are kept, and a
 re-run does only what is missing (``--only`` limits it to some runs and what they start from).
@@ -87,7 +88,7 @@ SETTINGS = {
         low_scale=0.75, probe_images=8, num_workers=4,
         default_runs=DEFAULT_RUNS + ('dense_lowres', 'coarse', 'random_gate', 'content_gate',
                                      'learned_probe', 'gate_only_mlp', 'gate_only_transfer',
-                                     'recipe_detail')),
+                                     'recipe_no_detail')),
     # a few iterations on a few images: checks that every step runs (tests), no result
     'smoke': dict(
         seg_config='configs/msvit/demo_msvit_synthetic.py',
@@ -104,10 +105,11 @@ SETTINGS = {
 #: the recommended recipe's fine-tuning options (configs/msvit/demo_recipe_synthetic.py holds the
 #: same; tests/test_study.py checks that they agree)
 FEATURE_DISTILL = dict(type='DenseDistillLoss', feature_weight=1.0)
-RECIPE = dict(train_budget_range=(0.25, 0.6), coarse_unpool=True, new_lr_mult=10.0,
-              distill=FEATURE_DISTILL)
-#: the coarse-token embedding options (tried, not in the recipe: docs/study.md)
+#: the coarse-token embedding options (the residual from the fine patch embeddings, the
+#: coarse-scale vector)
 DETAIL = dict(coarse_detail=True, coarse_scale_embed=True)
+RECIPE = dict(train_budget_range=(0.25, 0.6), coarse_unpool=True, new_lr_mult=10.0,
+              distill=FEATURE_DISTILL, **DETAIL)
 
 
 def runs(setting: dict) -> dict:
@@ -183,18 +185,17 @@ def runs(setting: dict) -> dict:
                ('mixed_detail_distill_feat', 'budgets 0.25-1.0, coarse detail, distilled '
                 '(logits + features)', dict(**DETAIL, distill=FEATURE_DISTILL)),
                ('mixed_detail_unpool_feat', 'budgets 0.25-1.0, coarse detail + unpooling, '
-                'distilled (logits + features)',
-                {**DETAIL, **RECIPE, 'train_budget_range': (0.25, 1.0)}),
-               ('recipe_detail', 'budgets 0.25-0.6, coarse detail + unpooling, distilled '
-                '(logits + features)', dict(**DETAIL, **RECIPE)),
-               ('recipe_detail_feat3', 'as recipe_detail, feature distillation x3',
-                {**DETAIL, **RECIPE, 'distill': dict(FEATURE_DISTILL, feature_weight=3.0)}),
+                'distilled (logits + features)', {**RECIPE, 'train_budget_range': (0.25, 1.0)}),
+               ('recipe_no_detail', 'as the recipe without the coarse-token detail',
+                {**RECIPE, 'coarse_detail': False, 'coarse_scale_embed': False}),
+               ('recipe_feat3', 'as the recipe, feature distillation x3',
+                {**RECIPE, 'distill': dict(FEATURE_DISTILL, feature_weight=3.0)}),
            )},
         # the recommended recipe: dense ViT, then fine-tuned on mixed tokens with the neck's
         # coarse unpooling, distilled from the dense model; then (optionally) a learned gate
         'recipe': dict(
             label='recommended: dense ViT, then fine-tuned on mixed tokens (content gate, '
-            'budgets 0.25-0.6, coarse unpooling, distilled from the dense model)',
+            'budgets 0.25-0.6, coarse detail + unpooling, distilled from the dense model)',
             start='dense_pre', force_scale=None, gate=dict(type='ContentGate'), fine_budget=b,
             gate_loss=None, gate_probe=None, **RECIPE,
             evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
@@ -202,7 +203,7 @@ def runs(setting: dict) -> dict:
         'recipe_gate': dict(
             label='recommended + learned gate (content prior + probe, gate only)',
             start='recipe', force_scale=None, train_gate_only=True, iters=setting['gate_iters'],
-            coarse_unpool=True, gate=dict(type='MixedScaleGate', hidden_dims=(256, 256),
+            coarse_unpool=True, **DETAIL, gate=dict(type='MixedScaleGate', hidden_dims=(256, 256),
                                           init_fine_fraction=0.9, content_prior=True),
             evals=learned_evals),
         'learned_scratch': dict(label='MSViT from scratch (demo recipe)', start='scratch',
@@ -564,8 +565,8 @@ def comparisons(setting):
     b, low = setting['budget'], setting['low_scale']
     pairs = []
     mixed = ('mixed_content', 'mixed_detail', 'mixed_distill', 'mixed_detail_distill',
-             'mixed_detail_distill_feat', 'mixed_detail_unpool_feat', 'recipe_detail',
-             'recipe_detail_feat3')
+             'mixed_detail_distill_feat', 'mixed_detail_unpool_feat', 'recipe_no_detail',
+             'recipe_feat3')
     candidates = [('recipe', f'content{b}'), ('recipe_gate', f'budget{b}')] + [
         (run, f'budget{b}') for run in (
             'learned_gbas', 'learned_probe', 'learned_transfer', 'learned_content', 'gate_only',
