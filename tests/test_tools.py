@@ -443,3 +443,61 @@ def test_evaluations_use_the_checkpoint_gate_not_gate_init(trained, synthetic_ro
     with pytest.raises(CheckpointError, match='backbone.gate'):
         load_tool('tools/test.py').main([DEMO, str(gateless), '--work-dir',
                                          str(tmp_path / 'test2'), '--cfg-options', *options])
+
+
+def test_the_gate_on_your_own_images(trained, synthetic_root, tmp_path):
+    """visualize_gates on image files without labels; the predictions of mmseg's inference API
+    carry the fine mask and the image's GMACs; budget and the content gate from the command
+    line."""
+    import numpy as np
+    from mmseg.apis import inference_model
+    from PIL import Image
+
+    from mmseg_msvit.apis import init_mixed_scale_model
+    work_dir, _ = trained
+    checkpoint = str(work_dir / 'iter_2.pth')
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (('a.jpg', (100, 140)), ('b.png', (64, 64))):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(photos / name)
+    (photos / 'notes.txt').write_text('not an image')
+    tool = load_tool('tools/analysis_tools/visualize_gates.py')
+    report = tool.main([DEMO, checkpoint, '--images', str(photos), '--out-dir',
+                        str(tmp_path / 'gates'), '--fine-budget', '0.5'])
+    assert sorted(p.name for p in (tmp_path / 'gates').iterdir()) == [
+        'a_gate.png', 'b_gate.png', 'gates_overview.png']
+    assert all(abs(f - 0.5) <= 0.15 for f in report['fractions'])  # budget mode, per image
+    with pytest.raises(FileNotFoundError, match='no image files'):
+        tool.main([DEMO, checkpoint, '--images', str(work_dir), '--out-dir', str(tmp_path)])
+    with pytest.raises(ValueError, match='--threshold 0.5 has no effect'):
+        tool.main([DEMO, checkpoint, '--images', str(photos), '--out-dir', str(tmp_path),
+                   '--threshold', '0.5', '--cfg-options', 'model.backbone.fine_budget=0.3'])
+    # one call: any MSViT checkpoint as a content-gate model for mmseg's inference API
+    model = init_mixed_scale_model(DEMO, checkpoint, fine_budget=0.25)
+    result = inference_model(model, str(photos / 'a.jpg'))
+    mask = result.msvit_fine_mask
+    assert mask.dtype == torch.bool and mask.dim() == 2
+    assert mask.float().mean() == pytest.approx(0.25, abs=0.1)
+    assert result.msvit_backbone_macs > 0 and result.pred_sem_seg.shape == (100, 140)
+    assert type(model.backbone.gate).__name__ == 'ContentGate'
+    # tools/test.py --content-gate, and the same through --cfg-options on the gate's type
+    test = load_tool('tools/test.py')
+    metrics = test.main([DEMO, checkpoint, '--work-dir', str(tmp_path / 't'), '--content-gate',
+                         '0.5', '--cfg-options', *data_options(synthetic_root / 'ade')])
+    assert metrics['complexity/fine_fraction'] == pytest.approx(0.5, abs=0.1)
+    metrics = test.main([DEMO, checkpoint, '--work-dir', str(tmp_path / 't2'), '--cfg-options',
+                         *data_options(synthetic_root / 'ade'), 'model.backbone.gate.type='
+                         'ContentGate', 'model.backbone.fine_budget=0.25', 'model.gate_loss=None',
+                         'model.gate_probe=None'])
+    assert metrics['complexity/fine_fraction'] == pytest.approx(0.25, abs=0.1)
+
+
+def test_show_dir_draws_every_test_image(trained, synthetic_root, tmp_path):
+    work_dir, _ = trained
+    test = load_tool('tools/test.py')
+    test.main([DEMO, str(work_dir / 'iter_2.pth'), '--work-dir', str(tmp_path / 'w'),
+               '--show-dir', str(tmp_path / 'show'), '--cfg-options',
+               *data_options(synthetic_root / 'ade')])
+    drawn = [p for p in (tmp_path / 'show').rglob('*.png')]
+    assert len(drawn) == 2  # the two validation images, not 1 in 50

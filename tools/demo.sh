@@ -1,61 +1,75 @@
 #!/usr/bin/env bash
-# `make demo`: classification demo (gate + MSViT-Ti) -> gate transfer -> segmentation demo that
-# starts from the transferred gate -> evaluation (mIoU + GMACs) -> gate pictures and where the fine
-# tokens went -> what the task loss says about each region (exact) vs the gate's training signal.
+# `make demo`: the recommended recipe on the synthetic scenes, end to end, on a CPU.
+#   1. synthetic scenes (ADE20K layout)
+#   2. step 1: a dense ViT-Ti/16 + light UPerNet from scratch (configs/msvit/demo_dense_synthetic.py)
+#   3. step 2: the recipe - that model fine-tuned on mixed-scale tokens, distilled from it
+#      (configs/msvit/demo_recipe_synthetic.py)
+#   4. the same validation images through: the dense model, the dense model downscaled to 0.75x,
+#      the dense model with the training-free content gate, the recipe - mIoU, backbone and
+#      whole-model GMACs (tools/analysis_tools/compare_baselines.py)
+#   5. gate pictures of the recipe on validation scenes and on an image file without a label
+# Every long step prints its progress with an ETA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${1:-.venv/bin/python}
-SEG_DATA=data/synthetic_ade
-CLS_DATA=data/synthetic_imagenet
-CLS_CONFIG=configs/msvit_cls/demo_msvit_cls_synthetic.py
-SEG_CONFIG=configs/msvit/demo_msvit_synthetic.py
-CLS_WORK=work_dirs/demo_cls
-WORK=work_dirs/demo
-GATE=$CLS_WORK/gate.pth
+DATA=data/synthetic_ade
+DENSE_CONFIG=configs/msvit/demo_dense_synthetic.py
+RECIPE_CONFIG=configs/msvit/demo_recipe_synthetic.py
+DENSE_WORK=work_dirs/demo_dense
+RECIPE_WORK=work_dirs/demo_recipe
+DENSE_CKPT=$DENSE_WORK/iter_600.pth
+RECIPE_CKPT=$RECIPE_WORK/iter_300.pth
 start=$(date +%s)
+step_start=$start
 
-echo "[demo] 1/7 synthetic data: scenes (ADE20K layout) -> $SEG_DATA, classes (ImageNet layout) -> $CLS_DATA"
-$PYTHON tools/dataset_converters/make_synthetic.py $SEG_DATA --layout ade20k \
-    --num-train 256 --num-val 32 --img-size 256 256
-$PYTHON tools/dataset_converters/make_synthetic.py $CLS_DATA --layout imagenet \
-    --num-train 40 --num-val 10 --img-size 96 96
+elapsed() { echo "$(( $(date +%s) - step_start )) s (total $(( $(date +%s) - start )) s)"; }
+# training progress: mmengine's iteration lines, shortened to iteration, ETA and loss
+progress() {
+  grep --line-buffered -E "Iter\(train\) \[|Error|error:" \
+    | sed -u -E 's/.*Iter\(train\) \[ *([0-9]+)\/([0-9]+)\].*eta: ([0-9:]+).*  loss: ([0-9.]+).*/[demo]     iteration \1\/\2, loss \4, ETA \3/' || true
+}
 
-echo "[demo] 2/7 classification demo $CLS_CONFIG (150 iterations) -> $CLS_WORK"
-rm -rf "$CLS_WORK"
-$PYTHON tools/train.py $CLS_CONFIG --work-dir $CLS_WORK 2>&1 \
-    | grep -E "Iter\(train\) \[ *(50|100|150)/|accuracy|Error:|error:" || true
-[ -f "$CLS_WORK/iter_150.pth" ] || { echo "[demo] classification training failed; see $CLS_WORK"; exit 1; }
+echo "[demo] 1/5 synthetic scenes (ADE20K layout) -> $DATA"
+$PYTHON tools/dataset_converters/make_synthetic.py $DATA --layout ade20k \
+    --num-train 256 --num-val 48 --img-size 256 256
+$PYTHON tools/dataset_converters/make_synthetic.py data/demo_photos --layout ade20k \
+    --style shifted --num-train 1 --num-val 2 --img-size 256 320 > /dev/null
 
-echo "[demo] 3/7 gate transfer: $CLS_WORK/iter_150.pth -> $GATE"
-$PYTHON tools/transfer_gate.py $CLS_WORK/iter_150.pth $GATE
-$PYTHON tools/analysis_tools/check_gate_transfer.py $CLS_CONFIG $CLS_WORK/iter_150.pth \
-    $SEG_CONFIG $GATE --num-images 8 2>&1 | grep -E "\[transfer\]|Error"
+echo "[demo] 2/5 step 1: dense ViT-Ti/16 + UPerNet from scratch, 600 iterations -> $DENSE_WORK (about 4 min)"
+step_start=$(date +%s)
+rm -rf "$DENSE_WORK"
+$PYTHON tools/train.py $DENSE_CONFIG --work-dir $DENSE_WORK 2>&1 | progress
+[ -f "$DENSE_CKPT" ] || { echo "[demo] step 1 did not produce $DENSE_CKPT; see $DENSE_WORK/*/*.log"; exit 1; }
+echo "[demo]     done in $(elapsed)"
 
-echo "[demo] 4/7 segmentation demo $SEG_CONFIG from the transferred gate (400 iterations) -> $WORK"
-rm -rf "$WORK"
-$PYTHON tools/train.py $SEG_CONFIG --work-dir $WORK \
-    --cfg-options model.backbone.gate_init.checkpoint=$GATE model.backbone.gate_init.freeze=False \
-    2>&1 | grep -E "Iter\(|mIoU|Error:|error:" || true
-CKPT=$WORK/iter_400.pth
-[ -f "$CKPT" ] || { echo "[demo] training did not produce $CKPT; see $WORK/*/*.log"; exit 1; }
+echo "[demo] 3/5 step 2: the recipe - fine-tuned on mixed-scale tokens, distilled from step 1, 300 iterations -> $RECIPE_WORK (about 3 min)"
+step_start=$(date +%s)
+rm -rf "$RECIPE_WORK"
+$PYTHON tools/train.py $RECIPE_CONFIG --work-dir $RECIPE_WORK --cfg-options load_from=$DENSE_CKPT \
+    2>&1 | progress
+[ -f "$RECIPE_CKPT" ] || { echo "[demo] step 2 did not produce $RECIPE_CKPT; see $RECIPE_WORK/*/*.log"; exit 1; }
+echo "[demo]     done in $(elapsed)"
 
-echo "[demo] 5/7 evaluating $CKPT"
-$PYTHON tools/test.py $SEG_CONFIG $CKPT --work-dir $WORK/test 2>&1 \
-    | grep -E "^\||Iter\(test\)" | tee $WORK/test_summary.txt
+echo "[demo] 4/5 the same 48 validation scenes: dense, downscaled, content gate, recipe (about 1 min)"
+step_start=$(date +%s)
+$PYTHON tools/analysis_tools/compare_baselines.py $RECIPE_CONFIG $RECIPE_CKPT \
+    --dense $DENSE_CONFIG $DENSE_CKPT --budget 0.42 --scale 0.75 --out-dir $RECIPE_WORK/compare \
+    2>&1 | grep -E "^\||^\[compare\]|Error|error:"
+echo "[demo]     done in $(elapsed)"
 
-echo "[demo] 6/7 gate pictures"
-$PYTHON tools/analysis_tools/visualize_gates.py $SEG_CONFIG $CKPT --out-dir $WORK/gates --num-images 8 \
-    2>&1 | grep -E "^\[gates\]|Error" | tee $WORK/gate_summary.txt
-
-echo "[demo] 7/7 exact benefit of fine tokens per region vs the gate's straight-through signal"
-$PYTHON tools/analysis_tools/gate_signal.py $SEG_CONFIG $CKPT --num-images 4 \
-    2>&1 | grep -E "^\[signal\]|Error" | tee -a $WORK/gate_summary.txt
+echo "[demo] 5/5 gate pictures: validation scenes and image files without labels"
+step_start=$(date +%s)
+$PYTHON tools/analysis_tools/visualize_gates.py $RECIPE_CONFIG $RECIPE_CKPT --out-dir $RECIPE_WORK/gates \
+    --num-images 4 2>&1 | grep -E "^\[gates\]|Error|error:"
+$PYTHON tools/analysis_tools/visualize_gates.py $RECIPE_CONFIG $RECIPE_CKPT \
+    --images data/demo_photos/images/validation --out-dir $RECIPE_WORK/gates_photos \
+    2>&1 | grep -E "^\[gates\]|Error|error:"
+echo "[demo]     done in $(elapsed)"
 
 echo
 echo "[demo] done in $(( $(date +%s) - start )) s"
-echo "[demo]   classification: $CLS_WORK (top-1, GMACs in its log); gate: $GATE"
-echo "[demo]   segmentation:   $CKPT"
-echo "[demo]   metrics:        $WORK/test_summary.txt (mIoU per class; backbone GMACs/image, fine fraction)"
-echo "[demo]   gate pictures:  $WORK/gates/ (fine regions tinted with 16 px tokens outlined; gates_overview.png)"
-echo "[demo]   gate analysis:  $WORK/gate_summary.txt (fine fraction on detailed vs uniform regions;"
-echo "[demo]                   exact benefit of fine per region vs the straight-through estimates)"
+echo "[demo]   step 1 (dense):   $DENSE_CKPT"
+echo "[demo]   step 2 (recipe):  $RECIPE_CKPT"
+echo "[demo]   comparison:       $RECIPE_WORK/compare/compare.{csv,json,png}"
+echo "[demo]   gate pictures:    $RECIPE_WORK/gates/, $RECIPE_WORK/gates_photos/"
+echo "[demo] the evidence with seeds and every baseline: python tools/analysis_tools/msvit_study.py (README, Results)"

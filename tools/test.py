@@ -2,7 +2,10 @@
 fine-token fraction (ComplexityMetric), with mmseg's CLI.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show-dir DIR]
-        [--cfg-options ...] [--launcher none|pytorch|slurm|mpi] [--tta]
+        [--content-gate BUDGET] [--cfg-options ...] [--launcher none|pytorch|slurm|mpi] [--tta]
+
+``--content-gate 0.42`` evaluates the checkpoint (a dense one too) with the training-free content
+gate keeping 42% of the regions fine in every image (``mmseg_msvit.apis.with_content_gate``).
 """
 import argparse
 import os
@@ -15,8 +18,9 @@ import mmseg_msvit  # noqa: E402,F401
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from mmseg_msvit.apis import with_content_gate  # noqa: E402
 from mmseg_msvit.cli import (check_data_folders, ensure_runtime_hooks, load_config,  # noqa: E402
-                              resolve_work_dir, run_cli, setup_cpu_distributed)
+                             number_in, resolve_work_dir, run_cli, setup_cpu_distributed)
 from mmseg_msvit.models.checkpoints import read_checkpoint  # noqa: E402
 
 
@@ -34,6 +38,10 @@ def parse_args(argv=None):
                         help='override config keys')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
+    parser.add_argument('--content-gate', type=number_in(0, 1, low_open=True), default=None,
+                        metavar='BUDGET',
+                        help='decide with the training-free content gate, keeping this share of '
+                        'regions fine in every image (budget mode); works on dense checkpoints')
     parser.add_argument('--tta', action='store_true',
                         help="test-time augmentation (the config's tta_pipeline); GMACs per "
                         'image are the sum over all views')
@@ -54,16 +62,21 @@ def build_cfg(args) -> Config:
     cfg.launcher = args.launcher
     resolve_work_dir(cfg, args.work_dir, args.config)
     cfg.load_from = args.checkpoint
+    if args.content_gate is not None:
+        with_content_gate(cfg, args.content_gate)
     if args.show or args.show_dir:
         hook = cfg.default_hooks.get('visualization')
         if hook is None:
             raise RuntimeError('--show/--show-dir need default_hooks.visualization')
         hook['draw'] = True
+        hook['interval'] = 1  # every test image when asked for (mmseg's default draws 1 in 50)
         if args.show:
             hook['show'] = True
             hook['wait_time'] = args.wait_time
         if args.show_dir:
             cfg.visualizer['save_dir'] = args.show_dir
+            # a visualizer of its own (mmengine reuses one of the same name in this process)
+            cfg.visualizer.pop('name', None)
     if args.tta:
         missing = [key for key in ('tta_pipeline', 'tta_model') if key not in cfg]
         if missing:

@@ -119,8 +119,14 @@ def runs(setting: dict) -> dict:
     learned_evals = [('thr0.5', dict(rule='gate', threshold=0.5))] + \
         [(f'budget{x}', dict(rule='gate', budget=x)) for x in budgets]
     return {
-        'dense_pre': dict(label='dense ViT (pre-training)', start='scratch', **forced,
-                          iters=setting['pre_iters'], evals=[('scale1.0', dict(scale=1.0))]),
+        # the dense model every other run starts from (the recipe's teacher), with the simple
+        # ways of spending fewer GMACs on it: the baselines of the model a user already has
+        'dense_pre': dict(label='dense ViT (pre-training; where every run starts)',
+                          start='scratch', **forced, iters=setting['pre_iters'],
+                          evals=[('scale1.0', dict(scale=1.0)),
+                                 (f"scale{setting['low_scale']}",
+                                  dict(scale=setting['low_scale'])),
+                                 (f'content{b}', dict(rule='content', budget=b))]),
         'dense': dict(
             label='dense ViT', start='dense_pre', **forced,
             evals=[(f'scale{s}', dict(scale=s)) for s in scales] +
@@ -521,6 +527,10 @@ def family(run, name):
     """The curve a result belongs to in the plot."""
     if run == 'dense' and name.startswith('scale'):
         return 'dense ViT, input downscaled'
+    if run == 'dense_pre' and name.startswith('scale'):
+        return 'starting dense ViT (teacher), input downscaled'
+    if run == 'dense_pre' and name.startswith('content'):
+        return 'starting dense ViT (teacher) + content gate'
     if name.startswith('oracle'):
         return f'{run} + label oracle'
     if run == 'dense' and name.startswith('content'):
@@ -581,7 +591,18 @@ def comparisons(setting):
             (f'{learned} vs random regions (fine-tuned)', mine, ('random_gate', f'random{b}')),
             (f'{learned} vs dense at full GMACs', mine, ('dense', 'scale1.0')),
         ]
+    for mine in (('recipe', f'content{b}'), ('recipe_gate', f'budget{b}')):
+        pairs += [
+            (f'{mine[0]} vs its starting dense model (the teacher)', mine,
+             ('dense_pre', 'scale1.0')),
+            (f'{mine[0]} vs its starting dense model downscaled to {low}x', mine,
+             ('dense_pre', f'scale{low}')),
+            (f'{mine[0]} vs its starting dense model + content gate', mine,
+             ('dense_pre', f'content{b}')),
+        ]
     pairs += [
+        (f"dense: {setting['fine_iters']} more dense iterations vs the starting model",
+         ('dense', 'scale1.0'), ('dense_pre', 'scale1.0')),
         ('transferred vs scratch gate (gate only)', ('gate_only_transfer', f'budget{b}'),
          ('gate_only_mlp', f'budget{b}')),
         ('transferred vs scratch gate (whole model)', ('learned_transfer', f'budget{b}'),
@@ -667,11 +688,9 @@ def plot(rows, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(17, 5.8), sharey=True)
     families = {}
     for row in rows:
-        if row['run'] == 'dense_pre':
-            continue
         families.setdefault(row['family'], []).append(row)
     markers = 'osD^v<>phX*P'
     colours = plt.cm.tab20.colors  # one colour per curve (up to 20), markers cycle besides
@@ -691,7 +710,7 @@ def plot(rows, path):
         ax.set_xlabel(title)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel('mIoU (mean ± std over seeds)')
-    axes[0].legend(fontsize=7, loc='lower right')
+    axes[1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,15 +1,23 @@
-"""Draw the gate's fine/coarse decisions over validation images (PNG per image + an overview).
+"""Draw where a mixed-scale model puts fine and coarse tokens: on validation images, or on your own.
 
     python tools/analysis_tools/visualize_gates.py CONFIG CHECKPOINT --out-dir DIR
-        [--num-images 8] [--threshold 0.5] [--cfg-options ...]
+        [--images FILE_OR_FOLDER] [--num-images 8] [--fine-budget F | --threshold T]
+        [--cfg-options ...]
 
-Each PNG shows, left to right: the image with fine regions tinted (every 16x16 token outlined)
-and coarse regions outlined as one 32x32 token; the prediction; the ground truth.
+Each PNG shows the image with fine regions tinted (every 16x16 token outlined) and coarse regions
+outlined as one 32x32 token, a legend, and in its title the image's fine fraction and backbone
+GMACs; beside it the prediction and, when there is one, the ground truth. An overview PNG puts
+them together.
 
-Over the whole test set (or the first --num-eval images) it also prints where the fine tokens
-went: the fine fraction on *detailed* regions (the ground truth holds two or more classes: an
-object boundary or a small object) against *uniform* ones (one class), see
-``mmseg_msvit.analysis.gate_alignment``.
+* Without ``--images``: the config's test set (labels read). Over the whole set (or the first
+  ``--num-eval`` images) it also prints where the fine tokens went: the fine fraction on
+  *detailed* regions (the ground truth holds two or more classes: an object boundary or a small
+  object) against *uniform* ones (``mmseg_msvit.analysis.gate_alignment``).
+* With ``--images``: an image file or a folder of them (jpg, png, bmp, tif, webp), no labels
+  needed; each goes through the config's test pipeline as ``mmseg.apis.inference_model`` does.
+
+``--fine-budget`` sets the share of regions kept fine (budget mode); ``--threshold`` the gate's
+threshold (threshold mode only).
 """
 import argparse
 import os
@@ -29,18 +37,27 @@ from mmseg_msvit.analysis.gate_alignment import (DetailAlignment,  # noqa: E402
 from mmseg_msvit.cli import build_eval_model, load_config, number_in  # noqa: E402
 from mmseg_msvit.visualization import draw_gate_map  # noqa: E402
 
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Draw gate decisions over validation images', formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=__doc__.split('\n\n')[0].replace('\n', ' '),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out-dir', required=True, help='folder for the pictures')
+    parser.add_argument('--images', default=None,
+                        help='an image file or a folder of images (no labels needed); default: '
+                        'the config\'s test set')
     parser.add_argument('--num-images', type=int, default=8, help='pictures to draw')
     parser.add_argument('--num-eval', type=int, default=None,
-                        help='images for the detail statistics (default: the whole test set)')
-    parser.add_argument('--threshold', type=number_in(0, 1), default=None,
-                        help='gate threshold in [0, 1] (default: the config\'s)')
+                        help='test-set images for the detail statistics (default: all)')
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument('--fine-budget', type=number_in(0, 1, low_open=True), default=None,
+                       help='share of regions kept fine in every image (budget mode)')
+    modes.add_argument('--threshold', type=number_in(0, 1), default=None,
+                       help='gate threshold in [0, 1] (threshold mode; default: the config\'s)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, e.g. model.backbone.fine_budget=0.5')
     return parser.parse_args(argv)
@@ -52,29 +69,63 @@ def colourise(label: np.ndarray, palette) -> np.ndarray:
     return palette[label.astype(np.int64)]
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.num_images < 1:
-        raise ValueError(f'--num-images must be >= 1, got {args.num_images}')
-    if args.num_eval is not None and args.num_eval < 1:
-        raise ValueError(f'--num-eval must be >= 1, got {args.num_eval}')
-    cfg = load_config(args.config, args.cfg_options)
-    model, loader = build_eval_model(cfg, args.checkpoint, ('test_dataloader', ))
-    if args.threshold is not None:
-        if model.backbone.fine_budget is not None:
-            raise ValueError(f'--threshold {args.threshold:g} has no effect: the model is in '
-                             f'budget mode (model.backbone.fine_budget='
-                             f'{model.backbone.fine_budget:g} keeps that share of regions '
-                             'fine); drop --threshold, or add --cfg-options '
-                             'model.backbone.fine_budget=None for threshold mode')
-        model.backbone.gate_threshold = args.threshold
-    palette = loader.dataset.metainfo.get('palette') or []
-    os.makedirs(args.out_dir, exist_ok=True)
-    panels, fractions = [], []
-    alignment = DetailAlignment()
-    ignore_index = getattr(loader.dataset, 'ignore_index', 255)
-    num_eval = args.num_eval or len(loader.dataset)
-    for index, batch in enumerate(loader):
+def image_files(path: str) -> list:
+    """The image files of ``path`` (a file, or a folder searched non-recursively)."""
+    if osp.isfile(path):
+        return [path]
+    if not osp.isdir(path):
+        raise FileNotFoundError(f'--images {path!r}: no such file or folder')
+    files = sorted(osp.join(path, name) for name in os.listdir(path)
+                   if name.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f'--images {path!r}: no image files ({", ".join(IMAGE_SUFFIXES)}) '
+                                'in this folder')
+    return files
+
+
+def resized(label: np.ndarray, size) -> np.ndarray:
+    height, width = size
+    return np.asarray(Image.fromarray(label.astype(np.uint8)).resize((width, height),
+                                                                      Image.NEAREST))
+
+
+def draw_panel(path, title, overlay, pieces, fine_colour=(255, 64, 0),
+               coarse_colour=(0, 160, 255)):
+    """Save the overlay (with a legend) and the label pictures side by side, titled."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    panels = [('fine (16 px) / coarse (32 px) tokens', overlay)] + pieces
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+    for ax, (name, picture) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(picture)
+        ax.set_title(name, fontsize=8)
+        ax.axis('off')
+    np.atleast_1d(axes)[0].legend(
+        handles=[Patch(facecolor=np.asarray(fine_colour) / 255, label='fine: 4 tokens'),
+                 Patch(facecolor=np.asarray(coarse_colour) / 255, label='coarse: 1 token')],
+        loc='lower left', fontsize=7, framealpha=0.8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return np.asarray(Image.open(path).convert('RGB'))
+
+
+def title_of(name, sample, fine_mask) -> str:
+    macs = sample.metainfo.get('msvit_backbone_macs')
+    gmacs = f', {macs / 1e9:.3f} backbone GMACs' if macs is not None else ''
+    return f'{name}: fine fraction {float(np.mean(fine_mask)):.2f}{gmacs}'
+
+
+def test_set_pictures(args, model, cfg, model_loader):
+    """Pictures and detail statistics on the config's test set."""
+    palette = model_loader.dataset.metainfo.get('palette') or []
+    ignore_index = getattr(model_loader.dataset, 'ignore_index', 255)
+    alignment, fractions, panels = DetailAlignment(), [], []
+    num_eval = args.num_eval or len(model_loader.dataset)
+    for index, batch in enumerate(model_loader):
         if index >= max(args.num_images, num_eval):
             break
         with torch.no_grad():
@@ -85,43 +136,108 @@ def main(argv=None):
             padded, _ = model.backbone.pad_input(inputs)
             fine_mask = model.backbone.decide_scales(padded)[0][0].cpu().numpy()
         image = batch['inputs'][0].permute(1, 2, 0).numpy()[..., ::-1]  # BGR -> RGB
-        overlay = draw_gate_map(image, fine_mask, model.backbone.coarse_patch_size,
-                                model.backbone.fine_patch_size)
         height, width = image.shape[:2]
-        pred = result.pred_sem_seg.data[0].cpu().numpy()
-        pred = np.asarray(Image.fromarray(pred.astype(np.uint8)).resize((width, height),
-                                                                          Image.NEAREST))
-        gt = result.gt_sem_seg.data[0].cpu().numpy() if 'gt_sem_seg' in result else \
-            np.full_like(pred, 255)
-        gt = np.asarray(Image.fromarray(gt.astype(np.uint8)).resize((width, height),
-                                                                      Image.NEAREST))
+        pred = resized(result.pred_sem_seg.data[0].cpu().numpy(), (height, width))
+        gt = resized(result.gt_sem_seg.data[0].cpu().numpy(), (height, width)) \
+            if 'gt_sem_seg' in result else None
         fractions.append(float(fine_mask.mean()))
-        if index < num_eval:
+        if index < num_eval and gt is not None:
             kinds = region_detail_kinds(gt, model.backbone.coarse_patch_size, ignore_index)
             alignment.update(fine_mask[:kinds.shape[0], :kinds.shape[1]], kinds)
         if index >= args.num_images:
             continue
-        panel_h = max(overlay.shape[0], height)
-        pieces = [overlay, colourise(pred, palette), colourise(gt, palette)]
-        pieces = [np.pad(p, ((0, panel_h - p.shape[0]), (0, 4), (0, 0))) for p in pieces]
-        panel = np.concatenate(pieces, axis=1)
         name = osp.splitext(osp.basename(result.img_path))[0]
-        Image.fromarray(panel).save(osp.join(args.out_dir, f'{name}_gate.png'))
-        panels.append(panel)
+        overlay = draw_gate_map(image, fine_mask, model.backbone.coarse_patch_size,
+                                model.backbone.fine_patch_size)
+        pieces = [('prediction', colourise(pred, palette))]
+        if gt is not None:
+            pieces.append(('ground truth', colourise(gt, palette)))
+        panels.append(draw_panel(osp.join(args.out_dir, f'{name}_gate.png'),
+                                 title_of(name, result, fine_mask), overlay, pieces))
+    return panels, fractions, alignment
+
+
+def dataset_palette(cfg) -> list:
+    """The palette of the config's test dataset class (no dataset is read)."""
+    from mmseg.registry import DATASETS
+    dataset_cfg = cfg.test_dataloader.dataset
+    metainfo = dict(getattr(DATASETS.get(dataset_cfg.type), 'METAINFO', {}) or {})
+    metainfo.update(dataset_cfg.get('metainfo') or {})
+    return metainfo.get('palette') or []
+
+
+def own_image_pictures(args, model, cfg, loader=None):
+    """Pictures of image files without labels, through the test pipeline (as
+    ``mmseg.apis.inference_model``)."""
+    from mmseg.apis import inference_model
+    model.cfg = cfg
+    palette = dataset_palette(cfg)
+    panels, fractions = [], []
+    for path in image_files(args.images)[:args.num_images]:
+        with torch.no_grad():
+            result = inference_model(model, path)
+        if 'msvit_fine_mask' not in result:
+            raise ValueError('visualize_gates --images needs whole-image inference '
+                             "(test_cfg.mode='whole'): in slide mode an image has one map per "
+                             'window; add --cfg-options model.test_cfg.mode=whole')
+        fine_mask = result.msvit_fine_mask.numpy()
+        height, width = result.img_shape
+        image = np.asarray(Image.open(path).convert('RGB').resize((width, height),
+                                                                  Image.BILINEAR))
+        pred = resized(result.pred_sem_seg.data[0].cpu().numpy(), (height, width))
+        overlay = draw_gate_map(image, fine_mask, model.backbone.coarse_patch_size,
+                                model.backbone.fine_patch_size)
+        name = osp.splitext(osp.basename(path))[0]
+        fractions.append(float(fine_mask.mean()))
+        panels.append(draw_panel(osp.join(args.out_dir, f'{name}_gate.png'),
+                                 title_of(name, result, fine_mask), overlay,
+                                 [('prediction', colourise(pred, palette))]))
+    return panels, fractions, None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.num_images < 1:
+        raise ValueError(f'--num-images must be >= 1, got {args.num_images}')
+    if args.num_eval is not None and args.num_eval < 1:
+        raise ValueError(f'--num-eval must be >= 1, got {args.num_eval}')
+    if args.images is not None:
+        image_files(args.images)  # a wrong path is refused before the model is built
+    cfg = load_config(args.config, args.cfg_options)
+    if args.fine_budget is not None:
+        cfg.model.backbone.fine_budget = args.fine_budget
+    model, loader = build_eval_model(cfg, args.checkpoint,
+                                     () if args.images is not None else ('test_dataloader', ))
+    if args.threshold is not None:
+        if model.backbone.fine_budget is not None:
+            raise ValueError(f'--threshold {args.threshold:g} has no effect: the model is in '
+                             f'budget mode (model.backbone.fine_budget='
+                             f'{model.backbone.fine_budget:g} keeps that share of regions '
+                             'fine); drop --threshold, use --fine-budget, or add --cfg-options '
+                             'model.backbone.fine_budget=None for threshold mode')
+        model.backbone.gate_threshold = args.threshold
+    os.makedirs(args.out_dir, exist_ok=True)
+    pictures = own_image_pictures if args.images is not None else test_set_pictures
+    panels, fractions, alignment = pictures(args, model, cfg, loader)
     if not panels:
-        raise RuntimeError('visualize_gates: the test dataloader yielded no image')
+        raise RuntimeError('visualize_gates: no image to draw')
     width = max(p.shape[1] for p in panels)
-    overview = np.concatenate([np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)))
-                               for p in panels], axis=0)
+    overview = np.concatenate([np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)),
+                                      constant_values=255) for p in panels], axis=0)
     overview_path = osp.join(args.out_dir, 'gates_overview.png')
     Image.fromarray(overview).save(overview_path)
-    stats = alignment.summary()
-    print(f'[gates] {len(fractions)} images, mean fine fraction {np.mean(fractions):.3f}; '
-          f'fine on detailed regions (boundaries, small objects) {stats["fine_on_detailed"]:.3f} '
-          f'of {stats["detailed_regions"]}, on uniform regions {stats["fine_on_uniform"]:.3f} '
-          f'of {stats["uniform_regions"]}')
+    stats = {}
+    if alignment is not None and alignment.counts.sum():
+        stats = alignment.summary()
+        print(f'[gates] {len(fractions)} images, mean fine fraction {np.mean(fractions):.3f}; '
+              f'fine on detailed regions (boundaries, small objects) '
+              f'{stats["fine_on_detailed"]:.3f} of {stats["detailed_regions"]}, on uniform '
+              f'regions {stats["fine_on_uniform"]:.3f} of {stats["uniform_regions"]}')
+    else:
+        print(f'[gates] {len(fractions)} images, fine fraction per image: '
+              + ', '.join(f'{f:.2f}' for f in fractions))
     print(f'[gates] {len(panels)} pictures in {args.out_dir} (overview: {overview_path})')
-    return dict(overview=overview_path, **stats)
+    return dict(overview=overview_path, fractions=fractions, **stats)
 
 
 if __name__ == '__main__':

@@ -30,7 +30,7 @@ from ..arguments import (check_fine_budget, check_gate_threshold, check_out_indi
 from ..builder import build_component
 from ..coarse_embed import CoarseTokenEmbed
 from ..features import MixedScaleFeatures
-from ..gates import budget_decisions
+from ..gates import MixedScaleGate, budget_decisions
 from ..packed import check_packable, packed_block_forward
 from ..tokenizer import MixedScaleTokenizer, MixedScaleTokens
 
@@ -281,6 +281,18 @@ class MSViT(BaseModule):
         if gate_class is not None and \
                 'fine_patch_size' in inspect.signature(gate_class.__init__).parameters:
             gate_cfg.setdefault('fine_patch_size', fine_patch_size)
+        if gate_class is not None and gate_class is not MixedScaleGate:
+            # `--cfg-options model.backbone.gate.type=ContentGate` merges into the configured
+            # MixedScaleGate dict: its own options are left over, not meant for this gate
+            accepted = inspect.signature(gate_class.__init__).parameters
+            leftovers = sorted(k for k in gate_cfg if k != 'type' and k not in accepted and
+                               k in inspect.signature(MixedScaleGate.__init__).parameters)
+            if leftovers:
+                print_log(f'MSViT: gate {gate_class.__name__} ignores {leftovers} (options of '
+                          'MixedScaleGate left by the config merge)', logger='current',
+                          level=logging.WARNING)
+                for key in leftovers:
+                    gate_cfg.pop(key)
         if gate_cfg['coarse_patch_size'] != coarse_patch_size:
             raise ValueError(f"MSViT: gate coarse_patch_size={gate_cfg['coarse_patch_size']} "
                              f'differs from the backbone coarse_patch_size={coarse_patch_size}')

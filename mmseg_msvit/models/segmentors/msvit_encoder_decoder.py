@@ -40,7 +40,10 @@ class MSViTEncoderDecoder(EncoderDecoder):
     Inference (whole or slide): every predicted sample carries, in its metainfo,
     ``msvit_backbone_macs`` (backbone multiply-adds for the image, summed over slide windows, gate
     and pooling included), ``msvit_fine_fraction``, ``msvit_num_tokens`` and ``msvit_forwards``
-    (backbone forwards, i.e. slide windows); the ``ComplexityMetric`` reports them beside mIoU.
+    (backbone forwards, i.e. slide windows), and in whole mode ``msvit_fine_mask`` ((Hc, Wc) bool
+    over the padded input's 32 px regions, True = fine); the ``ComplexityMetric`` reports them
+    beside mIoU, and ``mmseg.apis.inference_model`` / ``MMSegInferencer(return_datasamples=True)``
+    return them with each prediction.
 
     Args:
         gate_loss (dict, optional): e.g. ``dict(type='GBaSLoss', grid_size=(16, 16),
@@ -228,7 +231,9 @@ class MSViTEncoderDecoder(EncoderDecoder):
         (:func:`mmseg_msvit.analysis.image_cost`)."""
         x, layout = self.extract_feat_and_layout(inputs)
         seg_logits = self.decode_head.predict(x, batch_img_metas, self.test_cfg)
-        return seg_logits, self.image_cost(layout)
+        cost = self.image_cost(layout)
+        cost['fine_mask'] = layout.fine_mask.detach()
+        return seg_logits, cost
 
     def image_cost(self, layout) -> dict:
         """:func:`mmseg_msvit.analysis.image_cost` of one forward's ``layout`` (the neck's coarse
@@ -272,6 +277,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
                 batch_img_metas[0]['img_shape'] = crop_img.shape[2:]
                 crop_seg_logit, crop_cost = self.encode_decode_with_cost(
                     crop_img, batch_img_metas)
+                crop_cost.pop('fine_mask')  # one per window: not one image's map
                 cost = add_costs(cost, crop_cost)
                 preds += F.pad(crop_seg_logit,
                                (int(x1), int(preds.shape[3] - x2), int(y1),

@@ -27,4 +27,6 @@ class MSViTSegTTAModel(SegTTAModel):
                 msvit_fine_fraction=sum(float(v.msvit_fine_fraction) for v in views) /
                 len(views),
                 msvit_tta_views=len(views)))
+            if 'msvit_fine_mask' in sample:  # one view's decisions, not the merged image's
+                del sample.msvit_fine_mask
         return merged
