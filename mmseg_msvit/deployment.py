@@ -4,7 +4,7 @@ In budget mode (``MSViT(fine_budget=f)``) every image keeps ``round(f * regions)
 so the token count is a function of the input size alone; threshold mode refuses to be traced
 (its token count depends on the image). The wrappers below give exporters plain tensors.
 """
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,15 +25,23 @@ class DenseBackbone(nn.Module):
 
 
 class SegmentorLogits(nn.Module):
-    """A segmentor's ``mode='tensor'`` forward (logits at 1/4 or the head's output size) on
-    already normalised inputs."""
+    """A segmentor's ``mode='tensor'`` forward on already normalised inputs: the decode head's
+    logits (at 1/4 or the head's output size), or, with ``full_size``, bilinearly resized to the
+    input's size, and with ``labels`` the class index of every pixel (argmax over classes)."""
 
-    def __init__(self, segmentor: nn.Module) -> None:
+    def __init__(self, segmentor: nn.Module, full_size: bool = False,
+                 labels: bool = False) -> None:
         super().__init__()
         self.segmentor = segmentor
+        self.full_size = full_size or labels
+        self.labels = labels
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.segmentor(inputs, mode='tensor')
+        logits = self.segmentor(inputs, mode='tensor')
+        if self.full_size:
+            logits = nn.functional.interpolate(logits, size=inputs.shape[-2:], mode='bilinear',
+                                               align_corners=False)
+        return logits.argmax(1) if self.labels else logits
 
 
 def check_budget_mode(backbone) -> None:
@@ -45,12 +53,45 @@ def check_budget_mode(backbone) -> None:
                          'model.backbone.fine_budget=0.5')
 
 
-def export_onnx(module: nn.Module, example: torch.Tensor, path: str) -> None:
-    """Export ``module(example)`` with the dynamo-based exporter (torch.export) to ``path``."""
+def export_onnx(module: nn.Module, example: torch.Tensor, path: str,
+                input_names: Optional[Sequence[str]] = None,
+                output_names: Optional[Sequence[str]] = None,
+                metadata: Optional[dict] = None) -> None:
+    """Export ``module(example)`` with the dynamo-based exporter (torch.export) to ``path``,
+    with the given input/output names and ``metadata`` (str -> str, the model's
+    ``metadata_props``, which onnxruntime returns as ``get_modelmeta().custom_metadata_map``)."""
     from .engine.fileio import atomic_path
-    program = torch.onnx.export(module, (example, ), dynamo=True, verbose=False)
+    program = torch.onnx.export(module, (example, ), dynamo=True, verbose=False,
+                                input_names=list(input_names) if input_names else None,
+                                output_names=list(output_names) if output_names else None)
+    for key, value in (metadata or {}).items():
+        program.model.metadata_props[str(key)] = str(value)
     with atomic_path(path) as tmp_path:  # a failed or killed export leaves no partial file
         program.save(tmp_path)
+
+
+def export_metadata(model: nn.Module, cfg, shape: Sequence[int], fine_budget: float,
+                    output: str) -> dict:
+    """What a deployed file needs to be used alone: the input normalisation, the classes, the
+    input size, the budget and what the output is (JSON values as strings)."""
+    import json
+    metadata = dict(producer='mmseg_msvit', input='image: (N, 3, H, W) float32, RGB or BGR as '
+                    'bgr_to_rgb says, normalised (pixel - mean) / std', output=output,
+                    input_size=json.dumps(list(shape)), fine_budget=str(fine_budget))
+    preprocessor = getattr(model, 'data_preprocessor', None)
+    if getattr(preprocessor, '_enable_normalize', False):
+        metadata['mean'] = json.dumps([float(v) for v in preprocessor.mean.flatten()])
+        metadata['std'] = json.dumps([float(v) for v in preprocessor.std.flatten()])
+        metadata['bgr_to_rgb'] = json.dumps(bool(getattr(preprocessor, 'channel_conversion',
+                                                         False)))
+    dataset = cfg.get('test_dataloader', {}).get('dataset', {}) if cfg is not None else {}
+    classes = (dataset.get('metainfo') or {}).get('classes')
+    if classes is None and dataset.get('type'):
+        from mmseg.registry import DATASETS
+        classes = (getattr(DATASETS.get(dataset['type']), 'METAINFO', None) or {}).get('classes')
+    if classes is not None:
+        metadata['classes'] = json.dumps(list(classes))
+    return metadata
 
 
 def onnxruntime_outputs(path: str, example: torch.Tensor) -> Sequence[np.ndarray]:

@@ -154,6 +154,21 @@ def test_benchmark_speed_reports_the_quotient(capsys):
     # the gate rows carry the share of time spent in gate + tokenizer
     assert 0.0 < by[('gate', 0.5)]['gate_tokenizer_share'] < 1.0
     assert by[('equal', 0.5)]['vs_equal'] == pytest.approx(1.0)
+    # the spread of the repeats is reported; a wide one is flagged with a warning
+    assert all(r['ms_min'] <= r['ms'] <= r['ms_max'] and r['spread'] >= 1.0 for r in rows)
+    assert 'ms (min-max)' in out
+    times = iter([0.0, 1.0, 0.0, 2.0, 0.0, 1.1])  # a step timed at 1 s, 2 s, 1.1 s
+    monkey = tool.time.perf_counter
+    tool.time.perf_counter = lambda: next(times)
+    try:
+        (fastest, median, slowest), = tool.time_interleaved([lambda: None], 3, 0,
+                                                            torch.device('cpu'))
+    finally:
+        tool.time.perf_counter = monkey
+    assert (fastest, median, slowest) == (1.0, 1.1, 2.0)
+    wide = dict(rows[0], spread=2.0)
+    assert ' !' in tool.format_row(wide) and ' !' not in tool.format_row(dict(rows[0],
+                                                                                spread=1.0))
 
 
 def test_benchmark_tradeoff_writes_csv_json_and_plot(trained, synthetic_root, tmp_path):
@@ -501,3 +516,42 @@ def test_show_dir_draws_every_test_image(trained, synthetic_root, tmp_path):
                *data_options(synthetic_root / 'ade')])
     drawn = [p for p in (tmp_path / 'show').rglob('*.png')]
     assert len(drawn) == 2  # the two validation images, not 1 in 50
+
+
+def test_onnx_file_names_its_tensors_carries_metadata_and_runs_as_the_readme_shows(
+        trained, tmp_path, monkeypatch):
+    pytest.importorskip('onnxruntime')
+    import json
+    import re
+
+    import numpy as np
+    import onnxruntime
+    from PIL import Image
+    work_dir, _ = trained
+    tool = load_tool('tools/deployment/export_onnx.py')
+    out = tmp_path / 'model.onnx'
+    result = tool.main([DEMO, str(work_dir / 'iter_2.pth'), '--shape', '96', '128',
+                        '--fine-budget', '0.5', '--labels', '--out', str(out)])
+    assert result['max_abs_difference'] <= 1e-3
+    session = onnxruntime.InferenceSession(str(out))
+    assert [i.name for i in session.get_inputs()] == ['image']
+    assert [o.name for o in session.get_outputs()] == ['labels']
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta['input_size']) == [96, 128] and float(meta['fine_budget']) == 0.5
+    assert json.loads(meta['classes'])[:2] == ['sky', 'wall']
+    assert len(json.loads(meta['mean'])) == 3 and json.loads(meta['bgr_to_rgb']) is True
+    # the README's onnxruntime example, as written, on a photo
+    readme = open(osp.join(REPO, 'README.md'), encoding='utf-8').read()
+    code = re.search(r'<!-- onnx-example-start -->\n```python\n(.*?)```', readme, re.S).group(1)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 160, 3), np.uint8)).save(
+        tmp_path / 'photo.jpg')
+    monkeypatch.chdir(tmp_path)
+    printed = {}
+    exec(compile(code, 'README.md', 'exec'), {'print': lambda x: printed.update(x)})  # noqa: S102
+    assert printed and set(printed) <= set(json.loads(meta['classes']))
+    assert sum(printed.values()) == pytest.approx(1.0, abs=0.01)
+    # logits at the input size
+    full = tool.main([DEMO, str(work_dir / 'iter_2.pth'), '--shape', '96', '128',
+                      '--fine-budget', '0.5', '--full-size', '--out', str(tmp_path / 'f.onnx')])
+    shape = onnxruntime.InferenceSession(full['path']).get_outputs()[0].shape
+    assert shape[-2:] == [96, 128]

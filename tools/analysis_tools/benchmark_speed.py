@@ -205,8 +205,12 @@ def make_gate_tokenizer_step(model, img, mask, dtype):
     return step
 
 
+#: a step whose slowest repeat exceeds its fastest by more than this is flagged (max / min)
+WIDE_SPREAD = 1.3
+
+
 def time_interleaved(steps, repeats, warmup, device):
-    """Median seconds of each step; every repeat runs all steps once, in turn."""
+    """(min, median, max) seconds of each step; every repeat runs all steps once, in turn."""
     times = [[] for _ in steps]
     for index in range(warmup + repeats):
         for slot, step in enumerate(steps):
@@ -216,7 +220,7 @@ def time_interleaved(steps, repeats, warmup, device):
             _sync(device)
             if index >= warmup:
                 times[slot].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return [(min(t), statistics.median(t), max(t)) for t in times]
 
 
 def peak_memory_mb(step, device) -> float:
@@ -258,7 +262,8 @@ def run_setting(models, mode, dtype_name, size, batch, args, device):
                 steps.append(make_gate_tokenizer_step(model, img, mask.to(device), dtype))
     model.train(mode == 'train')
     padded_model.train(mode == 'train')
-    seconds = time_interleaved(steps, args.repeats, args.warmup, device)
+    spreads = time_interleaved(steps, args.repeats, args.warmup, device)
+    seconds = [median for _, median, _ in spreads]
     model.eval()
     with torch.no_grad():
         macs = [float(backbone_macs(model, img, mask.to(device)).sum()) for _, _, mask in batches]
@@ -273,6 +278,8 @@ def run_setting(models, mode, dtype_name, size, batch, args, device):
                    fraction=1.0 if fraction is None else fraction,
                    fine_mean=float(shares.mean()), fine_min=float(shares.min()),
                    fine_max=float(shares.max()), ms=seconds[slot] * 1e3,
+                   ms_min=spreads[slot][0] * 1e3, ms_max=spreads[slot][2] * 1e3,
+                   spread=spreads[slot][2] / spreads[slot][0],
                    images_per_s=batch / seconds[slot], speedup=seconds[0] / seconds[slot],
                    ideal_mac_ratio=macs[0] / macs[slot])
         row['quotient'] = row['speedup'] / row['ideal_mac_ratio']
@@ -285,8 +292,8 @@ def run_setting(models, mode, dtype_name, size, batch, args, device):
     return rows
 
 
-HEADER = ('| mode | dtype | size | batch | batch kind | fine (min-max) | ms | img/s | speedup | '
-          'ideal MAC ratio | quotient | time / equal | gate+tok | peak MB |')
+HEADER = ('| mode | dtype | size | batch | batch kind | fine (min-max) | ms (min-max) | img/s | '
+          'speedup | ideal MAC ratio | quotient | time / equal | gate+tok | peak MB |')
 
 
 def format_row(row) -> str:
@@ -295,7 +302,9 @@ def format_row(row) -> str:
 
     return (f"| {row['mode']} | {row['dtype']} | {row['size']} | {row['batch']} | {row['kind']} | "
             f"{row['fine_mean']:.2f} ({row['fine_min']:.2f}-{row['fine_max']:.2f}) | "
-            f"{row['ms']:.1f} | {row['images_per_s']:.1f} | {row['speedup']:.2f} | "
+            f"{row['ms']:.1f} ({row['ms_min']:.1f}-{row['ms_max']:.1f})"
+            f"{' !' if row['spread'] > WIDE_SPREAD else ''} | "
+            f"{row['images_per_s']:.1f} | {row['speedup']:.2f} | "
             f"{row['ideal_mac_ratio']:.2f} | {row['quotient']:.2f} | "
             f"{opt(row['vs_equal'], '.2f')} | "
             f"{opt(row['gate_tokenizer_share'] * 100, '.1f', '%')} | "
@@ -313,9 +322,9 @@ def main(argv=None):
     padded_model.load_state_dict(model.state_dict())
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
         f'cpu, {torch.get_num_threads()} threads'
-    print(f'# MSViT-{args.arch} backbone on {where}, torch {torch.__version__}; median of '
-          f'{args.repeats} after {args.warmup} warm-up runs, all batches of a setting '
-          'interleaved', flush=True)
+    print(f'# MSViT-{args.arch} backbone on {where}, torch {torch.__version__}; median (min-max) '
+          f'of {args.repeats} after {args.warmup} warm-up runs, all batches of a setting '
+          f'interleaved; ! = slowest repeat > {WIDE_SPREAD:.1f}x the fastest', flush=True)
     settings = [(m, d, s, b) for m in args.mode for d in args.dtypes for s in args.sizes
                 for b in args.batch_sizes]
     rows, start = [], time.time()
@@ -330,6 +339,13 @@ def main(argv=None):
         eta = elapsed / (index + 1) * (len(settings) - index - 1)
         print(f'<!-- {index + 1}/{len(settings)} settings, {elapsed:.0f} s, ETA {eta:.0f} s -->',
               flush=True)
+    wide = [row for row in rows if row['spread'] > WIDE_SPREAD]
+    if wide:
+        print(f'[speed] warning: {len(wide)} of {len(rows)} rows (marked !) have a slowest repeat '
+              f'more than {WIDE_SPREAD:.1f}x their fastest (worst '
+              f"{max(r['spread'] for r in wide):.2f}x): the machine was not quiet, or there were "
+              'too few repeats; their ratios are not to be trusted - rerun with more --repeats '
+              'on an idle machine', flush=True)
     if args.out_dir:
         os.makedirs(args.out_dir, exist_ok=True)
         with open(osp.join(args.out_dir, 'speed.csv'), 'w', newline='') as f:
