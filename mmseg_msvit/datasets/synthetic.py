@@ -67,6 +67,23 @@ def _jitter(rng: np.random.Generator, colour: Sequence[int], amount: int = 20) -
     return np.clip(np.asarray(colour, np.float64) + rng.integers(-amount, amount + 1, 3), 0, 255)
 
 
+def _finish_scene(rng: np.random.Generator, image: np.ndarray,
+                  label: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Both styles' last steps: sometimes one random-coloured ellipse of 'other' (label 0,
+    ignored by the metrics), then mild pixel noise; uint8 image and label."""
+    h, w = label.shape
+    rows = np.arange(h)[:, None]
+    cols = np.arange(w)[None, :]
+    if rng.random() < 0.5:
+        cy, cx = rng.integers(0, h), rng.integers(0, w)
+        ry, rx = rng.integers(6, h // 6 + 7), rng.integers(6, w // 6 + 7)
+        region = ((rows - cy) / ry)**2 + ((cols - cx) / rx)**2 <= 1
+        image[region] = rng.integers(0, 256, 3)
+        label[region] = 0
+    image = np.clip(image + rng.normal(0, 2.0, image.shape), 0, 255).astype(np.uint8)
+    return image, label
+
+
 def render_scene(rng: np.random.Generator, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
     """One scene: (image (H, W, 3) uint8, label (H, W) uint8 with 0 = other, 1..K classes)."""
     h, w = size
@@ -134,16 +151,7 @@ def render_scene(rng: np.random.Generator, size: Tuple[int, int]) -> Tuple[np.nd
         image[y0:y0 + side, x0:x0 + side] = _jitter(rng, (20, 190, 240), 25)
         label[y0:y0 + side, x0:x0 + side] = 7
 
-    # 'other' (label 0 = ignored by the metrics): one random-coloured ellipse, sometimes.
-    if rng.random() < 0.5:
-        cy, cx = rng.integers(0, h), rng.integers(0, w)
-        ry, rx = rng.integers(6, h // 6 + 7), rng.integers(6, w // 6 + 7)
-        region = ((rows - cy) / ry)**2 + ((cols - cx) / rx)**2 <= 1
-        image[region] = rng.integers(0, 256, 3)
-        label[region] = 0
-
-    image = np.clip(image + rng.normal(0, 2.0, image.shape), 0, 255).astype(np.uint8)
-    return image, label
+    return _finish_scene(rng, image, label)
 
 
 def render_shifted_scene(rng: np.random.Generator,
@@ -219,15 +227,7 @@ def render_shifted_scene(rng: np.random.Generator,
         image[y0:y0 + side_y, x0:x0 + side_x] = _jitter(rng, (70, 60, 200), 25)
         label[y0:y0 + side_y, x0:x0 + side_x] = 7
 
-    if rng.random() < 0.5:
-        cy, cx = rng.integers(0, h), rng.integers(0, w)
-        ry, rx = rng.integers(6, h // 6 + 7), rng.integers(6, w // 6 + 7)
-        region = ((rows - cy) / ry)**2 + ((cols - cx) / rx)**2 <= 1
-        image[region] = rng.integers(0, 256, 3)
-        label[region] = 0
-
-    image = np.clip(image + rng.normal(0, 2.0, image.shape), 0, 255).astype(np.uint8)
-    return image, label
+    return _finish_scene(rng, image, label)
 
 
 #: scene renderers by ``style``
