@@ -183,3 +183,28 @@ def test_bad_files_in_a_dataset_are_errors_naming_the_file(tmp_path):
         with pytest.raises(ValueError, match=f'label .*{labels[2].name}.* is 32x64 px but its '
                            f'image .*{images[2].name}.* is 64x64 px'):
             dataset[2]
+
+
+def test_shifted_scenes_draw_the_same_classes_differently(tmp_path):
+    """`style='shifted'`: the same 7 classes (and 'other'), another palette and gravel floors
+    whose pixels are detailed inside one label; deterministic like the standard style."""
+    import numpy as np
+
+    from mmseg_msvit.datasets.synthetic import render_scene, render_shifted_scene
+    standard, shifted = [], []
+    for index in range(6):
+        standard.append(render_scene(np.random.default_rng([0, 0, index]), (128, 160)))
+        shifted.append(render_shifted_scene(np.random.default_rng([0, 0, index]), (128, 160)))
+    labels = set(np.unique(np.concatenate([lab.ravel() for _, lab in shifted])))
+    assert {1, 2, 3, 4, 5, 6, 7} <= labels <= set(range(8))
+    # floors: smooth in the standard style, gravel (strong per-pixel texture) in the shifted one
+    def floor_texture(scenes):
+        values = [np.abs(np.diff(img.astype(float), axis=1))[lab[:, 1:] == 3].mean()
+                  for img, lab in scenes]
+        return float(np.mean(values))
+    assert floor_texture(shifted) > 5 * floor_texture(standard)
+    again = render_shifted_scene(np.random.default_rng([0, 0, 0]), (128, 160))
+    assert np.array_equal(again[0], shifted[0][0]) and np.array_equal(again[1], shifted[0][1])
+    from mmseg_msvit.datasets import make_synthetic
+    with pytest.raises(ValueError, match="unknown style='photo'"):
+        make_synthetic(str(tmp_path), style='photo')
