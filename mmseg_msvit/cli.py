@@ -89,7 +89,8 @@ def fill_distill_teacher(cfg: Config) -> None:
     """A model distilled from its dense teacher (``model.distill``) without a
     ``teacher_checkpoint`` takes ``load_from``: the dense model the fine-tuning starts from."""
     distill = cfg.model.get('distill')
-    if distill and not distill.get('teacher_checkpoint') and cfg.get('load_from'):
+    if distill and distill.get('teacher', 'checkpoint') == 'checkpoint' and \
+            not distill.get('teacher_checkpoint') and cfg.get('load_from'):
         distill['teacher_checkpoint'] = cfg.load_from
 
 

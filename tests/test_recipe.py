@@ -170,6 +170,8 @@ def test_distill_loss_is_kl_of_tempered_softmax():
     (dict(loss_weight=-1), 'loss_weight must be a number >= 0'),
     (dict(loss_weight=0, feature_weight=0), 'nothing to distil'),
     (dict(teacher_checkpoint=3), 'teacher_checkpoint must be a path'),
+    (dict(teacher='ema'), "teacher must be 'checkpoint' or 'self'"),
+    (dict(teacher='self', teacher_checkpoint='a.pth'), "teacher='self' takes no"),
 ])
 def test_distill_loss_arguments_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -229,3 +231,30 @@ def test_distill_needs_a_teacher_checkpoint(tmp_path):
     given = Config(dict(model=dict(distill=dict(teacher_checkpoint='a.pth')), load_from='b.pth'))
     fill_distill_teacher(given)
     assert given.model.distill.teacher_checkpoint == 'a.pth'
+
+
+def test_in_place_distillation_trains_the_dense_pass_and_teaches_with_it_detached():
+    """teacher='self': no frozen copy; the model's own dense pass gets the task loss and, detached,
+    teaches the mixed-scale pass."""
+    from test_segmentor import build, make_batch, segmentor_cfg
+    cfg = segmentor_cfg(
+        backbone=dict(segmentor_cfg()['backbone'], gate=dict(type='ContentGate'),
+                      fine_budget=0.5, coarse_detail=True),
+        gate_loss=None, distill=dict(type='DenseDistillLoss', teacher='self', feature_weight=1.0))
+    model = build(cfg)
+    assert model.distill_teacher is None  # nothing loaded, nothing copied
+    data = model.data_preprocessor(make_batch(), True)
+    model.train()
+    losses = model.loss(data['inputs'], data['data_samples'])
+    assert {'dense.decode.loss_ce', 'dense.aux.loss_ce', 'decode.loss_ce', 'loss_distill',
+            'loss_distill_feat'} <= set(losses)
+    # the distillation targets carry no gradient: its loss moves only the mixed-scale pass
+    model.zero_grad()
+    losses['loss_distill'].backward(retain_graph=True)
+    grad_distill = model.backbone.blocks[0].attn.qkv.weight.grad.clone()
+    model.zero_grad()
+    losses['dense.decode.loss_ce'].backward()
+    grad_dense = model.backbone.blocks[0].attn.qkv.weight.grad.clone()
+    assert grad_distill.abs().sum() > 0 and grad_dense.abs().sum() > 0
+    assert model.backbone.coarse_embed.proj.weight.grad is None or \
+        model.backbone.coarse_embed.proj.weight.grad.abs().sum() == 0  # dense pass: no coarse

@@ -196,6 +196,9 @@ def runs(setting: dict) -> dict:
                 {**RECIPE, 'coarse_detail': False, 'coarse_scale_embed': False}),
                ('recipe_feat3', 'as the recipe, feature distillation x3',
                 {**RECIPE, 'distill': dict(FEATURE_DISTILL, feature_weight=3.0)}),
+               ('recipe_inplace', 'as the recipe, the dense pass of the model itself as teacher '
+                '(in-place distillation)',
+                {**RECIPE, 'distill': dict(FEATURE_DISTILL, teacher='self')}),
            )},
         # the recommended recipe: dense ViT, then fine-tuned on mixed tokens with the neck's
         # coarse unpooling, distilled from the dense model; then (optionally) a learned gate
@@ -268,9 +271,11 @@ def seg_config(setting_name: str, run: str, seed: int, out_dir: str):
     if spec.get('coarse_unpool'):
         model.neck.coarse_unpool = True
     if spec.get('distill'):
-        # the teacher: the dense model this run starts from, frozen
-        model.distill = dict(spec['distill'], teacher_checkpoint=final_checkpoint(
-            out_dir, seed, spec['start'], setting))
+        model.distill = dict(spec['distill'])
+        if model.distill.get('teacher', 'checkpoint') == 'checkpoint':
+            # the teacher: the dense model this run starts from, frozen
+            model.distill['teacher_checkpoint'] = final_checkpoint(out_dir, seed, spec['start'],
+                                                                   setting)
     if 'gate_loss' in spec and spec['gate_loss'] is None:
         model.gate_loss = None
     elif model.get('gate_loss') is not None:

@@ -37,9 +37,19 @@ class DenseDistillLoss(nn.Module):
       backbone taps rebuilt as dense maps (each coarse token on its 2x2 cells), divided by the
       teacher map's mean square, averaged over taps, times ``feature_weight``.
 
+    With ``teacher='self'`` (in-place distillation, as slimmable networks train their smaller
+    widths) there is no frozen copy: every training batch also runs through the model itself with
+    every region fine, that dense pass gets the task loss (logged as ``dense.*``), and its logits
+    and maps, detached, teach the mixed-scale pass. The dense model then keeps learning during
+    the fine-tuning instead of staying where it started, at the cost of a second forward and
+    backward per iteration.
+
     Args:
-        teacher_checkpoint (str, optional): the dense model's checkpoint. Default: None (filled
-            from ``load_from`` by ``tools/train.py``; an error at ``init_weights`` otherwise).
+        teacher (str): 'checkpoint' (a frozen copy loaded from ``teacher_checkpoint``) or 'self'.
+            Default: 'checkpoint'.
+        teacher_checkpoint (str, optional): the dense model's checkpoint (``teacher=
+            'checkpoint'``). Default: None (filled from ``load_from`` by ``tools/train.py``; an
+            error at ``init_weights`` otherwise).
         temperature (float): > 0. Default: 1.0.
         loss_weight (float): weight of the logit term (>= 0). Default: 1.0.
         feature_weight (float): weight of the feature term (>= 0). Default: 0.0.
@@ -48,6 +58,7 @@ class DenseDistillLoss(nn.Module):
 
     def __init__(self,
                  teacher_checkpoint: Optional[str] = None,
+                 teacher: str = 'checkpoint',
                  temperature: float = 1.0,
                  loss_weight: float = 1.0,
                  feature_weight: float = 0.0,
@@ -63,6 +74,13 @@ class DenseDistillLoss(nn.Module):
         if teacher_checkpoint is not None and not isinstance(teacher_checkpoint, str):
             raise ValueError('DenseDistillLoss: teacher_checkpoint must be a path (str) or None, '
                              f'got {teacher_checkpoint!r}')
+        if teacher not in ('checkpoint', 'self'):
+            raise ValueError(f"DenseDistillLoss: teacher must be 'checkpoint' or 'self', got "
+                             f'{teacher!r}')
+        if teacher == 'self' and teacher_checkpoint is not None:
+            raise ValueError("DenseDistillLoss: teacher='self' takes no teacher_checkpoint (the "
+                             'model teaches itself)')
+        self.teacher = teacher
         if not loss_weight and not feature_weight:
             raise ValueError('DenseDistillLoss: loss_weight and feature_weight are both 0: '
                              'nothing to distil (set model.distill=None instead)')

@@ -121,7 +121,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
     def init_weights(self) -> None:
         super().init_weights()
         check_gate_normalisation(self.backbone, self.data_preprocessor)
-        if self.distill is not None:
+        if self.distill is not None and self.distill.teacher == 'checkpoint':
             self.__dict__['distill_teacher'] = self.build_dense_teacher(
                 self.distill.teacher_checkpoint)
 
@@ -193,10 +193,31 @@ class MSViTEncoderDecoder(EncoderDecoder):
             student_maps
         seg_logits = self.decode_head.forward(x)
         losses = add_prefix(self.decode_head.loss_by_feat(seg_logits, data_samples), 'decode')
-        teacher_logits, teacher_maps = self.dense_teacher_outputs(inputs, with_maps)
+        if self.distill.teacher == 'self':
+            dense_losses, teacher_logits, teacher_maps = self._dense_pass(inputs, data_samples)
+            losses.update(dense_losses)
+        else:
+            teacher_logits, teacher_maps = self.dense_teacher_outputs(inputs, with_maps)
         losses.update(self.distill(seg_logits, teacher_logits,
                                    student_maps if with_maps else None, teacher_maps))
         return self._add_other_losses(losses, x, layout, inputs, data_samples)
+
+    def _dense_pass(self, inputs: Tensor, data_samples: SampleList):
+        """In-place distillation's teacher: the model itself with every region fine, trained
+        with the task loss (``dense.*``); its logits and dense maps, detached, teach the
+        mixed-scale pass."""
+        padded, _ = self.backbone.pad_input(inputs)
+        grid = (padded.shape[-2] // self.backbone.coarse_patch_size,
+                padded.shape[-1] // self.backbone.coarse_patch_size)
+        all_fine = torch.ones((inputs.shape[0], *grid), dtype=torch.bool, device=inputs.device)
+        maps = self.neck.dense_maps(self.backbone(inputs, fine_mask=all_fine))
+        x = list(self.neck.rescale(maps)) if self.neck.rescale is not None else maps
+        logits = self.decode_head.forward(x)
+        losses = add_prefix(self.decode_head.loss_by_feat(logits, data_samples), 'dense.decode')
+        if self.with_auxiliary_head:
+            losses.update(add_prefix(self.auxiliary_head.loss(x, data_samples, self.train_cfg),
+                                     'dense.aux'))
+        return losses, logits.detach(), [m.detach() for m in maps]
 
     def _add_other_losses(self, losses: dict, x, layout, inputs: Tensor,
                           data_samples: SampleList) -> dict:
