@@ -26,10 +26,10 @@ def with_content_gate(cfg: Config, fine_budget: float) -> Config:
     """``cfg`` (an mmengine Config of an MSViT segmentor) changed in place to decide with the
     content gate at ``fine_budget`` (budget mode); gate losses, the gate probe and distillation,
     which only matter in training, are removed. Returns ``cfg``."""
-    from .models.arguments import check_fine_budget
-    check_fine_budget(fine_budget)
-    if fine_budget is None:
-        raise ValueError('with_content_gate: fine_budget must be a float in (0, 1], got None')
+    from .models.arguments import is_real
+    if not is_real(fine_budget) or not 0 < fine_budget <= 1:
+        raise ValueError('with_content_gate: fine_budget (--content-gate) must be a number in '
+                         f'(0, 1], the share of regions kept fine, got {fine_budget!r}')
     backbone = cfg.model.get('backbone', {})
     if backbone.get('type') != 'MSViT':
         raise ValueError(f"with_content_gate: the config's backbone is {backbone.get('type')!r}, "
@@ -43,7 +43,8 @@ def with_content_gate(cfg: Config, fine_budget: float) -> Config:
     for key in ('gate_loss', 'gate_probe', 'distill'):
         if key in cfg.model:
             cfg.model[key] = None
-    cfg.model['train_gate_only'] = False
+    if cfg.model.get('train_gate_only'):
+        cfg.model['train_gate_only'] = False
     return cfg
 
 
@@ -55,10 +56,12 @@ def init_mixed_scale_model(config: Union[str, Config],
     """``mmseg.apis.init_model`` for a mixed-scale model with the content gate at
     ``fine_budget``: the model ``mmseg.apis.inference_model`` and ``MMSegInferencer`` take, whose
     predictions carry ``msvit_fine_mask`` and ``msvit_backbone_macs``."""
+    import copy
+
     from mmseg.apis import init_model
 
     from .cli import load_config
-    cfg = load_config(config, cfg_options) if isinstance(config, str) else config.copy()
+    cfg = load_config(config, cfg_options) if isinstance(config, str) else copy.deepcopy(config)
     if cfg_options and not isinstance(config, str):
         cfg.merge_from_dict(cfg_options)
     with_content_gate(cfg, fine_budget)

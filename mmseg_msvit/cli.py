@@ -87,11 +87,27 @@ def ensure_runtime_hooks(cfg: Config) -> None:
 
 def fill_distill_teacher(cfg: Config) -> None:
     """A model distilled from its dense teacher (``model.distill``) without a
-    ``teacher_checkpoint`` takes ``load_from``: the dense model the fine-tuning starts from."""
+    ``teacher_checkpoint`` takes ``load_from``, the dense model the fine-tuning starts from; a
+    ``--resume`` without ``load_from`` takes the teacher its run started with (read from the
+    config stored in the work dir's last checkpoint). Call after ``resolve_work_dir``."""
     distill = cfg.model.get('distill')
-    if distill and distill.get('teacher', 'checkpoint') == 'checkpoint' and \
-            not distill.get('teacher_checkpoint') and cfg.get('load_from'):
+    if not distill or distill.get('teacher', 'checkpoint') != 'checkpoint' or \
+            distill.get('teacher_checkpoint'):
+        return
+    if cfg.get('load_from'):
         distill['teacher_checkpoint'] = cfg.load_from
+    elif cfg.get('resume') and cfg.get('work_dir'):
+        # a resumed run: the teacher its start used, from the config stored in the last
+        # checkpoint (parsed, never run)
+        from .models.checkpoints import literal_from_cfg_text, read_checkpoint
+        pointer = osp.join(cfg.work_dir, 'last_checkpoint')
+        if osp.isfile(pointer):
+            with open(pointer) as f:
+                last = f.read().strip()
+            meta = read_checkpoint(last, 'last checkpoint').get('meta') or {}
+            teacher = literal_from_cfg_text(meta.get('cfg'), 'teacher_checkpoint')
+            if isinstance(teacher, str) and teacher:
+                distill['teacher_checkpoint'] = teacher
 
 
 def _replace_sync_bn(node) -> int:

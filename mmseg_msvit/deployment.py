@@ -56,10 +56,13 @@ def check_budget_mode(backbone) -> None:
 def export_onnx(module: nn.Module, example: torch.Tensor, path: str,
                 input_names: Optional[Sequence[str]] = None,
                 output_names: Optional[Sequence[str]] = None,
-                metadata: Optional[dict] = None) -> None:
+                metadata: Optional[dict] = None, check=None) -> None:
     """Export ``module(example)`` with the dynamo-based exporter (torch.export) to ``path``,
     with the given input/output names and ``metadata`` (str -> str, the model's
-    ``metadata_props``, which onnxruntime returns as ``get_modelmeta().custom_metadata_map``)."""
+    ``metadata_props``, which onnxruntime returns as ``get_modelmeta().custom_metadata_map``).
+
+    ``check(tmp_path)``, when given, runs on the written file before it replaces ``path``: if it
+    raises, ``path`` is left as it was and no file is left behind."""
     from .engine.fileio import atomic_path
     program = torch.onnx.export(module, (example, ), dynamo=True, verbose=False,
                                 input_names=list(input_names) if input_names else None,
@@ -68,6 +71,8 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: str,
         program.model.metadata_props[str(key)] = str(value)
     with atomic_path(path) as tmp_path:  # a failed or killed export leaves no partial file
         program.save(tmp_path)
+        if check is not None:
+            check(tmp_path)
 
 
 def export_metadata(model: nn.Module, cfg, shape: Sequence[int], fine_budget: float,

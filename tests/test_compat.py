@@ -282,3 +282,49 @@ def test_crafted_numpy_and_history_states_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"refused.*statistics \['current', 'max', 'mean'"):
         read_checkpoint(str(tmp_path / 'swapped.pth'))
     assert HistoryBuffer._statistics_methods == before  # no class state changed
+
+
+def _pickled_call(module: str, name: str, args: bytes) -> bytes:
+    """Protocol-2 pickle bytes of ``{'a': module.name(*args)}``, ``args`` already pickled
+    (a MARK ... TUPLE of opcodes)."""
+    return (b'\x80\x02}q\x00X\x01\x00\x00\x00aq\x01c' + module.encode() + b'\n' + name.encode() +
+            b'\n(' + args + b'tR' + b's.')
+
+
+def test_allow_listed_stand_ins_cannot_be_called_to_reach_memory(tmp_path):
+    """A crafted pickle naming the array stand-in (allow-listed so that BUILD may restore it) or
+    asking _reconstruct for an object dtype or another shape is refused: either would put bytes
+    of the file where numpy expects pointers, or hand out uninitialised memory."""
+    import zipfile
+
+    from mmseg_msvit.models.checkpoints import CheckpointError, read_checkpoint
+
+    def torch_file(pickled: bytes, path):
+        # torch's zip layout: archive/data.pkl (+ a version record)
+        with zipfile.ZipFile(path, 'w') as archive:
+            archive.writestr('archive/data.pkl', pickled)
+            archive.writestr('archive/version', '3\n')
+            archive.writestr('archive/byteorder', 'little')
+        return str(path)
+
+    def pickled_str(text: str) -> bytes:
+        return b'X' + len(text.encode()).to_bytes(4, 'little') + text.encode()
+
+    def pickled_bytes(data: bytes) -> bytes:  # as torch.save writes bytes: _codecs.encode
+        return (b'c_codecs\nencode\n' + pickled_str(data.decode('latin1')) +
+                pickled_str('latin1') + b'\x86R')
+
+    cases = [  # an object array whose one pointer is 8 bytes of the file
+        _pickled_call('mmseg_msvit.compat.checkpoint_globals', '_CheckedArray',
+                      b'K\x01\x85' + pickled_str('O') + pickled_bytes(b'\x00' * 8)),
+        # uninitialised memory: 4 float64 values from _reconstruct itself
+        _pickled_call('numpy._core.multiarray', '_reconstruct',
+                      b'cnumpy\nndarray\n' + b'K\x04\x85' + pickled_bytes(b'd')),
+    ]
+    for index, pickled in enumerate(cases):
+        path = torch_file(pickled, tmp_path / f'crafted{index}.pth')
+        with pytest.raises(CheckpointError, match='refused'):
+            read_checkpoint(path)
+    # the layout itself is what torch reads: a harmless payload in it loads
+    harmless = torch_file(b'\x80\x02}q\x00X\x01\x00\x00\x00aq\x01K\x07s.', tmp_path / 'ok.pth')
+    assert read_checkpoint(harmless) == {'a': 7}

@@ -144,10 +144,12 @@ def killed_and_resumed(synthetic_root, tmp_path_factory):
                           capture_output=True, text=True, timeout=300)
     after_kill = sorted(os.listdir(root / 'work'))
     last = (root / 'work' / 'last_checkpoint').read_text()
+    seconds_at_kill = torch.load(last, weights_only=True)['meta'].get('train_seconds')
     resumed = config('resumed')
     runner = train.main([resumed, '--work-dir', str(root / 'work'), '--resume',
                          '--cfg-options', *run_options(data, 4)])
-    return dict(root=root, proc=proc, after_kill=after_kill, last=last, runner=runner)
+    return dict(root=root, proc=proc, after_kill=after_kill, last=last, runner=runner,
+                seconds_at_kill=seconds_at_kill)
 
 
 def test_kill_during_save_loses_nothing_and_resume_finishes(killed_and_resumed):
@@ -296,7 +298,11 @@ def test_training_time_adds_every_resumed_part(killed_and_resumed):
 
     from mmseg_msvit.engine import TrainingTimeHook
     final = torch.load(killed_and_resumed['root'] / 'work' / 'iter_4.pth', weights_only=True)
-    assert final['meta']['train_seconds'] > 0
+    # the resumed run starts from the killed run's time at its last checkpoint and adds its own
+    at_kill = killed_and_resumed['seconds_at_kill']
+    hook = next(h for h in killed_and_resumed['runner'].hooks if isinstance(h, TrainingTimeHook))
+    assert at_kill > 0 and hook.resumed_seconds == at_kill
+    assert final['meta']['train_seconds'] > at_kill
     # the hook on its own: a resume adds the checkpoint's figure, a load_from start does not
     hook = TrainingTimeHook()
     resume = SimpleNamespace(_resume=True, message_hub=MessageHub.get_instance('time_hook'))

@@ -249,6 +249,10 @@ def test_in_place_distillation_trains_the_dense_pass_and_teaches_with_it_detache
     assert {'dense.decode.loss_ce', 'dense.aux.loss_ce', 'decode.loss_ce', 'loss_distill',
             'loss_distill_feat'} <= set(losses)
     # the distillation targets carry no gradient: its loss moves only the mixed-scale pass
+    dense_losses, teacher_logits, teacher_maps = model._dense_pass(data['inputs'],
+                                                                   data['data_samples'])
+    assert dense_losses['dense.decode.loss_ce'].requires_grad
+    assert not teacher_logits.requires_grad and not any(m.requires_grad for m in teacher_maps)
     model.zero_grad()
     losses['loss_distill'].backward(retain_graph=True)
     grad_distill = model.backbone.blocks[0].attn.qkv.weight.grad.clone()
@@ -258,3 +262,66 @@ def test_in_place_distillation_trains_the_dense_pass_and_teaches_with_it_detache
     assert grad_distill.abs().sum() > 0 and grad_dense.abs().sum() > 0
     assert model.backbone.coarse_embed.proj.weight.grad is None or \
         model.backbone.coarse_embed.proj.weight.grad.abs().sum() == 0  # dense pass: no coarse
+
+
+# ------------------------------------------------------------------------------ unpooling
+def test_coarse_unpool_starts_unchanged_and_gives_each_cell_its_own_feature():
+    from mmseg_msvit.models import MixedScaleToDense
+    torch.manual_seed(0)
+    backbone = tiny().eval()
+    plain = MixedScaleToDense()
+    neck = MixedScaleToDense(in_channels=48, num_taps=2, coarse_unpool=True)
+    img = torch.randn(2, 3, 80, 112, generator=torch.Generator().manual_seed(9))  # not x32
+    mask = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(10)) > 0.5
+    with torch.no_grad():
+        feats = backbone(img, fine_mask=mask)
+        for a, b in zip(plain(feats), neck(feats)):  # zero at the start: exactly the copy
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+        randomise(neck.unpool)
+        unpooled = neck(feats)
+        copied = plain(feats)
+    assert unpooled[0].shape == copied[0].shape == (2, 48, 5, 7)
+    cells = mask.repeat_interleave(2, 1).repeat_interleave(2, 2)[:, :5, :7]
+    for tap, (a, b) in enumerate(zip(unpooled, copied)):
+        extra = a - b
+        assert extra.abs().sum(1)[cells].max() == 0  # fine cells untouched
+        # a coarse cell (y, x) adds row (y % 2) * 2 + x % 2 of the region's Linear(D, 4D)
+        layer = neck.unpool[tap]
+        for batch, y, x in torch.nonzero(~cells)[:5].tolist():
+            token = b[batch, :, y, x]  # the coarse token (copied to every cell of its region)
+            out = layer(token).view(2, 2, 48)[y % 2, x % 2]
+            torch.testing.assert_close(extra[batch, :, y, x], out, atol=1e-5, rtol=1e-4)
+    layout = feats[0].layout
+    assert neck.unpool_macs(layout) == layout.num_regions * 2 * 48 * 4 * 48
+    with pytest.raises(ValueError, match='coarse_unpool needs in_channels'):
+        MixedScaleToDense(coarse_unpool=True)
+
+
+def test_coarse_extra_is_computed_from_each_tokens_own_region():
+    """The residual a coarse token gets is coarse_embed applied to ITS region's fine patches,
+    embedded by the shared patch embedding (checked against a direct computation)."""
+    _, model = pair()
+    randomise(model.coarse_embed)
+    img = torch.randn(3, 3, 96, 128, generator=torch.Generator().manual_seed(11))
+    masks = varied_masks()
+    with torch.no_grad():
+        tokens = model.tokenizer(img, masks, model.patch_embed, *_positions(model, img),
+                                 coarse_embed=model.coarse_embed, pack=False).tokens
+        plain = model.tokenizer(img, masks, model.patch_embed, *_positions(model, img),
+                                pack=False).tokens
+        for batch in range(3):
+            coarse_regions = torch.nonzero(~masks[batch].flatten()).flatten().tolist()
+            for rank, region in enumerate(coarse_regions):  # coarse tokens come first
+                row, col = divmod(region, 4)
+                patches = img[batch, :, 32 * row:32 * row + 32, 32 * col:32 * col + 32]
+                fine = torch.stack([patches[:, 16 * i:16 * i + 16, 16 * j:16 * j + 16]
+                                    for i in range(2) for j in range(2)])
+                embedded = model.patch_embed.proj(fine).flatten(1)  # (4, D)
+                expected = model.coarse_embed(embedded[None])[0]
+                torch.testing.assert_close(tokens[batch, 1 + rank] - plain[batch, 1 + rank],
+                                           expected, atol=1e-5, rtol=1e-4)
+
+
+def _positions(model, img):
+    cls_pos, grid = model.fine_position_grid((img.shape[-2] // 16, img.shape[-1] // 16))
+    return grid, model.cls_token, cls_pos

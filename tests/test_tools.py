@@ -342,7 +342,11 @@ def test_export_onnx_tool_writes_and_checks_the_segmentor(trained, tmp_path):
     assert out.read_bytes() == written
     with pytest.raises(FileExistsError, match='not a regular file'):
         tool.main(base + ['/dev/null', '--force'])
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith('.tmp')]  # nothing left over
+    # a file that fails the onnxruntime check never replaces the old one, nor stays behind
+    with pytest.raises(ValueError, match='export check failed.*not written'):
+        tool.main(base + [str(out), '--force', '--atol', '-1'])
+    assert out.read_bytes() == written
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith('.tmp')]
     with pytest.raises(SystemExit):
         tool.parse_args([DEMO, str(work_dir / 'iter_2.pth'), '--shape', '128', '160',
                          '--fine-budget', '0'])
@@ -555,3 +559,25 @@ def test_onnx_file_names_its_tensors_carries_metadata_and_runs_as_the_readme_sho
                       '--fine-budget', '0.5', '--full-size', '--out', str(tmp_path / 'f.onnx')])
     shape = onnxruntime.InferenceSession(full['path']).get_outputs()[0].shape
     assert shape[-2:] == [96, 128]
+
+
+def test_recipe_step_2_starts_from_a_dense_checkpoint_and_resumes(trained, synthetic_root,
+                                                                  tmp_path):
+    """demo_recipe_synthetic.py with load_from = a dense model: the teacher is that file; a
+    --resume without load_from finds the same teacher in the last checkpoint."""
+    work_dir, train = trained
+    recipe = osp.join(REPO, 'configs', 'msvit', 'demo_recipe_synthetic.py')
+    dense = str(work_dir / 'iter_2.pth')
+    run = tmp_path / 'recipe'
+    options = data_options(synthetic_root / 'ade') + ['default_hooks.checkpoint.interval=1']
+    runner = train.main([recipe, '--work-dir', str(run), '--cfg-options', *options,
+                         'train_cfg.max_iters=2', f'load_from={dense}'])
+    assert runner.model.distill.teacher_checkpoint == dense
+    assert 'loss_distill' in runner.message_hub.log_scalars.keys() or any(
+        'loss_distill' in key for key in runner.message_hub.log_scalars)
+    resumed = train.main([recipe, '--work-dir', str(run), '--resume', '--cfg-options',
+                          *options, 'train_cfg.max_iters=3'])
+    assert resumed.iter == 3 and resumed.model.distill.teacher_checkpoint == dense
+    with pytest.raises(ValueError, match='distill needs the dense teacher'):
+        train.main([recipe, '--work-dir', str(tmp_path / 'fresh'), '--cfg-options', *options,
+                    'train_cfg.max_iters=1'])

@@ -75,20 +75,19 @@ class StudyEvaluator:
         self.small_classes = tuple(small_classes)
         self.device = device
         self._cache: Dict[float, list] = {}
-        self._head_macs: Dict[tuple, float] = {}
+        self._head_macs: Dict[tuple, tuple] = {}
 
     def head_macs(self, model, inputs: torch.Tensor) -> float:
         """MACs of the neck's rescale and the decode head for one input of this size (they do
         not depend on the decisions: counted once per model and size, on the dense maps)."""
         key = (id(model), tuple(inputs.shape[-2:]))
-        if key not in self._head_macs:
-            padded, _ = model.backbone.pad_input(inputs[:1])
-            grid = (padded.shape[-2] // model.backbone.coarse_patch_size,
-                    padded.shape[-1] // model.backbone.coarse_patch_size)
-            feats = model.backbone(inputs[:1], fine_mask=torch.ones(
-                (1, *grid), dtype=torch.bool, device=inputs.device))
-            self._head_macs[key] = float(decode_macs(model, model.neck.dense_maps(feats)))
-        return self._head_macs[key]
+        if key not in self._head_macs or self._head_macs[key][0] is not model:
+            image = inputs[:1]
+            feats = model.backbone(image, fine_mask=model.backbone.all_fine_mask(image))
+            # the model is kept with its figure: an id is only unique while the model lives
+            self._head_macs[key] = (model, float(decode_macs(model,
+                                                             model.neck.dense_maps(feats))))
+        return self._head_macs[key][1]
 
     def samples(self, scale: float) -> list:
         """The validation samples resized by ``scale`` (cached)."""
@@ -222,6 +221,14 @@ def read_results(path: str) -> List[dict]:
     with open(path, 'rb') as f:
         data = f.read()
     records = []
+    if data and not data.endswith(b'\n'):
+        try:  # a whole record whose newline was not written: complete the line
+            json.loads(data.rsplit(b'\n', 1)[-1])
+            with open(path, 'ab') as f:
+                f.write(b'\n')
+            data += b'\n'
+        except ValueError:
+            pass  # a torn record: dropped below
     lines = data.split(b'\n')
     complete = data.endswith(b'\n') or not data
     for number, raw in enumerate(lines, start=1):

@@ -88,7 +88,12 @@ class _NdarrayName:
 
 class _CheckedArray(np.ndarray):
     """An array being restored from a checkpoint: its state is checked before numpy reads it.
-    It pickles as a plain ndarray again."""
+    It pickles as a plain ndarray again. Its name is allow-listed (so that BUILD may restore it),
+    so calling it from a pickle must be refused: numpy's ``_reconstruct`` and ``__setstate__``
+    do not go through ``__new__``."""
+
+    def __new__(cls, *args, **kwargs):
+        _refuse('an array created from its constructor')
 
     def __setstate__(self, state):
         if not isinstance(state, tuple) or len(state) not in (4, 5) or \
@@ -102,8 +107,12 @@ class _CheckedArray(np.ndarray):
 
 
 def _checked_reconstruct(subtype, shape, dtype_code):
-    if subtype is not _NdarrayName:
-        _refuse(f'_reconstruct({subtype!r}, ...)')
+    """numpy's ``_reconstruct`` as numpy pickles call it (an empty 1-D byte array that
+    ``__setstate__`` then fills), and nothing else: any other shape or dtype would be
+    uninitialised memory."""
+    if subtype is not _NdarrayName or tuple(shape) != (0, ) or dtype_code != b'b':
+        _refuse(f'_reconstruct({getattr(subtype, "__name__", subtype)!r}, {shape!r}, '
+                f'{dtype_code!r})')
     return _reconstruct(_CheckedArray, shape, dtype_code)
 
 

@@ -58,9 +58,22 @@ def check_sample_files(img_path: str, seg_map_path=None) -> None:
                          'image')
 
 
+def _data_errors() -> tuple:
+    """What reading a bad file raises (a programming error in a transform is not among them and
+    keeps its own type)."""
+    errors = [OSError, ValueError, AssertionError, RuntimeError]
+    try:
+        import cv2
+        errors.append(cv2.error)
+    except ImportError:  # pragma: no cover (mmcv needs cv2)
+        pass
+    return tuple(errors)
+
+
 class CheckedSegDatasetMixin:
     """Put in front of an mmseg dataset class: file checks before each sample's pipeline, and
-    pipeline errors that name the sample's files."""
+    pipeline errors from bad data (OS, value, assertion, cv2 errors) named with the sample's
+    files."""
 
     def prepare_data(self, idx):
         info = self.get_data_info(idx)
@@ -69,7 +82,7 @@ class CheckedSegDatasetMixin:
             check_sample_files(img_path, seg_map_path)
         try:
             return super().prepare_data(idx)
-        except Exception as err:  # noqa: BLE001
+        except _data_errors() as err:
             files = img_path if not seg_map_path else f'{img_path} with label {seg_map_path}'
             first = str(err).strip().splitlines()[0] if str(err).strip() else ''
             raise ValueError(f'{type(self).__name__}: sample {idx} ({files}) failed in the data '

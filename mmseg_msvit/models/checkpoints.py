@@ -84,7 +84,8 @@ def read_checkpoint(path: str, what: str = 'checkpoint', map_location='cpu'):
                 'It was not loaded.') from None
         if re.search(r'checkpoint asks for|Can only build|call reduce for unrecognized',
                      str(err)):  # an allowed name used in a refused way
-            reason = str(err).split('WeightsUnpickler error:', 1)[1].strip().splitlines()[0]
+            detail = str(err).partition('WeightsUnpickler error:')[2].strip() or str(err)
+            reason = detail.splitlines()[0] if detail.strip() else 'unsupported content'
             raise CheckpointError(
                 f'{what} {path!r} was refused: it holds objects other than tensors and plain '
                 f'values ({reason.rstrip(".")}). It was not loaded.') from None
@@ -428,6 +429,24 @@ def normalisation_from_cfg_text(cfg_text: str) -> Optional[dict]:
         return dict(mean=[float(v) for v in fields['mean']],
                     std=[float(v) for v in fields['std']],
                     bgr_to_rgb=bool(fields.get('bgr_to_rgb', fields.get('to_rgb', False))))
+    return None
+
+
+def literal_from_cfg_text(cfg_text: str, name: str):
+    """The first literal value given to ``name=`` anywhere in a config's text (parsed with
+    :mod:`ast`, never run); None when there is none."""
+    if not isinstance(cfg_text, str) or not cfg_text:
+        return None
+    try:
+        tree = ast.parse(cfg_text)
+    except (SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == name:
+            try:
+                return ast.literal_eval(node.value)
+            except ValueError:
+                continue
     return None
 
 

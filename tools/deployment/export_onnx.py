@@ -100,23 +100,31 @@ def main(argv=None):
         what = ('logits: (N, classes, H, W) at the input size' if args.full_size else
                 'logits: (N, classes, H/4, W/4) (the decode head\'s output size)')
     metadata = export_metadata(model, cfg, (height, width), args.fine_budget, what)
-    export_onnx(module, example, out, input_names=['image'], output_names=output_names,
-                metadata=metadata)
     eager = module(example)
-    onnx_out = onnxruntime_outputs(out, example)
-    if args.labels:  # class indices: the share of pixels that differ (ties may break apart)
-        difference = float((eager.cpu().numpy() != onnx_out[0]).mean())
-        print(f'[export] wrote {out}; onnxruntime vs eager PyTorch: {difference:.2e} of the '
-              'pixels differ (accepted <= 1e-3)')
-        if not difference <= 1e-3:
-            raise ValueError(f'export check failed: {difference:.2e} of the pixels differ')
-    else:
-        difference = max_abs_difference(eager, onnx_out)
-        print(f'[export] wrote {out}; onnxruntime vs eager PyTorch: max |difference| '
-              f'{difference:.2e} (accepted <= {args.atol:g})')
-        if not difference <= args.atol:
-            raise ValueError(f'export check failed: max |difference| {difference:.2e} > '
-                             f'--atol {args.atol:g}')
+    measured = {}
+
+    def check(path):  # on the written file, before it replaces --out
+        onnx_out = onnxruntime_outputs(path, example)
+        if args.labels:  # class indices: the share of pixels that differ (ties may break apart)
+            difference = float((eager.cpu().numpy() != onnx_out[0]).mean())
+            print(f'[export] onnxruntime vs eager PyTorch: {difference:.2e} of the pixels differ '
+                  '(accepted <= 1e-3)')
+            if not difference <= 1e-3:
+                raise ValueError(f'export check failed: {difference:.2e} of the pixels differ; '
+                                 f'{out} not written')
+        else:
+            difference = max_abs_difference(eager, onnx_out)
+            print(f'[export] onnxruntime vs eager PyTorch: max |difference| {difference:.2e} '
+                  f'(accepted <= {args.atol:g})')
+            if not difference <= args.atol:
+                raise ValueError(f'export check failed: max |difference| {difference:.2e} > '
+                                 f'--atol {args.atol:g}; {out} not written')
+        measured['difference'] = difference
+
+    export_onnx(module, example, out, input_names=['image'], output_names=output_names,
+                metadata=metadata, check=check)
+    difference = measured['difference']
+    print(f'[export] wrote {out}')
     print(f"[export] input 'image', outputs {output_names}; metadata: {sorted(metadata)}")
     return dict(path=out, max_abs_difference=difference)
 

@@ -515,6 +515,13 @@ class MSViT(BaseModule):
         out_size = (-(-height // self.fine_patch_size), -(-width // self.fine_patch_size))
         return img, out_size
 
+    def all_fine_mask(self, img: torch.Tensor) -> torch.Tensor:
+        """(B, Hc, Wc) all-True decisions for ``img`` (its regions after padding): the dense
+        forward, for a caller that gives the decisions (teacher passes, cost counting)."""
+        rows = -(-img.shape[-2] // self.coarse_patch_size)
+        cols = -(-img.shape[-1] // self.coarse_patch_size)
+        return torch.ones((img.shape[0], rows, cols), dtype=torch.bool, device=img.device)
+
     def decide_scales(self,
                       img: torch.Tensor,
                       fine_mask: Optional[torch.Tensor] = None,

@@ -90,6 +90,10 @@ class MixedScaleToDense(nn.Module):
         """``dense`` (cropped to the input) plus each coarse cell's learned feature."""
         ratio = self.ratio
         rows, cols = layout.fine_grid
+        if rows != ratio * layout.fine_mask.shape[1]:
+            raise ValueError(f'MixedScaleToDense: coarse_unpool was built for ratio={ratio} (coarse '
+                             f'/ fine patch size) but the backbone has '
+                             f'{rows // layout.fine_mask.shape[1]}; set the neck\'s ratio to it')
         out_rows, out_cols = dense.shape[-2:]
         full = F.pad(dense, (0, cols - out_cols, 0, rows - out_rows))
         tokens = full[:, :, ::ratio, ::ratio].permute(0, 2, 3, 1)  # (B, Hc, Wc, D): each
@@ -119,8 +123,11 @@ class MixedScaleToDense(nn.Module):
             dense.append(maps)
         return dense
 
-    def forward(self, inputs: Sequence[MixedScaleFeatures]) -> List[torch.Tensor]:
+    def maps_and_outputs(self, inputs: Sequence[MixedScaleFeatures]):
+        """(the dense maps of :meth:`dense_maps`, the neck's outputs): the maps are what
+        distillation compares, the outputs what the decode head reads."""
         dense = self.dense_maps(inputs)
-        if self.rescale is not None:
-            return list(self.rescale(dense))
-        return dense
+        return dense, (list(self.rescale(dense)) if self.rescale is not None else dense)
+
+    def forward(self, inputs: Sequence[MixedScaleFeatures]) -> List[torch.Tensor]:
+        return self.maps_and_outputs(inputs)[1]

@@ -131,8 +131,9 @@ class MSViTEncoderDecoder(EncoderDecoder):
         from ..checkpoints import load_model_weights
         if not checkpoint:
             raise ValueError('MSViTEncoderDecoder: distill needs the dense teacher\'s checkpoint: '
-                             'set model.distill.teacher_checkpoint, or load_from (tools/train.py '
-                             'then uses that file)')
+                             'set model.distill.teacher_checkpoint, or load_from at the start of '
+                             'the run (tools/train.py then uses that file; a --resume without '
+                             'load_from finds it in the last checkpoint)')
         teacher = torch.nn.Module()
         teacher.backbone = copy.deepcopy(self.backbone)
         teacher.backbone.force_scale = 'fine'  # every region fine: the gate never runs
@@ -156,10 +157,8 @@ class MSViTEncoderDecoder(EncoderDecoder):
         reference = next(teacher.parameters())
         if reference.device != inputs.device:
             teacher.to(inputs.device)
-        feats = teacher.backbone(inputs)
-        maps = teacher.neck.dense_maps(feats)
-        x = teacher.neck.rescale(maps) if teacher.neck.rescale is not None else maps
-        return teacher.decode_head.forward(list(x)), (maps if with_maps else None)
+        maps, x = teacher.neck.maps_and_outputs(teacher.backbone(inputs))
+        return teacher.decode_head.forward(x), (maps if with_maps else None)
 
     # ------------------------------------------------------------------ features
     def extract_feat_and_layout(self, inputs: Tensor, **backbone_kwargs) -> Tuple[List, object]:
@@ -188,9 +187,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
         feats = self.backbone(inputs)
         layout = feats[0].layout
         with_maps = bool(self.distill.feature_weight)
-        student_maps = self.neck.dense_maps(feats)
-        x = list(self.neck.rescale(student_maps)) if self.neck.rescale is not None else \
-            student_maps
+        student_maps, x = self.neck.maps_and_outputs(feats)
         seg_logits = self.decode_head.forward(x)
         losses = add_prefix(self.decode_head.loss_by_feat(seg_logits, data_samples), 'decode')
         if self.distill.teacher == 'self':
@@ -206,17 +203,13 @@ class MSViTEncoderDecoder(EncoderDecoder):
         """In-place distillation's teacher: the model itself with every region fine, trained
         with the task loss (``dense.*``); its logits and dense maps, detached, teach the
         mixed-scale pass."""
-        padded, _ = self.backbone.pad_input(inputs)
-        grid = (padded.shape[-2] // self.backbone.coarse_patch_size,
-                padded.shape[-1] // self.backbone.coarse_patch_size)
-        all_fine = torch.ones((inputs.shape[0], *grid), dtype=torch.bool, device=inputs.device)
-        maps = self.neck.dense_maps(self.backbone(inputs, fine_mask=all_fine))
-        x = list(self.neck.rescale(maps)) if self.neck.rescale is not None else maps
+        maps, x = self.neck.maps_and_outputs(
+            self.backbone(inputs, fine_mask=self.backbone.all_fine_mask(inputs)))
         logits = self.decode_head.forward(x)
         losses = add_prefix(self.decode_head.loss_by_feat(logits, data_samples), 'dense.decode')
         if self.with_auxiliary_head:
-            losses.update(add_prefix(self.auxiliary_head.loss(x, data_samples, self.train_cfg),
-                                     'dense.aux'))
+            losses.update(add_prefix(self._auxiliary_head_forward_train(x, data_samples),
+                                     'dense'))
         return losses, logits.detach(), [m.detach() for m in maps]
 
     def _add_other_losses(self, losses: dict, x, layout, inputs: Tensor,
