@@ -173,8 +173,8 @@ def test_study_tool_runs_resumes_and_reports(tmp_path):
     with open(osp.join(out, 'results.jsonl')) as f:
         records = [json.loads(line) for line in f]
     assert {(r['run'], r['eval']) for r in records} == {
-        ('dense_pre', 'scale1.0'), ('coarse', 'coarse'), ('random_gate', 'random0.5'),
-        ('random_gate', 'content0.5')}
+        ('dense_pre', 'scale1.0'), ('dense_pre', 'scale0.5'), ('dense_pre', 'content0.5'),
+        ('coarse', 'coarse'), ('random_gate', 'random0.5'), ('random_gate', 'content0.5')}
     by_eval = {(r['run'], r['eval']): r for r in records}
     assert by_eval[('coarse', 'coarse')]['fine_fraction'] == 0.0
     assert by_eval[('random_gate', 'random0.5')]['fine_fraction'] == pytest.approx(0.5)
