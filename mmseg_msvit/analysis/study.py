@@ -293,7 +293,8 @@ def compare(records: Iterable[dict], first: tuple, second: tuple) -> Optional[di
     """``first`` minus ``second`` (each a (run, eval) pair) in mIoU and GMACs, paired by seed.
 
     Returns None when the two share no seed; otherwise ``delta`` (mean of the per-seed mIoU
-    differences), ``delta_std``, ``deltas`` (per seed, in ``seeds`` order), ``gmacs_ratio`` (mean GMACs first / second), ``seeds`` and
+    differences), ``delta_std``, ``deltas`` (per seed, in ``seeds`` order), ``gmacs_ratio`` (mean
+    backbone GMACs first / second), ``model_gmacs_ratio`` (the same for whole-model GMACs), ``seeds`` and
     ``separated``: whether the mean +- std intervals of the two do not overlap (None with fewer
     than two seeds: there is no spread to compare).
     """
@@ -313,4 +314,7 @@ def compare(records: Iterable[dict], first: tuple, second: tuple) -> Optional[di
                 delta_std=delta_std, deltas=deltas,
                 gmacs_ratio=float(np.mean([a[s]['gmacs'] for s in seeds]) /
                                   np.mean([b[s]['gmacs'] for s in seeds])),
+                model_gmacs_ratio=float(np.mean([a[s].get('model_gmacs', np.nan) for s in seeds])
+                                        / np.mean([b[s].get('model_gmacs', np.nan)
+                                                   for s in seeds])),
                 separated=bool(low[1] < high[0]) if len(seeds) > 1 else None)

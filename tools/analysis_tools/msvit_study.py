@@ -73,7 +73,7 @@ SETTINGS = {
         arch='tiny', width=192, neck_width=96, crop=128, batch_size=8, min_kept=20000,
         pre_iters=600, fine_iters=300, gate_iters=40, gate_lr=3e-3, gate_lr_mult=10.0,
         lr=1.5e-3, fine_lr=5e-4, cls_iters=150, budget=0.42, budgets=(0.25, 0.42, 0.5, 0.6),
-        scales=(0.5, 0.625, 0.75, 1.0), low_scale=0.75, probe_images=2, num_workers=2,
+        scales=(0.5, 0.625, 0.75, 0.875, 1.0), low_scale=0.75, probe_images=2, num_workers=2,
         default_runs=DEFAULT_RUNS),
     'full': dict(
         seg_config='configs/msvit/demo_msvit_synthetic.py',
@@ -598,6 +598,8 @@ def comparisons(setting):
         ]
     for mine in (('recipe', f'content{b}'), ('recipe_gate', f'budget{b}')):
         pairs += [
+            (f'{mine[0]} vs dense downscaled to 0.875x (whole-model GMACs about equal)', mine,
+             ('dense', 'scale0.875')),
             (f'{mine[0]} vs its starting dense model (the teacher)', mine,
              ('dense_pre', 'scale1.0')),
             (f'{mine[0]} vs its starting dense model downscaled to {low}x', mine,
@@ -675,13 +677,15 @@ def write_outputs(records, setting, out_dir):
             f"{row['fine_fraction']:.2f} | {row['fine_on_detailed']:.2f} / "
             f"{row['fine_on_uniform']:.2f} | {row['train_seconds']:.0f} |")
     lines += ['', '| comparison (first minus second, paired by seed) | mIoU difference | '
-              'per seed | backbone GMACs ratio | mean - std > 0 |', '| --- | --- | --- | --- | --- |']
+              'per seed | backbone GMACs ratio | whole-model GMACs ratio | mean - std > 0 |',
+              '| --- | --- | --- | --- | --- | --- |']
     for v in verdicts:
         per_seed = ' / '.join(f'{d:+.1f}' for d in v.get('deltas', []))
         above = 'one seed' if len(v['seeds']) < 2 else \
             ('yes' if v['delta'] - v['delta_std'] > 0 else 'no')
         lines.append(f"| {v['label']} | {v['delta']:+.2f} ± {v['delta_std']:.2f} | {per_seed} | "
-                     f"{v['gmacs_ratio']:.2f} | {above} |")
+                     f"{v['gmacs_ratio']:.2f} | {v.get('model_gmacs_ratio', float('nan')):.2f} | "
+                     f"{above} |")
     with open(osp.join(out_dir, 'summary.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     plot(rows, osp.join(out_dir, 'study.png'))
