@@ -581,3 +581,33 @@ def test_recipe_step_2_starts_from_a_dense_checkpoint_and_resumes(trained, synth
     with pytest.raises(ValueError, match='distill needs the dense teacher'):
         train.main([recipe, '--work-dir', str(tmp_path / 'fresh'), '--cfg-options', *options,
                     'train_cfg.max_iters=1'])
+
+
+def test_compare_baselines_sets_the_model_against_the_simple_alternatives(trained,
+                                                                         synthetic_root,
+                                                                         tmp_path):
+    import json
+    work_dir, _ = trained
+    checkpoint = str(work_dir / 'iter_2.pth')
+    dense = tmp_path / 'dense.py'
+    dense.write_text(f"_base_ = [{DEMO!r}]\n"
+                     "model = dict(backbone=dict(force_scale='fine'), gate_loss=None, "
+                     "gate_probe=None)\n")
+    tool = load_tool('tools/analysis_tools/compare_baselines.py')
+    rows = tool.main([DEMO, checkpoint, '--dense', str(dense), checkpoint, '--budget', '0.5',
+                      '--scales', '0.5', '0.75', '--out-dir', str(tmp_path / 'out'),
+                      '--cfg-options', *data_options(synthetic_root / 'ade')])
+    labels = [r['label'] for r in rows]
+    assert labels[0] == 'dense ViT' and len(rows) == 5
+    assert 'downscaled to 0.5x' in labels[1] and 'content gate' in labels[3]
+    by = dict(zip(labels, rows))
+    assert rows[0]['backbone_ratio'] == rows[0]['model_ratio'] == 1.0
+    # downscaling shrinks the backbone and the head; mixed-scale tokens only the backbone
+    assert rows[1]['model_ratio'] < rows[2]['model_ratio'] < 1.0
+    assert rows[3]['model_ratio'] > rows[3]['backbone_ratio']
+    assert rows[3]['fine_fraction'] == pytest.approx(0.5, abs=0.1) and rows[4]['fine_fraction'] \
+        == pytest.approx(0.5, abs=0.1)
+    assert all(0 <= r['mIoU'] <= 100 for r in rows) and by
+    saved = json.loads((tmp_path / 'out' / 'compare.json').read_text())
+    assert [r['label'] for r in saved] == labels
+    assert (tmp_path / 'out' / 'compare.png').stat().st_size > 1000

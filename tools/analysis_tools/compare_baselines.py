@@ -1,14 +1,15 @@
 """A mixed-scale model against the simple ways of spending fewer GMACs, on the same images.
 
     python tools/analysis_tools/compare_baselines.py CONFIG CHECKPOINT \
-        --dense DENSE_CONFIG DENSE_CHECKPOINT [--budget 0.42] [--scale 0.75] \
+        --dense DENSE_CONFIG DENSE_CHECKPOINT [--budget 0.42] [--scales 0.75 0.875] \
         [--out-dir work_dirs/compare] [--num-images N] [--cfg-options ...]
 
 Evaluates, on the test set of CONFIG (every row sees the same images):
 
 * the dense model (every region fine) at full input size;
-* the dense model with the input downscaled by ``--scale`` (0.75: the same backbone GMACs as
-  budget 0.42);
+* the dense model with the input downscaled by each of ``--scales`` (0.75: the same backbone
+  GMACs as budget 0.42; 0.875: about the same whole-model GMACs with a UPerNet head, whose
+  full-resolution maps a mixed-scale backbone does not shrink);
 * the dense model with the training-free content gate at ``--budget`` (the share of regions kept
   fine; the rest become coarse tokens);
 * the model of CONFIG / CHECKPOINT at ``--budget`` with its own gate.
@@ -46,8 +47,8 @@ def parse_args(argv=None):
                         help='the dense model (every region fine) the baselines use')
     parser.add_argument('--budget', type=number_in(0, 1, low_open=True), default=0.42,
                         help='share of regions kept fine (model and content-gate rows)')
-    parser.add_argument('--scale', type=number_in(0, 1, low_open=True), default=0.75,
-                        help='input scale of the downscaled-dense row')
+    parser.add_argument('--scales', type=number_in(0, 1, low_open=True), nargs='+',
+                        default=[0.75, 0.875], help='input scales of the downscaled-dense rows')
     parser.add_argument('--num-images', type=int, default=None,
                         help='evaluate only the first N test images (default: all)')
     parser.add_argument('--out-dir', default='work_dirs/compare',
@@ -81,10 +82,10 @@ def evaluate_rows(args):
     if args.num_images is not None:
         dataset_cfg['indices'] = min(args.num_images, len(dataset))
     evaluator = StudyEvaluator(dataset_cfg, test_resize_scale(cfg), dataset.metainfo['classes'])
-    budget, scale = args.budget, args.scale
-    plan = [
-        ('dense ViT', dense, dict(rule='forced', scale=1.0)),
-        (f'dense ViT, input downscaled to {scale:g}x', dense, dict(rule='forced', scale=scale)),
+    budget = args.budget
+    plan = [('dense ViT', dense, dict(rule='forced', scale=1.0))] + [
+        (f'dense ViT, input downscaled to {scale:g}x', dense, dict(rule='forced', scale=scale))
+        for scale in args.scales] + [
         (f'dense ViT + content gate (training-free), budget {budget:g}', dense,
          dict(rule='content', budget=budget)),
         (f'this model, budget {budget:g}', model, dict(rule='gate', budget=budget)),
@@ -120,7 +121,8 @@ def plot(rows, path):
     for ax, key, title in ((axes[0], 'backbone_gmacs', 'backbone GMACs per image'),
                            (axes[1], 'model_gmacs', 'whole-model GMACs per image')):
         for index, row in enumerate(rows):
-            ax.plot(row[key], row['mIoU'], 'osD^'[index % 4], markersize=8, label=row['label'])
+            ax.plot(row[key], row['mIoU'], 'osvD^<>'[index % 7], markersize=8,
+                    label=row['label'])
         ax.set_xlabel(title)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel('mIoU')
