@@ -74,7 +74,7 @@ SETTINGS = {
         pre_iters=600, fine_iters=300, gate_iters=40, gate_lr=3e-3, gate_lr_mult=10.0,
         lr=1.5e-3, fine_lr=5e-4, cls_iters=150, budget=0.42, budgets=(0.25, 0.42, 0.5, 0.6),
         scales=(0.5, 0.625, 0.75, 0.875, 1.0), low_scale=0.75, probe_images=2, num_workers=2,
-        default_runs=DEFAULT_RUNS),
+        head='upernet', default_runs=DEFAULT_RUNS),
     'full': dict(
         seg_config='configs/msvit/demo_msvit_synthetic.py',
         cls_config='configs/msvit_cls/demo_msvit_cls_synthetic.py',
@@ -85,7 +85,7 @@ SETTINGS = {
         pre_iters=8000, fine_iters=4000, gate_iters=2000, gate_lr=2e-3, gate_lr_mult=10.0, lr=1e-3, fine_lr=5e-4,
         cls_iters=3000,
         budget=0.42, budgets=(0.25, 0.42, 0.5, 0.6), scales=(0.5, 0.625, 0.75, 0.875, 1.0),
-        low_scale=0.75, probe_images=8, num_workers=4,
+        low_scale=0.75, probe_images=8, num_workers=4, head='upernet',
         default_runs=DEFAULT_RUNS + ('dense_lowres', 'coarse', 'random_gate', 'content_gate',
                                      'learned_probe', 'gate_only_mlp', 'gate_only_transfer',
                                      'recipe_no_detail')),
@@ -98,7 +98,7 @@ SETTINGS = {
         arch='tiny', width=192, neck_width=32, crop=64, batch_size=2, min_kept=100,
         pre_iters=2, fine_iters=2, gate_iters=2, gate_lr=1e-3, gate_lr_mult=10.0, lr=1.5e-3, fine_lr=1e-3, cls_iters=2,
         budget=0.5, budgets=(0.25, 0.5), scales=(0.5, 1.0), low_scale=0.5, probe_images=1,
-        num_workers=0, default_runs=DEFAULT_RUNS),
+        num_workers=0, head='upernet', default_runs=DEFAULT_RUNS),
 }
 
 
@@ -263,6 +263,22 @@ def seg_config(setting_name: str, run: str, seed: int, out_dir: str):
     model.decode_head.channels = setting['neck_width']
     model.decode_head.sampler.min_kept = setting['min_kept']
     model.auxiliary_head.in_channels = setting['neck_width']
+    if setting.get('head', 'upernet') == 'linear':
+        # Segmenter's linear decoder: the last tap's dense map through a 1x1 classifier, so the
+        # backbone is nearly all of the model's cost (a UPerNet head's is mostly its own)
+        model.backbone.out_indices = (-1, )
+        model.backbone.final_norm = True
+        model.neck = dict(type='MixedScaleToDense', in_channels=setting['width'], num_taps=1)
+        model.decode_head = dict(
+            type='FCNHead', in_channels=setting['width'], in_index=0,
+            channels=setting['width'], num_convs=0, concat_input=False, dropout_ratio=0.0,
+            num_classes=model.decode_head.num_classes, align_corners=False,
+            sampler=model.decode_head.sampler,
+            loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0))
+        model.auxiliary_head = None
+    elif setting.get('head', 'upernet') != 'upernet':
+        raise ValueError(f"msvit_study: head must be 'upernet' or 'linear', got "
+                         f"{setting['head']!r}")
     model.backbone.force_scale = spec.get('force_scale')
     for key in ('gate', 'fine_budget', 'train_budget_range', 'coarse_detail',
                 'coarse_scale_embed'):
@@ -734,11 +750,13 @@ def with_overrides(setting: dict, pairs) -> dict:
         if not sep or key not in setting:
             raise ValueError(f'--set {pair!r}: expected KEY=VALUE with KEY one of '
                              f'{sorted(setting)}')
+        old = setting[key]
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            raise ValueError(f'--set {pair!r}: {text!r} is not a Python literal') from None
-        old = setting[key]
+            if not isinstance(old, str):
+                raise ValueError(f'--set {pair!r}: {text!r} is not a Python literal') from None
+            value = text  # a word for a text setting (head=linear)
         numbers = (int, float)
         if not (type(value) is type(old) or (isinstance(old, numbers) and isinstance(
                 value, numbers) and not isinstance(value, bool)) or (
