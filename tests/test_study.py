@@ -213,6 +213,11 @@ def test_study_tool_runs_resumes_and_reports(tmp_path):
         study.parse_args(['--setting', 'smoke', '--set', 'pre_iters=abc'])
     with pytest.raises(SystemExit):
         study.parse_args(['--setting', 'smoke', '--set', 'nonsense=1'])
+    # runs with other scenes or values get their own default folder (never another run's models)
+    assert study.parse_args(['--setting', 'smoke']).out_dir == osp.join('work_dirs', 'study_smoke')
+    other = study.parse_args(['--setting', 'smoke', '--scenes', 'shifted',
+                              '--set', 'fine_iters=100', 'head=linear'])
+    assert other.out_dir == osp.join('work_dirs', 'study_smoke_shifted_fine_iters-100_head-linear')
 
 
 def test_content_prior_gate_starts_as_the_content_ranking_and_learns_on_top(tmp_path):

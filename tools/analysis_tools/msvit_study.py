@@ -46,6 +46,7 @@ import csv
 import json
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 import time
@@ -767,19 +768,32 @@ def with_overrides(setting: dict, pairs) -> dict:
     return setting
 
 
+def default_out_name(args) -> str:
+    """study_SETTING, with the scenes and each --set KEY=VALUE appended when given: runs with
+    other values never reuse (or refuse) another run's trainings."""
+    parts = [f'study_{args.setting}']
+    if args.scenes != 'standard':
+        parts.append(args.scenes)
+    for pair in args.set:
+        key, _, value = pair.partition('=')
+        parts.append(f"{key}-{re.sub(r'[^A-Za-z0-9._+-]+', '-', value).strip('-')}")
+    return '_'.join(parts)
+
+
 def parse_args(argv=None):
     from mmseg_msvit.cli import int_at_least
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0].replace('\n', ' '),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--setting', choices=sorted(SETTINGS), default='quick',
-                        help='quick: MSViT-Ti at 256 px, under an hour on 2 CPU cores; full: '
+                        help='quick: MSViT-Ti at 256 px, about 70 min on 2 CPU cores; full: '
                         'MSViT-S at 512 px, longer schedule, for a GPU; smoke: a few '
                         'iterations (checks that every step runs, no result)')
     parser.add_argument('--seeds', type=int_at_least(0), nargs='+', default=[0, 1, 2],
                         help='training seeds (every model is trained once per seed)')
     parser.add_argument('--out-dir', default=None,
-                        help='results, checkpoints and data (default work_dirs/study_SETTING)')
+                        help='results, checkpoints and data (default work_dirs/study_SETTING, plus _shifted and '
+                        'each --set KEY-VALUE when given)')
     parser.add_argument('--scenes', choices=['standard', 'shifted'], default='standard',
                         help='the synthetic scenes as the project draws them, or drawn '
                         'differently (other palette, gravel floors, diagonal stripes, tilted '
@@ -803,7 +817,7 @@ def parse_args(argv=None):
     except ValueError as err:
         parser.error(str(err))
     if args.out_dir is None:
-        args.out_dir = osp.join('work_dirs', f'study_{args.setting}')
+        args.out_dir = osp.join('work_dirs', default_out_name(args))
     if args.device == 'cuda':
         import torch
         if not torch.cuda.is_available():
