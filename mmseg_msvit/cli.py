@@ -99,11 +99,11 @@ def fill_distill_teacher(cfg: Config) -> None:
     elif cfg.get('resume') and cfg.get('work_dir'):
         # a resumed run: the teacher its start used, from the config stored in the last
         # checkpoint (parsed, never run)
+        from mmengine.runner.checkpoint import find_latest_checkpoint
+
         from .models.checkpoints import literal_from_cfg_text, read_checkpoint
-        pointer = osp.join(cfg.work_dir, 'last_checkpoint')
-        if osp.isfile(pointer):
-            with open(pointer) as f:
-                last = f.read().strip()
+        last = find_latest_checkpoint(cfg.work_dir)
+        if last:
             meta = read_checkpoint(last, 'last checkpoint').get('meta') or {}
             teacher = literal_from_cfg_text(meta.get('cfg'), 'teacher_checkpoint')
             if isinstance(teacher, str) and teacher:

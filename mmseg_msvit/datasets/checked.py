@@ -13,6 +13,7 @@ checks (same arguments); the project's dataset configs use them, and the synthet
 dataset has them too. Pipelines keep mmseg's transform names, so mmseg's inference APIs, which
 look for ``LoadImageFromFile`` / ``LoadAnnotations`` by name, work unchanged.
 """
+import functools
 import os
 import os.path as osp
 
@@ -58,6 +59,7 @@ def check_sample_files(img_path: str, seg_map_path=None) -> None:
                          'image')
 
 
+@functools.lru_cache(maxsize=None)
 def _data_errors() -> tuple:
     """What reading a bad file raises (a programming error in a transform is not among them and
     keeps its own type)."""

@@ -403,11 +403,8 @@ def normalisation_from_cfg_text(cfg_text: str) -> Optional[dict]:
     dict(...)``; only one whose ``mean`` and ``std`` are literal lists counts. None when there
     is none.
     """
-    if not isinstance(cfg_text, str) or not cfg_text:
-        return None
-    try:
-        tree = ast.parse(cfg_text)
-    except (SyntaxError, ValueError):
+    tree = _parse_cfg_text(cfg_text)
+    if tree is None:
         return None
     model_level, top_level = [], []
     for node in tree.body:
@@ -435,11 +432,8 @@ def normalisation_from_cfg_text(cfg_text: str) -> Optional[dict]:
 def literal_from_cfg_text(cfg_text: str, name: str):
     """The first literal value given to ``name=`` anywhere in a config's text (parsed with
     :mod:`ast`, never run); None when there is none."""
-    if not isinstance(cfg_text, str) or not cfg_text:
-        return None
-    try:
-        tree = ast.parse(cfg_text)
-    except (SyntaxError, ValueError):
+    tree = _parse_cfg_text(cfg_text)
+    if tree is None:
         return None
     for node in ast.walk(tree):
         if isinstance(node, ast.keyword) and node.arg == name:
@@ -448,6 +442,16 @@ def literal_from_cfg_text(cfg_text: str, name: str):
             except ValueError:
                 continue
     return None
+
+
+def _parse_cfg_text(cfg_text) -> Optional[ast.Module]:
+    """The syntax tree of a config's text (only parsed), or None for no text or bad syntax."""
+    if not isinstance(cfg_text, str) or not cfg_text:
+        return None
+    try:
+        return ast.parse(cfg_text)
+    except (SyntaxError, ValueError):
+        return None
 
 
 def _is_dict_call(node) -> bool:
