@@ -38,9 +38,7 @@ def test_every_image_keeps_exactly_the_budget_and_the_gates_top_scores():
     assert torch.all(macs == macs[0])
     # no padding mask reaches attention
     padded, _ = model.pad_input(img)
-    fine_mask, value, gate_logits = model.decide_scales(padded)
-    tokens = model.embed(padded, fine_mask, value, gate_logits,
-                         num_tokens=model.static_num_tokens((3, 5)))
+    tokens = model.embed(padded, model.decide_scales(padded))
     assert tokens.attn_mask is None
 
 

@@ -1,141 +1,78 @@
 """Multiply-accumulate counts (one multiply-add = one MAC) of MSViT, from the tokens used.
 
-The formula lives here and only here (docs/method.md, section 5). Per transformer layer with n
-tokens (CLS included), width D and MLP ratio r::
-
-    (4 + 2r) * n * D^2  +  2 * n^2 * D      (= 12 n D^2 + 2 n^2 D for r = 4)
-
-qkv (3nD^2) + output projection (nD^2) + MLP (2r nD^2) + attention scores QK^T (n^2 D) and the
-weighted sum AV (n^2 D). Patch embedding: (C * S_f^2) * D per patch token. The gate: its MLP per
-coarse region when it runs. Pooling: C * S_c^2 per coarse token (averaging its pixels) plus
-(S_c/S_f)^2 * D per coarse token for its averaged position embedding. LayerNorms, softmax, GELU
-and residual additions are not multiply-adds of a matrix product and are not counted (as in the
-widely quoted ViT figures: ViT-Ti/S/B at 224 px = 1.26 / 4.6 / 17.6 GMACs).
+The formula (docs/method.md, section 5) is :mod:`mmseg_msvit.models.costs`, re-exported here;
+this module adds what runs a model to count: :func:`backbone_macs`, mmengine's counter
+(:func:`count_macs_with_mmengine`) and the neck and decode head (:func:`decode_macs`).
 """
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 
+from ..models.costs import (add_costs, image_cost, layout_macs, msvit_macs_from_tokens,
+                            transformer_layer_macs)
+
 __all__ = [
     'transformer_layer_macs', 'msvit_macs_from_tokens', 'layout_macs', 'image_cost',
-    'backbone_macs', 'count_macs_with_mmengine', 'decode_macs'
+    'backbone_macs', 'count_macs_with_mmengine', 'decode_macs', 'add_costs'
 ]
 
 
-def transformer_layer_macs(num_tokens, embed_dims: int, mlp_ratio: float = 4.0):
-    """MACs of one ViT block for ``num_tokens`` tokens (CLS included); works on tensors."""
-    return (4 + 2 * mlp_ratio) * num_tokens * embed_dims**2 + 2 * num_tokens**2 * embed_dims
-
-
-def msvit_macs_from_tokens(backbone,
-                           num_patch_tokens: torch.Tensor,
-                           num_coarse_tokens: torch.Tensor,
-                           num_regions: int,
-                           gate_ran: bool) -> torch.Tensor:
-    """Per-image MACs of an MSViT forward.
-
-    Args:
-        backbone (MSViT): provides widths, depth, patch sizes and the gate.
-        num_patch_tokens (Tensor): (B,) patch tokens per image (CLS excluded, padding excluded).
-        num_coarse_tokens (Tensor): (B,) how many of them are coarse.
-        num_regions (int): coarse regions of the (padded) input.
-        gate_ran (bool): whether the gate was evaluated.
-
-    Returns:
-        Tensor: (B,) float64 MACs.
-    """
-    tokens = num_patch_tokens.double() + backbone.num_prefix_tokens
-    dims, channels = backbone.embed_dims, backbone.in_channels
-    macs = backbone.depth * transformer_layer_macs(tokens, dims, backbone.mlp_ratio)
-    macs = macs + num_patch_tokens.double() * channels * backbone.fine_patch_size**2 * dims
-    ratio = backbone.coarse_patch_size // backbone.fine_patch_size
-    # pooling: pixels of each coarse patch, and the averaged position embedding of each
-    macs = macs + num_coarse_tokens.double() * (channels * backbone.coarse_patch_size**2 +
-                                                ratio**2 * dims)
-    coarse_embed = getattr(backbone, 'coarse_embed', None)
-    if coarse_embed is not None:  # the coarse tokens' detail residual
-        macs = macs + num_coarse_tokens.double() * coarse_embed.macs_per_token
-    if gate_ran:
-        macs = macs + num_regions * backbone.gate.macs_per_region
-    return macs
-
-
-def layout_macs(backbone, layout) -> torch.Tensor:
-    """(B,) float64 MACs of the forward that produced ``layout`` (a pure function of it)."""
-    num_coarse = (~layout.fine_mask).flatten(1).sum(1)
-    return msvit_macs_from_tokens(backbone, layout.num_tokens, num_coarse, layout.num_regions,
-                                  gate_ran=layout.gate_logits is not None)
-
-
-def image_cost(backbone, layout, neck=None) -> Dict[str, torch.Tensor]:
-    """Per-image cost of one forward, as summable (B,) float64 tensors: ``macs``,
-    ``fine_regions``, ``regions``, ``tokens`` and ``forwards`` (1 each). Slide inference adds the
-    dicts of its windows (:func:`add_costs`).
-
-    ``macs`` is the backbone's (gate and pooling included) plus, with a ``neck`` that unpools
-    coarse tokens (``MixedScaleToDense(coarse_unpool=True)``), that unpooling: it exists only
-    because of mixed-scale tokens, so it is charged to them."""
-    macs = layout_macs(backbone, layout).detach()
-    unpool_macs = getattr(neck, 'unpool_macs', None)
-    if unpool_macs is not None:
-        macs = macs + unpool_macs(layout)
-    return dict(macs=macs,
-                fine_regions=layout.fine_mask.flatten(1).sum(1).double(),
-                regions=torch.full_like(macs, layout.num_regions),
-                tokens=layout.num_tokens.double(),
-                forwards=torch.ones_like(macs))
-
-
-def add_costs(total: Optional[Dict[str, torch.Tensor]],
-              cost: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Sum two :func:`image_cost` dicts (``total`` may be None)."""
-    if total is None:
-        return dict(cost)
-    return {key: total[key] + cost[key] for key in total}
-
-
 @torch.no_grad()
-def backbone_macs(backbone, img: torch.Tensor, fine_mask: Optional[torch.Tensor] = None
-                  ) -> torch.Tensor:
+def backbone_macs(backbone, img: torch.Tensor, fine_mask: Optional[torch.Tensor] = None,
+                  policy=None) -> torch.Tensor:
     """MACs per image of ``backbone`` (MSViT) on ``img``, gate and pooling included.
 
-    Runs the backbone once (in its current train/eval mode) to get the decisions.
+    Runs the backbone once (in its current train/eval mode) to get the decisions: with
+    ``fine_mask`` (given decisions) or ``policy`` (a :class:`~mmseg_msvit.models.ScalePolicy`),
+    else the backbone's own policy.
 
     Returns:
         Tensor: (B,) float64.
     """
-    return layout_macs(backbone, backbone(img, fine_mask=fine_mask)[0].layout)
+    if fine_mask is not None:
+        return layout_macs(backbone, backbone(img, fine_mask=fine_mask)[0].layout)
+    return layout_macs(backbone, backbone(img, policy)[0].layout)
 
 
-class _TensorOutputs(torch.nn.Module):
-    """Wraps a module whose outputs are not tensors so that JIT tracing can count it."""
+class _Traced(torch.nn.Module):
+    """What the counter traces: ``module(*inputs)`` (with ``policy=`` when given), its outputs
+    turned into tensors by ``to_tensors``."""
 
-    def __init__(self, module, to_tensors):
+    def __init__(self, module, to_tensors, policy):
         super().__init__()
         self.module = module
         self.to_tensors = to_tensors
+        self.policy = policy
 
     def forward(self, *inputs):
-        return self.to_tensors(self.module(*inputs))
+        outputs = self.module(*inputs) if self.policy is None else \
+            self.module(*inputs, policy=self.policy)
+        return outputs if self.to_tensors is None else self.to_tensors(outputs)
 
 
-def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=None) -> int:
+def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=None,
+                             policy=None) -> int:
     """MACs of one forward of ``module(*inputs)`` as mmengine's ``FlopAnalyzer`` counts them.
 
     mmengine counts a multiply-add of a matrix product as one flop, i.e. one MAC. It does not
     see ``F.scaled_dot_product_attention``: switch a ViT's blocks to their manual attention path
     (``attn.fused_attn = False``) to count attention.
+
+    An MSViT ``module`` runs under ``policy`` (default: its own) with
+    ``trace_token_count=True``: a threshold-mode forward is counted with the token count of
+    these inputs, which is the point of counting one forward (export still refuses it).
     """
     from mmengine.analysis import FlopAnalyzer
 
-    from ..models.tokenizer import frozen_token_count_allowed
-    if to_tensors is not None:
-        module = _TensorOutputs(module, to_tensors)
-    analyzer = FlopAnalyzer(module, inputs)
+    from ..models.policy import ScalePolicy
+    if policy is None and isinstance(getattr(module, 'policy', None), ScalePolicy):
+        policy = module.policy
+    if policy is not None:
+        policy = policy.replace(trace_token_count=True)
+    analyzer = FlopAnalyzer(_Traced(module, to_tensors, policy), inputs)
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
-    with frozen_token_count_allowed():  # counting this one forward is the point
-        return int(analyzer.total())
+    return int(analyzer.total())
 
 
 @torch.no_grad()

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from mmengine.dataset import pseudo_collate
 
+from ..models.gates import ContentGate, RandomGate
+from ..models.policy import ScalePolicy
 from .gate_alignment import DETAILED, DetailAlignment, region_detail_kinds
 from .macs import decode_macs, image_cost
 
@@ -35,7 +37,6 @@ def oracle_fine_mask(label: torch.Tensor, img: torch.Tensor, coarse_patch_size: 
     remaining budget, go by the content score (pixel energy the coarse token loses), so the
     oracle differs from the content gate only by knowing where the class boundaries are.
     """
-    from mmseg_msvit.models.gates import ContentGate
     kinds = torch.as_tensor(
         region_detail_kinds(label.cpu().numpy(), coarse_patch_size, ignore_index))
     energy = ContentGate(coarse_patch_size=coarse_patch_size).to(img.device)(img)[0].cpu()
@@ -83,7 +84,7 @@ class StudyEvaluator:
         key = (id(model), tuple(inputs.shape[-2:]))
         if key not in self._head_macs or self._head_macs[key][0] is not model:
             image = inputs[:1]
-            feats = model.backbone(image, fine_mask=model.backbone.all_fine_mask(image))
+            feats = model.backbone(image, ScalePolicy.forced('fine'))
             # the model is kept with its figure: an id is only unique while the model lives
             self._head_macs[key] = (model, float(decode_macs(model,
                                                              model.neck.dense_maps(feats))))
@@ -123,31 +124,33 @@ class StudyEvaluator:
             raise ValueError(f'StudyEvaluator: rule must be one of {RULES}, got {rule!r}')
         if rule in ('content', 'random', 'oracle') and budget is None:
             raise ValueError(f'StudyEvaluator: rule {rule!r} needs a budget')
-        backbone = model.backbone
-        saved = (backbone.gate, backbone.force_scale, backbone.fine_budget,
-                 backbone.gate_threshold)
         torch.manual_seed(seed)
-        try:
-            if rule == 'forced':
-                backbone.force_scale = force_scale
-            else:
-                backbone.force_scale = None
-                backbone.fine_budget = budget
-                if threshold is not None:
-                    backbone.gate_threshold = threshold
-                if rule in ('content', 'random'):
-                    from mmseg_msvit.models.gates import ContentGate, RandomGate
-                    gate = ContentGate(coarse_patch_size=backbone.coarse_patch_size,
-                                       fine_patch_size=backbone.fine_patch_size) \
-                        if rule == 'content' else \
-                        RandomGate(coarse_patch_size=backbone.coarse_patch_size)
-                    backbone.gate = gate.to(self.device).eval()
-            return self._run(model, scale, rule, budget)
-        finally:
-            backbone.gate, backbone.force_scale = saved[0], saved[1]
-            backbone.fine_budget, backbone.gate_threshold = saved[2], saved[3]
+        return self._run(model, scale, rule, budget,
+                         self.policy(model.backbone, rule, force_scale, threshold, budget))
 
-    def _run(self, model, scale: float, rule: str, budget: Optional[float]) -> dict:
+    def policy(self, backbone, rule: str, force_scale: Optional[str] = 'fine',
+               threshold: Optional[float] = None,
+               budget: Optional[float] = None) -> Optional[ScalePolicy]:
+        """The scale policy of a decision rule (None for 'oracle': its decisions are given per
+        sample, from the label); the model itself is never changed."""
+        if rule == 'forced':
+            return ScalePolicy.forced(force_scale) if force_scale is not None else \
+                backbone.policy.replace(force_scale=None)
+        if rule == 'gate':
+            return backbone.policy.replace(
+                force_scale=None, budget=budget, train_budget_range=None,
+                threshold=backbone.policy.threshold if threshold is None else threshold)
+        if rule == 'content':
+            gate = ContentGate(coarse_patch_size=backbone.coarse_patch_size,
+                               fine_patch_size=backbone.fine_patch_size)
+        elif rule == 'random':
+            gate = RandomGate(coarse_patch_size=backbone.coarse_patch_size)
+        else:
+            return None
+        return ScalePolicy.with_budget(budget, gate=gate.to(self.device).eval())
+
+    def _run(self, model, scale: float, rule: str, budget: Optional[float],
+             policy: Optional[ScalePolicy]) -> dict:
         num_classes = len(self.class_names)
         intersect = torch.zeros(num_classes, dtype=torch.float64)
         union = torch.zeros(num_classes, dtype=torch.float64)
@@ -162,14 +165,13 @@ class StudyEvaluator:
             inputs, data_samples = data['inputs'].to(self.device), data['data_samples']
             label = data_samples[0].gt_sem_seg.data[0]
             same_grid = tuple(inputs.shape[-2:]) == tuple(label.shape)
-            kwargs = {}
             if rule == 'oracle':
                 padded, _ = model.backbone.pad_input(inputs)
                 regions = (padded.shape[-2] // coarse) * (padded.shape[-1] // coarse)
-                kwargs['fine_mask'] = oracle_fine_mask(
-                    label, padded, coarse, model.backbone.num_fine_regions(regions)
-                    if budget is not None else regions)
-            feats, layout = model.extract_feat_and_layout(inputs, **kwargs)
+                policy = ScalePolicy.given(oracle_fine_mask(
+                    label, padded, coarse, ScalePolicy.with_budget(budget).num_fine_regions(
+                        regions) if budget is not None else regions))
+            feats, layout = model.extract_feat_and_layout(inputs, policy)
             metas = [s.metainfo for s in data_samples]
             seg_logits = model.decode_head.predict(feats, metas, model.test_cfg)
             result = model.postprocess_result(seg_logits, data_samples)[0]

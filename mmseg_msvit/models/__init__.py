@@ -7,11 +7,13 @@ from .gates import ContentGate, MixedScaleGate, RandomGate
 from .coarse_embed import CoarseTokenEmbed
 from .losses import BaSLoss, DenseDistillLoss, GBaSLoss, L0GateLoss
 from .necks import MixedScaleToDense
+from .policy import ScaleDecision, ScalePolicy
 from .segmentors import MSViTEncoderDecoder
 from .tokenizer import MixedScaleLayout, MixedScaleTokenizer, coarsen
 
 __all__ = [
-    'MSViT', 'MixedScaleGate', 'ContentGate', 'RandomGate', 'MixedScaleToDense', 'MixedScaleFeatures', 'MixedScaleTokenizer',
-    'MixedScaleLayout', 'coarsen', 'GateProbe', 'GBaSLoss', 'BaSLoss', 'L0GateLoss', 'MSViTEncoderDecoder',
-    'MSViTImageClassifier', 'CoarseTokenEmbed', 'DenseDistillLoss'
+    'MSViT', 'MixedScaleGate', 'ContentGate', 'RandomGate', 'MixedScaleToDense',
+    'MixedScaleFeatures', 'MixedScaleTokenizer', 'MixedScaleLayout', 'coarsen', 'GateProbe',
+    'GBaSLoss', 'BaSLoss', 'L0GateLoss', 'MSViTEncoderDecoder', 'MSViTImageClassifier',
+    'CoarseTokenEmbed', 'DenseDistillLoss', 'ScalePolicy', 'ScaleDecision'
 ]

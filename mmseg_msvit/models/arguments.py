@@ -15,10 +15,25 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_positive_int(owner: str, name: str, value) -> int:
+def check_positive_int(owner: str, name: str, value, expected: str = 'a positive int') -> int:
+    """An int >= 1 (not a bool), as an int; ``expected`` words the error's requirement."""
     if not is_int(value) or value < 1:
-        raise ValueError(f'{owner}: {name} must be a positive int, got {value!r}')
+        raise ValueError(f'{owner}: {name} must be {expected}, got {value!r}')
     return int(value)
+
+
+def check_bool(owner: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f'{owner}: {name} must be True or False, got {value!r}')
+    return value
+
+
+def check_positive_ints(owner: str, name: str, value) -> tuple:
+    """A (possibly empty) sequence of positive ints, as a tuple."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or \
+            not all(is_int(item) and item >= 1 for item in value):
+        raise ValueError(f'{owner}: {name} must be a sequence of positive ints, got {value!r}')
+    return tuple(int(item) for item in value)
 
 
 def check_rate(owner: str, name: str, value) -> float:
@@ -84,11 +99,89 @@ def check_out_indices(owner: str, value, depth: int) -> list:
     return resolved
 
 
+#: MSViT's architecture presets (timm's ViT-Ti/S/B/L)
+ARCH_ZOO = {
+    'tiny': dict(embed_dims=192, depth=12, num_heads=3),
+    'small': dict(embed_dims=384, depth=12, num_heads=6),
+    'base': dict(embed_dims=768, depth=12, num_heads=12),
+    'large': dict(embed_dims=1024, depth=24, num_heads=16),
+}
+
+
+def resolve_arch(arch, **overrides) -> dict:
+    """embed_dims / depth / num_heads from a preset name or dict, with overrides, checked."""
+    if isinstance(arch, str):
+        if arch not in ARCH_ZOO:
+            raise ValueError(f'MSViT: unknown arch={arch!r}; expected one of {sorted(ARCH_ZOO)} '
+                             'or a dict with embed_dims, depth, num_heads')
+        settings = dict(ARCH_ZOO[arch])
+    elif isinstance(arch, dict):
+        missing = {'embed_dims', 'depth', 'num_heads'} - set(arch)
+        if missing:
+            raise ValueError(f'MSViT: arch dict lacks {sorted(missing)}, got {arch}')
+        settings = dict(arch)
+    else:
+        raise TypeError(f'MSViT: arch must be a str or dict, got {type(arch).__name__}')
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    for name in ('embed_dims', 'depth', 'num_heads'):
+        check_positive_int('MSViT', name, settings[name])
+    if settings['embed_dims'] % settings['num_heads'] != 0:
+        raise ValueError(f"MSViT: embed_dims={settings['embed_dims']} is not divisible by "
+                         f"num_heads={settings['num_heads']}")
+    return settings
+
+
+def check_msvit_args(*, arch, embed_dims, depth, num_heads, img_size, fine_patch_size,
+                     coarse_patch_size, in_channels, mlp_ratio, drop_rate, attn_drop_rate,
+                     drop_path_rate, out_indices, frozen_stages, gate_init, norm_eps,
+                     patch_bias, token_packing, coarse_detail, coarse_scale_embed) -> dict:
+    """MSViT's structural arguments, each checked (errors name the argument, the value and what
+    is expected) and normalised; the scale-policy arguments are checked by ``ScalePolicy``."""
+    owner = 'MSViT'
+    out = resolve_arch(arch, embed_dims=embed_dims, depth=depth, num_heads=num_heads)
+    depth = out['depth']
+    out['fine_patch_size'] = fine = check_positive_int(owner, 'fine_patch_size',
+                                                       fine_patch_size)
+    out['coarse_patch_size'] = coarse = check_positive_int(owner, 'coarse_patch_size',
+                                                           coarse_patch_size)
+    if coarse % fine != 0 or coarse <= fine:
+        raise ValueError('MSViT: coarse_patch_size must be a multiple (> 1x) of fine_patch_size, '
+                         f'got coarse_patch_size={coarse}, fine_patch_size={fine}')
+    out['in_channels'] = check_positive_int(owner, 'in_channels', in_channels)
+    out['mlp_ratio'] = check_positive_real(owner, 'mlp_ratio', mlp_ratio)
+    for name, value in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
+                        ('drop_path_rate', drop_path_rate)):
+        out[name] = check_rate(owner, name, value)
+    if not is_int(frozen_stages) or not -1 <= frozen_stages <= depth:
+        raise ValueError(f'MSViT: frozen_stages must be an int in -1..{depth} (-1: nothing '
+                         f'frozen, depth={depth}: every block), got {frozen_stages!r}')
+    out['frozen_stages'] = int(frozen_stages)
+    out['img_size'] = size = check_size_pair(owner, 'img_size', img_size)
+    if size[0] % coarse or size[1] % coarse:
+        raise ValueError(f'MSViT: img_size={size} must be a multiple of '
+                         f'coarse_patch_size={coarse}')
+    if gate_init is not None:
+        if not isinstance(gate_init, dict) or 'checkpoint' not in gate_init or \
+                set(gate_init) - {'checkpoint', 'freeze'}:
+            raise ValueError("MSViT: gate_init needs a checkpoint: dict(checkpoint='gate.pth', "
+                             f'freeze=False), got {gate_init}')
+        check_bool(owner, 'gate_init.freeze', gate_init.get('freeze', False))
+    out['gate_init'] = gate_init
+    out['out_indices'] = check_out_indices(owner, out_indices, depth)
+    out['norm_eps'] = check_positive_real(owner, 'norm_eps', norm_eps)
+    for name, value in (('patch_bias', patch_bias), ('token_packing', token_packing),
+                        ('coarse_detail', coarse_detail),
+                        ('coarse_scale_embed', coarse_scale_embed)):
+        out[name] = check_bool(owner, name, value)
+    return out
+
+
 #: mmseg ``VisionTransformer`` argument names that map one to one onto MSViT's
 MMSEG_VIT_RENAMES = {'patch_size': 'fine_patch_size', 'num_layers': 'depth'}
 #: mmseg ``VisionTransformer`` arguments MSViT accepts only at the value it implements
+#: (``norm_eval``: MSViT has no BatchNorm, so there is nothing to keep in eval mode)
 MMSEG_VIT_FIXED = {'with_cls_token': True, 'output_cls_token': False, 'patch_norm': False,
-                   'pre_norm': False, 'interpolate_mode': 'bicubic'}
+                   'pre_norm': False, 'interpolate_mode': 'bicubic', 'norm_eval': False}
 
 
 def translate_mmseg_vit_args(given: dict, explicit: dict) -> dict:

@@ -12,7 +12,7 @@ mean colour equals the wall's becomes wall). :class:`CoarseTokenEmbed` adds to e
 * ``scale_embed``: a learned vector added to every coarse token (starts at zero), telling the
   transformer which tokens cover a 2x2 region.
 
-Cost per coarse token (counted by :func:`mmseg_msvit.analysis.layout_macs`): the fine
+Cost per coarse token (counted by :func:`mmseg_msvit.models.costs.layout_macs`): the fine
 embeddings, r^2 * (C * S_f^2) * D, plus r^2 * D^2 (reduction) plus D^2 (output layer) with
 r = S_c / S_f; the scale embedding is an addition, not a multiply-add. Only active coarse tokens
 are computed.

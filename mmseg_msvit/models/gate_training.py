@@ -2,14 +2,18 @@
 training statistics, the gate probe, the input-normalisation check of a transferred gate, and
 the per-image cost written into predictions. Everything is read from the layout a forward
 returns; nothing is kept on the backbone."""
+import logging
+import warnings
 from contextlib import contextmanager
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.logging import print_log
 from mmseg.registry import MODELS
 
+from .arguments import check_positive_int
 from .builder import build_component
 
 
@@ -36,6 +40,54 @@ def build_gate_probe(cfg: Optional[dict], owner: str):
     cfg = dict(cfg)
     cfg.setdefault('type', 'GateProbe')
     return build_component(cfg)
+
+
+class UntrainedGateWarning:
+    """The warning (once) when a gate trains with nothing but the task loss: no gate loss, no
+    probe, so its fine fraction is uncontrolled (the paper's ablation at most).
+
+    A forward hook on the backbone (PyTorch's way to observe a module's forward; the backbone's
+    forward has no warning code): MSViT attaches a default one naming the wrappers that can
+    train a gate; :class:`MSViTEncoderDecoder` and :class:`MSViTImageClassifier`, which own the
+    gate losses, attach their own in its place (:meth:`attach`).
+
+    Args:
+        owner (str): who attached it (the backbone, or the wrapper's class name).
+        trained (bool): whether a gate loss or a gate probe trains the gate (then it never
+            warns).
+    """
+
+    def __init__(self, owner: str, trained: bool) -> None:
+        self.owner = owner
+        self.trained = trained
+        self.warned = False
+
+    def attach(self, backbone: nn.Module) -> 'UntrainedGateWarning':
+        """Make this the check of ``backbone``'s forwards (replacing the one it had)."""
+        previous = getattr(backbone, '_untrained_gate_hook', None)
+        if previous is not None:
+            previous.remove()
+        backbone._untrained_gate_hook = backbone.register_forward_hook(self)
+        return self
+
+    def __call__(self, backbone: nn.Module, args, outputs) -> None:
+        layout = outputs[0].layout
+        if self.trained or self.warned or not backbone.training or \
+                layout.gate_logits is None or not layout.gate_logits.requires_grad:
+            return
+        self.warned = True
+        if self.owner == 'MSViT':
+            remedy = ("use model.type='MSViTEncoderDecoder' (or 'MSViTImageClassifier') with "
+                      "gate_loss=dict(type='GBaSLoss', target=...), or set freeze_gate=True, "
+                      "force_scale='fine' or a fine_budget")
+        else:
+            remedy = (f"give the {self.owner} a gate_loss=dict(type='GBaSLoss', target=...) or "
+                      "a gate_probe, or set on the backbone freeze_gate=True, "
+                      "force_scale='fine' or a fine_budget")
+        message = ('MSViT is training a gate that no gate loss or probe trains (only the task '
+                   f'loss reaches it, and its fine fraction is uncontrolled): {remedy}')
+        warnings.warn(message, stacklevel=3)
+        print_log(message, logger='current', level=logging.WARNING)
 
 
 def gate_loss_and_stats(layout, gate_loss: Optional[nn.Module]) -> dict:
@@ -78,7 +130,7 @@ def check_gate_normalisation(backbone, data_preprocessor) -> None:
 
 
 def attach_cost(results, cost: dict):
-    """Write the per-image cost (:func:`mmseg_msvit.analysis.image_cost`, summed over slide
+    """Write the per-image cost (:func:`mmseg_msvit.models.costs.image_cost`, summed over slide
     windows) into each prediction's metainfo (read by ``ComplexityMetric``):
     ``msvit_backbone_macs``, ``msvit_fine_fraction``, ``msvit_num_tokens``, ``msvit_forwards``,
     and ``msvit_fine_mask`` ((Hc, Wc) bool on the CPU) when the cost has the decisions of one
@@ -149,8 +201,7 @@ class GateProbe(nn.Module):
                  loss_name: str = 'loss_gate_probe') -> None:
         super().__init__()
         for key, value in (('num_images', num_images), ('regions_per_image', regions_per_image)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f'GateProbe: {key} must be an int >= 1, got {value!r}')
+            check_positive_int('GateProbe', key, value, expected='an int >= 1')
         self.num_images = num_images
         self.regions_per_image = regions_per_image
         self.loss_weight = float(loss_weight)
@@ -202,5 +253,5 @@ def summed_losses(losses: dict) -> torch.Tensor:
 __all__ = [
     'build_gate_loss', 'build_gate_probe', 'gate_loss_and_stats', 'current_target',
     'input_normalisation', 'check_gate_normalisation', 'attach_cost', 'probe_labels',
-    'frozen_batch_norm', 'GateProbe', 'summed_losses'
+    'frozen_batch_norm', 'GateProbe', 'summed_losses', 'UntrainedGateWarning'
 ]

@@ -1,6 +1,5 @@
 """The mixed-scale gate: one logit per coarse region, read from that region's pixels alone."""
 import math
-import numbers
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -9,6 +8,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
+from .arguments import check_positive_int, check_positive_ints
 from .tokenizer import coarsen, regions_to_rows
 
 
@@ -57,20 +57,10 @@ class MixedScaleGate(BaseModule):
                  fine_patch_size: int = 16,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        def is_positive_int(value) -> bool:
-            return isinstance(value, numbers.Integral) and not isinstance(value, bool) and \
-                value >= 1
-
-        if not is_positive_int(coarse_patch_size):
-            raise ValueError(f'MixedScaleGate: coarse_patch_size must be >= 1 (an int), got '
-                             f'{coarse_patch_size!r}')
-        if not is_positive_int(in_channels):
-            raise ValueError(f'MixedScaleGate: in_channels must be an int >= 1, got '
-                             f'{in_channels!r}')
-        if isinstance(hidden_dims, (str, bytes)) or not isinstance(hidden_dims, Sequence) or \
-                not all(is_positive_int(width) for width in hidden_dims):
-            raise ValueError('MixedScaleGate: hidden_dims must be a sequence of positive ints '
-                             f'(the MLP hidden widths), got {hidden_dims!r}')
+        check_positive_int('MixedScaleGate', 'coarse_patch_size', coarse_patch_size,
+                           expected='>= 1 (an int)')
+        check_positive_int('MixedScaleGate', 'in_channels', in_channels, expected='an int >= 1')
+        hidden_dims = check_positive_ints('MixedScaleGate', 'hidden_dims', hidden_dims)
         if temperature <= 0:
             raise ValueError(f'MixedScaleGate: temperature must be > 0, got {temperature}')
         if init_fine_fraction is not None and not 0 < init_fine_fraction < 1:
@@ -214,15 +204,13 @@ class ContentGate(BaseModule):
         in_channels (int): Default: 3.
         eps (float): added before the log. Default: 1e-6.
     """
-    hidden_dims: Tuple[int, ...] = ()
 
     def __init__(self, coarse_patch_size: int = 32, fine_patch_size: int = 16,
                  in_channels: int = 3, eps: float = 1e-6, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         for name, value in (('coarse_patch_size', coarse_patch_size),
                             ('fine_patch_size', fine_patch_size), ('in_channels', in_channels)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f'ContentGate: {name} must be a positive int, got {value!r}')
+            check_positive_int('ContentGate', name, value)
         if coarse_patch_size % fine_patch_size:
             raise ValueError(f'ContentGate: fine_patch_size={fine_patch_size} must divide '
                              f'coarse_patch_size={coarse_patch_size}')
@@ -230,7 +218,6 @@ class ContentGate(BaseModule):
         self.ratio = coarse_patch_size // fine_patch_size
         self.in_channels = in_channels
         self.eps = eps
-        self.temperature = 1.0
 
     @property
     def macs_per_region(self) -> int:
@@ -267,18 +254,14 @@ class RandomGate(BaseModule):
         coarse_patch_size (int): S_c. Default: 32.
         in_channels (int): Default: 3.
     """
-    hidden_dims: Tuple[int, ...] = ()
     macs_per_region = 0
 
     def __init__(self, coarse_patch_size: int = 32, in_channels: int = 3, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
-        for name, value in (('coarse_patch_size', coarse_patch_size),
-                            ('in_channels', in_channels)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f'RandomGate: {name} must be a positive int, got {value!r}')
+        check_positive_int('RandomGate', 'coarse_patch_size', coarse_patch_size)
+        check_positive_int('RandomGate', 'in_channels', in_channels)
         self.coarse_patch_size = coarse_patch_size
         self.in_channels = in_channels
-        self.temperature = 1.0
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         """(B, Hc, Wc) random logits for an image whose sides are multiples of the coarse size."""

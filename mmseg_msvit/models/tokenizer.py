@@ -12,14 +12,14 @@ mode), they are packed into one sequence (:mod:`mmseg_msvit.models.packed`: no p
 attention within each image), or, with ``pack=False``, padded to the longest sequence with a
 key-padding mask. There is no Python loop over images or tokens.
 """
-from contextlib import contextmanager
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .packed import PackedSequences, pack_lengths
+from .policy import ScaleDecision
 
 
 def regions_to_rows(img: torch.Tensor, region_size: int) -> torch.Tensor:
@@ -39,21 +39,7 @@ def regions_to_rows(img: torch.Tensor, region_size: int) -> torch.Tensor:
     return regions.permute(0, 2, 4, 1, 3, 5).reshape(batch, rows, cols, -1)
 
 
-_FREEZE_ALLOWED = []
-
-
-@contextmanager
-def frozen_token_count_allowed():
-    """Within this context threshold mode may be traced: for analysing ONE given forward (e.g.
-    mmengine's op counter), where freezing that forward's token count is the point."""
-    _FREEZE_ALLOWED.append(True)
-    try:
-        yield
-    finally:
-        _FREEZE_ALLOWED.pop()
-
-
-def _is_exporting() -> bool:
+def is_exporting() -> bool:
     """True inside torch.export (and the ONNX dynamo exporter built on it)."""
     compiler = getattr(torch, 'compiler', None)
     return bool(compiler is not None and hasattr(compiler, 'is_exporting')
@@ -90,6 +76,8 @@ class MixedScaleLayout(NamedTuple):
         packed (PackedSequences | None): set when the tokens of the batch are packed into one
             sequence (each image's CLS token at ``packed.starts``, its patch tokens after it in
             ``cell_to_token`` order); None for a (B, 1 + L, D) batch.
+        gate_macs_per_region (int | None): MACs per region of the gate that ran (it may be a
+            gate the policy substituted); None: the backbone's own gate.
     """
     fine_mask: torch.Tensor
     cell_to_token: torch.Tensor
@@ -99,6 +87,7 @@ class MixedScaleLayout(NamedTuple):
     out_size: Tuple[int, int]
     gate_logits: Optional[torch.Tensor] = None
     packed: Optional[PackedSequences] = None
+    gate_macs_per_region: Optional[int] = None
 
     @property
     def num_regions(self) -> int:
@@ -171,47 +160,44 @@ class MixedScaleTokenizer(nn.Module):
 
     def forward(self,
                 img: torch.Tensor,
-                fine_mask: torch.Tensor,
+                decision: Union[ScaleDecision, torch.Tensor],
                 patch_embed: nn.Module,
                 pos_grid: torch.Tensor,
                 cls_token: torch.Tensor,
                 cls_pos: torch.Tensor,
-                fine_value: Optional[torch.Tensor] = None,
                 out_size: Optional[Tuple[int, int]] = None,
-                gate_logits: Optional[torch.Tensor] = None,
-                num_tokens: Optional[int] = None,
                 pack: bool = True,
                 coarse_embed: Optional[nn.Module] = None) -> MixedScaleTokens:
         """Tokenize a batch.
 
         Args:
             img (Tensor): (B, C, H, W), H and W multiples of S_c.
-            fine_mask (Tensor): (B, H/S_c, W/S_c) bool, True = fine.
+            decision (ScaleDecision | Tensor): the decisions
+                (:class:`~mmseg_msvit.models.policy.ScaleDecision`: mask, straight-through value,
+                gate logits, token counts), or a (B, H/S_c, W/S_c) bool mask (True = fine).
             patch_embed (nn.Module): timm ``PatchEmbed`` (its ``proj`` conv has kernel = stride =
                 S_f; it is applied as the equivalent linear map to the gathered patches only).
             pos_grid (Tensor): (1, D, H/S_f, W/S_f) fine position embeddings for this input size.
             cls_token (Tensor): (1, 1, D). cls_pos (Tensor): (1, 1, D).
-            fine_value (Tensor, optional): (B, Hc, Wc) gate value whose forward value equals
-                ``fine_mask``; when it requires grad, fine tokens are multiplied by it and coarse
-                tokens by ``1 - fine_value`` so the task loss reaches the gate.
             out_size (tuple, optional): (H_out, W_out) fine cells of the unpadded input.
-            gate_logits (Tensor, optional): the gate's logits, carried in the layout.
-            num_tokens (int, optional): the patch tokens of EVERY image, when the caller knows
-                it from shapes (budget mode, forced scale): no padding, no host read of the
-                longest length, static shapes for torch.export / ONNX.
             pack (bool): when the images need different numbers of tokens, pack them into one
                 sequence (True, default) instead of padding to the longest (False).
             coarse_embed (nn.Module, optional): a
                 :class:`~mmseg_msvit.models.coarse_embed.CoarseTokenEmbed` whose output is added
                 to every coarse token (computed for the active coarse tokens only).
 
-        Host reads: in threshold mode ONE, the token count of every image (``counts.tolist()``):
-        the shapes of the packed or padded batch depend on it, so it cannot be avoided there.
-        With ``num_tokens`` (budget mode, forced scale) none.
+        The decision's ``fine_value``, when it requires grad, multiplies fine tokens (and
+        ``1 - fine_value`` coarse ones) so the task loss reaches the gate. Its
+        ``static_num_tokens`` (budget mode, forced scale): no padding, no host read, static
+        shapes for torch.export / ONNX. Otherwise ONE host read, the token count of every image
+        (``num_tokens.tolist()``): the shapes of the packed or padded batch depend on it.
 
         Returns:
             MixedScaleTokens
         """
+        if not isinstance(decision, ScaleDecision):  # a bare mask: the caller's decisions
+            decision = ScaleDecision.from_mask(decision, self.ratio**2)
+        fine_mask, fine_value = decision.fine_mask, decision.fine_value
         batch = img.shape[0]
         fine_rows, fine_cols = img.shape[-2] // self.fine_patch_size, \
             img.shape[-1] // self.fine_patch_size
@@ -226,16 +212,10 @@ class MixedScaleTokenizer(nn.Module):
         coarse_active = ~fine_mask.flatten(1)  # (B, Nc)
         fine_active = fine_mask.flatten(1)[:, region_of_cell]  # (B, Nf)
         active = torch.cat([coarse_active, fine_active], dim=1)  # (B, M)
-        counts = active.sum(1)
+        counts = decision.num_tokens
         lengths = None
-        if num_tokens is not None:
-            length = int(num_tokens)  # static: every image has this many tokens
-        elif (torch.jit.is_tracing() or _is_exporting()) and not _FREEZE_ALLOWED:
-            raise RuntimeError(
-                'MSViT: in threshold mode the token count depends on the image, so '
-                'torch.jit.trace / torch.export would freeze one image\'s count and give wrong '
-                'results on others. Use budget mode for static shapes: set '
-                'model.backbone.fine_budget (e.g. 0.5), or force_scale.')
+        if decision.static_num_tokens is not None:
+            length = int(decision.static_num_tokens)  # every image has this many tokens
         else:
             lengths = counts.tolist()  # the one host read of threshold mode
             length = max(lengths)
@@ -288,8 +268,10 @@ class MixedScaleTokenizer(nn.Module):
             num_tokens=counts,
             fine_grid=(fine_rows, fine_cols),
             out_size=out_size or (fine_rows, fine_cols),
-            gate_logits=gate_logits,
-            packed=packed)
+            gate_logits=decision.gate_logits,
+            packed=packed,
+            gate_macs_per_region=decision.gate_macs_per_region
+            if decision.gate_logits is not None else None)
         return MixedScaleTokens(tokens, attn_mask, layout)
 
     @staticmethod

@@ -6,9 +6,10 @@
         [--cfg-options ...]
 
 Threshold mode (adaptive per image) moves few regions once GBaS has made the gate decisive;
-budget mode (``MSViT.fine_budget``: exactly that share of regions fine in every image, the
-gate's highest scores) spans the whole range from one checkpoint. For each setting the whole
-validation set is evaluated (mIoU, mean backbone GMACs per image, fine fraction, images/s).
+budget mode (exactly that share of regions fine in every image, the gate's highest scores)
+spans the whole range from one checkpoint. Each setting is a scale policy passed to every
+``predict`` of its evaluation (``ScalePolicy``; the model is not changed), over the whole
+validation set (mIoU, mean backbone GMACs per image, fine fraction, images/s).
 Extra config/checkpoint pairs (the dense baseline, a lower-resolution baseline, ...) are
 evaluated once and drawn as points. Writes tradeoff.csv, tradeoff.json and tradeoff.png (both
 curves + baselines on one plot) to --out-dir.
@@ -90,14 +91,25 @@ def build_runner(config, checkpoint, cfg_options, work_dir):
 
 
 def evaluate(runner, label, threshold=None, budget=None):
-    backbone = runner.model.backbone
+    """One pass of the test set (mmengine's test loop, step by step) with the scale policy of
+    this setting passed to every ``predict``; the model itself is never changed."""
+    import torch
+    model = runner.model
+    policy = model.backbone.policy
     if threshold is not None:
-        backbone.gate_threshold = threshold
-    if threshold is not None or budget is not None:
-        backbone.fine_budget = budget
-    num_images = len(runner.test_dataloader.dataset)
+        policy = policy.replace(threshold=threshold, budget=None, train_budget_range=None)
+    elif budget is not None:
+        policy = policy.replace(budget=budget)
+    loader, evaluator = runner.test_dataloader, runner.test_loop.evaluator
+    num_images = len(loader.dataset)
+    model.eval()
     start = time.perf_counter()
-    metrics = runner.test_loop.run()
+    with torch.no_grad():
+        for batch in loader:
+            data = model.data_preprocessor(batch, False)
+            outputs = model.predict(data['inputs'], data['data_samples'], policy=policy)
+            evaluator.process(data_samples=outputs, data_batch=batch)
+    metrics = evaluator.evaluate(num_images)
     seconds = time.perf_counter() - start
     return dict(label=label, threshold=threshold, budget=budget, mIoU=float(metrics['mIoU']),
                 backbone_gmacs=float(metrics['complexity/backbone_gmacs']),

@@ -77,6 +77,7 @@ def print_parameters(model) -> dict:
 def count_shape(model, shape) -> dict:
     """Backbone cost of one ``shape`` input: dense, all coarse, the budget (budget mode)."""
     from mmseg_msvit.analysis import backbone_macs, count_macs_with_mmengine
+    from mmseg_msvit.models import ScalePolicy
     backbone = model.backbone
     img = torch.zeros(1, 3, *shape)
     padded, _ = backbone.pad_input(img)
@@ -90,11 +91,12 @@ def count_shape(model, shape) -> dict:
         # the budget's cost is the same for every image: count it on a random one
         rows[f'budget {backbone.fine_budget}'] = float(backbone_macs(backbone,
                                                                      torch.randn_like(img))[0])
-    dense = [f.to_dense() for f in backbone(img, fine_mask=all_fine)]
+    dense = [f.to_dense() for f in backbone(img, ScalePolicy.forced('fine'))]
     head = decode_macs(model, dense)
     # the same dense forward (decisions given: the gate does not run) through mmengine's counter
     mmengine_count = count_macs_with_mmengine(
-        backbone, (img, all_fine), to_tensors=lambda feats: tuple(f.tokens for f in feats))
+        backbone, (img, ), to_tensors=lambda feats: tuple(f.tokens for f in feats),
+        policy=ScalePolicy.given(all_fine))
     print(f'[flops] input {shape[0]}x{shape[1]} (padded to {padded.shape[-2]}x'
           f'{padded.shape[-1]}), {grid[0] * grid[1]} regions')
     for name, macs in rows.items():

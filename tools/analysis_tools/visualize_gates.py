@@ -134,7 +134,7 @@ def test_set_pictures(args, model, cfg, model_loader):
             # every window that contains the region on the same 32 px grid
             inputs = model.data_preprocessor(batch, False)['inputs']
             padded, _ = model.backbone.pad_input(inputs)
-            fine_mask = model.backbone.decide_scales(padded)[0][0].cpu().numpy()
+            fine_mask = model.backbone.decide_scales(padded).fine_mask[0].cpu().numpy()
         image = batch['inputs'][0].permute(1, 2, 0).numpy()[..., ::-1]  # BGR -> RGB
         height, width = image.shape[:2]
         pred = resized(result.pred_sem_seg.data[0].cpu().numpy(), (height, width))
@@ -206,16 +206,17 @@ def main(argv=None):
     cfg = load_config(args.config, args.cfg_options)
     if args.fine_budget is not None:
         cfg.model.backbone.fine_budget = args.fine_budget
+    if args.threshold is not None:
+        budget = cfg.model.backbone.get('fine_budget')
+        if budget is not None:
+            raise ValueError(f'--threshold {args.threshold:g} has no effect: the model is in '
+                             f'budget mode (model.backbone.fine_budget={budget:g} keeps that '
+                             'share of regions fine); drop --threshold, use --fine-budget, or '
+                             'add --cfg-options model.backbone.fine_budget=None for threshold '
+                             'mode')
+        cfg.model.backbone.gate_threshold = args.threshold  # the model's policy, from its config
     model, loader = build_eval_model(cfg, args.checkpoint,
                                      () if args.images is not None else ('test_dataloader', ))
-    if args.threshold is not None:
-        if model.backbone.fine_budget is not None:
-            raise ValueError(f'--threshold {args.threshold:g} has no effect: the model is in '
-                             f'budget mode (model.backbone.fine_budget='
-                             f'{model.backbone.fine_budget:g} keeps that share of regions '
-                             'fine); drop --threshold, use --fine-budget, or add --cfg-options '
-                             'model.backbone.fine_budget=None for threshold mode')
-        model.backbone.gate_threshold = args.threshold
     os.makedirs(args.out_dir, exist_ok=True)
     pictures = own_image_pictures if args.images is not None else test_set_pictures
     panels, fractions, alignment = pictures(args, model, cfg, loader)

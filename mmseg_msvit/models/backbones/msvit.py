@@ -8,8 +8,6 @@ on the module. Parameter names are timm's (``cls_token``, ``pos_embed``, ``patch
 """
 import inspect
 import logging
-import warnings
-import math
 from functools import partial
 from typing import Optional, Sequence, Tuple, Union
 
@@ -22,17 +20,47 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..arguments import (check_fine_budget, check_gate_threshold, check_out_indices,
-                         check_positive_int, check_positive_real, check_rate, check_size_pair,
-                         is_int, is_real, translate_mmseg_vit_args)
+from ..arguments import ARCH_ZOO, check_msvit_args, translate_mmseg_vit_args
 from ..builder import build_component
 from ..coarse_embed import CoarseTokenEmbed
 from ..features import MixedScaleFeatures
+from ..gate_training import UntrainedGateWarning
 from ..gates import MixedScaleGate, budget_decisions
 from ..packed import check_packable, packed_block_forward
-from ..tokenizer import MixedScaleTokenizer, MixedScaleTokens
+from ..policy import ScaleDecision, ScalePolicy
+from ..tokenizer import MixedScaleTokenizer, MixedScaleTokens, is_exporting
+
+
+def gate_config(gate: Optional[dict], fine_patch_size: int, coarse_patch_size: int,
+                in_channels: int) -> dict:
+    """The gate's config with the backbone's patch sizes and channels filled in.
+
+    ``--cfg-options model.backbone.gate.type=ContentGate`` merges into the configured
+    MixedScaleGate dict: that gate's own options are left over, not meant for the new one, and
+    are dropped with a warning naming them.
+    """
+    cfg = dict(type='MixedScaleGate') if gate is None else dict(gate)
+    cfg.setdefault('coarse_patch_size', coarse_patch_size)
+    cfg.setdefault('in_channels', in_channels)
+    gate_class = MODELS.get(cfg['type']) if isinstance(cfg['type'], str) else cfg['type']
+    if gate_class is not None:
+        accepted = inspect.signature(gate_class.__init__).parameters
+        if 'fine_patch_size' in accepted:
+            cfg.setdefault('fine_patch_size', fine_patch_size)
+        if gate_class is not MixedScaleGate:
+            leftovers = sorted(k for k in cfg if k != 'type' and k not in accepted and
+                               k in inspect.signature(MixedScaleGate.__init__).parameters)
+            if leftovers:
+                print_log(f'MSViT: gate {gate_class.__name__} ignores {leftovers} (options of '
+                          'MixedScaleGate left by the config merge)', logger='current',
+                          level=logging.WARNING)
+                for key in leftovers:
+                    cfg.pop(key)
+    if cfg['coarse_patch_size'] != coarse_patch_size:
+        raise ValueError(f"MSViT: gate coarse_patch_size={cfg['coarse_patch_size']} "
+                         f'differs from the backbone coarse_patch_size={coarse_patch_size}')
+    return cfg
 
 
 @MODELS.register_module()
@@ -69,13 +97,17 @@ class MSViT(BaseModule):
             backbone has no ``norm`` parameters (a checkpoint's ``norm.*`` are then unexpected
             keys). Default: True.
         with_cp (bool): gradient checkpointing of the blocks in training. Default: False.
-        norm_eval (bool): keep BatchNorm layers (if any) in eval mode. Default: False.
         frozen_stages (int): -1 = nothing frozen; 0 = patch embedding, position embedding and
             CLS frozen; k > 0 additionally blocks 0..k-1. Default: -1.
         force_scale (str, optional): None (the gate decides), 'fine' (every region fine: exactly
             a plain ViT/S_f, the gate is not run) or 'coarse' (every region coarse). When set,
             the gate's parameters are frozen (they receive no gradient) but stay in the model,
             so checkpoints move between gated and forced configs.
+
+            ``force_scale``, ``gate_threshold``, ``fine_budget`` and ``train_budget_range``
+            make the model's own scale policy (:attr:`policy`, a
+            :class:`~mmseg_msvit.models.policy.ScalePolicy`); a call passes another with
+            ``forward(img, policy)``.
         gate (dict): config of the gate. Default: ``dict(type='MixedScaleGate')``.
         gate_threshold (float): eval threshold in [0, 1] on the gate probability; may be changed
             after building (``model.backbone.gate_threshold = 0.7``, checked). Default: 0.5.
@@ -123,20 +155,15 @@ class MSViT(BaseModule):
             ``VisionTransformer`` default is False. Default: True.
         **mmseg_vit_args: mmseg ``VisionTransformer`` names, accepted where they map one to one
             (``patch_size``, ``num_layers``, ``norm_cfg``, ``act_cfg``, and ``with_cls_token``,
-            ``output_cls_token``, ``patch_norm``, ``pre_norm``, ``interpolate_mode`` at the
-            values MSViT implements; :func:`mmseg_msvit.models.arguments.
-            translate_mmseg_vit_args`).
+            ``output_cls_token``, ``patch_norm``, ``pre_norm``, ``interpolate_mode``,
+            ``norm_eval`` (False: MSViT has no BatchNorm) at the values MSViT implements;
+            :func:`mmseg_msvit.models.arguments.translate_mmseg_vit_args`).
 
     Outputs:
         tuple[MixedScaleFeatures]: one per ``out_indices``, sharing one layout (decisions, gate
         logits, token counts); ``.to_dense()`` gives (B, D, H/16, W/16).
     """
-    arch_zoo = {
-        'tiny': dict(embed_dims=192, depth=12, num_heads=3),
-        'small': dict(embed_dims=384, depth=12, num_heads=6),
-        'base': dict(embed_dims=768, depth=12, num_heads=12),
-        'large': dict(embed_dims=1024, depth=24, num_heads=16),
-    }
+    arch_zoo = ARCH_ZOO
     num_prefix_tokens = 1
 
     def __init__(self,
@@ -156,7 +183,6 @@ class MSViT(BaseModule):
                  out_indices: Union[int, Sequence[int]] = -1,
                  final_norm: bool = True,
                  with_cp: bool = False,
-                 norm_eval: bool = False,
                  frozen_stages: int = -1,
                  force_scale: Optional[str] = None,
                  gate: Optional[dict] = None,
@@ -185,200 +211,113 @@ class MSViT(BaseModule):
                 raise ValueError('MSViT: give either pretrained or init_cfg, not both')
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
-        settings = self._arch_settings(arch, embed_dims=embed_dims, depth=depth,
-                                       num_heads=num_heads)
-        self.embed_dims, self.depth, self.num_heads = (settings['embed_dims'], settings['depth'],
-                                                       settings['num_heads'])
-        self.fine_patch_size = check_positive_int('MSViT', 'fine_patch_size', fine_patch_size)
-        self.coarse_patch_size = check_positive_int('MSViT', 'coarse_patch_size',
-                                                    coarse_patch_size)
-        self.in_channels = check_positive_int('MSViT', 'in_channels', in_channels)
-        self.mlp_ratio = check_positive_real('MSViT', 'mlp_ratio', mlp_ratio)
-        for name, value in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
-                            ('drop_path_rate', drop_path_rate)):
-            check_rate('MSViT', name, value)
-        if not is_int(frozen_stages) or not -1 <= frozen_stages <= self.depth:
-            raise ValueError(f'MSViT: frozen_stages must be an int in -1..{self.depth} (-1: '
-                             f'nothing frozen, depth={self.depth}: every block), got '
-                             f'{frozen_stages!r}')
-        if self.embed_dims % self.num_heads != 0:
-            raise ValueError(f'MSViT: embed_dims={self.embed_dims} is not divisible by '
-                             f'num_heads={self.num_heads}')
-        if coarse_patch_size % fine_patch_size != 0 or coarse_patch_size <= fine_patch_size:
-            raise ValueError('MSViT: coarse_patch_size must be a multiple (> 1x) of '
-                             f'fine_patch_size, got coarse_patch_size={coarse_patch_size}, '
-                             f'fine_patch_size={fine_patch_size}')
-        if force_scale not in (None, 'fine', 'coarse'):
-            raise ValueError(f"MSViT: force_scale must be None, 'fine' or 'coarse', got "
-                             f'{force_scale!r}')
-        self.img_size = check_size_pair('MSViT', 'img_size', img_size)
-        if self.img_size[0] % coarse_patch_size or self.img_size[1] % coarse_patch_size:
-            raise ValueError(f'MSViT: img_size={self.img_size} must be a multiple of '
-                             f'coarse_patch_size={coarse_patch_size}')
-        if gate_init is not None and 'checkpoint' not in gate_init:
-            raise ValueError(f'MSViT: gate_init needs a checkpoint, got {gate_init}')
-        self.out_indices = check_out_indices('MSViT', out_indices, self.depth)
-        self.force_scale = force_scale
-        self.gate_threshold = gate_threshold  # checked by the property's setter
-        self.fine_budget = fine_budget  # checked by the property's setter
-        if train_budget_range is not None:
-            low_high = tuple(train_budget_range) if isinstance(train_budget_range,
-                                                               (list, tuple)) else ()
-            if len(low_high) != 2 or fine_budget is None or not all(
-                    is_real(v) and 0 < v <= 1 for v in low_high) or low_high[0] > low_high[1]:
-                raise ValueError('MSViT: train_budget_range must be (low, high) with 0 < low <= '
-                                 'high <= 1, and needs a fine_budget (the evaluation budget), '
-                                 f'got train_budget_range={train_budget_range!r}, '
-                                 f'fine_budget={fine_budget!r}')
-            train_budget_range = (float(low_high[0]), float(low_high[1]))
-        self.train_budget_range = train_budget_range
+        args = check_msvit_args(
+            arch=arch, embed_dims=embed_dims, depth=depth, num_heads=num_heads,
+            img_size=img_size, fine_patch_size=fine_patch_size,
+            coarse_patch_size=coarse_patch_size, in_channels=in_channels, mlp_ratio=mlp_ratio,
+            drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            out_indices=out_indices, frozen_stages=frozen_stages, gate_init=gate_init,
+            norm_eps=norm_eps, patch_bias=patch_bias, token_packing=token_packing,
+            coarse_detail=coarse_detail, coarse_scale_embed=coarse_scale_embed)
+        for name in ('embed_dims', 'depth', 'num_heads', 'fine_patch_size', 'coarse_patch_size',
+                     'in_channels', 'mlp_ratio', 'img_size', 'out_indices', 'frozen_stages',
+                     'gate_init', 'norm_eps', 'patch_bias', 'token_packing'):
+            setattr(self, name, args[name])
+        #: the scale policy a forward uses when its call gives none (the config's); immutable,
+        #: replaced as a whole by the ``force_scale`` / ``fine_budget`` / ``gate_threshold``
+        #: setters
+        self.policy = ScalePolicy(force_scale=force_scale, threshold=gate_threshold,
+                                  budget=fine_budget, train_budget_range=train_budget_range)
         self.final_norm = final_norm
         self.with_cp = with_cp
-        if not isinstance(token_packing, bool):
-            raise ValueError(f'MSViT: token_packing must be True or False, got '
-                             f'{token_packing!r}')
-        self.token_packing = token_packing
-        self.norm_eval = norm_eval
-        self.frozen_stages = frozen_stages
-        self.freeze_gate = freeze_gate or bool((gate_init or {}).get('freeze', False))
-        self.gate_init = gate_init
+        # gate_init's freeze is the config's short way of saying freeze_gate: one flag
+        self.freeze_gate = bool(freeze_gate) or bool((gate_init or {}).get('freeze', False))
+        fine, coarse, dims = self.fine_patch_size, self.coarse_patch_size, self.embed_dims
 
         # --- parameters, named as timm's VisionTransformer ---
-        self.patch_embed = PatchEmbed(
-            img_size=self.img_size, patch_size=fine_patch_size, in_chans=in_channels,
-            embed_dim=self.embed_dims, strict_img_size=False)
-        self.pos_grid_size = (self.img_size[0] // fine_patch_size,
-                              self.img_size[1] // fine_patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, self.num_prefix_tokens + self.pos_grid_size[0] *
-                        self.pos_grid_size[1], self.embed_dims))
-        self.pos_drop = nn.Dropout(p=drop_rate)
-        self.norm_eps = check_positive_real('MSViT', 'norm_eps', norm_eps)
-        if not isinstance(patch_bias, bool):
-            raise ValueError(f'MSViT: patch_bias must be True or False, got {patch_bias!r}')
-        self.patch_bias = patch_bias
+        self.patch_embed = PatchEmbed(img_size=self.img_size, patch_size=fine,
+                                      in_chans=self.in_channels, embed_dim=dims,
+                                      strict_img_size=False)
         if not patch_bias:  # mmseg's VisionTransformer default: no patch-embedding bias
             self.patch_embed.proj.bias = None
-        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
-        drop_path = [x.item() for x in torch.linspace(0, drop_path_rate, self.depth)]
+        self.pos_grid_size = (self.img_size[0] // fine, self.img_size[1] // fine)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dims))
+        self.pos_embed = nn.Parameter(torch.zeros(
+            1, self.num_prefix_tokens + self.pos_grid_size[0] * self.pos_grid_size[1], dims))
+        self.pos_drop = nn.Dropout(p=args['drop_rate'])
+        norm_layer = partial(nn.LayerNorm, eps=self.norm_eps)
+        drop_path = [x.item() for x in torch.linspace(0, args['drop_path_rate'], self.depth)]
         self.blocks = nn.ModuleList([
-            Block(dim=self.embed_dims, num_heads=self.num_heads, mlp_ratio=mlp_ratio,
-                  qkv_bias=qkv_bias, proj_drop=drop_rate, attn_drop=attn_drop_rate,
-                  drop_path=drop_path[i], norm_layer=norm_layer) for i in range(self.depth)
+            Block(dim=dims, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                  qkv_bias=qkv_bias, proj_drop=args['drop_rate'],
+                  attn_drop=args['attn_drop_rate'], drop_path=drop_path[i],
+                  norm_layer=norm_layer) for i in range(self.depth)
         ])
         # no final LayerNorm parameters when they are not used (final_norm=False): a trainable
         # parameter without gradient stops DistributedDataParallel at its second iteration
-        self.norm = norm_layer(self.embed_dims) if final_norm else nn.Identity()
+        self.norm = norm_layer(dims) if final_norm else nn.Identity()
         if token_packing:
             check_packable(self.blocks[0])
-
-        gate_cfg = dict(type='MixedScaleGate') if gate is None else dict(gate)
-        gate_cfg.setdefault('coarse_patch_size', coarse_patch_size)
-        gate_cfg.setdefault('in_channels', in_channels)
-        gate_class = MODELS.get(gate_cfg['type']) if isinstance(gate_cfg['type'], str) else \
-            gate_cfg['type']
-        if gate_class is not None and \
-                'fine_patch_size' in inspect.signature(gate_class.__init__).parameters:
-            gate_cfg.setdefault('fine_patch_size', fine_patch_size)
-        if gate_class is not None and gate_class is not MixedScaleGate:
-            # `--cfg-options model.backbone.gate.type=ContentGate` merges into the configured
-            # MixedScaleGate dict: its own options are left over, not meant for this gate
-            accepted = inspect.signature(gate_class.__init__).parameters
-            leftovers = sorted(k for k in gate_cfg if k != 'type' and k not in accepted and
-                               k in inspect.signature(MixedScaleGate.__init__).parameters)
-            if leftovers:
-                print_log(f'MSViT: gate {gate_class.__name__} ignores {leftovers} (options of '
-                          'MixedScaleGate left by the config merge)', logger='current',
-                          level=logging.WARNING)
-                for key in leftovers:
-                    gate_cfg.pop(key)
-        if gate_cfg['coarse_patch_size'] != coarse_patch_size:
-            raise ValueError(f"MSViT: gate coarse_patch_size={gate_cfg['coarse_patch_size']} "
-                             f'differs from the backbone coarse_patch_size={coarse_patch_size}')
-        self.gate = build_component(gate_cfg)
-        #: set by MSViTEncoderDecoder / MSViTImageClassifier when a gate loss or probe trains
-        #: the gate; a gate trained with neither gets a warning (once)
-        self.gate_trained_by: Optional[str] = None
-        self._warned_untrained_gate = False
-        self.tokenizer = MixedScaleTokenizer(fine_patch_size, coarse_patch_size)
-        for name, value in (('coarse_detail', coarse_detail),
-                            ('coarse_scale_embed', coarse_scale_embed)):
-            if not isinstance(value, bool):
-                raise ValueError(f'MSViT: {name} must be True or False, got {value!r}')
+        self.gate = build_component(gate_config(gate, fine, coarse, self.in_channels))
+        self.tokenizer = MixedScaleTokenizer(fine, coarse)
         self.coarse_embed = CoarseTokenEmbed(
-            self.embed_dims, coarse_patch_size // fine_patch_size,
-            in_channels * fine_patch_size**2, detail=coarse_detail,
+            dims, coarse // fine, self.in_channels * fine**2, detail=coarse_detail,
             scale_embed=coarse_scale_embed) if (coarse_detail or coarse_scale_embed) else None
 
         self._register_load_state_dict_pre_hook(self._resize_pos_embed)
+        # a gate trained by nothing but the task loss is warned about (once); a wrapper that
+        # owns gate losses attaches its own check in place of this one
+        UntrainedGateWarning('MSViT', trained=False).attach(self)
         self._reset_parameters()
         self._freeze()
 
-    @classmethod
-    def _arch_settings(cls, arch, **overrides) -> dict:
-        """embed_dims / depth / num_heads from a preset name or dict, with overrides."""
-        if isinstance(arch, str):
-            if arch not in cls.arch_zoo:
-                raise ValueError(f'MSViT: unknown arch={arch!r}; expected one of '
-                                 f'{sorted(cls.arch_zoo)} or a dict with embed_dims, depth, '
-                                 'num_heads')
-            settings = dict(cls.arch_zoo[arch])
-        elif isinstance(arch, dict):
-            missing = {'embed_dims', 'depth', 'num_heads'} - set(arch)
-            if missing:
-                raise ValueError(f'MSViT: arch dict lacks {sorted(missing)}, got {arch}')
-            settings = dict(arch)
-        else:
-            raise TypeError(f'MSViT: arch must be a str or dict, got {type(arch).__name__}')
-        settings.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ('embed_dims', 'depth', 'num_heads'):
-            check_positive_int('MSViT', name, settings[name])
-        return settings
+    # The config's policy, one field at a time (``model.backbone.fine_budget = 0.3``): each
+    # setter checks the value and replaces the whole immutable policy; a single forward with
+    # another rule passes ``policy=`` instead.
+    @property
+    def force_scale(self) -> Optional[str]:
+        """None (the gate decides), 'fine' or 'coarse': the default policy's forced scale."""
+        return self.policy.force_scale
+
+    @force_scale.setter
+    def force_scale(self, value: Optional[str]) -> None:
+        self.policy = self.policy.replace(force_scale=value)
 
     @property
     def gate_threshold(self) -> float:
         """Eval threshold on the gate probability of FINE, a float in [0, 1]."""
-        return self._gate_threshold
+        return self.policy.threshold
 
     @gate_threshold.setter
     def gate_threshold(self, value: float) -> None:
-        self._gate_threshold = check_gate_threshold(value)
+        self.policy = self.policy.replace(threshold=value)
 
     @property
     def fine_budget(self) -> Optional[float]:
         """Budget mode's fine fraction per image in (0, 1], or None (threshold mode)."""
-        return self._fine_budget
+        return self.policy.budget
 
     @fine_budget.setter
     def fine_budget(self, value: Optional[float]) -> None:
-        self._fine_budget = check_fine_budget(value)
+        # the training range belongs to budget mode: threshold mode drops it
+        self.policy = self.policy.replace(
+            budget=value, train_budget_range=None if value is None else
+            self.policy.train_budget_range)
+
+    @property
+    def train_budget_range(self) -> Optional[Tuple[float, float]]:
+        """The default policy's training budget range (budget mode), or None."""
+        return self.policy.train_budget_range
+
+    @property
+    def tokens_per_fine_region(self) -> int:
+        """Fine tokens that replace one coarse token, (S_c/S_f)^2."""
+        return (self.coarse_patch_size // self.fine_patch_size)**2
 
     def num_fine_regions(self, num_regions: int, budget: Optional[float] = None) -> int:
         """Fine regions per image in budget mode: ``budget`` (default ``fine_budget``) times
         ``num_regions``, rounded half up, and at least one (a budget is > 0)."""
-        budget = self.fine_budget if budget is None else budget
-        return max(1, int(math.floor(budget * num_regions + 0.5)))
-
-    def forward_budget(self) -> Optional[float]:
-        """The budget of this forward: ``fine_budget``, or in training with
-        ``train_budget_range`` a uniform draw from that range (torch's generator)."""
-        if self.training and self.train_budget_range is not None:
-            low, high = self.train_budget_range
-            return low + (high - low) * float(torch.rand(()))
-        return self.fine_budget
-
-    def static_num_tokens(self, grid: Tuple[int, int],
-                          budget: Optional[float] = None) -> Optional[int]:
-        """Patch tokens per image when every image has the same count (budget mode or a forced
-        scale), known from shapes alone; None in threshold mode."""
-        regions = grid[0] * grid[1]
-        per_fine = (self.coarse_patch_size // self.fine_patch_size)**2
-        if self.force_scale is not None:
-            return regions * (per_fine if self.force_scale == 'fine' else 1)
-        if self.fine_budget is not None:
-            return regions + (per_fine - 1) * self.num_fine_regions(regions, budget)
-        return None
+        return self.policy.num_fine_regions(num_regions, budget)
 
     # ------------------------------------------------------------------ weights
     def _reset_parameters(self) -> None:
@@ -439,32 +378,44 @@ class MSViT(BaseModule):
         self._freeze()
         return meta
 
+    def freeze_all_but_gate(self) -> None:
+        """Train the gate alone from now on: every other parameter of the backbone is frozen and
+        its modules stay in eval mode (dropout off) in training (``train_gate_only`` of the
+        segmentor and classifier)."""
+        if self.force_scale is not None or self.freeze_gate or not any(
+                p.requires_grad for p in self.gate.parameters()):
+            raise ValueError('MSViT: training the gate alone needs a gate with trainable '
+                             'parameters (no force_scale, no frozen or parameter-free gate)')
+        self._gate_only = True
+        self._freeze()
+
     def _freeze(self) -> None:
-        if self.frozen_stages >= 0:
-            self.patch_embed.eval()
-            embedding = self.coarse_embed.parameters() if self.coarse_embed is not None else ()
-            for param in (*self.patch_embed.parameters(), *embedding, self.pos_embed,
-                          self.cls_token):
-                param.requires_grad = False
-        for index in range(max(self.frozen_stages, 0)):
-            block = self.blocks[index]
-            block.eval()
-            for param in block.parameters():
-                param.requires_grad = False
+        """The one place that freezes: ``frozen_stages``, the gate (``freeze_gate`` or a forced
+        scale) or everything but the gate (:meth:`freeze_all_but_gate`)."""
+        frozen = []
+        if getattr(self, '_gate_only', False):
+            frozen = [module for name, module in self.named_children() if name != 'gate']
+        elif self.frozen_stages >= 0:
+            frozen = [self.patch_embed, *self.blocks[:self.frozen_stages]]
+            if self.coarse_embed is not None:
+                frozen.append(self.coarse_embed)
+            self.pos_embed.requires_grad = False
+            self.cls_token.requires_grad = False
+        if getattr(self, '_gate_only', False):
+            self.pos_embed.requires_grad = False
+            self.cls_token.requires_grad = False
         if self.freeze_gate or self.force_scale is not None:
             # with the scale forced the gate never runs: nothing trainable may go without
             # gradient (DistributedDataParallel); its weights stay loadable
-            self.gate.eval()
-            for param in self.gate.parameters():
+            frozen.append(self.gate)
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
                 param.requires_grad = False
 
     def train(self, mode: bool = True):
         super().train(mode)
         self._freeze()
-        if mode and self.norm_eval:
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
         return self
 
     # ------------------------------------------------------------------ forward stages
@@ -515,93 +466,74 @@ class MSViT(BaseModule):
         out_size = (-(-height // self.fine_patch_size), -(-width // self.fine_patch_size))
         return img, out_size
 
-    def all_fine_mask(self, img: torch.Tensor) -> torch.Tensor:
-        """(B, Hc, Wc) all-True decisions for ``img`` (its regions after padding): the dense
-        forward, for a caller that gives the decisions (teacher passes, cost counting)."""
-        rows = -(-img.shape[-2] // self.coarse_patch_size)
-        cols = -(-img.shape[-1] // self.coarse_patch_size)
-        return torch.ones((img.shape[0], rows, cols), dtype=torch.bool, device=img.device)
+    def decide_scales(self, img: torch.Tensor,
+                      policy: Optional[ScalePolicy] = None) -> ScaleDecision:
+        """Decide every region of a padded input under ``policy`` (default :attr:`policy`).
 
-    def decide_scales(self,
-                      img: torch.Tensor,
-                      fine_mask: Optional[torch.Tensor] = None,
-                      fine_value: Optional[torch.Tensor] = None,
-                      budget: Optional[float] = None
-                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Decide every region of a padded input.
-
-        Precedence: an explicit ``fine_mask`` (with an optional straight-through ``fine_value``),
-        then ``force_scale``, then the gate: its top ``budget`` (default ``fine_budget``) share
-        of regions per image in budget mode, else its threshold.
+        Precedence (:class:`~mmseg_msvit.models.policy.ScalePolicy`): given decisions, a forced
+        scale, then the gate (the policy's, else the backbone's): its top share of regions per
+        image in budget mode, else its threshold.
 
         Returns:
-            tuple: ``fine_mask`` (B, Hc, Wc) bool; ``fine_value`` (float, the straight-through
-            gate value, or None); ``gate_logits`` (None when the gate did not run).
+            ScaleDecision: mask, straight-through value, gate logits and token counts.
         """
+        policy = self.policy if policy is None else policy
+        if not isinstance(policy, ScalePolicy):
+            raise TypeError('MSViT: policy must be a ScalePolicy (mmseg_msvit.models.'
+                            f'ScalePolicy), got {type(policy).__name__}')
         batch = img.shape[0]
         grid = (img.shape[-2] // self.coarse_patch_size, img.shape[-1] // self.coarse_patch_size)
-        if fine_mask is not None:
-            if not isinstance(fine_mask, torch.Tensor) or fine_mask.dtype != torch.bool:
-                kind = fine_mask.dtype if isinstance(fine_mask, torch.Tensor) else \
-                    type(fine_mask).__name__
-                raise ValueError(f'MSViT: fine_mask must be a bool tensor (True = fine), got '
-                                 f'{kind}; pass e.g. `mask > 0.5` rather than a float or int '
-                                 'mask')
-            if tuple(fine_mask.shape) != (batch, *grid):
+        regions, per_fine = grid[0] * grid[1], self.tokens_per_fine_region
+        mode = policy.mode
+        if mode == 'given':
+            if tuple(policy.fine_mask.shape) != (batch, *grid):
                 raise ValueError(f'MSViT: fine_mask must be (B, Hc, Wc) = {(batch, *grid)} for '
-                                 f'this input, got {tuple(fine_mask.shape)}')
-            if fine_value is not None and fine_value.shape != fine_mask.shape:
-                raise ValueError('MSViT: fine_value needs a fine_mask of the same shape, got '
-                                 f'fine_value {tuple(fine_value.shape)} and fine_mask '
-                                 f'{tuple(fine_mask.shape)}')
-            value = None if fine_value is None else fine_value.to(img.device)
-            return fine_mask.to(device=img.device), value, None
-        if fine_value is not None:
-            raise ValueError('MSViT: fine_value needs a fine_mask of the same shape, got '
-                             f'fine_value {tuple(fine_value.shape)} and no fine_mask')
-        if self.force_scale is not None:
-            make = torch.ones if self.force_scale == 'fine' else torch.zeros
-            return make((batch, *grid), dtype=torch.bool, device=img.device), None, None
-        logits = self.gate(img)
-        if self.fine_budget is not None:
-            fine_mask, value = budget_decisions(logits,
-                                                self.num_fine_regions(grid[0] * grid[1], budget),
-                                                self.training and any(
-                                                    p.requires_grad
-                                                    for p in self.gate.parameters()),
-                                                getattr(self.gate, 'temperature', 1.0))
+                                 f'this input, got {tuple(policy.fine_mask.shape)}')
+            value = None if policy.fine_value is None else policy.fine_value.to(img.device)
+            decision = ScaleDecision.from_mask(policy.fine_mask.to(device=img.device), per_fine,
+                                               value)
+        elif mode == 'forced':
+            make = torch.ones if policy.force_scale == 'fine' else torch.zeros
+            decision = ScaleDecision.from_mask(
+                make((batch, *grid), dtype=torch.bool, device=img.device), per_fine,
+                static_num_tokens=policy.static_num_tokens(regions, per_fine))
         else:
-            fine_mask, value = self.gate.decide(logits, self.gate_threshold)
-        return fine_mask, value, logits
-
-    def _warn_untrained_gate(self) -> None:
-        if self._warned_untrained_gate or not any(p.requires_grad for p in
-                                                  self.gate.parameters()):
-            return
-        self._warned_untrained_gate = True
-        message = ('MSViT is training a gate that no gate loss or probe trains (only the task '
-                   "loss reaches it, and its fine fraction is uncontrolled): use "
-                   "model.type='MSViTEncoderDecoder' (or 'MSViTImageClassifier') with "
-                   "gate_loss=dict(type='GBaSLoss', target=...), or set freeze_gate=True, "
-                   "force_scale='fine' or a fine_budget")
-        warnings.warn(message, stacklevel=3)
-        print_log(message, logger='current', level=logging.WARNING)
+            gate = self.gate if policy.gate is None else policy.gate
+            budget = policy.draw_budget(self.training)  # before the gate: the order of draws
+            logits = gate(img)
+            if mode == 'budget':
+                trains = self.training and any(p.requires_grad for p in gate.parameters())
+                fine_mask, value = budget_decisions(
+                    logits, policy.num_fine_regions(regions, budget), trains,
+                    getattr(gate, 'temperature', 1.0))
+                static = policy.static_num_tokens(regions, per_fine, budget)
+            else:
+                fine_mask, value = gate.decide(logits, policy.threshold)
+                static = None
+            decision = ScaleDecision.from_mask(fine_mask, per_fine, value, logits, static,
+                                               gate.macs_per_region)
+        if decision.static_num_tokens is None and not policy.trace_token_count and (
+                torch.jit.is_tracing() or is_exporting()):
+            raise RuntimeError(
+                'MSViT: in threshold mode the token count depends on the image, so '
+                'torch.jit.trace / torch.export would freeze one image\'s count and give wrong '
+                'results on others. Use budget mode for static shapes: set '
+                'model.backbone.fine_budget (e.g. 0.5), or force_scale.')
+        return decision
 
     def embed(self,
               img: torch.Tensor,
-              fine_mask: torch.Tensor,
-              fine_value: Optional[torch.Tensor] = None,
-              gate_logits: Optional[torch.Tensor] = None,
-              out_size: Optional[Tuple[int, int]] = None,
-              num_tokens: Optional[int] = None) -> MixedScaleTokens:
+              decision: Union[ScaleDecision, torch.Tensor],
+              out_size: Optional[Tuple[int, int]] = None) -> MixedScaleTokens:
         """Tokenize a padded input with the given decisions (CLS and positions included);
-        ``num_tokens``: the patch tokens of every image when known from shapes (static)."""
+        a bool ``(B, Hc, Wc)`` mask is taken as given decisions."""
+        if not isinstance(decision, ScaleDecision):
+            decision = self.decide_scales(img, ScalePolicy.given(decision))
         cls_pos, pos_grid = self.fine_position_grid(
             (img.shape[-2] // self.fine_patch_size, img.shape[-1] // self.fine_patch_size))
-        tokens = self.tokenizer(img, fine_mask, self.patch_embed, pos_grid, self.cls_token,
-                                cls_pos, fine_value=fine_value, out_size=out_size,
-                                gate_logits=gate_logits, num_tokens=num_tokens,
-                                pack=self.token_packing, coarse_embed=self.coarse_embed)
+        tokens = self.tokenizer(img, decision, self.patch_embed, pos_grid, self.cls_token,
+                                cls_pos, out_size=out_size, pack=self.token_packing,
+                                coarse_embed=self.coarse_embed)
         return tokens._replace(tokens=self.pos_drop(tokens.tokens))
 
     def forward_blocks(self, tokens: MixedScaleTokens) -> Tuple[MixedScaleFeatures, ...]:
@@ -628,6 +560,8 @@ class MSViT(BaseModule):
 
     def forward(self,
                 img: torch.Tensor,
+                policy: Optional[ScalePolicy] = None,
+                *,
                 fine_mask: Optional[torch.Tensor] = None,
                 fine_value: Optional[torch.Tensor] = None) -> Tuple[MixedScaleFeatures, ...]:
         """Run the backbone.
@@ -635,25 +569,21 @@ class MSViT(BaseModule):
         Args:
             img (Tensor): (B, C, H, W); sides that are not multiples of the coarse size are
                 zero-padded and the dense outputs cropped back.
-            fine_mask (Tensor, optional): (B, Hc, Wc) bool decisions to use instead of the gate
-                (analysis, benchmarks, the gate probe; Hc, Wc of the padded input).
-            fine_value (Tensor, optional): with ``fine_mask``: a float tensor of the same shape
-                whose value equals ``fine_mask`` and which carries gradient, so the loss's
-                straight-through gradient with respect to each region's decision can be read
-                (``tools/analysis_tools/gate_signal.py``).
+            policy (ScalePolicy, optional): how this forward decides the scales; None: the
+                config's (:attr:`policy`). Nothing on the module changes.
+            fine_mask, fine_value (Tensor, optional): shorthand for
+                ``policy=ScalePolicy.given(fine_mask, fine_value)``: (B, Hc, Wc) bool decisions
+                (Hc, Wc of the padded input) and optionally a float tensor equal to them that
+                carries gradient, so the loss's straight-through gradient with respect to each
+                region's decision can be read (``tools/analysis_tools/gate_signal.py``).
 
         Returns:
             tuple[MixedScaleFeatures]: one per ``out_indices``; their shared ``layout`` holds the
             decisions, the gate logits and the token counts of this forward.
         """
+        if fine_mask is not None or fine_value is not None:
+            if policy is not None:
+                raise ValueError('MSViT: give either policy or fine_mask/fine_value, not both')
+            policy = ScalePolicy.given(fine_mask, fine_value)
         img, out_size = self.pad_input(img)
-        budget = self.forward_budget()
-        static = None if fine_mask is not None else self.static_num_tokens(
-            (img.shape[-2] // self.coarse_patch_size, img.shape[-1] // self.coarse_patch_size),
-            budget)
-        fine_mask, fine_value, gate_logits = self.decide_scales(img, fine_mask, fine_value,
-                                                                budget)
-        if self.training and gate_logits is not None and self.gate_trained_by is None:
-            self._warn_untrained_gate()
-        return self.forward_blocks(
-            self.embed(img, fine_mask, fine_value, gate_logits, out_size, static))
+        return self.forward_blocks(self.embed(img, self.decide_scales(img, policy), out_size))

@@ -6,11 +6,12 @@ import torch
 from mmpretrain.models.classifiers import ImageClassifier
 from mmpretrain.registry import MODELS as PRETRAIN_MODELS
 
-from ...analysis.macs import image_cost
 from ..backbones import MSViT
-from ..gate_training import (attach_cost, build_gate_loss, build_gate_probe,
-                             check_gate_normalisation, current_target, gate_loss_and_stats,
-                             summed_losses)
+from ..costs import image_cost
+from ..gate_training import (UntrainedGateWarning, attach_cost, build_gate_loss,
+                             build_gate_probe, check_gate_normalisation, current_target,
+                             gate_loss_and_stats, summed_losses)
+from ..policy import ScalePolicy
 
 # MSViT usable from mmpretrain configs too (type='MSViT' under the mmpretrain scope)
 PRETRAIN_MODELS.register_module(name='MSViT', module=MSViT, force=True)
@@ -32,8 +33,10 @@ class MSViTImageClassifier(ImageClassifier):
             (``head.weight``, ``head.bias``) initialises the head's last Linear layer.
         Others: as mmpretrain's ImageClassifier (backbone must be an MSViT).
 
-    Prediction: each sample's metainfo gets ``msvit_backbone_macs``, ``msvit_fine_fraction``,
-    ``msvit_num_tokens`` and ``msvit_forwards`` (read by ``ComplexityMetric``).
+    A :class:`~mmseg_msvit.models.ScalePolicy` passed to ``predict`` or ``extract_feat``
+    decides the scales of that call only. Prediction: each sample's metainfo gets
+    ``msvit_backbone_macs``, ``msvit_fine_fraction``, ``msvit_num_tokens`` and
+    ``msvit_forwards`` (read by ``ComplexityMetric``).
     """
 
     def __init__(self, *args, gate_loss: Optional[dict] = None,
@@ -46,15 +49,17 @@ class MSViTImageClassifier(ImageClassifier):
                             f'{type(self.backbone).__name__}')
         self.gate_loss = build_gate_loss(gate_loss, self.backbone, 'MSViTImageClassifier')
         self.gate_probe = build_gate_probe(gate_probe, 'MSViTImageClassifier')
-        self.backbone.gate_trained_by = 'MSViTImageClassifier' if (
-            self.gate_loss is not None or self.gate_probe is not None) else None
+        self.untrained_gate = UntrainedGateWarning(
+            'MSViTImageClassifier', self.gate_loss is not None or self.gate_probe is not None
+        ).attach(self.backbone)
 
     def _neck(self, features) -> tuple:
         cls_tokens = tuple(f.cls_token for f in features)  # (B, D) per tap
         return self.neck(cls_tokens) if self.with_neck else cls_tokens
 
-    def extract_feat(self, inputs: torch.Tensor, stage: str = 'neck'):
-        features = self.backbone(inputs)
+    def extract_feat(self, inputs: torch.Tensor, stage: str = 'neck',
+                     policy: Optional[ScalePolicy] = None):
+        features = self.backbone(inputs, policy)
         if stage == 'backbone':
             return features
         cls_tokens = self._neck(features)
@@ -106,7 +111,10 @@ class MSViTImageClassifier(ImageClassifier):
             last.weight.copy_(state['head.weight'])
             last.bias.copy_(state['head.bias'])
 
-    def predict(self, inputs: torch.Tensor, data_samples: Optional[List] = None, **kwargs):
-        features = self.backbone(inputs)
+    def predict(self, inputs: torch.Tensor, data_samples: Optional[List] = None,
+                policy: Optional[ScalePolicy] = None, **kwargs):
+        """mmpretrain's ``predict`` plus the cost in every sample's metainfo; under ``policy``
+        for this call (None: the backbone's)."""
+        features = self.backbone(inputs, policy)
         results = self.head.predict(self._neck(features), data_samples, **kwargs)
         return attach_cost(results, image_cost(self.backbone, features[0].layout))

@@ -9,12 +9,17 @@ from mmseg.registry import MODELS
 from mmseg.utils import OptSampleList, SampleList, add_prefix
 from torch import Tensor
 
-from ...analysis.macs import add_costs, image_cost
 from ..backbones import MSViT
 from ..builder import build_component
-from ..gate_training import (attach_cost, build_gate_loss, build_gate_probe,
-                             check_gate_normalisation, current_target, gate_loss_and_stats,
-                             summed_losses)
+from ..costs import add_costs, image_cost
+from ..gate_training import (UntrainedGateWarning, attach_cost, build_gate_loss,
+                             build_gate_probe, check_gate_normalisation, current_target,
+                             gate_loss_and_stats, summed_losses)
+from ..policy import ScalePolicy
+
+
+#: every region fine (the gate does not run): the dense teacher's and the dense pass's policy
+DENSE = ScalePolicy.forced('fine')
 
 
 @MODELS.register_module()
@@ -26,7 +31,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
         loss(): extract_feat_and_layout() -> decode (+ auxiliary) losses
                                           -> gate_loss(sigmoid(layout.gate_logits))
                                           -> gate_probe(self, inputs, samples, layout)
-        predict(): inference_with_cost() -> whole: encode_decode_with_cost() once
+        predict(policy=None): inference_with_cost() -> whole: encode_decode_with_cost() once
                                          -> slide: encode_decode_with_cost() per window, costs
                                             summed
                    -> postprocess_result() -> attach_cost() into each sample's metainfo
@@ -36,6 +41,10 @@ class MSViTEncoderDecoder(EncoderDecoder):
     under the loss's name (``loss_gate``), and ``gate.fine_fraction`` / ``gate.tokens_per_image``.
     When the backbone's scale is forced (dense / all-coarse baselines) there are no gate
     probabilities, and a ``gate_loss`` is refused.
+
+    A scale policy (:class:`~mmseg_msvit.models.ScalePolicy`) passed to ``predict``,
+    ``inference_with_cost`` or ``extract_feat_and_layout`` decides the scales of that call only
+    (the study's baselines, a benchmark's sweep); None: the backbone's (the config's).
 
     Inference (whole or slide): every predicted sample carries, in its metainfo,
     ``msvit_backbone_macs`` (backbone multiply-adds for the image, summed over slide windows, gate
@@ -90,32 +99,31 @@ class MSViTEncoderDecoder(EncoderDecoder):
         # the dense teacher: built in init_weights, kept out of parameters and state_dict
         self.__dict__['distill_teacher'] = None
         # training the gate without any signal but the task loss is the paper's ablation at
-        # most; MSViT warns when nobody declared to train its gate
-        self.backbone.gate_trained_by = 'MSViTEncoderDecoder' if (
-            self.gate_loss is not None or self.gate_probe is not None) else None
+        # most: the wrapper that owns the losses warns (once) when its gate trains without one
+        self.untrained_gate = UntrainedGateWarning(
+            'MSViTEncoderDecoder', self.gate_loss is not None or self.gate_probe is not None
+        ).attach(self.backbone)
         if not isinstance(train_gate_only, bool):
             raise ValueError(f'MSViTEncoderDecoder: train_gate_only must be True or False, got '
                              f'{train_gate_only!r}')
         self.train_gate_only = train_gate_only
         if train_gate_only:
-            if self.backbone.force_scale is not None or not any(
-                    p.requires_grad for p in self.backbone.gate.parameters()):
+            try:
+                self.backbone.freeze_all_but_gate()
+            except ValueError as err:
                 raise ValueError('MSViTEncoderDecoder: train_gate_only needs a gate with '
                                  'trainable parameters (no force_scale, no frozen or '
-                                 'parameter-free gate)')
-            for name, param in self.named_parameters():
-                if not name.startswith(('backbone.gate.', 'gate_loss.')):
-                    param.requires_grad_(False)
+                                 'parameter-free gate)') from err
+            for name, module in self.named_children():
+                if name not in ('backbone', 'gate_loss'):
+                    module.requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)
         if mode and getattr(self, 'train_gate_only', False):
-            for name, module in self.named_children():
+            for name, module in self.named_children():  # the backbone keeps its own
                 if name not in ('backbone', 'gate_loss', 'gate_probe', 'data_preprocessor'):
                     module.eval()
-            for module in (self.backbone.blocks, self.backbone.patch_embed,
-                           self.backbone.pos_drop, self.backbone.norm):
-                module.eval()
         return self
 
     def init_weights(self) -> None:
@@ -136,7 +144,6 @@ class MSViTEncoderDecoder(EncoderDecoder):
                              'load_from finds it in the last checkpoint)')
         teacher = torch.nn.Module()
         teacher.backbone = copy.deepcopy(self.backbone)
-        teacher.backbone.force_scale = 'fine'  # every region fine: the gate never runs
         teacher.backbone.coarse_embed = None  # used by coarse tokens only
         teacher.neck = copy.deepcopy(self.neck)
         if getattr(teacher.neck, 'unpool', None) is not None:
@@ -157,14 +164,16 @@ class MSViTEncoderDecoder(EncoderDecoder):
         reference = next(teacher.parameters())
         if reference.device != inputs.device:
             teacher.to(inputs.device)
-        maps, x = teacher.neck.maps_and_outputs(teacher.backbone(inputs))
+        maps, x = teacher.neck.maps_and_outputs(teacher.backbone(inputs, DENSE))
         return teacher.decode_head.forward(x), (maps if with_maps else None)
 
     # ------------------------------------------------------------------ features
-    def extract_feat_and_layout(self, inputs: Tensor, **backbone_kwargs) -> Tuple[List, object]:
+    def extract_feat_and_layout(self, inputs: Tensor, policy: Optional[ScalePolicy] = None,
+                                **backbone_kwargs) -> Tuple[List, object]:
         """``extract_feat`` plus the layout of the backbone's forward (decisions, gate logits,
-        token counts). ``backbone_kwargs`` (``fine_mask``, ``fine_value``) go to the backbone."""
-        feats = self.backbone(inputs, **backbone_kwargs)
+        token counts), under ``policy`` (None: the backbone's). ``backbone_kwargs``
+        (``fine_mask``, ``fine_value``) go to the backbone."""
+        feats = self.backbone(inputs, policy, **backbone_kwargs)
         layout = feats[0].layout
         if self.with_neck:
             feats = self.neck(feats)
@@ -203,8 +212,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
         """In-place distillation's teacher: the model itself with every region fine, trained
         with the task loss (``dense.*``); its logits and dense maps, detached, teach the
         mixed-scale pass."""
-        maps, x = self.neck.maps_and_outputs(
-            self.backbone(inputs, fine_mask=self.backbone.all_fine_mask(inputs)))
+        maps, x = self.neck.maps_and_outputs(self.backbone(inputs, DENSE))
         logits = self.decode_head.forward(x)
         losses = add_prefix(self.decode_head.loss_by_feat(logits, data_samples), 'dense.decode')
         if self.with_auxiliary_head:
@@ -239,31 +247,32 @@ class MSViTEncoderDecoder(EncoderDecoder):
         ])
 
     # ------------------------------------------------------------------ inference
-    def encode_decode_with_cost(self, inputs: Tensor,
-                                batch_img_metas: List[dict]) -> Tuple[Tensor, dict]:
+    def encode_decode_with_cost(self, inputs: Tensor, batch_img_metas: List[dict],
+                                policy: Optional[ScalePolicy] = None) -> Tuple[Tensor, dict]:
         """``encode_decode`` plus the per-image cost of this forward
-        (:func:`mmseg_msvit.analysis.image_cost`)."""
-        x, layout = self.extract_feat_and_layout(inputs)
+        (:func:`mmseg_msvit.models.costs.image_cost`)."""
+        x, layout = self.extract_feat_and_layout(inputs, policy)
         seg_logits = self.decode_head.predict(x, batch_img_metas, self.test_cfg)
         cost = self.image_cost(layout)
         cost['fine_mask'] = layout.fine_mask.detach()
         return seg_logits, cost
 
     def image_cost(self, layout) -> dict:
-        """:func:`mmseg_msvit.analysis.image_cost` of one forward's ``layout`` (the neck's coarse
-        unpooling, when enabled, included)."""
+        """:func:`~mmseg_msvit.models.costs.image_cost` of one forward's ``layout`` (the neck's
+        coarse unpooling, when enabled, included)."""
         return image_cost(self.backbone, layout, self.neck if self.with_neck else None)
 
-    def inference_with_cost(self, inputs: Tensor,
-                            batch_img_metas: List[dict]) -> Tuple[Tensor, dict]:
-        """``inference`` (whole or slide) plus the per-image cost summed over its forwards."""
+    def inference_with_cost(self, inputs: Tensor, batch_img_metas: List[dict],
+                            policy: Optional[ScalePolicy] = None) -> Tuple[Tensor, dict]:
+        """``inference`` (whole or slide) plus the per-image cost summed over its forwards,
+        under ``policy`` (None: the backbone's)."""
         mode = self.test_cfg.get('mode', 'whole')
         if mode not in ('slide', 'whole'):
             raise ValueError(f"MSViTEncoderDecoder: test_cfg.mode must be 'whole' or 'slide', "
                              f'got {mode!r}')
         if mode == 'whole':
-            return self.encode_decode_with_cost(inputs, batch_img_metas)
-        return self._slide_with_cost(inputs, batch_img_metas)
+            return self.encode_decode_with_cost(inputs, batch_img_metas, policy)
+        return self._slide_with_cost(inputs, batch_img_metas, policy)
 
     def inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
         return self.inference_with_cost(inputs, batch_img_metas)[0]
@@ -271,7 +280,8 @@ class MSViTEncoderDecoder(EncoderDecoder):
     def slide_inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
         return self._slide_with_cost(inputs, batch_img_metas)[0]
 
-    def _slide_with_cost(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tuple[Tensor, dict]:
+    def _slide_with_cost(self, inputs: Tensor, batch_img_metas: List[dict],
+                         policy: Optional[ScalePolicy] = None) -> Tuple[Tensor, dict]:
         """mmseg's sliding-window inference (same windows, same averaging), summing the cost of
         every window."""
         h_stride, w_stride = self.test_cfg.stride
@@ -290,7 +300,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
                 crop_img = inputs[:, :, y1:y2, x1:x2]
                 batch_img_metas[0]['img_shape'] = crop_img.shape[2:]
                 crop_seg_logit, crop_cost = self.encode_decode_with_cost(
-                    crop_img, batch_img_metas)
+                    crop_img, batch_img_metas, policy)
                 crop_cost.pop('fine_mask')  # one per window: not one image's map
                 cost = add_costs(cost, crop_cost)
                 preds += F.pad(crop_seg_logit,
@@ -300,7 +310,10 @@ class MSViTEncoderDecoder(EncoderDecoder):
         assert (count_mat == 0).sum() == 0
         return preds / count_mat, cost
 
-    def predict(self, inputs: Tensor, data_samples: OptSampleList = None) -> SampleList:
+    def predict(self, inputs: Tensor, data_samples: OptSampleList = None,
+                policy: Optional[ScalePolicy] = None) -> SampleList:
+        """mmseg's ``predict`` (whole or slide), the cost in every sample's metainfo; under
+        ``policy`` for this call (None: the backbone's)."""
         if data_samples is not None:
             batch_img_metas = [data_sample.metainfo for data_sample in data_samples]
         else:
@@ -308,5 +321,5 @@ class MSViTEncoderDecoder(EncoderDecoder):
                 dict(ori_shape=inputs.shape[2:], img_shape=inputs.shape[2:],
                      pad_shape=inputs.shape[2:], padding_size=[0, 0, 0, 0])
             ] * inputs.shape[0]
-        seg_logits, cost = self.inference_with_cost(inputs, batch_img_metas)
+        seg_logits, cost = self.inference_with_cost(inputs, batch_img_metas, policy)
         return attach_cost(self.postprocess_result(seg_logits, data_samples), cost)

@@ -1,0 +1,101 @@
+"""Multiply-accumulate counts (one multiply-add = one MAC) of an MSViT forward, from the tokens
+it used: pure functions of a forward's layout, used by the segmentor and classifier to write
+the cost into every prediction, and by the analysis tools (:mod:`mmseg_msvit.analysis.macs`
+adds the counters that run models).
+
+The formula lives here and only here (docs/method.md, section 5). Per transformer layer with n
+tokens (CLS included), width D and MLP ratio r::
+
+    (4 + 2r) * n * D^2  +  2 * n^2 * D      (= 12 n D^2 + 2 n^2 D for r = 4)
+
+qkv (3nD^2) + output projection (nD^2) + MLP (2r nD^2) + attention scores QK^T (n^2 D) and the
+weighted sum AV (n^2 D). Patch embedding: (C * S_f^2) * D per patch token. The gate: its MLP per
+coarse region when it runs. Pooling: C * S_c^2 per coarse token (averaging its pixels) plus
+(S_c/S_f)^2 * D per coarse token for its averaged position embedding. LayerNorms, softmax, GELU
+and residual additions are not multiply-adds of a matrix product and are not counted (as in the
+widely quoted ViT figures: ViT-Ti/S/B at 224 px = 1.26 / 4.6 / 17.6 GMACs).
+"""
+from typing import Dict, Optional
+
+import torch
+
+__all__ = ['transformer_layer_macs', 'msvit_macs_from_tokens', 'layout_macs', 'image_cost',
+           'add_costs']
+
+
+def transformer_layer_macs(num_tokens, embed_dims: int, mlp_ratio: float = 4.0):
+    """MACs of one ViT block for ``num_tokens`` tokens (CLS included); works on tensors."""
+    return (4 + 2 * mlp_ratio) * num_tokens * embed_dims**2 + 2 * num_tokens**2 * embed_dims
+
+
+def msvit_macs_from_tokens(backbone,
+                           num_patch_tokens: torch.Tensor,
+                           num_coarse_tokens: torch.Tensor,
+                           num_regions: int,
+                           gate_ran: bool,
+                           gate_macs_per_region: Optional[int] = None) -> torch.Tensor:
+    """Per-image MACs of an MSViT forward.
+
+    Args:
+        backbone (MSViT): provides widths, depth, patch sizes and the gate.
+        num_patch_tokens (Tensor): (B,) patch tokens per image (CLS excluded, padding excluded).
+        num_coarse_tokens (Tensor): (B,) how many of them are coarse.
+        num_regions (int): coarse regions of the (padded) input.
+        gate_ran (bool): whether the gate was evaluated.
+        gate_macs_per_region (int, optional): MACs per region of the gate that ran; None: the
+            backbone's own gate.
+
+    Returns:
+        Tensor: (B,) float64 MACs.
+    """
+    tokens = num_patch_tokens.double() + backbone.num_prefix_tokens
+    dims, channels = backbone.embed_dims, backbone.in_channels
+    macs = backbone.depth * transformer_layer_macs(tokens, dims, backbone.mlp_ratio)
+    macs = macs + num_patch_tokens.double() * channels * backbone.fine_patch_size**2 * dims
+    ratio = backbone.coarse_patch_size // backbone.fine_patch_size
+    # pooling: pixels of each coarse patch, and the averaged position embedding of each
+    macs = macs + num_coarse_tokens.double() * (channels * backbone.coarse_patch_size**2 +
+                                                ratio**2 * dims)
+    coarse_embed = getattr(backbone, 'coarse_embed', None)
+    if coarse_embed is not None:  # the coarse tokens' detail residual
+        macs = macs + num_coarse_tokens.double() * coarse_embed.macs_per_token
+    if gate_ran:
+        per_region = backbone.gate.macs_per_region if gate_macs_per_region is None else \
+            gate_macs_per_region
+        macs = macs + num_regions * per_region
+    return macs
+
+
+def layout_macs(backbone, layout) -> torch.Tensor:
+    """(B,) float64 MACs of the forward that produced ``layout`` (a pure function of it)."""
+    num_coarse = (~layout.fine_mask).flatten(1).sum(1)
+    return msvit_macs_from_tokens(backbone, layout.num_tokens, num_coarse, layout.num_regions,
+                                  gate_ran=layout.gate_logits is not None,
+                                  gate_macs_per_region=layout.gate_macs_per_region)
+
+
+def image_cost(backbone, layout, neck=None) -> Dict[str, torch.Tensor]:
+    """Per-image cost of one forward, as summable (B,) float64 tensors: ``macs``,
+    ``fine_regions``, ``regions``, ``tokens`` and ``forwards`` (1 each). Slide inference adds the
+    dicts of its windows (:func:`add_costs`).
+
+    ``macs`` is the backbone's (gate and pooling included) plus, with a ``neck`` that unpools
+    coarse tokens (``MixedScaleToDense(coarse_unpool=True)``), that unpooling: it exists only
+    because of mixed-scale tokens, so it is charged to them."""
+    macs = layout_macs(backbone, layout).detach()
+    unpool_macs = getattr(neck, 'unpool_macs', None)
+    if unpool_macs is not None:
+        macs = macs + unpool_macs(layout)
+    return dict(macs=macs,
+                fine_regions=layout.fine_mask.flatten(1).sum(1).double(),
+                regions=torch.full_like(macs, layout.num_regions),
+                tokens=layout.num_tokens.double(),
+                forwards=torch.ones_like(macs))
+
+
+def add_costs(total: Optional[Dict[str, torch.Tensor]],
+              cost: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Sum two :func:`image_cost` dicts (``total`` may be None)."""
+    if total is None:
+        return dict(cost)
+    return {key: total[key] + cost[key] for key in total}

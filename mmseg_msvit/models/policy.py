@@ -1,0 +1,197 @@
+"""How one forward decides the scale of every region: an immutable :class:`ScalePolicy` in, one
+:class:`ScaleDecision` out.
+
+The backbone keeps the policy its config describes (``MSViT.policy``) and uses it when a call
+gives none; a caller that wants another rule for one forward (the study's baselines, a benchmark's
+sweep, the dense teacher, an analysis with given decisions) passes its own policy to that call
+(``backbone(img, policy=...)``, ``segmentor.predict(inputs, samples, policy=...)``), and nothing
+on the model changes. As timm passes per-call options to ``forward_intermediates`` rather than
+setting them on the model.
+"""
+import dataclasses
+import math
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .arguments import check_fine_budget, check_gate_threshold, is_real
+
+#: the ways a policy decides, in the order they take precedence
+MODES = ('given', 'forced', 'budget', 'threshold')
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScalePolicy:
+    """One rule for deciding every region: fine (split into S_c/S_f squared tokens) or coarse.
+
+    Precedence: a given ``fine_mask``, then ``force_scale``, then the gate's top ``budget`` share
+    per image (budget mode), else the gate's ``threshold`` (threshold mode). Build one with the
+    class methods (:meth:`forced`, :meth:`with_budget`, :meth:`with_threshold`, :meth:`given`) or
+    derive one with :meth:`replace`; every field is checked on construction and cannot be set
+    afterwards.
+
+    Attributes:
+        force_scale (str, optional): 'fine' (every region fine, the gate does not run: the dense
+            ViT/S_f) or 'coarse'.
+        threshold (float): threshold mode: a region is fine when the gate's probability exceeds
+            it, in [0, 1]. Default: 0.5.
+        budget (float, optional): budget mode: every image keeps ``round(budget * regions)``
+            fine regions (half up, at least one), in (0, 1]. None: threshold mode.
+        train_budget_range (tuple, optional): with ``budget``, in training each forward draws
+            its budget uniformly from ``(low, high)``.
+        fine_mask (Tensor, optional): (B, Hc, Wc) bool decisions given by the caller (the gate
+            does not run).
+        fine_value (Tensor, optional): with ``fine_mask``: a float tensor equal to it that
+            carries gradient (the straight-through value; ``gate_signal.py``).
+        gate (nn.Module, optional): the gate that scores regions instead of the backbone's
+            (a training-free :class:`~mmseg_msvit.models.gates.ContentGate` or
+            ``RandomGate`` evaluated on a trained model); its MACs are the ones counted.
+        trace_token_count (bool): analysis of ONE forward only: let a tracer (mmengine's op
+            counter) freeze a threshold-mode token count that depends on the image. Export and
+            deployment never set it. Default: False.
+    """
+    force_scale: Optional[str] = None
+    threshold: float = 0.5
+    budget: Optional[float] = None
+    train_budget_range: Optional[Tuple[float, float]] = None
+    fine_mask: Optional[torch.Tensor] = None
+    fine_value: Optional[torch.Tensor] = None
+    gate: Optional[nn.Module] = None
+    trace_token_count: bool = False
+
+    def __post_init__(self) -> None:
+        if self.force_scale not in (None, 'fine', 'coarse'):
+            raise ValueError(f"MSViT: force_scale must be None, 'fine' or 'coarse', got "
+                             f'{self.force_scale!r}')
+        object.__setattr__(self, 'threshold', check_gate_threshold(self.threshold))
+        object.__setattr__(self, 'budget', check_fine_budget(self.budget))
+        if self.train_budget_range is not None:
+            pair = self.train_budget_range
+            low_high = tuple(pair) if isinstance(pair, (list, tuple)) else ()
+            if len(low_high) != 2 or self.budget is None or not all(
+                    is_real(v) and 0 < v <= 1 for v in low_high) or low_high[0] > low_high[1]:
+                raise ValueError('MSViT: train_budget_range must be (low, high) with 0 < low <= '
+                                 'high <= 1, and needs a fine_budget (the evaluation budget), '
+                                 f'got train_budget_range={pair!r}, fine_budget={self.budget!r}')
+            object.__setattr__(self, 'train_budget_range',
+                               (float(low_high[0]), float(low_high[1])))
+        mask, value = self.fine_mask, self.fine_value
+        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool):
+            kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f'MSViT: fine_mask must be a bool tensor (True = fine), got {kind}; '
+                             'pass e.g. `mask > 0.5` rather than a float or int mask')
+        if value is not None and (mask is None or value.shape != mask.shape):
+            given = 'no fine_mask' if mask is None else \
+                f'fine_mask {tuple(mask.shape)}'
+            raise ValueError('MSViT: fine_value needs a fine_mask of the same shape, got '
+                             f'fine_value {tuple(value.shape)} and {given}')
+        if not isinstance(self.trace_token_count, bool):
+            raise ValueError('MSViT: trace_token_count must be True or False, got '
+                             f'{self.trace_token_count!r}')
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def forced(cls, scale: str) -> 'ScalePolicy':
+        """Every region ``scale`` ('fine': the dense ViT/S_f; 'coarse')."""
+        return cls(force_scale=scale)
+
+    @classmethod
+    def with_budget(cls, budget: float, gate: Optional[nn.Module] = None) -> 'ScalePolicy':
+        """The gate's (or ``gate``'s) top ``budget`` share of regions per image."""
+        return cls(budget=budget, gate=gate)
+
+    @classmethod
+    def with_threshold(cls, threshold: float = 0.5,
+                       gate: Optional[nn.Module] = None) -> 'ScalePolicy':
+        """The gate's (or ``gate``'s) probability above ``threshold``."""
+        return cls(threshold=threshold, gate=gate)
+
+    @classmethod
+    def given(cls, fine_mask: torch.Tensor,
+              fine_value: Optional[torch.Tensor] = None) -> 'ScalePolicy':
+        """The caller's decisions."""
+        return cls(fine_mask=fine_mask, fine_value=fine_value)
+
+    def replace(self, **changes) -> 'ScalePolicy':
+        """A copy with ``changes`` (checked as on construction)."""
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def mode(self) -> str:
+        """'given', 'forced', 'budget' or 'threshold' (:data:`MODES`, by precedence)."""
+        if self.fine_mask is not None:
+            return 'given'
+        if self.force_scale is not None:
+            return 'forced'
+        return 'threshold' if self.budget is None else 'budget'
+
+    @property
+    def runs_gate(self) -> bool:
+        """Whether a gate scores the regions under this policy."""
+        return self.mode in ('budget', 'threshold')
+
+    def draw_budget(self, training: bool) -> Optional[float]:
+        """The budget of one forward: ``budget``, or in training with ``train_budget_range`` a
+        uniform draw from that range (torch's generator)."""
+        if training and self.train_budget_range is not None and self.mode == 'budget':
+            low, high = self.train_budget_range
+            return low + (high - low) * float(torch.rand(()))
+        return self.budget
+
+    def num_fine_regions(self, num_regions: int, budget: Optional[float] = None) -> int:
+        """Fine regions per image in budget mode: ``budget`` (default this policy's) times
+        ``num_regions``, rounded half up, and at least one (a budget is > 0)."""
+        budget = self.budget if budget is None else budget
+        if budget is None:
+            raise ValueError('ScalePolicy: num_fine_regions needs a budget (budget mode), this '
+                             f'policy is in {self.mode} mode')
+        return max(1, int(math.floor(budget * num_regions + 0.5)))
+
+    def static_num_tokens(self, num_regions: int, tokens_per_fine: int,
+                          budget: Optional[float] = None) -> Optional[int]:
+        """Patch tokens of EVERY image when known from shapes alone (forced scale, budget
+        mode); None when they depend on the image (threshold mode, given decisions)."""
+        mode = self.mode
+        if mode == 'forced':
+            return num_regions * (tokens_per_fine if self.force_scale == 'fine' else 1)
+        if mode == 'budget':
+            return num_regions + (tokens_per_fine - 1) * self.num_fine_regions(num_regions,
+                                                                               budget)
+        return None
+
+
+class ScaleDecision(NamedTuple):
+    """What a policy decided for one batch (``MSViT.decide_scales``): everything the tokenizer,
+    the losses and the cost counting need, computed once.
+
+    Attributes:
+        fine_mask (Tensor): (B, Hc, Wc) bool, True = fine.
+        fine_value (Tensor | None): the straight-through value (equal to ``fine_mask``; carries
+            the gate's gradient in training), or None.
+        gate_logits (Tensor | None): the scoring gate's logits, None when no gate ran.
+        num_tokens (Tensor): (B,) long, patch tokens per image (CLS excluded).
+        static_num_tokens (int | None): the same count as a Python int when it is known from
+            shapes (forced scale, budget mode): no host read, static shapes for export.
+        gate_macs_per_region (int): MACs of the gate that ran, per region (0 when none ran).
+    """
+    fine_mask: torch.Tensor
+    fine_value: Optional[torch.Tensor]
+    gate_logits: Optional[torch.Tensor]
+    num_tokens: torch.Tensor
+    static_num_tokens: Optional[int]
+    gate_macs_per_region: int = 0
+
+    @classmethod
+    def from_mask(cls, fine_mask: torch.Tensor, tokens_per_fine: int,
+                  fine_value: Optional[torch.Tensor] = None,
+                  gate_logits: Optional[torch.Tensor] = None,
+                  static_num_tokens: Optional[int] = None,
+                  gate_macs_per_region: int = 0) -> 'ScaleDecision':
+        """A decision from a mask; the token count follows from it (a region costs one token,
+        or ``tokens_per_fine`` when fine)."""
+        regions = fine_mask.shape[1] * fine_mask.shape[2]
+        num_tokens = regions + (tokens_per_fine - 1) * fine_mask.flatten(1).sum(1)
+        return cls(fine_mask, fine_value, gate_logits, num_tokens, static_num_tokens,
+                   gate_macs_per_region)

@@ -1,0 +1,218 @@
+"""The scale policy travels per call: an immutable ScalePolicy in, one ScaleDecision out, and the
+model is never changed by a call that uses another rule."""
+import dataclasses
+import os
+import os.path as osp
+import re
+import warnings
+
+import pytest
+import torch
+from mmengine.config import ConfigDict
+from mmengine.optim import OptimWrapper
+
+from mmseg_msvit.analysis import backbone_macs, count_macs_with_mmengine
+from mmseg_msvit.models import ContentGate, MSViT, ScaleDecision, ScalePolicy
+from test_segmentor import build, make_batch, segmentor_cfg
+
+
+def tiny(**kwargs):
+    kwargs.setdefault('gate', dict(type='MixedScaleGate', hidden_dims=(16, )))
+    return MSViT(arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64, **kwargs)
+
+
+def config_of(backbone):
+    policy = backbone.policy
+    return (policy, backbone.gate, backbone.force_scale, backbone.fine_budget,
+            backbone.gate_threshold)
+
+
+def test_a_policy_is_immutable_and_checked_on_construction():
+    policy = ScalePolicy.with_budget(0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        policy.budget = 0.3
+    assert policy.replace(budget=0.3).budget == 0.3 and policy.budget == 0.5
+    assert [ScalePolicy.forced('fine').mode, policy.mode, ScalePolicy().mode,
+            ScalePolicy.given(torch.ones(1, 2, 2, dtype=torch.bool)).mode] == \
+        ['forced', 'budget', 'threshold', 'given']
+    for bad, match in ((dict(force_scale='dense'), "force_scale must be None, 'fine'"),
+                       (dict(budget=1.5), 'fine_budget must be None'),
+                       (dict(threshold=-0.1), 'gate_threshold must be a number in'),
+                       (dict(fine_mask=torch.ones(1, 2, 2)), 'fine_mask must be a bool'),
+                       (dict(fine_value=torch.ones(1, 2, 2)), 'fine_value needs a fine_mask'),
+                       (dict(train_budget_range=(0.2, 0.8)), 'train_budget_range must be')):
+        with pytest.raises(ValueError, match=match):
+            ScalePolicy(**bad)
+    with pytest.raises(TypeError, match='policy must be a ScalePolicy'):
+        tiny()(torch.randn(1, 3, 64, 64), 'fine')
+
+
+def test_a_call_with_its_own_policy_leaves_the_backbone_as_configured():
+    torch.manual_seed(0)
+    model = tiny(fine_budget=0.5).eval()
+    before = config_of(model)
+    img = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        dense = model(img, ScalePolicy.forced('fine'))[0].layout
+        content = model(img, ScalePolicy.with_budget(0.25, gate=ContentGate()))[0].layout
+        own = model(img)[0].layout
+    assert config_of(model)[1:] == before[1:] and model.policy is before[0]
+    assert dense.num_tokens.tolist() == [24, 24] and dense.gate_logits is None
+    assert content.fine_mask.flatten(1).sum(1).tolist() == [2, 2]  # round(0.25 * 6) half up
+    assert own.fine_mask.flatten(1).sum(1).tolist() == [3, 3]
+    # the cost is the gate's that ran: the content gate's, not the backbone's MLP
+    assert content.gate_macs_per_region == ContentGate().macs_per_region
+    assert float(backbone_macs(model, img, policy=ScalePolicy.with_budget(
+        0.25, gate=ContentGate()))[0]) < float(backbone_macs(model, img)[0])
+
+
+def test_the_decision_holds_mask_value_logits_and_the_token_count_once():
+    torch.manual_seed(1)
+    model = tiny().train()
+    padded, _ = model.pad_input(torch.randn(3, 3, 64, 96))
+    decision = model.decide_scales(padded)
+    assert isinstance(decision, ScaleDecision)
+    assert decision.fine_value.requires_grad and decision.gate_logits.shape == (3, 2, 3)
+    assert decision.static_num_tokens is None  # threshold mode: counts depend on the image
+    assert decision.num_tokens.tolist() == (6 + 3 * decision.fine_mask.flatten(1).sum(1)).tolist()
+    tokens = model.embed(padded, decision)
+    assert torch.equal(tokens.layout.num_tokens, decision.num_tokens)
+    budget = model.decide_scales(padded, ScalePolicy.with_budget(0.5))
+    assert budget.static_num_tokens == 6 + 3 * 3
+    assert model.decide_scales(padded, ScalePolicy.forced('coarse')).static_num_tokens == 6
+
+
+def test_config_setters_replace_the_whole_default_policy():
+    model = tiny(fine_budget=0.5, train_budget_range=(0.25, 1.0))
+    first = model.policy
+    model.fine_budget = 0.3
+    assert model.policy is not first and first.budget == 0.5
+    assert model.policy.budget == 0.3 and model.train_budget_range == (0.25, 1.0)
+    model.fine_budget = None  # threshold mode: the training range belongs to budget mode
+    assert model.policy.mode == 'threshold' and model.train_budget_range is None
+    model.gate_threshold = 0.7
+    model.force_scale = 'coarse'
+    assert (model.policy.threshold, model.policy.mode) == (0.7, 'forced')
+
+
+def test_segmentor_predict_takes_a_policy_for_that_call_only():
+    torch.manual_seed(0)
+    budget = dict(segmentor_cfg()['backbone'], fine_budget=0.5)
+    model = build(segmentor_cfg(gate_loss=None, backbone=budget)).eval()
+    data = model.data_preprocessor(make_batch(), False)
+    before = config_of(model.backbone)
+    def run(segmentor, policy=None):  # predict writes into the samples: read them at once
+        with torch.no_grad():
+            out = segmentor.predict(data['inputs'], data['data_samples'], policy)
+        return [(s.seg_logits.data.clone(), s.msvit_fine_fraction) for s in out]
+
+    dense = run(model, ScalePolicy.forced('fine'))
+    own = run(model)
+    configured = build(segmentor_cfg(gate_loss=None, backbone=dict(
+        budget, force_scale='fine'))).eval()
+    configured.load_state_dict(model.state_dict())
+    reference = run(configured)
+    assert config_of(model.backbone)[1:] == before[1:]
+    for (ours, fraction), (theirs, _) in zip(dense, reference):
+        torch.testing.assert_close(ours, theirs)
+        assert fraction == 1.0
+    assert [fraction for _, fraction in own] == [0.5, 0.5]
+    # slide inference passes it to every window
+    model.test_cfg = ConfigDict(mode='slide', crop_size=(64, 64), stride=(32, 32))
+    with torch.no_grad():
+        (slide, ) = model.predict(data['inputs'][:1], data['data_samples'][:1],
+                                  ScalePolicy.forced('coarse'))
+    assert slide.msvit_fine_fraction == 0.0
+
+
+def test_the_wrapper_that_owns_the_losses_owns_the_untrained_gate_warning():
+    cfg = segmentor_cfg(gate_loss=None)
+    model = build(cfg).train()
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        model.train_step(make_batch(), optim)
+        model.train_step(make_batch(seed=1), optim)  # once only
+    messages = [str(w.message) for w in caught if 'no gate loss' in str(w.message)]
+    assert len(messages) == 1 and 'MSViTEncoderDecoder' in messages[0]
+    assert 'gate_loss=' in messages[0]
+    # the dense teacher's copy of the backbone and evaluation never warn
+    trained = build(segmentor_cfg()).train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        trained.train_step(make_batch(), OptimWrapper(torch.optim.SGD(trained.parameters(),
+                                                                      lr=0.01)))
+    assert not [w for w in caught if 'no gate loss' in str(w.message)]
+
+
+def test_mmengine_counter_counts_one_threshold_forward_but_export_still_refuses():
+    torch.manual_seed(0)
+    model = tiny().eval()
+    for block in model.blocks:
+        block.attn.fused_attn = False
+    img = torch.randn(1, 3, 64, 64)
+    counted = count_macs_with_mmengine(model, (img, ), lambda f: tuple(x.tokens for x in f))
+    assert abs(counted - float(backbone_macs(model, img)[0])) / counted < 0.01
+    assert model.policy.trace_token_count is False  # the counter's policy was its own copy
+    with pytest.raises(RuntimeError, match='threshold mode'):
+        torch.export.export(model, (img, ))
+
+
+def test_structural_arguments_are_checked_in_one_place():
+    with pytest.raises(ValueError, match='norm_eval=True is not supported'):
+        tiny(norm_eval=True)
+    assert tiny(norm_eval=False).training  # mmseg configs that say False still build
+    with pytest.raises(ValueError, match='gate_init needs a checkpoint'):
+        tiny(gate_init=dict(checkpoint='gate.pth', frozen=True))
+    with pytest.raises(ValueError, match='gate_init.freeze must be True or False'):
+        tiny(gate_init=dict(checkpoint='gate.pth', freeze='yes'))
+    with pytest.raises(ValueError, match='token_packing must be True or False'):
+        tiny(token_packing=1)
+
+
+def test_training_the_gate_alone_goes_through_the_backbones_one_freeze():
+    model = tiny()
+    model.freeze_all_but_gate()
+    model.train()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith('gate.') for name in trainable)
+    assert model.gate.training and not any(b.training for b in model.blocks)
+    with pytest.raises(ValueError, match='training the gate alone needs'):
+        tiny(force_scale='fine').freeze_all_but_gate()
+
+
+def test_the_readme_policy_example_runs_as_written_and_changes_nothing():
+    readme = open(osp.join(osp.dirname(osp.dirname(__file__)), 'README.md'),
+                  encoding='utf-8').read()
+    code = re.search(r'<!-- policy-example-start -->\n```python\n(.*?)```', readme,
+                     re.S).group(1)
+    model = build(segmentor_cfg(gate_loss=None)).eval()
+    data = model.data_preprocessor(make_batch(), False)
+    before = config_of(model.backbone)
+    scope = dict(model=model, inputs=data['inputs'], data_samples=data['data_samples'],
+                 fine_mask=torch.ones(2, 2, 2, dtype=torch.bool))
+    with torch.no_grad():
+        exec(compile(code, 'README.md', 'exec'), scope)  # noqa: S102
+    assert config_of(model.backbone)[1:] == before[1:] and model.backbone.policy is before[0]
+
+
+def test_models_import_nothing_from_analysis_engine_or_tools():
+    """Layering: analysis/, engine/ and tools/ build on models/, never the other way round."""
+    import ast
+    import glob
+    root = osp.dirname(osp.dirname(__file__))
+    offending = []
+    for path in glob.glob(osp.join(root, 'mmseg_msvit', 'models', '**', '*.py'), recursive=True):
+        package = osp.relpath(osp.dirname(path), root).split(os.sep)  # mmseg_msvit, models, ...
+        for node in ast.walk(ast.parse(open(path, encoding='utf-8').read())):
+            if isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                names = ['.'.join(base + ([node.module] if node.module else []))]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            offending += [(osp.relpath(path, root), name) for name in names
+                          if name.startswith(('mmseg_msvit.analysis', 'mmseg_msvit.engine',
+                                              'tools'))]
+    assert not offending, offending
