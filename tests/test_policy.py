@@ -40,11 +40,16 @@ def test_a_policy_is_immutable_and_checked_on_construction():
                        (dict(threshold=-0.1), 'gate_threshold must be a number in'),
                        (dict(fine_mask=torch.ones(1, 2, 2)), 'fine_mask must be a bool'),
                        (dict(fine_value=torch.ones(1, 2, 2)), 'fine_value needs a fine_mask'),
-                       (dict(train_budget_range=(0.2, 0.8)), 'train_budget_range must be')):
+                       (dict(train_budget_range=(0.8, 0.2)), 'train_budget_range must be')):
         with pytest.raises(ValueError, match=match):
             ScalePolicy(**bad)
     with pytest.raises(TypeError, match='policy must be a ScalePolicy'):
         tiny()(torch.randn(1, 3, 64, 64), 'fine')
+    with pytest.raises(ValueError, match='train_budget_range.*needs a fine_budget'):
+        tiny(train_budget_range=(0.2, 0.8))
+    with pytest.raises(ValueError, match="policy's gate ContentGate has ratio=4"):
+        tiny()(torch.randn(1, 3, 64, 64), ScalePolicy.with_budget(
+            0.5, gate=ContentGate(fine_patch_size=8)))
 
 
 def test_a_call_with_its_own_policy_leaves_the_backbone_as_configured():
@@ -88,11 +93,35 @@ def test_config_setters_replace_the_whole_default_policy():
     model.fine_budget = 0.3
     assert model.policy is not first and first.budget == 0.5
     assert model.policy.budget == 0.3 and model.train_budget_range == (0.25, 1.0)
-    model.fine_budget = None  # threshold mode: the training range belongs to budget mode
-    assert model.policy.mode == 'threshold' and model.train_budget_range is None
+    model.fine_budget = None  # threshold mode: the training range stays, inert
+    assert model.policy.mode == 'threshold' and model.train_budget_range == (0.25, 1.0)
+    model.fine_budget = 0.5
+    model.train_budget_range = None
+    assert model.policy.train_budget_range is None and model.fine_budget == 0.5
     model.gate_threshold = 0.7
     model.force_scale = 'coarse'
     assert (model.policy.threshold, model.policy.mode) == (0.7, 'forced')
+
+
+def test_a_training_forward_draws_once_from_the_models_range_whatever_the_policy():
+    """The random numbers after a forward are those of earlier versions (recorded runs
+    reproduce): one draw per training forward of a backbone with train_budget_range."""
+    model = tiny(fine_budget=0.5, train_budget_range=(0.25, 1.0)).train()
+    img = torch.randn(2, 3, 64, 64)
+    mask = torch.ones(2, 2, 2, dtype=torch.bool)
+    torch.manual_seed(0)
+    torch.rand(())
+    expected = torch.rand(())
+    for policy in (ScalePolicy.given(mask), ScalePolicy.forced('fine')):
+        torch.manual_seed(0)
+        model(img, policy)
+        assert torch.equal(torch.rand(()), expected)
+    plain = tiny(fine_budget=0.5).train()  # no range: no draw
+    torch.manual_seed(0)
+    plain(img, ScalePolicy.given(mask))
+    after = torch.rand(())
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(()))
 
 
 def test_segmentor_predict_takes_a_policy_for_that_call_only():

@@ -30,6 +30,8 @@ def backbone_macs(backbone, img: torch.Tensor, fine_mask: Optional[torch.Tensor]
         Tensor: (B,) float64.
     """
     if fine_mask is not None:
+        if policy is not None:
+            raise ValueError('backbone_macs: give either fine_mask or policy, not both')
         return layout_macs(backbone, backbone(img, fine_mask=fine_mask)[0].layout)
     return layout_macs(backbone, backbone(img, policy)[0].layout)
 
@@ -58,9 +60,11 @@ def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=
     see ``F.scaled_dot_product_attention``: switch a ViT's blocks to their manual attention path
     (``attn.fused_attn = False``) to count attention.
 
-    An MSViT ``module`` runs under ``policy`` (default: its own) with
-    ``trace_token_count=True``: a threshold-mode forward is counted with the token count of
-    these inputs, which is the point of counting one forward (export still refuses it).
+    An MSViT ``module`` (or a module whose forward takes ``policy=``) runs under ``policy``
+    (default: the MSViT's own) with ``trace_token_count=True``: a threshold-mode forward is
+    counted with the token count of these inputs, which is the point of counting one forward
+    (export still refuses it). A module that wraps an MSViT without taking a policy is counted
+    as it runs: in threshold mode it is refused, as by any tracer.
     """
     from mmengine.analysis import FlopAnalyzer
 

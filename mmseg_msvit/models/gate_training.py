@@ -73,7 +73,8 @@ class UntrainedGateWarning:
     def __call__(self, backbone: nn.Module, args, outputs) -> None:
         layout = outputs[0].layout
         if self.trained or self.warned or not backbone.training or \
-                layout.gate_logits is None or not layout.gate_logits.requires_grad:
+                layout.gate_logits is None or \
+                not any(p.requires_grad for p in backbone.gate.parameters()):
             return
         self.warned = True
         if self.owner == 'MSViT':

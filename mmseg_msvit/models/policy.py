@@ -38,8 +38,8 @@ class ScalePolicy:
             it, in [0, 1]. Default: 0.5.
         budget (float, optional): budget mode: every image keeps ``round(budget * regions)``
             fine regions (half up, at least one), in (0, 1]. None: threshold mode.
-        train_budget_range (tuple, optional): with ``budget``, in training each forward draws
-            its budget uniformly from ``(low, high)``.
+        train_budget_range (tuple, optional): in budget mode, in training each forward draws
+            its budget uniformly from ``(low, high)`` (inert in the other modes).
         fine_mask (Tensor, optional): (B, Hc, Wc) bool decisions given by the caller (the gate
             does not run).
         fine_value (Tensor, optional): with ``fine_mask``: a float tensor equal to it that
@@ -69,7 +69,7 @@ class ScalePolicy:
         if self.train_budget_range is not None:
             pair = self.train_budget_range
             low_high = tuple(pair) if isinstance(pair, (list, tuple)) else ()
-            if len(low_high) != 2 or self.budget is None or not all(
+            if len(low_high) != 2 or not all(
                     is_real(v) and 0 < v <= 1 for v in low_high) or low_high[0] > low_high[1]:
                 raise ValueError('MSViT: train_budget_range must be (low, high) with 0 < low <= '
                                  'high <= 1, and needs a fine_budget (the evaluation budget), '
@@ -132,13 +132,23 @@ class ScalePolicy:
         """Whether a gate scores the regions under this policy."""
         return self.mode in ('budget', 'threshold')
 
-    def draw_budget(self, training: bool) -> Optional[float]:
+    def draw_budget(self, training: bool, draw_range: Optional[Tuple[float, float]] = None
+                    ) -> Optional[float]:
         """The budget of one forward: ``budget``, or in training with ``train_budget_range`` a
-        uniform draw from that range (torch's generator)."""
-        if training and self.train_budget_range is not None and self.mode == 'budget':
-            low, high = self.train_budget_range
-            return low + (high - low) * float(torch.rand(()))
-        return self.budget
+        uniform draw from that range (torch's generator).
+
+        ``draw_range``: the range of the model's own policy. In training a forward draws once
+        whenever this policy or the model's has a range, whatever the mode, and uses the draw
+        only in budget mode with a range of its own: the random numbers that follow are those
+        of earlier versions, so recorded runs (docs/study.md) reproduce.
+        """
+        own = self.train_budget_range
+        draw_range = own if own is not None else draw_range
+        if not training or draw_range is None:
+            return self.budget
+        low, high = draw_range
+        drawn = low + (high - low) * float(torch.rand(()))
+        return drawn if own is not None and self.mode == 'budget' else self.budget
 
     def num_fine_regions(self, num_regions: int, budget: Optional[float] = None) -> int:
         """Fine regions per image in budget mode: ``budget`` (default this policy's) times

@@ -196,6 +196,10 @@ class MixedScaleTokenizer(nn.Module):
             MixedScaleTokens
         """
         if not isinstance(decision, ScaleDecision):  # a bare mask: the caller's decisions
+            if torch.jit.is_tracing() or is_exporting():
+                raise RuntimeError('MixedScaleTokenizer: a bare mask gives no static token count, '
+                                   'so tracing would freeze this batch\'s; pass a ScaleDecision '
+                                   '(MSViT.decide_scales) in budget mode or with a forced scale')
             decision = ScaleDecision.from_mask(decision, self.ratio**2)
         fine_mask, fine_value = decision.fine_mask, decision.fine_value
         batch = img.shape[0]

@@ -91,25 +91,32 @@ def build_runner(config, checkpoint, cfg_options, work_dir):
 
 
 def evaluate(runner, label, threshold=None, budget=None):
-    """One pass of the test set (mmengine's test loop, step by step) with the scale policy of
-    this setting passed to every ``predict``; the model itself is never changed."""
+    """One pass of the test set, as mmengine's ``TestLoop.run`` makes it (hooks, fp16 autocast,
+    the evaluator), with the scale policy of this setting passed to every ``predict``; the
+    model itself is never changed."""
     import torch
-    model = runner.model
+    from mmengine.runner.amp import autocast
+    model, loop = runner.model, runner.test_loop
     policy = model.backbone.policy
     if threshold is not None:
-        policy = policy.replace(threshold=threshold, budget=None, train_budget_range=None)
+        policy = policy.replace(threshold=threshold, budget=None)
     elif budget is not None:
         policy = policy.replace(budget=budget)
-    loader, evaluator = runner.test_dataloader, runner.test_loop.evaluator
-    num_images = len(loader.dataset)
-    model.eval()
+    num_images = len(loop.dataloader.dataset)
     start = time.perf_counter()
-    with torch.no_grad():
-        for batch in loader:
-            data = model.data_preprocessor(batch, False)
+    runner.call_hook('before_test')
+    runner.call_hook('before_test_epoch')
+    model.eval()
+    for index, batch in enumerate(loop.dataloader):
+        runner.call_hook('before_test_iter', batch_idx=index, data_batch=batch)
+        with torch.no_grad(), autocast(enabled=loop.fp16):
+            data = model.data_preprocessor(batch, False)  # what test_step does, plus a policy
             outputs = model.predict(data['inputs'], data['data_samples'], policy=policy)
-            evaluator.process(data_samples=outputs, data_batch=batch)
-    metrics = evaluator.evaluate(num_images)
+        loop.evaluator.process(data_samples=outputs, data_batch=batch)
+        runner.call_hook('after_test_iter', batch_idx=index, data_batch=batch, outputs=outputs)
+    metrics = loop.evaluator.evaluate(num_images)
+    runner.call_hook('after_test_epoch', metrics=metrics)
+    runner.call_hook('after_test')
     seconds = time.perf_counter() - start
     return dict(label=label, threshold=threshold, budget=budget, mIoU=float(metrics['mIoU']),
                 backbone_gmacs=float(metrics['complexity/backbone_gmacs']),

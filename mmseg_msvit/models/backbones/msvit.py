@@ -228,6 +228,10 @@ class MSViT(BaseModule):
         #: setters
         self.policy = ScalePolicy(force_scale=force_scale, threshold=gate_threshold,
                                   budget=fine_budget, train_budget_range=train_budget_range)
+        if train_budget_range is not None and fine_budget is None:
+            raise ValueError('MSViT: train_budget_range must be (low, high) with 0 < low <= high '
+                             '<= 1, and needs a fine_budget (the evaluation budget), got '
+                             f'train_budget_range={train_budget_range!r}, fine_budget=None')
         self.final_norm = final_norm
         self.with_cp = with_cp
         # gate_init's freeze is the config's short way of saying freeze_gate: one flag
@@ -299,15 +303,16 @@ class MSViT(BaseModule):
 
     @fine_budget.setter
     def fine_budget(self, value: Optional[float]) -> None:
-        # the training range belongs to budget mode: threshold mode drops it
-        self.policy = self.policy.replace(
-            budget=value, train_budget_range=None if value is None else
-            self.policy.train_budget_range)
+        self.policy = self.policy.replace(budget=value)
 
     @property
     def train_budget_range(self) -> Optional[Tuple[float, float]]:
         """The default policy's training budget range (budget mode), or None."""
         return self.policy.train_budget_range
+
+    @train_budget_range.setter
+    def train_budget_range(self, value: Optional[Tuple[float, float]]) -> None:
+        self.policy = self.policy.replace(train_budget_range=value)
 
     @property
     def tokens_per_fine_region(self) -> int:
@@ -380,8 +385,8 @@ class MSViT(BaseModule):
 
     def freeze_all_but_gate(self) -> None:
         """Train the gate alone from now on: every other parameter of the backbone is frozen and
-        its modules stay in eval mode (dropout off) in training (``train_gate_only`` of the
-        segmentor and classifier)."""
+        its modules stay in eval mode (dropout off) in training (the segmentor's
+        ``train_gate_only``)."""
         if self.force_scale is not None or self.freeze_gate or not any(
                 p.requires_grad for p in self.gate.parameters()):
             raise ValueError('MSViT: training the gate alone needs a gate with trainable '
@@ -395,13 +400,12 @@ class MSViT(BaseModule):
         frozen = []
         if getattr(self, '_gate_only', False):
             frozen = [module for name, module in self.named_children() if name != 'gate']
+            self.pos_embed.requires_grad = False
+            self.cls_token.requires_grad = False
         elif self.frozen_stages >= 0:
             frozen = [self.patch_embed, *self.blocks[:self.frozen_stages]]
             if self.coarse_embed is not None:
                 frozen.append(self.coarse_embed)
-            self.pos_embed.requires_grad = False
-            self.cls_token.requires_grad = False
-        if getattr(self, '_gate_only', False):
             self.pos_embed.requires_grad = False
             self.cls_token.requires_grad = False
         if self.freeze_gate or self.force_scale is not None:
@@ -481,6 +485,7 @@ class MSViT(BaseModule):
         if not isinstance(policy, ScalePolicy):
             raise TypeError('MSViT: policy must be a ScalePolicy (mmseg_msvit.models.'
                             f'ScalePolicy), got {type(policy).__name__}')
+        budget = policy.draw_budget(self.training, self.policy.train_budget_range)
         batch = img.shape[0]
         grid = (img.shape[-2] // self.coarse_patch_size, img.shape[-1] // self.coarse_patch_size)
         regions, per_fine = grid[0] * grid[1], self.tokens_per_fine_region
@@ -498,8 +503,7 @@ class MSViT(BaseModule):
                 make((batch, *grid), dtype=torch.bool, device=img.device), per_fine,
                 static_num_tokens=policy.static_num_tokens(regions, per_fine))
         else:
-            gate = self.gate if policy.gate is None else policy.gate
-            budget = policy.draw_budget(self.training)  # before the gate: the order of draws
+            gate = self.gate if policy.gate is None else self._checked_gate(policy.gate)
             logits = gate(img)
             if mode == 'budget':
                 trains = self.training and any(p.requires_grad for p in gate.parameters())
@@ -520,6 +524,20 @@ class MSViT(BaseModule):
                 'results on others. Use budget mode for static shapes: set '
                 'model.backbone.fine_budget (e.g. 0.5), or force_scale.')
         return decision
+
+    def _checked_gate(self, gate: nn.Module) -> nn.Module:
+        """A policy's substitute gate, refused when it reads regions of another size or other
+        channels than this backbone's."""
+        ratio = self.coarse_patch_size // self.fine_patch_size
+        for name, ours in (('coarse_patch_size', self.coarse_patch_size),
+                           ('in_channels', self.in_channels), ('ratio', ratio)):
+            theirs = getattr(gate, name, ours)
+            if theirs != ours:
+                raise ValueError(f'MSViT: the policy\'s gate {type(gate).__name__} has '
+                                 f'{name}={theirs}, this backbone {ours} (coarse_patch_size='
+                                 f'{self.coarse_patch_size}, fine_patch_size='
+                                 f'{self.fine_patch_size}); build the gate with the backbone\'s')
+        return gate
 
     def embed(self,
               img: torch.Tensor,
