@@ -32,7 +32,7 @@ def test_a_policy_is_immutable_and_checked_on_construction():
     with pytest.raises(dataclasses.FrozenInstanceError):
         policy.budget = 0.3
     assert policy.replace(budget=0.3).budget == 0.3 and policy.budget == 0.5
-    assert [ScalePolicy.forced('fine').mode, policy.mode, ScalePolicy().mode,
+    assert [ScalePolicy.forced('fine').mode, policy.mode, ScalePolicy.with_threshold(0.7).mode,
             ScalePolicy.given(torch.ones(1, 2, 2, dtype=torch.bool)).mode] == \
         ['forced', 'budget', 'threshold', 'given']
     for bad, match in ((dict(force_scale='dense'), "force_scale must be None, 'fine'"),

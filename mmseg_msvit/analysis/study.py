@@ -21,7 +21,7 @@ import torch
 from mmengine.dataset import pseudo_collate
 
 from ..models.gates import ContentGate, RandomGate
-from ..models.policy import ScalePolicy
+from ..models.policy import ScalePolicy, fine_regions_for_budget
 from .gate_alignment import DETAILED, DetailAlignment, region_detail_kinds
 from .macs import decode_macs, image_cost
 
@@ -169,8 +169,8 @@ class StudyEvaluator:
                 padded, _ = model.backbone.pad_input(inputs)
                 regions = (padded.shape[-2] // coarse) * (padded.shape[-1] // coarse)
                 policy = ScalePolicy.given(oracle_fine_mask(
-                    label, padded, coarse, ScalePolicy.with_budget(budget).num_fine_regions(
-                        regions) if budget is not None else regions))
+                    label, padded, coarse, regions if budget is None else
+                    fine_regions_for_budget(budget, regions)))
             feats, layout = model.extract_feat_and_layout(inputs, policy)
             metas = [s.metainfo for s in data_samples]
             seg_logits = model.decode_head.predict(feats, metas, model.test_cfg)

@@ -32,18 +32,15 @@ def msvit_macs_from_tokens(backbone,
                            num_patch_tokens: torch.Tensor,
                            num_coarse_tokens: torch.Tensor,
                            num_regions: int,
-                           gate_ran: bool,
-                           gate_macs_per_region: Optional[int] = None) -> torch.Tensor:
+                           gate_macs_per_region: int = 0) -> torch.Tensor:
     """Per-image MACs of an MSViT forward.
 
     Args:
-        backbone (MSViT): provides widths, depth, patch sizes and the gate.
+        backbone (MSViT): provides widths, depth, patch sizes and the coarse-token extras.
         num_patch_tokens (Tensor): (B,) patch tokens per image (CLS excluded, padding excluded).
         num_coarse_tokens (Tensor): (B,) how many of them are coarse.
         num_regions (int): coarse regions of the (padded) input.
-        gate_ran (bool): whether the gate was evaluated.
-        gate_macs_per_region (int, optional): MACs per region of the gate that ran; None: the
-            backbone's own gate.
+        gate_macs_per_region (int): MACs per region of the gate that ran (0: no gate ran).
 
     Returns:
         Tensor: (B,) float64 MACs.
@@ -59,19 +56,14 @@ def msvit_macs_from_tokens(backbone,
     coarse_embed = getattr(backbone, 'coarse_embed', None)
     if coarse_embed is not None:  # the coarse tokens' detail residual
         macs = macs + num_coarse_tokens.double() * coarse_embed.macs_per_token
-    if gate_ran:
-        per_region = backbone.gate.macs_per_region if gate_macs_per_region is None else \
-            gate_macs_per_region
-        macs = macs + num_regions * per_region
-    return macs
+    return macs + num_regions * gate_macs_per_region
 
 
 def layout_macs(backbone, layout) -> torch.Tensor:
     """(B,) float64 MACs of the forward that produced ``layout`` (a pure function of it)."""
     num_coarse = (~layout.fine_mask).flatten(1).sum(1)
     return msvit_macs_from_tokens(backbone, layout.num_tokens, num_coarse, layout.num_regions,
-                                  gate_ran=layout.gate_logits is not None,
-                                  gate_macs_per_region=layout.gate_macs_per_region)
+                                  layout.gate_macs_per_region)
 
 
 def image_cost(backbone, layout, neck=None) -> Dict[str, torch.Tensor]:

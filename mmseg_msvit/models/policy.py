@@ -17,8 +17,11 @@ import torch.nn as nn
 
 from .arguments import check_fine_budget, check_gate_threshold, is_real
 
-#: the ways a policy decides, in the order they take precedence
-MODES = ('given', 'forced', 'budget', 'threshold')
+
+def fine_regions_for_budget(budget: float, num_regions: int) -> int:
+    """Fine regions per image in budget mode: ``budget`` times ``num_regions``, rounded half up,
+    and at least one (a budget is > 0)."""
+    return max(1, int(math.floor(budget * num_regions + 0.5)))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -120,17 +123,12 @@ class ScalePolicy:
     # ------------------------------------------------------------------ queries
     @property
     def mode(self) -> str:
-        """'given', 'forced', 'budget' or 'threshold' (:data:`MODES`, by precedence)."""
+        """'given', 'forced', 'budget' or 'threshold' (in that order of precedence)."""
         if self.fine_mask is not None:
             return 'given'
         if self.force_scale is not None:
             return 'forced'
         return 'threshold' if self.budget is None else 'budget'
-
-    @property
-    def runs_gate(self) -> bool:
-        """Whether a gate scores the regions under this policy."""
-        return self.mode in ('budget', 'threshold')
 
     def draw_budget(self, training: bool, draw_range: Optional[Tuple[float, float]] = None
                     ) -> Optional[float]:
@@ -151,13 +149,12 @@ class ScalePolicy:
         return drawn if own is not None and self.mode == 'budget' else self.budget
 
     def num_fine_regions(self, num_regions: int, budget: Optional[float] = None) -> int:
-        """Fine regions per image in budget mode: ``budget`` (default this policy's) times
-        ``num_regions``, rounded half up, and at least one (a budget is > 0)."""
+        """:func:`fine_regions_for_budget` of ``budget`` (default this policy's)."""
         budget = self.budget if budget is None else budget
         if budget is None:
             raise ValueError('ScalePolicy: num_fine_regions needs a budget (budget mode), this '
                              f'policy is in {self.mode} mode')
-        return max(1, int(math.floor(budget * num_regions + 0.5)))
+        return fine_regions_for_budget(budget, num_regions)
 
     def static_num_tokens(self, num_regions: int, tokens_per_fine: int,
                           budget: Optional[float] = None) -> Optional[int]:

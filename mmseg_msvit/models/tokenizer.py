@@ -76,8 +76,8 @@ class MixedScaleLayout(NamedTuple):
         packed (PackedSequences | None): set when the tokens of the batch are packed into one
             sequence (each image's CLS token at ``packed.starts``, its patch tokens after it in
             ``cell_to_token`` order); None for a (B, 1 + L, D) batch.
-        gate_macs_per_region (int | None): MACs per region of the gate that ran (it may be a
-            gate the policy substituted); None: the backbone's own gate.
+        gate_macs_per_region (int): MACs per region of the gate that ran (it may be a gate the
+            policy substituted); 0 when no gate ran.
     """
     fine_mask: torch.Tensor
     cell_to_token: torch.Tensor
@@ -87,7 +87,7 @@ class MixedScaleLayout(NamedTuple):
     out_size: Tuple[int, int]
     gate_logits: Optional[torch.Tensor] = None
     packed: Optional[PackedSequences] = None
-    gate_macs_per_region: Optional[int] = None
+    gate_macs_per_region: int = 0
 
     @property
     def num_regions(self) -> int:
@@ -274,8 +274,7 @@ class MixedScaleTokenizer(nn.Module):
             out_size=out_size or (fine_rows, fine_cols),
             gate_logits=decision.gate_logits,
             packed=packed,
-            gate_macs_per_region=decision.gate_macs_per_region
-            if decision.gate_logits is not None else None)
+            gate_macs_per_region=decision.gate_macs_per_region)
         return MixedScaleTokens(tokens, attn_mask, layout)
 
     @staticmethod

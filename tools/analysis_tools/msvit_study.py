@@ -792,8 +792,8 @@ def parse_args(argv=None):
     parser.add_argument('--seeds', type=int_at_least(0), nargs='+', default=[0, 1, 2],
                         help='training seeds (every model is trained once per seed)')
     parser.add_argument('--out-dir', default=None,
-                        help='results, checkpoints and data (default work_dirs/study_SETTING, plus _shifted and '
-                        'each --set KEY-VALUE when given)')
+                        help='results, checkpoints and data (default work_dirs/study_SETTING, '
+                        'plus _shifted and each --set KEY-VALUE when given)')
     parser.add_argument('--scenes', choices=['standard', 'shifted'], default='standard',
                         help='the synthetic scenes as the project draws them, or drawn '
                         'differently (other palette, gravel floors, diagonal stripes, tilted '

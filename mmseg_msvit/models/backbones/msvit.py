@@ -63,6 +63,19 @@ def gate_config(gate: Optional[dict], fine_patch_size: int, coarse_patch_size: i
     return cfg
 
 
+def _policy_field(field: str, doc: str) -> property:
+    """A property reading one field of ``MSViT.policy``; setting it replaces the policy with a
+    checked copy that has the new value."""
+
+    def get(self):
+        return getattr(self.policy, field)
+
+    def set(self, value):
+        self.policy = self.policy.replace(**{field: value})
+
+    return property(get, set, doc=doc)
+
+
 @MODELS.register_module()
 class MSViT(BaseModule):
     """Mixed-scale Vision Transformer backbone.
@@ -236,6 +249,7 @@ class MSViT(BaseModule):
         self.with_cp = with_cp
         # gate_init's freeze is the config's short way of saying freeze_gate: one flag
         self.freeze_gate = bool(freeze_gate) or bool((gate_init or {}).get('freeze', False))
+        self._gate_only = False  # set by freeze_all_but_gate
         fine, coarse, dims = self.fine_patch_size, self.coarse_patch_size, self.embed_dims
 
         # --- parameters, named as timm's VisionTransformer ---
@@ -278,41 +292,13 @@ class MSViT(BaseModule):
     # The config's policy, one field at a time (``model.backbone.fine_budget = 0.3``): each
     # setter checks the value and replaces the whole immutable policy; a single forward with
     # another rule passes ``policy=`` instead.
-    @property
-    def force_scale(self) -> Optional[str]:
-        """None (the gate decides), 'fine' or 'coarse': the default policy's forced scale."""
-        return self.policy.force_scale
-
-    @force_scale.setter
-    def force_scale(self, value: Optional[str]) -> None:
-        self.policy = self.policy.replace(force_scale=value)
-
-    @property
-    def gate_threshold(self) -> float:
-        """Eval threshold on the gate probability of FINE, a float in [0, 1]."""
-        return self.policy.threshold
-
-    @gate_threshold.setter
-    def gate_threshold(self, value: float) -> None:
-        self.policy = self.policy.replace(threshold=value)
-
-    @property
-    def fine_budget(self) -> Optional[float]:
-        """Budget mode's fine fraction per image in (0, 1], or None (threshold mode)."""
-        return self.policy.budget
-
-    @fine_budget.setter
-    def fine_budget(self, value: Optional[float]) -> None:
-        self.policy = self.policy.replace(budget=value)
-
-    @property
-    def train_budget_range(self) -> Optional[Tuple[float, float]]:
-        """The default policy's training budget range (budget mode), or None."""
-        return self.policy.train_budget_range
-
-    @train_budget_range.setter
-    def train_budget_range(self, value: Optional[Tuple[float, float]]) -> None:
-        self.policy = self.policy.replace(train_budget_range=value)
+    force_scale = _policy_field('force_scale', "None (the gate decides), 'fine' or 'coarse'.")
+    gate_threshold = _policy_field('threshold', 'Eval threshold on the gate probability of '
+                                   'FINE, a float in [0, 1].')
+    fine_budget = _policy_field('budget', "Budget mode's fine fraction per image in (0, 1], or "
+                                'None (threshold mode).')
+    train_budget_range = _policy_field('train_budget_range', 'The training budget range '
+                                       '(budget mode), or None.')
 
     @property
     def tokens_per_fine_region(self) -> int:
@@ -398,14 +384,13 @@ class MSViT(BaseModule):
         """The one place that freezes: ``frozen_stages``, the gate (``freeze_gate`` or a forced
         scale) or everything but the gate (:meth:`freeze_all_but_gate`)."""
         frozen = []
-        if getattr(self, '_gate_only', False):
+        if self._gate_only:
             frozen = [module for name, module in self.named_children() if name != 'gate']
-            self.pos_embed.requires_grad = False
-            self.cls_token.requires_grad = False
         elif self.frozen_stages >= 0:
             frozen = [self.patch_embed, *self.blocks[:self.frozen_stages]]
             if self.coarse_embed is not None:
                 frozen.append(self.coarse_embed)
+        if frozen:  # the embedding parameters go with the patch embedding
             self.pos_embed.requires_grad = False
             self.cls_token.requires_grad = False
         if self.freeze_gate or self.force_scale is not None:
@@ -544,9 +529,7 @@ class MSViT(BaseModule):
               decision: Union[ScaleDecision, torch.Tensor],
               out_size: Optional[Tuple[int, int]] = None) -> MixedScaleTokens:
         """Tokenize a padded input with the given decisions (CLS and positions included);
-        a bool ``(B, Hc, Wc)`` mask is taken as given decisions."""
-        if not isinstance(decision, ScaleDecision):
-            decision = self.decide_scales(img, ScalePolicy.given(decision))
+        a bool ``(B, Hc, Wc)`` mask is taken as given decisions (by the tokenizer)."""
         cls_pos, pos_grid = self.fine_position_grid(
             (img.shape[-2] // self.fine_patch_size, img.shape[-1] // self.fine_patch_size))
         tokens = self.tokenizer(img, decision, self.patch_embed, pos_grid, self.cls_token,
