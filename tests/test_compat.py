@@ -3,6 +3,8 @@ import importlib.util
 import os
 import os.path as osp
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -282,6 +284,54 @@ def test_crafted_numpy_and_history_states_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"refused.*statistics \['current', 'max', 'mean'"):
         read_checkpoint(str(tmp_path / 'swapped.pth'))
     assert HistoryBuffer._statistics_methods == before  # no class state changed
+
+
+DTYPE_REBUILT_AFTER_USE = r"""
+import pickle, sys, zipfile
+import numpy as np
+import mmseg_msvit
+from mmengine.runner.checkpoint import CheckpointLoader
+from mmseg_msvit.models.checkpoints import CheckpointError, read_checkpoint
+
+
+def text(value):
+    return b'X' + len(value).to_bytes(4, 'little') + value.encode()
+
+
+raw = pickle.dumps({'a': np.full(1, 1.5)}, protocol=2)
+dtype_memo = raw[raw.index(b'cnumpy\ndtype\n'):].split(b'R', 1)[1][:2]
+assert dtype_memo[:1] == b'q'  # BINPUT n after the dtype's REDUCE
+# after the array was restored with the dtype, BUILD the same dtype again: a structured dtype
+# whose field is itself, flags of an object dtype
+again = (b'h' + dtype_memo[1:] + b'(K\x03' + text('|') + b'N(' + text('x') + b't}' + text('x') +
+         b'h' + dtype_memo[1:] + b'K\x00\x86sK\x08K\x01K\x3ftb0')
+with zipfile.ZipFile(sys.argv[1], 'w') as archive:
+    archive.writestr('archive/data.pkl', raw[:-2] + again + b's.')
+    archive.writestr('archive/version', '3\n')
+    archive.writestr('archive/byteorder', 'little')
+for load in (read_checkpoint, CheckpointLoader.load_checkpoint):
+    try:
+        loaded = load(sys.argv[1])
+    except CheckpointError as err:
+        print('refused:', err)
+        continue
+    print('loaded:', loaded['a'].dtype.fields is not None)
+"""
+
+
+def test_a_dtype_rebuilt_after_its_array_was_checked_is_refused(tmp_path):
+    """A pickle may BUILD a memoised numpy dtype a second time, after an array using it passed
+    the check: numpy's own dtype state would then turn the array structured (or give it object
+    fields: pointers read from the file's bytes). Run apart, since the old behaviour could
+    crash the interpreter."""
+    script = tmp_path / 'attack.py'
+    script.write_text(DTYPE_REBUILT_AFTER_USE)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / 'evil.pth')],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(('refused', 'loaded'))]
+    assert len(lines) == 2 and all(line.startswith('refused') for line in lines), lines
+    assert 'dtype state' in lines[0] and 'plain float64' in lines[0]
 
 
 def _pickled_call(module: str, name: str, args: bytes) -> bytes:

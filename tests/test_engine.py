@@ -217,6 +217,44 @@ def test_resume_never_executes_config_text_from_a_checkpoint(killed_and_resumed,
                          *run_options(synthetic_root / 'ade', 4)])
     assert runner.iter == 4 and not marker.exists()
 
+    # mmseg's own tools/train.py with a config whose custom_hooks leave out every hook of ours:
+    # the protection is in the loading path, not in a hook
+    import mmseg
+    mmseg_train = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', 'train.py')
+    no_hooks = tmp_path / 'no_hooks.py'
+    no_hooks.write_text(f"_base_ = [{DEMO!r}]\ncustom_hooks = []\n")
+    (evil_dir / 'last_checkpoint').write_text(str(evil_dir / 'iter_4.pth'))
+    proc = subprocess.run([sys.executable, mmseg_train, str(no_hooks), '--work-dir', str(evil_dir),
+                           '--resume', '--cfg-options', *run_options(synthetic_root / 'ade', 5)],
+                          capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (evil_dir / 'iter_5.pth').exists() or 'Iter(train) [5/5]' in proc.stdout + proc.stderr
+    assert not marker.exists()
+    assert "ignored the config text in meta['config']" in proc.stdout + proc.stderr
+
+
+def test_loading_path_keeps_plain_config_text_and_drops_code(tmp_path):
+    """mmengine's checkpoint loaders (resume, load_from, init_model, inferencers) keep the config
+    text mmengine writes and drop any that would compute something when mmengine executes it."""
+    from mmengine.config import Config
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    plain = Config.fromfile(DEMO).pretty_text
+    marker = tmp_path / 'executed'
+    code = f"_x = __import__('os').system('touch {marker}')"
+    torch.save({'meta': {'cfg': plain, 'config': code},
+                'message_hub': {'runtime_info': {'cfg': "model = dict(type=open('/etc/passwd'))"}},
+                'state_dict': {'w': torch.ones(1)}}, tmp_path / 'a.pth')
+    loaded = CheckpointLoader.load_checkpoint(str(tmp_path / 'a.pth'))
+    assert loaded['meta']['cfg'] == plain and 'config' not in loaded['meta']
+    assert 'cfg' not in loaded['message_hub']['runtime_info']
+    Config.fromstring(loaded['meta']['cfg'], '.py')  # what mmengine would do with it
+    assert not marker.exists()
+    # a custom_imports of another package is not plain data either (importing runs code)
+    torch.save({'meta': {'cfg': "custom_imports = dict(imports=['antigravity'])\na = 1"}},
+               tmp_path / 'b.pth')
+    assert 'cfg' not in CheckpointLoader.load_checkpoint(str(tmp_path / 'b.pth'))['meta']
+
 
 # ----------------------------------------------------------------------------- NaN
 def test_non_finite_loss_stops_training_naming_the_iteration(synthetic_root, tmp_path):

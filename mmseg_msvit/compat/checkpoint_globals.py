@@ -6,8 +6,12 @@ and dtypes (the message hub's histories, the saved random state). :func:`checkpo
 allow-lists exactly what such checkpoints hold, each through a checked stand-in registered under
 the real name, so that a crafted file can neither run code nor reach memory:
 
-* ``numpy.dtype``: only the plain numeric dtypes (bool, signed/unsigned ints, floats), always a
-  fresh copy (a state applied to it touches no shared dtype);
+* ``numpy.dtype``: only the plain numeric dtypes (bool, signed/unsigned ints, floats). A pickle
+  gets a :class:`_DtypeName` for it, never a real dtype: numpy's own ``dtype.__setstate__``
+  would let a later BUILD of the same (memoised) dtype turn it into a structured or object
+  dtype after an array using it was checked. The name accepts only numpy's canonical state of
+  a plain dtype (its byte order), and arrays and scalars are made with a new dtype built from
+  it, so no state from the file ever reaches a numpy dtype;
 * ``numpy.ndarray`` (only as the argument of ``_reconstruct``; calling it is refused) and
   ``_reconstruct``: arrays whose restored dtype is still plain numeric (no fields, no objects:
   an object field read from bytes would be a pointer) and whose data are bytes;
@@ -69,12 +73,57 @@ def _history_buffer_getattr(obj, name):
         'allowed under weights_only=True')
 
 
+class _DtypeName:
+    """What ``numpy.dtype(name, align, copy)`` gives in a checkpoint: the NAME of a plain numeric
+    dtype and its byte order, never a numpy dtype object.
+
+    numpy pickles a dtype as that call followed by BUILD with the dtype's state, and a crafted
+    pickle can BUILD the same memoised object again later; on a real dtype that runs numpy's
+    ``__setstate__``, which rewrites fields and flags of a dtype an array already uses. Here
+    BUILD accepts only the canonical state numpy writes for a plain dtype (version 3, a byte
+    order, no names, fields, sizes or flags); :meth:`dtype` makes a new numpy dtype from the
+    name each time it is asked.
+    """
+    __slots__ = ('name', 'byteorder')
+
+    def __new__(cls, *args, **kwargs):  # only _numeric_dtype makes one
+        _refuse('a dtype name created from its constructor')
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) != 8 or state[0] != 3 or \
+                state[1] not in ('<', '>', '|', '=') or state[2:] != (None, None, None, -1, -1, 0):
+            _refuse(f'a dtype state other than numpy\'s plain {self.name} one (names, fields, sizes '
+                    'or flags)')
+        object.__setattr__(self, 'byteorder', state[1])
+
+    def __setattr__(self, name, value):
+        _refuse(f'setting {name!r} on a dtype')
+
+    def dtype(self) -> np.dtype:
+        """A new numpy dtype for this name and byte order."""
+        dtype = np.dtype(self.name)
+        return dtype if self.byteorder in ('|', '=') else dtype.newbyteorder(self.byteorder)
+
+    def __reduce__(self):  # saved again as the numpy dtype it stands for
+        return self.dtype().__reduce__()
+
+
 def _numeric_dtype(obj, align=False, copy=True):
-    """``numpy.dtype`` for the plain numeric dtypes only, always a new copy."""
+    """``numpy.dtype`` in a checkpoint: a :class:`_DtypeName` for the plain numeric dtypes only."""
     if not isinstance(obj, str) or obj not in {np.dtype(n).str.lstrip('<>|=') for n in
                                                _NUMERIC_DTYPES} | set(_NUMERIC_DTYPES):
         _refuse(f'numpy.dtype({obj!r})')
-    return np.dtype(obj, bool(align), True)
+    name = object.__new__(_DtypeName)
+    object.__setattr__(name, 'name', np.dtype(obj).name)
+    object.__setattr__(name, 'byteorder', '=')
+    return name
+
+
+def _dtype_of(dtype) -> np.dtype:
+    """The new numpy dtype a checkpoint's dtype name stands for (anything else refused)."""
+    if not isinstance(dtype, _DtypeName):
+        _refuse(f'an array or scalar of dtype {dtype!r}')
+    return _check_dtype(dtype.dtype())
 
 
 class _NdarrayName:
@@ -99,7 +148,7 @@ class _CheckedArray(np.ndarray):
         if not isinstance(state, tuple) or len(state) not in (4, 5) or \
                 not isinstance(state[-1], (bytes, bytearray)):
             _refuse('an array whose state is not (shape, numeric dtype, bytes)')
-        _check_dtype(state[-3])
+        state = state[:-3] + (_dtype_of(state[-3]), ) + state[-2:]
         super().__setstate__(state)
 
     def __reduce__(self):
@@ -117,7 +166,7 @@ def _checked_reconstruct(subtype, shape, dtype_code):
 
 
 def _checked_scalar(dtype, data=None):
-    _check_dtype(dtype)
+    dtype = _dtype_of(dtype)
     if not isinstance(data, bytes) or len(data) != dtype.itemsize:
         _refuse(f'a {dtype} scalar from {type(data).__name__} data')
     return scalar(dtype, data)
@@ -154,7 +203,6 @@ class _CheckedHistoryBuffer(_history_buffer_class()):
 def checkpoint_safe_globals() -> list:
     """The non-tensor globals of mmengine Runner checkpoints, each as a checked stand-in
     registered under the real name (module docstring)."""
-    numeric_dtype_types = [type(np.dtype(name)) for name in _NUMERIC_DTYPES]
     names = []
     for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):  # numpy 1.x / 2.x files
         names += [(_checked_reconstruct, f'{module}._reconstruct'),
@@ -162,9 +210,33 @@ def checkpoint_safe_globals() -> list:
     return [
         (_CheckedHistoryBuffer, 'mmengine.logging.history_buffer.HistoryBuffer'),
         _CheckedArray, (_NdarrayName, 'numpy.ndarray'), (_numeric_dtype, 'numpy.dtype'),
-        *names, *numeric_dtype_types, (_history_buffer_getattr, 'builtins.getattr')
+        _DtypeName, *names, (_history_buffer_getattr, 'builtins.getattr')
     ]
 
 
 def install_checkpoint_safe_globals() -> None:
     torch.serialization.add_safe_globals(checkpoint_safe_globals())
+
+
+def checked_after_loading(obj):
+    """What ``torch.load`` gave, checked once more as a whole: every numpy array and scalar in it
+    (dicts, lists, tuples, HistoryBuffers) has a plain numeric dtype, and a dtype stored on its
+    own becomes the numpy dtype it names. Refuses (``pickle.UnpicklingError``) anything else."""
+    from mmengine.logging import HistoryBuffer
+    if isinstance(obj, _DtypeName):
+        return obj.dtype()
+    if isinstance(obj, (np.ndarray, np.generic)):
+        _check_dtype(obj.dtype)
+        return obj
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            obj[key] = checked_after_loading(value)
+        return obj
+    if isinstance(obj, list):
+        obj[:] = [checked_after_loading(value) for value in obj]
+        return obj
+    if type(obj) is tuple:  # noqa: E721  (torch.Size and named tuples stay as they are)
+        return tuple(checked_after_loading(value) for value in obj)
+    if isinstance(obj, HistoryBuffer):
+        checked_after_loading(obj.__dict__)
+    return obj

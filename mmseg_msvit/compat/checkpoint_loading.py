@@ -9,10 +9,18 @@ loader that reads with :func:`mmseg_msvit.models.checkpoints.read_checkpoint`
 (``weights_only=True`` given explicitly, which that variable cannot override; refusals in one
 sentence) and wraps every other scheme (http, s3, ...) so that its ``torch.load`` runs with
 ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``.
+
+mmengine also EXECUTES config text it finds in a checkpoint (``Runner.resume`` runs
+``meta['config']``; its inferencers run ``meta['cfg']`` when given no config). Both loaders remove
+such text unless it is plain data (:func:`config_text_as_data`), so whatever hooks a config lists,
+and whichever ``tools/train.py`` (ours or mmseg's) resumes, no checkpoint text runs.
 """
+import logging
 import os
 import os.path as osp
 from contextlib import contextmanager
+
+from .checkpoint_globals import checked_after_loading
 
 __all__ = ['install_weights_only_loaders', 'weights_only_loads']
 
@@ -36,10 +44,40 @@ def weights_only_loads():
                 os.environ[key] = value
 
 
+def config_text_as_data(checkpoint, source: str = 'checkpoint'):
+    """Remove from a checkpoint the config texts that mmengine would execute and that are not
+    plain data (:func:`mmseg_msvit.models.checkpoints.config_text_problem`): ``meta['config']``
+    (``Runner.resume`` runs it to read the GPU count), ``meta['cfg']`` and the message hub's
+    ``runtime_info['cfg']`` (mmengine's inferencers run them when no config is given). What
+    mmengine itself writes is plain data and stays. Returns ``checkpoint``."""
+    from mmengine.logging import print_log
+
+    from ..models.checkpoints import config_text_problem
+    if not isinstance(checkpoint, dict):
+        return checkpoint
+    meta = checkpoint.get('meta')
+    hub = checkpoint.get('message_hub')
+    runtime = hub.get('runtime_info') if isinstance(hub, dict) else None
+    for where, holder, key in (('meta', meta, 'config'), ('meta', meta, 'cfg'),
+                               ('message_hub.runtime_info', runtime, 'cfg')):
+        if not isinstance(holder, dict) or key not in holder:
+            continue
+        problem = config_text_problem(holder[key])
+        if problem is not None:
+            holder.pop(key)
+            print_log(f'{source}: ignored the config text in {where}[{key!r}] (it is never '
+                      f'executed, and it is not plain data: {problem})', logger='current',
+                      level=logging.WARNING)
+    return checkpoint
+
+
 def load_from_local_as_data(filename, map_location=None):
-    """mmengine's local scheme, read with ``weights_only=True`` (and safetensors)."""
+    """mmengine's local scheme, read with ``weights_only=True`` (and safetensors); config text
+    that is not plain data removed (:func:`config_text_as_data`)."""
     from ..models.checkpoints import read_checkpoint
-    return read_checkpoint(osp.expanduser(filename), map_location=map_location or 'cpu')
+    return config_text_as_data(
+        read_checkpoint(osp.expanduser(filename), map_location=map_location or 'cpu'),
+        str(filename))
 
 
 load_from_local_as_data.weights_only = True
@@ -48,7 +86,8 @@ load_from_local_as_data.weights_only = True
 def _as_data(loader):
     def load(*args, **kwargs):
         with weights_only_loads():
-            return loader(*args, **kwargs)
+            return config_text_as_data(checked_after_loading(loader(*args, **kwargs)),
+                                       str(args[0]) if args else 'checkpoint')
 
     load.weights_only = True
     load.__name__ = getattr(loader, '__name__', 'load')

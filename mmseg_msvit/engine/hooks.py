@@ -192,8 +192,6 @@ class ExactResumeHook(Hook):
 class CheckpointCheckHook(Hook):
     """Guards every checkpoint the runner loads.
 
-    * ``meta['config']`` (Python text that mmengine's ``resume`` would execute to read the GPU
-      count) is removed before it is read: a checkpoint is data, never code.
     * A checkpoint given as ``load_from`` (tools/test.py, or the start of a training run) that
       lacks weights the model needs is refused, naming what is missing and what the file looks
       like. A resume is checked the same way. Only the start of a training run may lack gate
@@ -203,11 +201,6 @@ class CheckpointCheckHook(Hook):
     priority = 'VERY_HIGH'
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        meta = checkpoint.get('meta')
-        if isinstance(meta, dict) and 'config' in meta:
-            meta.pop('config')
-            print_log('CheckpointCheckHook: ignored the config text stored in the checkpoint '
-                      '(it is never executed)', logger='current')
         from mmengine.runner import BaseLoop
 
         from ..models.checkpoints import (FRESH_AT_TRAINING_START, check_covers, required_keys,

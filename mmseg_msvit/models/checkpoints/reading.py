@@ -19,6 +19,8 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 
+from ...compat.checkpoint_globals import checked_after_loading
+
 #: parameters a model may lack in a checkpoint and still be evaluated correctly:
 #: the GBaS prior (training state of the gate loss) and the auxiliary head (training only)
 EVAL_OPTIONAL_PREFIXES = ('gate_loss.', 'auxiliary_head.')
@@ -58,7 +60,8 @@ def read_checkpoint(path: str, what: str = 'checkpoint', map_location='cpu'):
             raise CheckpointError(f'{what} {path!r} is not a valid safetensors file: {err}'
                                   ) from None
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return checked_after_loading(
+            torch.load(path, map_location=map_location, weights_only=True))
     except pickle.UnpicklingError as err:
         if re.search(r'unsupported (global|class)', str(err), re.IGNORECASE):
             raise CheckpointError(
@@ -279,6 +282,61 @@ def literal_from_cfg_text(cfg_text: str, name: str):
     return None
 
 
+#: packages whose modules a checkpoint's config text may name in ``custom_imports``
+CONFIG_IMPORTS_ALLOWED = ('mmseg_msvit', 'mmseg', 'mmpretrain', 'mmengine', 'mmcv', 'mmdet')
+
+
+def config_text_problem(cfg_text) -> Optional[str]:
+    """Why a config text stored in a checkpoint is not plain data, or None when it is.
+
+    mmengine executes such text (``Config.fromstring``: ``Runner.resume`` reads
+    ``meta['config']``, its inferencers ``meta['cfg']`` when no config is given). Plain data is
+    what mmengine itself writes (``cfg.pretty_text``): top-level ``name = value`` lines whose
+    values are literals, ``dict(...)`` calls of literals and negative numbers, no name starting with
+    ``_`` (``_base_`` would run other files) and ``custom_imports`` only of
+    :data:`CONFIG_IMPORTS_ALLOWED` packages. Only parsed (:mod:`ast`), never run.
+    """
+    if not isinstance(cfg_text, str):
+        return f'a {type(cfg_text).__name__}, not text'
+    try:
+        tree = ast.parse(cfg_text)
+    except (SyntaxError, ValueError) as err:
+        return f'not Python ({type(err).__name__})'
+
+    def plain(node) -> bool:
+        if isinstance(node, ast.Constant):
+            return True
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            return all(plain(item) for item in node.elts)
+        if isinstance(node, ast.Dict):
+            return all(key is not None and plain(key) for key in node.keys) and \
+                all(plain(value) for value in node.values)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            return isinstance(node.operand, ast.Constant)
+        return _is_dict_call(node) and len(node.args) <= 1 and all(map(plain, node.args)) and \
+            all(k.arg is not None and plain(k.value) for k in node.keywords)
+
+    for node in tree.body:
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1 or \
+                not isinstance(node.targets[0], ast.Name):
+            return f'line {node.lineno} is not a `name = value` assignment'
+        name = node.targets[0].id
+        if name.startswith('_') or name == 'dict':
+            return f'line {node.lineno} assigns {name!r}'
+        if not plain(node.value):
+            return f'line {node.lineno} ({name}) computes its value (only literals and dict())'
+        if name == 'custom_imports':
+            imports = _literal_keywords(node.value) if _is_dict_call(node.value) else \
+                _literal_or_none(node.value)
+            modules = imports.get('imports', []) if isinstance(imports, dict) else None
+            modules = [modules] if isinstance(modules, str) else modules
+            if not isinstance(modules, (list, tuple)) or not all(
+                    isinstance(m, str) and m.split('.')[0] in CONFIG_IMPORTS_ALLOWED
+                    for m in modules):
+                return f'custom_imports names modules outside {list(CONFIG_IMPORTS_ALLOWED)}'
+    return None
+
+
 def _parse_cfg_text(cfg_text) -> Optional[ast.Module]:
     """The syntax tree of a config's text (only parsed), or None for no text or bad syntax."""
     if not isinstance(cfg_text, str) or not cfg_text:
@@ -286,6 +344,13 @@ def _parse_cfg_text(cfg_text) -> Optional[ast.Module]:
     try:
         return ast.parse(cfg_text)
     except (SyntaxError, ValueError):
+        return None
+
+
+def _literal_or_none(node):
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
         return None
 
 
