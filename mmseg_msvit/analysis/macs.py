@@ -52,8 +52,16 @@ class _Traced(torch.nn.Module):
         return outputs if self.to_tensors is None else self.to_tensors(outputs)
 
 
+#: what mmengine's counter counts by default besides matrix products; :func:`decode_macs`
+#: leaves them out, as the MAC formula of the backbone does (normalisation, resampling, pooling)
+NOT_MATRIX_PRODUCTS = ('aten::batch_norm', 'aten::group_norm', 'aten::layer_norm',
+                       'aten::instance_norm', 'aten::upsample_nearest2d',
+                       'aten::upsample_bilinear2d', 'aten::adaptive_avg_pool2d',
+                       'aten::grid_sampler')
+
+
 def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=None,
-                             policy=None) -> int:
+                             policy=None, matrix_products_only: bool = False) -> int:
     """MACs of one forward of ``module(*inputs)`` as mmengine's ``FlopAnalyzer`` counts them.
 
     mmengine counts a multiply-add of a matrix product as one flop, i.e. one MAC. It does not
@@ -64,7 +72,8 @@ def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=
     (default: the MSViT's own) with ``trace_token_count=True``: a threshold-mode forward is
     counted with the token count of these inputs, which is the point of counting one forward
     (export still refuses it). A module that wraps an MSViT without taking a policy is counted
-    as it runs: in threshold mode it is refused, as by any tracer.
+    as it runs: in threshold mode it is refused, as by any tracer. ``matrix_products_only``:
+    convolutions, linear maps and matrix products only (:data:`NOT_MATRIX_PRODUCTS` left out).
     """
     from mmengine.analysis import FlopAnalyzer
 
@@ -74,6 +83,11 @@ def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=
     if policy is not None:
         policy = policy.replace(trace_token_count=True)
     analyzer = FlopAnalyzer(_Traced(module, to_tensors, policy), inputs)
+    if matrix_products_only:  # (a None handle is only 'ignored' by mmengine, still counted)
+        from mmengine.analysis.complexity_analysis import _DEFAULT_SUPPORTED_FLOP_OPS
+        analyzer.clear_op_handles().set_op_handle(**{
+            name: handle for name, handle in _DEFAULT_SUPPORTED_FLOP_OPS.items()
+            if name not in NOT_MATRIX_PRODUCTS})
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
     return int(analyzer.total())
@@ -81,7 +95,9 @@ def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=
 
 @torch.no_grad()
 def decode_macs(segmentor, dense_maps) -> int:
-    """MACs of the neck rescale and the decode head on dense maps (one forward), via mmengine.
+    """MACs of the neck rescale and the decode head on dense maps (one forward), via mmengine,
+    matrix products only (convolutions, linear maps, attention products: the convention of the
+    backbone's formula and of the heads that count themselves, ``MixedScaleUPerHead``).
 
     Args:
         segmentor (MSViTEncoderDecoder): provides ``neck`` (optional) and ``decode_head``.
@@ -101,4 +117,5 @@ def decode_macs(segmentor, dense_maps) -> int:
             return self.head(maps)
 
     neck = segmentor.neck if getattr(segmentor, 'with_neck', False) else None
-    return count_macs_with_mmengine(NeckAndHead(neck, segmentor.decode_head), tuple(dense_maps))
+    return count_macs_with_mmengine(NeckAndHead(neck, segmentor.decode_head), tuple(dense_maps),
+                                    matrix_products_only=True)

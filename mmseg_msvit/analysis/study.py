@@ -6,8 +6,9 @@ or fine budget), a substituted training-free gate (content, random) at a budget,
 oracle at a budget. Every evaluation reports mIoU, the IoU of every class, the mean IoU of the
 small-object classes, backbone GMACs per image (mean, min, max; with the neck's coarse
 unpooling when the model has it), whole-model GMACs (backbone plus the neck's rescale and the
-decode head, which depend on the input size only), the fine fraction and the fine fraction on
-detailed and on uniform regions.
+decode head: as they counted what they ran when they can, ``MixedScaleToDense`` +
+``MixedScaleUPerHead``, else per input size with mmengine's counter), the fine fraction and the
+fine fraction on detailed and on uniform regions.
 
 :func:`summarise` turns per-seed records into mean +- std rows; :func:`compare` sets two rows
 side by side, paired by seed.
@@ -185,7 +186,10 @@ class StudyEvaluator:
             cost = model.image_cost(layout) if hasattr(model, 'image_cost') else \
                 image_cost(model.backbone, layout)
             macs.append(float(cost['macs'][0]))
-            if hasattr(getattr(model, 'neck', None), 'dense_maps'):
+            decode = model.decode_macs(layout, feats) if hasattr(model, 'decode_macs') else None
+            if decode is not None:  # the neck and head counted what they ran
+                model_macs.append(macs[-1] + float(decode[0]))
+            elif hasattr(getattr(model, 'neck', None), 'dense_maps'):
                 model_macs.append(macs[-1] + self.head_macs(model, inputs))
             fine_fractions.append(float(cost['fine_regions'][0] / cost['regions'][0]))
             if same_grid:

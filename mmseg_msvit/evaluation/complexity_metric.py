@@ -10,11 +10,14 @@ from mmseg.registry import METRICS
 @PRETRAIN_METRICS.register_module()
 @METRICS.register_module()
 class ComplexityMetric(BaseMetric):
-    """Backbone GMACs per image (mean / min / max), fine-token fraction and tokens per image.
+    """Backbone GMACs per image (mean / min / max), fine-token fraction and tokens per image;
+    with a neck and head that count themselves (``MixedScaleToDense`` + ``MixedScaleUPerHead``)
+    also the neck + head and the whole-model GMACs per image (mean / min / max).
 
     Reads what :class:`MSViTEncoderDecoder` writes into each prediction's metainfo
-    (``msvit_backbone_macs``, ``msvit_fine_fraction``, ``msvit_num_tokens``), so the figures are
-    those of the forward passes that produced the predictions (every slide window counted).
+    (``msvit_backbone_macs``, ``msvit_fine_fraction``, ``msvit_num_tokens``,
+    ``msvit_decode_macs``), so the figures are those of the forward passes that produced the
+    predictions (every slide window counted).
 
     Args:
         prefix (str, optional): metric name prefix. Default: None.
@@ -30,15 +33,24 @@ class ComplexityMetric(BaseMetric):
                 raise KeyError(f'ComplexityMetric: prediction lacks {missing}; the model must be '
                                'an MSViTEncoderDecoder or MSViTImageClassifier (they record the '
                                'cost of every forward)')
-            self.results.append(tuple(float(sample[key]) for key in self._KEYS))
+            self.results.append(tuple(float(sample[key]) for key in self._KEYS) +
+                                (float(sample.get('msvit_decode_macs', np.nan)), ))
 
     def compute_metrics(self, results: List[tuple]) -> Dict[str, float]:
         values = np.asarray(results, dtype=np.float64)
         gmacs = values[:, 0] / 1e9
-        return {
+        metrics = {
             'backbone_gmacs': round(float(gmacs.mean()), 4),
             'backbone_gmacs_min': round(float(gmacs.min()), 4),
             'backbone_gmacs_max': round(float(gmacs.max()), 4),
             'fine_fraction': round(float(values[:, 1].mean()), 4),
             'tokens_per_image': round(float(values[:, 2].mean()), 2),
         }
+        decode = values[:, 3] / 1e9
+        if not np.isnan(decode).any():
+            whole = gmacs + decode
+            metrics.update(decode_gmacs=round(float(decode.mean()), 4),
+                           model_gmacs=round(float(whole.mean()), 4),
+                           model_gmacs_min=round(float(whole.min()), 4),
+                           model_gmacs_max=round(float(whole.max()), 4))
+        return metrics

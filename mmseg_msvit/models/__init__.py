@@ -5,7 +5,9 @@ from .features import MixedScaleFeatures
 from .gate_training import GateProbe
 from .gates import ContentGate, MixedScaleGate, RandomGate
 from .coarse_embed import CoarseTokenEmbed
+from .decode_heads import MixedScaleUPerHead
 from .losses import BaSLoss, DenseDistillLoss, GBaSLoss, L0GateLoss
+from .mixed_maps import MixedScaleMap, RegionBlocks
 from .necks import MixedScaleToDense
 from .policy import ScaleDecision, ScalePolicy
 from .segmentors import MSViTEncoderDecoder
@@ -15,5 +17,6 @@ __all__ = [
     'MSViT', 'MixedScaleGate', 'ContentGate', 'RandomGate', 'MixedScaleToDense',
     'MixedScaleFeatures', 'MixedScaleTokenizer', 'MixedScaleLayout', 'coarsen', 'GateProbe',
     'GBaSLoss', 'BaSLoss', 'L0GateLoss', 'MSViTEncoderDecoder', 'MSViTImageClassifier',
-    'CoarseTokenEmbed', 'DenseDistillLoss', 'ScalePolicy', 'ScaleDecision'
+    'CoarseTokenEmbed', 'DenseDistillLoss', 'ScalePolicy', 'ScaleDecision', 'MixedScaleUPerHead',
+    'MixedScaleMap', 'RegionBlocks'
 ]

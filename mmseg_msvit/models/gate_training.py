@@ -134,14 +134,18 @@ def attach_cost(results, cost: dict):
     """Write the per-image cost (:func:`mmseg_msvit.models.costs.image_cost`, summed over slide
     windows) into each prediction's metainfo (read by ``ComplexityMetric``):
     ``msvit_backbone_macs``, ``msvit_fine_fraction``, ``msvit_num_tokens``, ``msvit_forwards``,
-    and ``msvit_fine_mask`` ((Hc, Wc) bool on the CPU) when the cost has the decisions of one
-    forward per image (whole inference, classification)."""
+    ``msvit_decode_macs`` (neck + decode head) and ``msvit_macs`` (the whole model) when the
+    neck and head count themselves, and ``msvit_fine_mask`` ((Hc, Wc) bool on the CPU) when the
+    cost has the decisions of one forward per image (whole inference, classification)."""
     for index, sample in enumerate(results):
         info = dict(
             msvit_backbone_macs=float(cost['macs'][index]),
             msvit_fine_fraction=float(cost['fine_regions'][index] / cost['regions'][index]),
             msvit_num_tokens=float(cost['tokens'][index]),
             msvit_forwards=int(cost['forwards'][index]))
+        if cost.get('decode_macs') is not None:
+            info['msvit_decode_macs'] = float(cost['decode_macs'][index])
+            info['msvit_macs'] = info['msvit_backbone_macs'] + info['msvit_decode_macs']
         if cost.get('fine_mask') is not None:
             info['msvit_fine_mask'] = cost['fine_mask'][index].cpu()
         sample.set_metainfo(info)

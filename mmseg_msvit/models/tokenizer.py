@@ -78,6 +78,8 @@ class MixedScaleLayout(NamedTuple):
             ``cell_to_token`` order); None for a (B, 1 + L, D) batch.
         gate_macs_per_region (int): MACs per region of the gate that ran (it may be a gate the
             policy substituted); 0 when no gate ran.
+        static_fine_regions (int | None): fine regions of EVERY image when shapes fix it (budget
+            mode, forced scale), as a Python int; None when it depends on the image.
     """
     fine_mask: torch.Tensor
     cell_to_token: torch.Tensor
@@ -88,6 +90,7 @@ class MixedScaleLayout(NamedTuple):
     gate_logits: Optional[torch.Tensor] = None
     packed: Optional[PackedSequences] = None
     gate_macs_per_region: int = 0
+    static_fine_regions: Optional[int] = None
 
     @property
     def num_regions(self) -> int:
@@ -274,7 +277,9 @@ class MixedScaleTokenizer(nn.Module):
             out_size=out_size or (fine_rows, fine_cols),
             gate_logits=decision.gate_logits,
             packed=packed,
-            gate_macs_per_region=decision.gate_macs_per_region)
+            gate_macs_per_region=decision.gate_macs_per_region,
+            static_fine_regions=None if decision.static_num_tokens is None else
+            (int(decision.static_num_tokens) - num_coarse) // (self.ratio**2 - 1))
         return MixedScaleTokens(tokens, attn_mask, layout)
 
     @staticmethod

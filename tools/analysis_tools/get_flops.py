@@ -5,14 +5,16 @@ or for an input shape without any dataset.
         [--shape H [W]] [--cfg-options ...]
 
 On images: the backbone is counted per image from the tokens actually used (gate and pooling
-included, every slide window counted); the neck rescale and decode head, whose cost does not
-depend on the gate, are counted once per window shape with mmengine's FlopAnalyzer (mmengine >=
-0.7.3; mmseg 1.2.2's own get_flops.py crashes with it). Prints mean / min / max per image.
+included, every slide window counted); the neck and decode head as they counted what they ran
+(``MixedScaleToDense`` + ``MixedScaleUPerHead``: with ``coarse_reduction`` their cost follows
+the decisions), other heads once per window shape with mmengine's FlopAnalyzer (mmengine >=
+0.7.3; mmseg 1.2.2's own get_flops.py crashes with it), matrix products only. Prints mean / min
+/ max per image.
 
 With --shape (as mmseg's get_flops.py; no dataset needed): one forward of that size, reported for
 every region fine (the dense ViT), every region coarse and, in budget mode, the budget (exact:
-the cost does not depend on the image there); in threshold mode the cost depends on the image, so
-use real images. Beside our count it prints what mmengine's FlopAnalyzer (the counter behind
+the cost does not depend on the image there), each as backbone, neck + head and whole model; in
+threshold mode the cost depends on the image, so use real images. Beside our count it prints what mmengine's FlopAnalyzer (the counter behind
 mmseg's get_flops.py) sees in the same dense backbone forward: it has no counter for
 ``scaled_dot_product_attention``, so it leaves out the attention products, and its figure is
 lower; compare like with like. Parameters (total, backbone, gate, neck + heads) are printed too.
@@ -75,42 +77,57 @@ def print_parameters(model) -> dict:
 
 @torch.no_grad()
 def count_shape(model, shape) -> dict:
-    """Backbone cost of one ``shape`` input: dense, all coarse, the budget (budget mode)."""
-    from mmseg_msvit.analysis import backbone_macs, count_macs_with_mmengine
+    """Backbone, neck + head and whole-model cost of one ``shape`` input: every region fine (the
+    dense ViT), every region coarse, the budget (budget mode)."""
+    from mmseg_msvit.analysis import count_macs_with_mmengine
     from mmseg_msvit.models import ScalePolicy
     backbone = model.backbone
     img = torch.zeros(1, 3, *shape)
     padded, _ = backbone.pad_input(img)
     grid = (padded.shape[-2] // backbone.coarse_patch_size,
             padded.shape[-1] // backbone.coarse_patch_size)
-    rows = {}
     all_fine = torch.ones((1, *grid), dtype=torch.bool)
-    for name, mask in (('all fine (dense ViT)', all_fine), ('all coarse', ~all_fine)):
-        rows[name] = float(backbone_macs(backbone, img, mask)[0])
+    cases = [('all fine (dense ViT)', img, ScalePolicy.forced('fine')),
+             ('all coarse', img, ScalePolicy.forced('coarse'))]
     if backbone.fine_budget is not None:
         # the budget's cost is the same for every image: count it on a random one
-        rows[f'budget {backbone.fine_budget}'] = float(backbone_macs(backbone,
-                                                                     torch.randn_like(img))[0])
-    dense = [f.to_dense() for f in backbone(img, ScalePolicy.forced('fine'))]
-    head = decode_macs(model, dense)
+        cases.append((f'budget {backbone.fine_budget}', torch.randn_like(img), None))
+    rows, self_counted = {}, True
+    for name, image, policy in cases:
+        x, layout = model.extract_feat_and_layout(image, policy)
+        decode = model.decode_macs(layout, x)
+        if decode is None:  # a head that cannot count itself: mmengine, on the dense maps
+            self_counted = False
+            dense = [f.to_dense() for f in backbone(image, ScalePolicy.forced('fine'))]
+            decode = torch.tensor([float(decode_macs(model, dense))])
+        rows[name] = (float(model.image_cost(layout)['macs'][0]), float(decode[0]))
     # the same dense forward (decisions given: the gate does not run) through mmengine's counter
     mmengine_count = count_macs_with_mmengine(
         backbone, (img, ), to_tensors=lambda feats: tuple(f.tokens for f in feats),
         policy=ScalePolicy.given(all_fine))
     print(f'[flops] input {shape[0]}x{shape[1]} (padded to {padded.shape[-2]}x'
           f'{padded.shape[-1]}), {grid[0] * grid[1]} regions')
-    for name, macs in rows.items():
-        print(f'[flops] backbone, {name:22s} {macs / 1e9:.3f} GMACs; whole model '
-              f'{(macs + head) / 1e9:.3f}')
-    print(f'[flops] neck + decode head: {head / 1e9:.3f} GMACs (independent of the gate)')
+    dense_total = sum(rows['all fine (dense ViT)'])
+    for name, (macs, head) in rows.items():
+        print(f'[flops] {name:22s} backbone {macs / 1e9:8.3f}  neck + head {head / 1e9:8.3f}  '
+              f'whole model {(macs + head) / 1e9:8.3f} GMACs ({(macs + head) / dense_total:.3f}x '
+              'the dense model)')
+    if not self_counted:
+        print('[flops] the neck + decode head do not count themselves: counted once with '
+              'mmengine on the dense maps (the same for every decision)')
+    elif getattr(model.neck, 'coarse_reduction', None) is None:
+        print('[flops] the neck and head run densely (no coarse_reduction): their cost does not '
+              'depend on the decisions')
     if backbone.fine_budget is None and backbone.force_scale is None:
         print('[flops] threshold mode: the gate decides per image, so the cost lies between '
               'all coarse and all fine; count real images (no --shape) for its figures')
     print(f'[flops] mmengine FlopAnalyzer on the same dense backbone forward (what mmseg\'s '
           f'get_flops.py counts): {mmengine_count / 1e9:.3f} GMACs; it has no counter for '
           'scaled_dot_product_attention, hence lower than our '
-          f"{rows['all fine (dense ViT)'] / 1e9:.3f}")
-    return dict(backbone=rows, decode=head, mmengine_dense_backbone=mmengine_count)
+          f"{rows['all fine (dense ViT)'][0] / 1e9:.3f}")
+    return dict(backbone={k: v[0] for k, v in rows.items()},
+                decode={k: v[1] for k, v in rows.items()},
+                mmengine_dense_backbone=mmengine_count)
 
 
 def window_shape(model, inputs):
@@ -150,8 +167,10 @@ def main(argv=None):
         results = model.predict(data['inputs'], data['data_samples'])
         meta = results[0].metainfo
         forwards = meta.get('msvit_forwards', 1)
-        head = forwards * decode_macs_for_window(model, window_shape(model, data['inputs']),
-                                                 cache)
+        head = meta.get('msvit_decode_macs')  # what the neck and head ran, when they count
+        if head is None:  # the same for every decision: mmengine, once per window size
+            head = forwards * decode_macs_for_window(model, window_shape(model, data['inputs']),
+                                                     cache)
         rows.append((meta['msvit_backbone_macs'], head, meta['msvit_fine_fraction']))
         print(f'[flops] image {index + 1}/{args.num_images}: backbone '
               f'{rows[-1][0] / 1e9:.3f} GMACs, fine fraction {rows[-1][2]:.3f}', flush=True)

@@ -210,6 +210,21 @@ def runs(setting: dict) -> dict:
             gate_loss=None, gate_probe=None, **RECIPE,
             evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
             [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0))]),
+        # the recipe with mixed-scale decoding: the neck and head run coarse regions at half
+        # resolution (docs/method.md, "Mixed-scale decoding"), trained and distilled the same way
+        'recipe_mixed_head': dict(
+            label='recipe + mixed-scale decoding (neck and head: coarse regions at 1/2 '
+            'resolution)', start='dense_pre', force_scale=None, gate=dict(type='ContentGate'),
+            fine_budget=b, gate_loss=None, gate_probe=None, **RECIPE, coarse_reduction=2,
+            evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
+            [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0))]),
+        # the simple alternative at about the same whole-model GMACs: the dense ViT with its
+        # neck and head at half resolution everywhere, fine-tuned and distilled as the recipe
+        'dense_half_head': dict(
+            label='dense ViT, neck and head at 1/2 resolution everywhere (fine-tuned, '
+            'distilled)', start='dense_pre', **forced, coarse_reduction=2,
+            decode_regions='coarse', distill=FEATURE_DISTILL,
+            evals=[('scale1.0', dict(scale=1.0))]),
         'recipe_gate': dict(
             label='recommended + learned gate (content prior + probe, gate only)',
             start='recipe', force_scale=None, train_gate_only=True, iters=setting['gate_iters'],
@@ -287,6 +302,9 @@ def seg_config(setting_name: str, run: str, seed: int, out_dir: str):
             model.backbone[key] = spec[key]
     if spec.get('coarse_unpool'):
         model.neck.coarse_unpool = True
+    for key in ('coarse_reduction', 'decode_regions'):
+        if key in spec:
+            model.neck[key] = spec[key]
     if spec.get('distill'):
         model.distill = dict(spec['distill'])
         if model.distill.get('teacher', 'checkpoint') == 'checkpoint':
@@ -547,6 +565,8 @@ class Study:
 
 def family(run, name):
     """The curve a result belongs to in the plot."""
+    if name.startswith('scale_at_'):
+        return 'dense ViT, downscaled to equal whole-model GMACs (interpolated)'
     if run == 'dense' and name.startswith('scale'):
         return 'dense ViT, input downscaled'
     if run == 'dense_pre' and name.startswith('scale'):
@@ -564,7 +584,9 @@ def family(run, name):
     if run.startswith(('mixed', 'recipe')) and name.startswith('scale'):
         return f'{run}, every region fine'
     if run == 'recipe':
-        return 'recipe (recommended), content gate'
+        return 'recipe, content gate'
+    if run == 'recipe_mixed_head':
+        return 'recipe + mixed-scale decoding, content gate'
     return run
 
 
@@ -599,7 +621,8 @@ def comparisons(setting):
     mixed = ('mixed_content', 'mixed_detail', 'mixed_distill', 'mixed_detail_distill',
              'mixed_detail_distill_feat', 'mixed_detail_unpool_feat', 'recipe_no_detail',
              'recipe_feat3')
-    candidates = [('recipe', f'content{b}'), ('recipe_gate', f'budget{b}')] + [
+    candidates = [('recipe', f'content{b}'), ('recipe_mixed_head', f'content{b}'),
+                  ('recipe_gate', f'budget{b}')] + [
         (run, f'budget{b}') for run in (
             'learned_gbas', 'learned_probe', 'learned_transfer', 'learned_content', 'gate_only',
             'gate_only_mlp', 'gate_only_transfer')] + [(run, f'content{b}') for run in mixed]
@@ -613,7 +636,8 @@ def comparisons(setting):
             (f'{learned} vs random regions (fine-tuned)', mine, ('random_gate', f'random{b}')),
             (f'{learned} vs dense at full GMACs', mine, ('dense', 'scale1.0')),
         ]
-    for mine in (('recipe', f'content{b}'), ('recipe_gate', f'budget{b}')):
+    for mine in (('recipe', f'content{b}'), ('recipe_mixed_head', f'content{b}'),
+                 ('recipe_gate', f'budget{b}')):
         pairs += [
             (f'{mine[0]} vs dense downscaled to 0.875x (whole-model GMACs about equal)', mine,
              ('dense', 'scale0.875')),
@@ -624,6 +648,19 @@ def comparisons(setting):
             (f'{mine[0]} vs its starting dense model + content gate', mine,
              ('dense_pre', f'content{b}')),
         ]
+    mixed_head = ('recipe_mixed_head', f'content{b}')
+    pairs += [
+        ('recipe_mixed_head vs recipe (the same model with the neck and head at full '
+         'resolution)', mixed_head, ('recipe', f'content{b}')),
+        ('recipe_mixed_head vs dense downscaled to equal whole-model GMACs (interpolated)',
+         mixed_head, ('dense', interpolated_eval('recipe_mixed_head'))),
+        ('recipe vs dense downscaled to equal whole-model GMACs (interpolated)',
+         ('recipe', f'content{b}'), ('dense', interpolated_eval('recipe'))),
+        ('recipe_mixed_head vs dense with its neck and head at 1/2 resolution (whole-model '
+         'GMACs about equal)', mixed_head, ('dense_half_head', 'scale1.0')),
+        ('recipe_mixed_head: label oracle vs content gate, same model',
+         ('recipe_mixed_head', f'oracle{b}'), mixed_head),
+    ]
     pairs += [
         (f"dense: {setting['fine_iters']} more dense iterations vs the starting model",
          ('dense', 'scale1.0'), ('dense_pre', 'scale1.0')),
@@ -654,6 +691,43 @@ def comparisons(setting):
     return pairs
 
 
+def interpolated_eval(run: str) -> str:
+    """The evaluation name of the dense model downscaled to ``run``'s whole-model GMACs."""
+    return f'scale_at_{run}'
+
+
+def interpolated_records(records, setting) -> list:
+    """Per seed, the dense model downscaled to exactly the whole-model GMACs of each recipe at
+    the budget: its mIoU interpolated linearly in whole-model GMACs between the two input scales
+    that bracket them (derived, never written to results.jsonl; none where no scales bracket)."""
+    derived = []
+    b = setting['budget']
+    for run in ('recipe', 'recipe_mixed_head'):
+        for target in [r for r in records if r['run'] == run and r['eval'] == f'content{b}']:
+            points = sorted(((r['model_gmacs'], r) for r in records
+                             if r['run'] == 'dense' and r['seed'] == target['seed'] and
+                             r['eval'].startswith('scale') and r.get('model_gmacs') is not None
+                             and r['model_gmacs'] == r['model_gmacs']), key=lambda p: p[0])
+            want = target.get('model_gmacs')
+            pairs = [(lo, hi) for lo, hi in zip(points, points[1:]) if lo[0] <= want <= hi[0]]
+            if not pairs or want != want:
+                continue
+            (g0, low), (g1, high) = pairs[0]
+            t = 0.0 if g1 == g0 else (want - g0) / (g1 - g0)
+            mix = lambda key: low[key] + t * (high[key] - low[key])  # noqa: E731
+            derived.append(dict(
+                seed=target['seed'], run='dense', eval=interpolated_eval(run),
+                label=f"dense ViT downscaled to the whole-model GMACs of {run} (interpolated "
+                f"between inputs {low['eval'][5:]}x and {high['eval'][5:]}x)",
+                mIoU=mix('mIoU'), small_mIoU=mix('small_mIoU'),
+                iou={c: low['iou'][c] + t * (high['iou'][c] - low['iou'][c])
+                     for c in low['iou']},
+                gmacs=mix('gmacs'), gmacs_min=mix('gmacs_min'), gmacs_max=mix('gmacs_max'),
+                model_gmacs=want, fine_fraction=1.0, fine_on_detailed=float('nan'),
+                fine_on_uniform=float('nan'), train_seconds=low.get('train_seconds')))
+    return derived
+
+
 def fmt(mean, std, digits=2):
     return 'n/a' if mean != mean else f'{mean:.{digits}f} ± {std:.{digits}f}'
 
@@ -661,6 +735,7 @@ def fmt(mean, std, digits=2):
 def write_outputs(records, setting, out_dir):
     from mmseg_msvit.analysis.study import compare, summarise
     # the plot's curve of each result is derived from its run and evaluation, never stored
+    records = records + interpolated_records(records, setting)
     records = [dict(r, family=family(r['run'], r['eval'])) for r in records]
     rows = summarise(records)
     fields = ['run', 'eval', 'label', 'family', 'seeds'] + \

@@ -1,13 +1,59 @@
-"""Neck: mixed-scale token outputs -> dense NCHW feature maps for mmseg decode heads."""
+"""Neck: mixed-scale token outputs -> dense NCHW feature maps for mmseg decode heads, or, with
+``coarse_reduction``, levels whose coarse regions run at reduced resolution."""
 from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.models.necks import MultiLevelNeck
+from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 
 from ..features import MixedScaleFeatures
+from ..mixed_maps import (MixedScaleMap, RegionBlocks, conv_module, conv_module_macs,
+                          pixels_per_image, resample_into)
+
+
+class MixedScaleMultiLevelNeck(MultiLevelNeck):
+    """mmseg's :class:`MultiLevelNeck` (same parameters, same names) whose levels finer than the
+    token grid (scale > 1) can run region by region: given :class:`~mmseg_msvit.models.
+    mixed_maps.RegionBlocks`, such a level is a :class:`~mmseg_msvit.models.mixed_maps.
+    MixedScaleMap` (fine regions at the level's resolution, coarse ones at ``1/reduction`` of
+    it), made by resampling the lateral map straight into the blocks; the other levels stay
+    dense tensors. Without blocks it is exactly mmseg's neck."""
+
+    def forward(self, inputs, blocks: Optional[RegionBlocks] = None):
+        if blocks is None:
+            return super().forward(inputs)
+        assert len(inputs) == len(self.in_channels)
+        inputs = [conv(inputs[i]) for i, conv in enumerate(self.lateral_convs)]
+        if len(inputs) == 1:
+            inputs = [inputs[0] for _ in range(self.num_outs)]
+        outs = []
+        for i, scale in enumerate(self.scales):
+            if scale > 1:  # finer than the token grid: region by region
+                x = resample_into(inputs[i], 1.0, blocks, scale)
+            else:
+                x = resize(inputs[i], scale_factor=scale, mode='bilinear')
+            outs.append(conv_module(self.convs[i], x))
+        return tuple(outs)
+
+    def macs(self, inputs_shape, outputs) -> torch.Tensor:
+        """(B,) multiply-adds per image of one forward: the lateral convolutions on the
+        ``inputs_shape`` (H, W) token-grid maps, each level's convolution on the pixels it
+        computed (``outputs``: this neck's outputs)."""
+        batch = outputs[0].blocks.batch if isinstance(outputs[0], MixedScaleMap) else \
+            outputs[0].shape[0]
+        grid = torch.full((batch, ), float(inputs_shape[0] * inputs_shape[1]),
+                          dtype=torch.float64, device=_device(outputs[0]))
+        total = sum(conv_module_macs(conv, grid) for conv in self.lateral_convs)
+        for conv, out in zip(self.convs, outputs):
+            total = total + conv_module_macs(conv, pixels_per_image(out, batch))
+        return total
+
+
+def _device(level) -> torch.device:
+    return level.data.device if isinstance(level, MixedScaleMap) else level.device
 
 
 @MODELS.register_module()
@@ -37,6 +83,19 @@ class MixedScaleToDense(nn.Module):
         num_taps (int, optional): with ``coarse_unpool`` and an int ``in_channels``: how many
             taps (default: ``len(scales)``, else 1).
         ratio (int): S_c / S_f, with ``coarse_unpool``. Default: 2.
+        coarse_reduction (int, optional): our option, with ``scales``: the levels finer than the
+            token grid (scale > 1) run region by region, fine regions at the level's resolution
+            and coarse ones at ``1/coarse_reduction`` of it (2 or 4), as
+            :class:`~mmseg_msvit.models.mixed_maps.MixedScaleMap` outputs that carry the
+            backbone's decisions to the decode head (which must read them:
+            ``MixedScaleUPerHead``). With every region fine the outputs are the dense ones.
+            None: every level dense. Default: None.
+        decode_regions (str): with ``coarse_reduction``: 'tokens' (a region runs fine where its
+            tokens are fine) or 'coarse' (every region at reduced resolution whatever the
+            tokens: the cheaper-head baseline). Default: 'tokens'.
+
+    mmseg's ``MultiLevelNeck`` weights load as they are: its keys (``lateral_convs.*``,
+    ``convs.*``) are read as ``rescale.*`` (a ``load_state_dict`` pre-hook).
     """
 
     def __init__(self,
@@ -47,12 +106,27 @@ class MixedScaleToDense(nn.Module):
                  act_cfg: Optional[dict] = None,
                  coarse_unpool: bool = False,
                  num_taps: Optional[int] = None,
-                 ratio: int = 2) -> None:
+                 ratio: int = 2,
+                 coarse_reduction: Optional[int] = None,
+                 decode_regions: str = 'tokens') -> None:
         super().__init__()
         self.scales = None if scales is None else list(scales)
         if not isinstance(coarse_unpool, bool):
             raise ValueError(f'MixedScaleToDense: coarse_unpool must be True or False, got '
                              f'{coarse_unpool!r}')
+        if coarse_reduction is not None and (isinstance(coarse_reduction, bool) or
+                                             coarse_reduction not in (2, 4)):
+            raise ValueError('MixedScaleToDense: coarse_reduction must be None, 2 or 4 (coarse '
+                             f'regions at 1/2 or 1/4 of each level\'s resolution), got '
+                             f'{coarse_reduction!r}')
+        if coarse_reduction is not None and self.scales is None:
+            raise ValueError('MixedScaleToDense: coarse_reduction needs scales (the levels '
+                             'finer than the token grid are the ones it reduces)')
+        if decode_regions not in ('tokens', 'coarse'):
+            raise ValueError("MixedScaleToDense: decode_regions must be 'tokens' or 'coarse', "
+                             f'got {decode_regions!r}')
+        self.coarse_reduction = coarse_reduction
+        self.decode_regions = decode_regions
         self.ratio = ratio
         self.unpool = None
         if coarse_unpool:
@@ -71,10 +145,20 @@ class MixedScaleToDense(nn.Module):
                                  f'got in_channels={in_channels}, out_channels={out_channels}')
             if isinstance(in_channels, int):
                 in_channels = [in_channels] * len(self.scales)
-            self.rescale = MultiLevelNeck(list(in_channels), out_channels, self.scales,
-                                          norm_cfg=norm_cfg, act_cfg=act_cfg)
+            self.rescale = MixedScaleMultiLevelNeck(list(in_channels), out_channels,
+                                                    self.scales, norm_cfg=norm_cfg,
+                                                    act_cfg=act_cfg)
         else:
             self.rescale = None
+        self._register_load_state_dict_pre_hook(self._mmseg_neck_keys)
+
+    @staticmethod
+    def _mmseg_neck_keys(state_dict, prefix, *args) -> None:
+        """mmseg's MultiLevelNeck keys (``neck.lateral_convs.*``, ``neck.convs.*``) read as
+        this neck's ``rescale.*``."""
+        for key in [k for k in state_dict if k.startswith((prefix + 'lateral_convs.',
+                                                            prefix + 'convs.'))]:
+            state_dict[prefix + 'rescale.' + key[len(prefix):]] = state_dict.pop(key)
 
     def init_weights(self) -> None:
         if self.rescale is not None:
@@ -125,9 +209,35 @@ class MixedScaleToDense(nn.Module):
 
     def maps_and_outputs(self, inputs: Sequence[MixedScaleFeatures]):
         """(the dense maps of :meth:`dense_maps`, the neck's outputs): the maps are what
-        distillation compares, the outputs what the decode head reads."""
+        distillation compares, the outputs what the decode head reads (with
+        ``coarse_reduction``, :class:`~mmseg_msvit.models.mixed_maps.MixedScaleMap` for the
+        levels finer than the token grid)."""
         dense = self.dense_maps(inputs)
-        return dense, (list(self.rescale(dense)) if self.rescale is not None else dense)
+        if self.rescale is None:
+            return dense, dense
+        return dense, list(self.rescale(dense, self.region_blocks(inputs[0].layout)))
+
+    def region_blocks(self, layout) -> Optional[RegionBlocks]:
+        """The blocks of this forward (None: every level dense, as without
+        ``coarse_reduction``, or as with it when every region is fine)."""
+        if self.coarse_reduction is None:
+            return None
+        if self.decode_regions == 'coarse':
+            layout = layout._replace(fine_mask=torch.zeros_like(layout.fine_mask),
+                                     static_fine_regions=0)
+        elif layout.static_fine_regions == layout.num_regions:
+            return None  # every region fine (the dense ViT): the dense levels, same numbers
+        return RegionBlocks.from_layout(layout, self.coarse_reduction, self.scales)
+
+    def macs(self, layout, outputs) -> torch.Tensor:
+        """(B,) multiply-adds per image of the rescale that produced ``outputs`` (this neck's
+        outputs for a forward of ``layout``): what ran, the blocks at each resolution; zero
+        without a rescale. The coarse unpooling is charged to the backbone's cost
+        (:meth:`unpool_macs`)."""
+        if self.rescale is None:
+            return torch.zeros(layout.fine_mask.shape[0], dtype=torch.float64,
+                               device=layout.fine_mask.device)
+        return self.rescale.macs(layout.out_size, outputs)
 
     def forward(self, inputs: Sequence[MixedScaleFeatures]) -> List[torch.Tensor]:
         return self.maps_and_outputs(inputs)[1]

@@ -148,6 +148,8 @@ class MSViTEncoderDecoder(EncoderDecoder):
         teacher.neck = copy.deepcopy(self.neck)
         if getattr(teacher.neck, 'unpool', None) is not None:
             teacher.neck.unpool = None  # used by coarse tokens only
+        if getattr(teacher.neck, 'coarse_reduction', None) is not None:
+            teacher.neck.coarse_reduction = None  # the dense model decodes densely
         teacher.decode_head = copy.deepcopy(self.decode_head)
         load_model_weights(teacher, checkpoint)
         for param in teacher.parameters():
@@ -254,8 +256,22 @@ class MSViTEncoderDecoder(EncoderDecoder):
         x, layout = self.extract_feat_and_layout(inputs, policy)
         seg_logits = self.decode_head.predict(x, batch_img_metas, self.test_cfg)
         cost = self.image_cost(layout)
+        decode = self.decode_macs(layout, x)
+        if decode is not None:
+            cost['decode_macs'] = decode.detach()
         cost['fine_mask'] = layout.fine_mask.detach()
         return seg_logits, cost
+
+    def decode_macs(self, layout, x) -> Optional[Tensor]:
+        """(B,) multiply-adds per image of the neck's rescale and the decode head for one
+        forward (``x``: the neck's outputs), from what ran (mixed levels: the blocks at each
+        resolution); None when the neck or the head cannot count itself (``macs``): then the
+        tools count the head per input size with mmengine's counter."""
+        neck_macs = getattr(self.neck, 'macs', None) if self.with_neck else None
+        head_macs = getattr(self.decode_head, 'macs', None)
+        if neck_macs is None or head_macs is None:
+            return None
+        return neck_macs(layout, x) + head_macs(x)
 
     def image_cost(self, layout) -> dict:
         """:func:`~mmseg_msvit.models.costs.image_cost` of one forward's ``layout`` (the neck's
