@@ -245,3 +245,43 @@ def test_models_import_nothing_from_analysis_engine_or_tools():
                           if name.startswith(('mmseg_msvit.analysis', 'mmseg_msvit.engine',
                                               'tools'))]
     assert not offending, offending
+
+
+def test_policy_edges_are_refused_with_the_reason():
+    """fine_value must equal fine_mask (a float that carries the gradient); a gate's logits must
+    be one finite value per region; a substitute gate must say its cost."""
+    import pytest
+    from mmseg_msvit.models import MSViT, ScalePolicy
+    mask = torch.tensor([[[True, False], [False, True]]])
+    for bad in (mask.long(), torch.full((1, 2, 2), float('nan')), mask.float() * 5,
+                (~mask).float()):
+        with pytest.raises(ValueError, match='fine_value must be a floating-point tensor EQUAL'):
+            ScalePolicy.given(mask, bad)
+    ScalePolicy.given(mask, mask.float().requires_grad_())  # the right one is accepted
+    backbone = MSViT(arch=dict(embed_dims=32, depth=1, num_heads=2), img_size=64).eval()
+    img = torch.randn(1, 3, 64, 64)
+
+    class NaNGate(torch.nn.Module):
+        coarse_patch_size, in_channels, macs_per_region = 32, 3, 0
+
+        def forward(self, x):
+            return torch.full((x.shape[0], 2, 2), float('nan'))
+
+    class WrongShape(NaNGate):
+
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 4)
+
+    class NoCost(torch.nn.Module):
+        coarse_patch_size, in_channels = 32, 3
+
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 2, 2)
+
+    with pytest.raises(FloatingPointError, match='NaNGate returned 4 non-finite logits'):
+        backbone(img, ScalePolicy.with_budget(0.5, gate=NaNGate()))
+    with pytest.raises(ValueError, match=r'WrongShape returned logits of shape \(1, 4\).*'
+                                         r'\(1, 2, 2\)'):
+        backbone(img, ScalePolicy.with_threshold(0.5, gate=WrongShape()))
+    with pytest.raises(ValueError, match='NoCost has no integer macs_per_region'):
+        backbone(img, ScalePolicy.with_budget(0.5, gate=NoCost()))

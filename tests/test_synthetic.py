@@ -185,6 +185,30 @@ def test_bad_files_in_a_dataset_are_errors_naming_the_file(tmp_path):
             dataset[2]
 
 
+def test_labels_with_class_ids_outside_the_dataset_are_named_on_load(tmp_path):
+    """A label holding a class id the dataset does not have is refused the first time the file
+    is loaded, naming the file, the id and its pixel count (not at whichever iteration a crop
+    first meets it, deep in the loss)."""
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import DATASETS
+    root = tmp_path / 'ade'
+    make_synthetic(str(root), 'ade20k', num_train=2, num_val=1, img_size=(64, 64))
+    init_default_scope('mmseg')
+    labels = sorted((root / 'annotations' / 'training').iterdir())
+    bad = np.asarray(Image.open(labels[1])).copy()
+    bad[:3, :4] = 9  # 7 classes: ids 1..7 (0 is 'other', ignored), and 255
+    Image.fromarray(bad).save(labels[1])
+    pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+                dict(type='RandomCrop', crop_size=(8, 8)), dict(type='PackSegInputs')]
+    dataset = DATASETS.build(dict(
+        type='SyntheticScenesDataset', data_root=str(root), pipeline=pipeline,
+        data_prefix=dict(img_path='images/training', seg_map_path='annotations/training')))
+    dataset[0]  # a good label loads
+    with pytest.raises(ValueError, match=f'label .*{labels[1].name}.* class ids outside this '
+                       r"dataset's 0\.\.7 \(and 255, ignored\): 9 \(12 px\)"):
+        dataset[1]
+
+
 def test_shifted_scenes_draw_the_same_classes_differently(tmp_path):
     """`style='shifted'`: the same 7 classes (and 'other'), another palette and gravel floors
     whose pixels are detailed inside one label; deterministic like the standard style."""

@@ -1,5 +1,6 @@
 """tools/train.py (with --resume), tools/test.py and the gate visualisation, end to end on the
 demo config and a tiny synthetic dataset."""
+import os
 import os.path as osp
 
 import pytest
@@ -611,3 +612,140 @@ def test_compare_baselines_sets_the_model_against_the_simple_alternatives(traine
     saved = json.loads((tmp_path / 'out' / 'compare.json').read_text())
     assert [r['label'] for r in saved] == labels
     assert (tmp_path / 'out' / 'compare.png').stat().st_size > 1000
+
+
+def test_a_distillation_run_never_replaces_its_teacher_nor_resumes_from_another(
+        trained, synthetic_root, tmp_path):
+    """load_from (= the teacher) inside the run's work_dir under a name the run's checkpoints
+    take is refused before the first step; a resume whose teacher file changed is refused; an
+    unchanged teacher resumes."""
+    import shutil
+    work_dir, train = trained
+    recipe = osp.join(REPO, 'configs', 'msvit', 'demo_recipe_synthetic.py')
+    options = data_options(synthetic_root / 'ade') + ['default_hooks.checkpoint.interval=1']
+    run = tmp_path / 'run'
+    run.mkdir()
+    inside = run / 'iter_1.pth'
+    shutil.copy(work_dir / 'iter_2.pth', inside)
+    with pytest.raises(ValueError, match=r"load_from .*iter_1\.pth.* is in this run's checkpoint "
+                       'folder .* overwrite it or delete it'):
+        train.main([recipe, '--work-dir', str(run), '--cfg-options', *options,
+                    'train_cfg.max_iters=1', f'load_from={inside}'])
+    assert inside.read_bytes() == (work_dir / 'iter_2.pth').read_bytes()
+    teacher = tmp_path / 'teacher.pth'
+    shutil.copy(work_dir / 'iter_2.pth', teacher)
+    other = tmp_path / 'other'
+    runner = train.main([recipe, '--work-dir', str(other), '--cfg-options', *options,
+                         'train_cfg.max_iters=1', f'load_from={teacher}'])
+    digest = runner.model.distill_teacher_sha256
+    assert digest and torch.load(other / 'iter_1.pth', weights_only=True)['meta'][
+        'msvit_teacher_sha256'] == digest
+    state = torch.load(teacher, weights_only=False)
+    state['state_dict'] = {k: v + 0.01 if v.is_floating_point() else v
+                           for k, v in state['state_dict'].items()}
+    torch.save(state, teacher)  # the same path, another model
+    with pytest.raises(ValueError, match='distillation teacher .*teacher.pth.* is not the file '
+                       'this run started with'):
+        train.main([recipe, '--work-dir', str(other), '--resume', '--cfg-options', *options,
+                    'train_cfg.max_iters=2'])
+    shutil.copy(work_dir / 'iter_2.pth', teacher)  # the original back: the resume goes on
+    assert train.main([recipe, '--work-dir', str(other), '--resume', '--cfg-options', *options,
+                       'train_cfg.max_iters=2']).iter == 2
+
+
+def test_tools_answer_the_question_asked_or_refuse_it(trained, synthetic_root, tmp_path):
+    """A budget sweep of a dense config has no gate to decide: refused, or answered with the
+    content gate when asked; thresholds mean nothing for the content gate; a dense config is
+    not 'this model at a budget'; a checkpoint with weights its config lacks (a recipe
+    checkpoint given as the dense model) is refused, not evaluated without them."""
+    work_dir, train = trained
+    checkpoint = str(work_dir / 'iter_2.pth')
+    dense = tmp_path / 'dense.py'
+    dense.write_text(f"_base_ = [{DEMO!r}]\n"
+                     "model = dict(backbone=dict(force_scale='fine'), gate_loss=None, "
+                     "gate_probe=None)\n")
+    tradeoff = load_tool('tools/analysis_tools/benchmark_tradeoff.py')
+    data = data_options(synthetic_root / 'ade')
+    with pytest.raises(ValueError, match=r"forces every region fine .*--content-gate"):
+        tradeoff.main([str(dense), checkpoint, '--budgets', '0.5', '--out-dir',
+                       str(tmp_path / 't'), '--cfg-options', *data])
+    rows = tradeoff.main([str(dense), checkpoint, '--budgets', '0.25', '0.75', '--content-gate',
+                          '--out-dir', str(tmp_path / 't'), '--cfg-options', *data])
+    assert [round(r['fine_fraction'], 1) for r in rows] == [0.2, 0.8] or \
+        rows[0]['fine_fraction'] < rows[1]['fine_fraction'] < 1.0
+    assert all('content gate' in r['label'] for r in rows)
+    with pytest.raises(SystemExit):
+        tradeoff.parse_args([str(dense), checkpoint, '--thresholds', '0.5', '--content-gate'])
+    compare = load_tool('tools/analysis_tools/compare_baselines.py')
+    with pytest.raises(ValueError, match=r'forces every region fine .*never trained'):
+        compare.main([str(dense), checkpoint, '--dense', str(dense), checkpoint,
+                      '--out-dir', str(tmp_path / 'c'), '--cfg-options', *data])
+    # a recipe (step 2) checkpoint given with the dense config: its extra weights are refused
+    recipe = osp.join(REPO, 'configs', 'msvit', 'demo_recipe_synthetic.py')
+    run = tmp_path / 'recipe'
+    train.main([recipe, '--work-dir', str(run), '--cfg-options', *data,
+                'train_cfg.max_iters=1', 'default_hooks.checkpoint.interval=1',
+                f'load_from={checkpoint}'])
+    from mmseg_msvit.models.checkpoints import CheckpointError
+    with pytest.raises(CheckpointError, match=r'weights this model does not have '
+                       r'\(backbone\.coarse_embed\.\*.*neck\.unpool\.\*'):
+        compare.main([recipe, str(run / 'iter_1.pth'), '--dense', str(dense),
+                      str(run / 'iter_1.pth'), '--out-dir', str(tmp_path / 'c'),
+                      '--cfg-options', *data])
+
+
+def test_gate_pictures_draw_what_the_model_saw_and_bad_inputs_are_one_line(trained, tmp_path):
+    """A 16-bit PNG is drawn as the pipeline decoded it (cv2 scales it to 8 bits; PIL's RGB
+    conversion clips it white); an empty or non-image file among --images, and a file as
+    --out-dir, are one-line errors naming the file."""
+    import numpy as np
+    from PIL import Image
+    work_dir, _ = trained
+    checkpoint = str(work_dir / 'iter_2.pth')
+    tool = load_tool('tools/analysis_tools/visualize_gates.py')
+    deep = tmp_path / 'deep.png'
+    ramp = (np.linspace(0, 60000, 64 * 96).reshape(64, 96)).astype(np.uint16)
+    Image.fromarray(ramp).save(deep)
+    from mmseg_msvit.cli import load_config
+    drawn = tool.pipeline_image(str(deep), load_config(DEMO))
+    assert drawn.dtype == np.uint8 and drawn.shape == (64, 96, 3)
+    assert (drawn == 255).mean() < 0.05 and drawn.std() > 20  # a ramp, not a white sheet
+    assert (np.asarray(Image.open(deep).convert('RGB')) == 255).mean() > 0.9  # PIL's clip
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(folder / 'good.png')
+    (folder / 'empty.jpg').write_bytes(b'')
+    with pytest.raises(ValueError, match=r"--images: image .*empty\.jpg.* is an empty file"):
+        tool.main([DEMO, checkpoint, '--images', str(folder), '--out-dir', str(tmp_path / 'o')])
+    (folder / 'empty.jpg').write_bytes(b'this is text, not a jpeg')
+    with pytest.raises(ValueError, match=r"--images: image .*empty\.jpg.* cannot be read as an "
+                       'image'):
+        tool.main([DEMO, checkpoint, '--images', str(folder), '--out-dir', str(tmp_path / 'o')])
+    (folder / 'empty.jpg').unlink()
+    (tmp_path / 'taken').write_text('a file')
+    with pytest.raises(ValueError, match=r"--out-dir .*taken.* is an existing file"):
+        tool.main([DEMO, checkpoint, '--images', str(folder), '--out-dir', str(tmp_path / 'taken')])
+
+
+def test_a_rigged_file_in_the_torchvision_cache_is_refused_in_one_sentence(tmp_path, monkeypatch):
+    """mmengine's torchvision:// scheme reads the hub cache; torch's own refusal advises
+    weights_only=False (which would run the file): ours says it was refused."""
+    import os
+
+    from mmengine.runner.checkpoint import CheckpointLoader, get_torchvision_models
+
+    from mmseg_msvit.models.checkpoints import CheckpointError
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    url = get_torchvision_models()['resnet18']
+    cache = tmp_path / 'hub' / 'checkpoints'
+    cache.mkdir(parents=True)
+    torch.save({'a': _Rigged()}, cache / os.path.basename(url))
+    with pytest.raises(CheckpointError, match='was refused') as error:
+        CheckpointLoader.load_checkpoint('torchvision://resnet18')
+    assert 'weights_only=False' not in str(error.value) and '\n' not in str(error.value)
+
+
+class _Rigged:
+
+    def __reduce__(self):
+        return (os.system, ('true', ))

@@ -85,9 +85,16 @@ load_from_local_as_data.weights_only = True
 
 def _as_data(loader):
     def load(*args, **kwargs):
+        import pickle
+
+        from ..models.checkpoints.reading import refusal
+        source = str(args[0]) if args else 'checkpoint'
         with weights_only_loads():
-            return config_text_as_data(checked_after_loading(loader(*args, **kwargs)),
-                                       str(args[0]) if args else 'checkpoint')
+            try:
+                loaded = checked_after_loading(loader(*args, **kwargs))
+            except pickle.UnpicklingError as err:  # torch's message says weights_only=False
+                raise refusal(err, 'checkpoint', source) from None
+        return config_text_as_data(loaded, source)
 
     load.weights_only = True
     load.__name__ = getattr(loader, '__name__', 'load')

@@ -234,6 +234,21 @@ def render_shifted_scene(rng: np.random.Generator,
 SCENE_STYLES = {'standard': render_scene, 'shifted': render_shifted_scene}
 
 
+#: the configs' input normalisation (ImageNet mean and std, RGB)
+NORMALISATION = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+
+
+def scene_batch(batch: int, size: int, seed: int = 0):
+    """(batch, 3, size, size) float tensor of validation-style scenes, normalised as the configs
+    do: what the speed benchmarks feed the models (deterministic in ``seed``)."""
+    import torch
+    images = [render_scene(np.random.default_rng([seed, 1, i]), (size, size))[0]
+              for i in range(batch)]
+    img = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    mean, std = (torch.tensor(NORMALISATION[k])[:, None, None] for k in ('mean', 'std'))
+    return (img - mean) / std
+
+
 def render_classification_image(rng: np.random.Generator, class_index: int,
                                 size: Tuple[int, int]) -> np.ndarray:
     """One image of class ``CLS_CLASSES[class_index]`` (H, W, 3) uint8.

@@ -3,14 +3,17 @@
 * :class:`SafeCheckpointHook` - mmengine's ``CheckpointHook`` whose checkpoints are written
   atomically, whose old checkpoint is deleted only once the new one is on disk (mmengine deletes
   it first, so a kill during the save with ``max_keep_ckpts=1`` left nothing), which writes
-  ``last_checkpoint`` atomically and cleans the temporaries an interrupted save left.
+  ``last_checkpoint`` atomically and cleans the temporaries an interrupted save left; it refuses
+  a ``load_from`` or distillation teacher that its own checkpoints would replace, records the
+  teacher file's sha256 in every checkpoint and refuses a resume whose teacher file changed.
 * :class:`ExactResumeHook` - saves the random-number state (torch, CUDA, numpy, Python) with
   every checkpoint and restores it on ``--resume`` at the point where the uninterrupted run
   would be, so a resumed run repeats the uninterrupted run's losses (single process,
   ``num_workers=0``).
-* :class:`CheckpointCheckHook` - strips the config text that mmengine's ``resume`` would
-  execute from a loaded checkpoint, and refuses a ``load_from`` checkpoint that does not cover
-  the model (a gate file, a classification model, a backbone only).
+* :class:`CheckpointCheckHook` - refuses a ``load_from`` checkpoint that does not cover the
+  model (a gate file, a classification model, a backbone only) or, evaluated or resumed, has
+  weights the model lacks. (Config text that mmengine would execute is removed by the loaders
+  themselves: :mod:`mmseg_msvit.compat.checkpoint_loading`.)
 * :class:`FiniteLossHook` - stops training at the first non-finite loss, naming the iteration
   and the loss terms.
 * :class:`TrainingTimeHook` - the training's wall time summed over every resumed part, in each
@@ -52,6 +55,7 @@ class SafeCheckpointHook(CheckpointHook):
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
+        self._check_sources_survive(runner)
         if not (is_main_process() and osp.isdir(self.out_dir)):
             return
         stale = remove_stale_temporaries(self.out_dir)
@@ -65,6 +69,56 @@ class SafeCheckpointHook(CheckpointHook):
         for path in stale:
             print_log(f'SafeCheckpointHook: removed {path}, left by an interrupted save',
                       logger='current')
+
+    def _check_sources_survive(self, runner) -> None:
+        """Refuse to start when a file the run reads (``load_from`` at its start, the
+        distillation teacher whenever it is built) lies in this hook's output folder under a
+        name the run's own checkpoints take (``iter_N.pth``, ``epoch_N.pth``, ``best_*.pth``):
+        the run would overwrite it with its own weights, or delete it under ``max_keep_ckpts``,
+        and a later ``--resume`` would distil from it or find it gone."""
+        import re
+        pattern = re.compile(r'(iter|epoch)_\d+\.pth|best_.*\.pth')
+        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        sources = []
+        if runner._load_from and not runner._resume:
+            sources.append(('load_from', runner._load_from))
+        distill = getattr(model, 'distill', None)
+        teacher = getattr(distill, 'teacher_checkpoint', None)
+        if teacher and getattr(distill, 'teacher', 'checkpoint') == 'checkpoint':
+            sources.append(('the distillation teacher (model.distill.teacher_checkpoint)',
+                            teacher))
+        out_dir = osp.realpath(str(self.out_dir))
+        for what, path in sources:
+            path = str(path)
+            if osp.dirname(osp.realpath(path)) == out_dir and \
+                    pattern.fullmatch(osp.basename(path)):
+                raise ValueError(
+                    f'{what} {path!r} is in this run\'s checkpoint folder {self.out_dir!r} under a '
+                    'name its own checkpoints take: the run would overwrite it or delete it '
+                    f'(max_keep_ckpts={self.max_keep_ckpts}), and a --resume would then '
+                    'distil from another file or find none. Copy it out of the folder (e.g. '
+                    f'work_dirs/teacher.pth) and point to the copy, or use another --work-dir.')
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Record the distillation teacher's file digest with every checkpoint."""
+        digest = _teacher_digest(runner)
+        if digest is not None:
+            checkpoint.setdefault('meta', {})['msvit_teacher_sha256'] = digest
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """On ``--resume``, refuse a teacher whose file changed since the checkpoint was
+        written: the resumed run would distil from another model without a word."""
+        recorded = (checkpoint.get('meta') or {}).get('msvit_teacher_sha256')
+        if not runner._resume or recorded is None:
+            return
+        digest = _teacher_digest(runner)
+        if digest is not None and digest != recorded:
+            model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+            raise ValueError(
+                f'the distillation teacher {model.distill.teacher_checkpoint!r} is not the file '
+                f'this run started with (sha256 {digest[:12]}..., the checkpoint recorded '
+                f'{recorded[:12]}...): a resumed run would distil from another model. Restore '
+                'the original file, or start a new run (another --work-dir).')
 
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
         ckpt_filename = self.filename_tmpl.format(step)
@@ -95,6 +149,12 @@ class SafeCheckpointHook(CheckpointHook):
                 self.file_backend.remove(path)
             elif self.file_backend.isdir(path):
                 self.file_backend.rmtree(path)
+
+
+def _teacher_digest(runner) -> Optional[str]:
+    """sha256 of the distillation teacher's file the model built (None without one)."""
+    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+    return getattr(model, 'distill_teacher_sha256', None)
 
 
 def get_random_state() -> dict:
@@ -203,7 +263,8 @@ class CheckpointCheckHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         from mmengine.runner import BaseLoop
 
-        from ..models.checkpoints import (FRESH_AT_TRAINING_START, check_covers, required_keys,
+        from ..models.checkpoints import (FRESH_AT_TRAINING_START, check_covers,
+                                          check_no_foreign_weights, required_keys,
                                           state_dict_of)
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
         path = runner._load_from or runner.message_hub.get_info('last_ckpt') or 'checkpoint'
@@ -235,6 +296,8 @@ class CheckpointCheckHook(Hook):
                           logger='current')
                 return
         check_covers(model, checkpoint, str(path))
+        if not training_start:  # an evaluation or a resume: exactly the model that was trained
+            check_no_foreign_weights(model, checkpoint, str(path))
 
 
 @HOOKS.register_module()

@@ -348,15 +348,18 @@ class MixedScaleMap:
                 0, 3, 1, 2).contiguous())
         return out[0], out[1]
 
-    def to_dense(self) -> torch.Tensor:
+    def to_dense(self, coarse_detail: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, C, H, W) at the fine resolution, cropped to the input: fine blocks as they are,
-        coarse blocks bilinearly upsampled (with their halo, so no seams)."""
+        coarse blocks bilinearly upsampled (with their halo, so no seams), plus
+        ``coarse_detail`` ((N_c, n, n, C) at the fine resolution) when given."""
         blocks = self.blocks
         n = blocks.side(self.scale, 'fine')
         fine, _ = self.split()
         coarse = _bilinear(self.pool(), blocks.sample_points(
             self.scale, 'coarse', n, blocks.valid(self.scale, 'fine'))).view(-1, n, n,
                                                                              self.channels)
+        if coarse_detail is not None:
+            coarse = coarse + coarse_detail
         every = torch.cat([fine, coarse])  # fine blocks first, then coarse: region q's block is
         position = torch.where(blocks.is_fine, blocks.slot, blocks.num_fine + blocks.slot)
         rows, cols = blocks.grid

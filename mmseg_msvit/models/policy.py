@@ -84,11 +84,20 @@ class ScalePolicy:
             kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise ValueError(f'MSViT: fine_mask must be a bool tensor (True = fine), got {kind}; '
                              'pass e.g. `mask > 0.5` rather than a float or int mask')
-        if value is not None and (mask is None or value.shape != mask.shape):
+        if value is not None and (not isinstance(value, torch.Tensor) or mask is None or
+                                  value.shape != mask.shape):
             given = 'no fine_mask' if mask is None else \
                 f'fine_mask {tuple(mask.shape)}'
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else \
+                type(value).__name__
             raise ValueError('MSViT: fine_value needs a fine_mask of the same shape, got '
-                             f'fine_value {tuple(value.shape)} and {given}')
+                             f'fine_value {shape} and {given}')
+        if value is not None and (not value.is_floating_point() or not torch.equal(
+                value.detach() == 1, mask) or not torch.equal(value.detach() == 0, ~mask)):
+            raise ValueError('MSViT: fine_value must be a floating-point tensor EQUAL to fine_mask '
+                             '(1.0 where fine, 0.0 where coarse) that carries the gradient, got '
+                             f'{value.dtype} values {value.detach().unique()[:6].tolist()}; e.g. '
+                             'fine_mask.float().requires_grad_()')
         if not isinstance(self.trace_token_count, bool):
             raise ValueError('MSViT: trace_token_count must be True or False, got '
                              f'{self.trace_token_count!r}')

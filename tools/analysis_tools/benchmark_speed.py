@@ -47,8 +47,6 @@ from mmseg_msvit.models import MSViT  # noqa: E402
 
 KINDS = ('dense', 'equal', 'spread', 'padded', 'gate')
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-#: ImageNet normalisation (the configs' data preprocessor)
-MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
 
 def parse_args(argv=None):
@@ -128,12 +126,8 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------ inputs
 def scenes(batch: int, size: int, seed: int, device) -> torch.Tensor:
     """(batch, 3, size, size) normalised synthetic validation scenes (the demo's generator)."""
-    from mmseg_msvit.datasets.synthetic import render_scene
-    images = [render_scene(np.random.default_rng([seed, 1, i]), (size, size))[0]
-              for i in range(batch)]
-    img = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
-    img = (img - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
-    return img.to(device)
+    from mmseg_msvit.datasets.synthetic import scene_batch
+    return scene_batch(batch, size, seed).to(device)
 
 
 def random_masks(shares, grid, seed) -> torch.Tensor:

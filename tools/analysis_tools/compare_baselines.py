@@ -12,11 +12,14 @@ Evaluates, on the test set of CONFIG (every row sees the same images):
   full-resolution maps a mixed-scale backbone does not shrink);
 * the dense model with the training-free content gate at ``--budget`` (the share of regions kept
   fine; the rest become coarse tokens);
-* the model of CONFIG / CHECKPOINT at ``--budget`` with its own gate.
+* the model of CONFIG / CHECKPOINT at ``--budget`` with its own gate (a dense CONFIG, whose
+  scale is forced, is refused: it has no gate of its own to decide).
 
 For each: mIoU, backbone GMACs per image (gate, pooling and any coarse-token extras included),
 whole-model GMACs (plus the neck's rescale and the decode head, which with UPerNet are most of
-the cost), both relative to the dense model, and the fine fraction. Prints a table and writes
+the cost; as they counted what they ran, so a model with mixed-scale decoding pays less there),
+both relative to the dense model, and the fine fraction. Every checkpoint must be exactly its
+config's model (no missing weights, none the model lacks). Prints a table and writes
 compare.csv, compare.json and compare.png (mIoU against whole-model and backbone GMACs).
 """
 import argparse
@@ -76,6 +79,13 @@ def evaluate_rows(args):
     cfg = load_config(args.config, args.cfg_options)
     dense_cfg = load_config(args.dense[0], args.cfg_options)
     model, loader = build_eval_model(cfg, args.checkpoint, ('test_dataloader', ))
+    forced = model.backbone.policy.force_scale
+    if forced is not None:
+        raise ValueError(f'compare_baselines: {args.config} forces every region {forced} '
+                         f'(force_scale={forced!r}), so "this model at budget {args.budget:g}" '
+                         'would be decided by a gate it never trained; give the mixed-scale '
+                         'model\'s config (the dense model goes to --dense, and its content-gate '
+                         'row is already in the table)')
     dense, _ = build_eval_model(dense_cfg, args.dense[1], ())
     dataset = loader.dataset
     dataset_cfg = cfg.test_dataloader.dataset.to_dict()

@@ -218,6 +218,13 @@ def runs(setting: dict) -> dict:
             fine_budget=b, gate_loss=None, gate_probe=None, **RECIPE, coarse_reduction=2,
             evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
             [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0))]),
+        'recipe_mixed_head_up': dict(
+            label='recipe + mixed-scale decoding, coarse blocks brought to full resolution by '
+            'a learned sub-pixel term before the classifier', start='dense_pre',
+            force_scale=None, gate=dict(type='ContentGate'), fine_budget=b, gate_loss=None,
+            gate_probe=None, **RECIPE, coarse_reduction=2, coarse_upsample=2,
+            evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
+            [('scale1.0', dict(scale=1.0))]),
         # the simple alternative at about the same whole-model GMACs: the dense ViT with its
         # neck and head at half resolution everywhere, fine-tuned and distilled as the recipe
         'dense_half_head': dict(
@@ -305,6 +312,8 @@ def seg_config(setting_name: str, run: str, seed: int, out_dir: str):
     for key in ('coarse_reduction', 'decode_regions'):
         if key in spec:
             model.neck[key] = spec[key]
+    if spec.get('coarse_upsample'):
+        model.decode_head.coarse_upsample = spec['coarse_upsample']
     if spec.get('distill'):
         model.distill = dict(spec['distill'])
         if model.distill.get('teacher', 'checkpoint') == 'checkpoint':
@@ -341,7 +350,8 @@ def seg_config(setting_name: str, run: str, seed: int, out_dir: str):
     if spec.get('new_lr_mult'):
         # parts that start at zero on a trained network learn faster
         new_parts = [('backbone.coarse_embed', spec.get('coarse_detail') or
-                      spec.get('coarse_scale_embed')), ('neck.unpool', spec.get('coarse_unpool'))]
+                      spec.get('coarse_scale_embed')), ('neck.unpool', spec.get('coarse_unpool')),
+                     ('decode_head.coarse_upsample', spec.get('coarse_upsample'))]
         for key, present in new_parts:
             if present:
                 cfg.optim_wrapper.paramwise_cfg.custom_keys[key] = dict(

@@ -70,17 +70,40 @@ def colourise(label: np.ndarray, palette) -> np.ndarray:
 
 
 def image_files(path: str) -> list:
-    """The image files of ``path`` (a file, or a folder searched non-recursively)."""
+    """The image files of ``path`` (a file, or a folder searched non-recursively), each checked
+    to be a readable, non-empty image (one line naming the file otherwise)."""
+    from mmseg_msvit.datasets.checked import check_sample_files
     if osp.isfile(path):
-        return [path]
-    if not osp.isdir(path):
+        files = [path]
+    elif not osp.isdir(path):
         raise FileNotFoundError(f'--images {path!r}: no such file or folder')
-    files = sorted(osp.join(path, name) for name in os.listdir(path)
-                   if name.lower().endswith(IMAGE_SUFFIXES))
+    else:
+        files = sorted(osp.join(path, name) for name in os.listdir(path)
+                       if name.lower().endswith(IMAGE_SUFFIXES))
     if not files:
         raise FileNotFoundError(f'--images {path!r}: no image files ({", ".join(IMAGE_SUFFIXES)}) '
                                 'in this folder')
+    for file in files:
+        try:
+            check_sample_files(file)
+        except (ValueError, FileNotFoundError) as err:
+            raise ValueError(f'--images: {err}') from None
     return files
+
+
+def pipeline_image(path: str, cfg) -> np.ndarray:
+    """``path`` as the model's test pipeline loads it (its ``LoadImageFromFile`` decoder and
+    colour type: a 16-bit PNG is scaled to 8 bits by cv2, where PIL would clip it), RGB."""
+    import mmcv
+    load = next((dict(step) for step in cfg.test_dataloader.dataset.pipeline
+                 if step.get('type') == 'LoadImageFromFile'), {})
+    image = mmcv.imread(path, flag=load.get('color_type', 'color'), channel_order='rgb',
+                        backend=load.get('imdecode_backend', 'cv2'))
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.dtype != np.uint8:  # an unchanged-depth decoder: to 8 bits for drawing
+        image = (image.astype(np.float64) / max(float(image.max()), 1.0) * 255).astype(np.uint8)
+    return image
 
 
 def resized(label: np.ndarray, size) -> np.ndarray:
@@ -182,8 +205,8 @@ def own_image_pictures(args, model, cfg, loader=None):
                              'window; add --cfg-options model.test_cfg.mode=whole')
         fine_mask = result.msvit_fine_mask.numpy()
         height, width = result.img_shape
-        image = np.asarray(Image.open(path).convert('RGB').resize((width, height),
-                                                                  Image.BILINEAR))
+        image = np.asarray(Image.fromarray(pipeline_image(path, cfg)).resize((width, height),
+                                                                             Image.BILINEAR))
         pred = resized(result.pred_sem_seg.data[0].cpu().numpy(), (height, width))
         overlay = draw_gate_map(image, fine_mask, model.backbone.coarse_patch_size,
                                 model.backbone.fine_patch_size)
@@ -203,6 +226,9 @@ def main(argv=None):
         raise ValueError(f'--num-eval must be >= 1, got {args.num_eval}')
     if args.images is not None:
         image_files(args.images)  # a wrong path is refused before the model is built
+    if osp.exists(args.out_dir) and not osp.isdir(args.out_dir):
+        raise ValueError(f'--out-dir {args.out_dir!r} is an existing file, not a folder; give a '
+                         'folder for the pictures')
     cfg = load_config(args.config, args.cfg_options)
     if args.fine_budget is not None:
         cfg.model.backbone.fine_budget = args.fine_budget

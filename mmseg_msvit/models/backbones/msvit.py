@@ -489,7 +489,7 @@ class MSViT(BaseModule):
                 static_num_tokens=policy.static_num_tokens(regions, per_fine))
         else:
             gate = self.gate if policy.gate is None else self._checked_gate(policy.gate)
-            logits = gate(img)
+            logits = self._checked_logits(gate, gate(img), (batch, *grid))
             if mode == 'budget':
                 trains = self.training and any(p.requires_grad for p in gate.parameters())
                 fine_mask, value = budget_decisions(
@@ -510,9 +510,33 @@ class MSViT(BaseModule):
                 'model.backbone.fine_budget (e.g. 0.5), or force_scale.')
         return decision
 
+    @staticmethod
+    def _checked_logits(gate: nn.Module, logits, shape) -> torch.Tensor:
+        """A gate's logits: (B, Hc, Wc) and finite (a NaN would pick arbitrary regions without a
+        word). The finiteness check reads one value back, so it is skipped while tracing or
+        exporting (budget mode's static graph)."""
+        name = type(gate).__name__
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != tuple(shape):
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else \
+                type(logits).__name__
+            raise ValueError(f'MSViT: gate {name} returned logits of shape {got}; a gate gives '
+                             f'one logit per region, (B, Hc, Wc) = {tuple(shape)}')
+        if not (torch.jit.is_tracing() or is_exporting() or torch.compiler.is_compiling()) and \
+                not bool(torch.isfinite(logits).all()):
+            bad = int((~torch.isfinite(logits)).sum())
+            raise FloatingPointError(f'MSViT: gate {name} returned {bad} non-finite logits (NaN or '
+                                     'inf) of ' f'{logits.numel()}: its decisions would be '
+                                     'arbitrary; check its weights and the input')
+        return logits
+
     def _checked_gate(self, gate: nn.Module) -> nn.Module:
         """A policy's substitute gate, refused when it reads regions of another size or other
-        channels than this backbone's."""
+        channels than this backbone's, or cannot say its cost (``macs_per_region``)."""
+        if not isinstance(getattr(gate, 'macs_per_region', None), int):
+            raise ValueError(f'MSViT: the policy\'s gate {type(gate).__name__} has no integer '
+                             'macs_per_region (its multiply-adds per region, counted in every '
+                             'image\'s cost); gates of mmseg_msvit.models have it, a gate of '
+                             'your own needs it too')
         ratio = self.coarse_patch_size // self.fine_patch_size
         for name, ours in (('coarse_patch_size', self.coarse_patch_size),
                            ('in_channels', self.in_channels), ('ratio', ratio)):

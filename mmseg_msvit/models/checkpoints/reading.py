@@ -25,9 +25,11 @@ from ...compat.checkpoint_globals import checked_after_loading
 #: the GBaS prior (training state of the gate loss) and the auxiliary head (training only)
 EVAL_OPTIONAL_PREFIXES = ('gate_loss.', 'auxiliary_head.')
 #: parts a checkpoint may lack at the START of a training run (``load_from``): they train from
-#: their initialisation (a new gate; the coarse-token embedding and the neck's unpooling, which
-#: start at zero and leave the loaded model's function unchanged)
-FRESH_AT_TRAINING_START = ('backbone.gate.', 'backbone.coarse_embed.', 'neck.unpool.')
+#: their initialisation (a new gate; the coarse-token embedding, the neck's unpooling and the
+#: head's sub-pixel term of coarse blocks, which start at zero and leave the loaded model's
+#: function unchanged)
+FRESH_AT_TRAINING_START = ('backbone.gate.', 'backbone.coarse_embed.', 'neck.unpool.',
+                           'decode_head.coarse_upsample.')
 
 
 class CheckpointError(ValueError):
@@ -63,24 +65,29 @@ def read_checkpoint(path: str, what: str = 'checkpoint', map_location='cpu'):
         return checked_after_loading(
             torch.load(path, map_location=map_location, weights_only=True))
     except pickle.UnpicklingError as err:
-        if re.search(r'unsupported (global|class)', str(err), re.IGNORECASE):
-            raise CheckpointError(
-                f'{what} {path!r} was refused: it holds objects other than tensors and plain '
-                f'values, and loading them would run code from the file ({_unsupported(err)}). '
-                'It was not loaded.') from None
-        if re.search(r'checkpoint asks for|Can only build|call reduce for unrecognized',
-                     str(err)):  # an allowed name used in a refused way
-            detail = str(err).partition('WeightsUnpickler error:')[2].strip() or str(err)
-            reason = detail.splitlines()[0] if detail.strip() else 'unsupported content'
-            raise CheckpointError(
-                f'{what} {path!r} was refused: it holds objects other than tensors and plain '
-                f'values ({reason.rstrip(".")}). It was not loaded.') from None
-        raise CheckpointError(f'{what} {path!r} is not a PyTorch checkpoint (its bytes are not '
-                              'a saved tensor file); it was not loaded') from None
+        raise refusal(err, what, path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f'{what} {path!r} is not a PyTorch checkpoint (truncated or '
                               f'another kind of file: {first}); it was not loaded') from None
+
+
+def refusal(err: pickle.UnpicklingError, what: str, path: str) -> 'CheckpointError':
+    """The one-sentence error for a file ``torch.load(weights_only=True)`` refused (torch's own
+    message advises ``weights_only=False``, which would run the file's code)."""
+    if re.search(r'unsupported (global|class)', str(err), re.IGNORECASE):
+        return CheckpointError(
+            f'{what} {path!r} was refused: it holds objects other than tensors and plain '
+            f'values, and loading them would run code from the file ({_unsupported(err)}). '
+            'It was not loaded.')
+    if re.search(r'checkpoint asks for|Can only build|call reduce for unrecognized', str(err)):
+        detail = str(err).partition('WeightsUnpickler error:')[2].strip() or str(err)
+        reason = detail.splitlines()[0] if detail.strip() else 'unsupported content'
+        return CheckpointError(
+            f'{what} {path!r} was refused: it holds objects other than tensors and plain '
+            f'values ({reason.rstrip(".")}). It was not loaded.')
+    return CheckpointError(f'{what} {path!r} is not a PyTorch checkpoint (its bytes are not a '
+                           'saved tensor file); it was not loaded')
 
 
 def _unsupported(err: Exception) -> str:
@@ -176,13 +183,46 @@ def check_covers(model: torch.nn.Module, checkpoint, path: str) -> None:
         f'refusing to evaluate with random weights.{advice}')
 
 
+def foreign_weights(model: torch.nn.Module, checkpoint) -> List[str]:
+    """Weights of ``checkpoint`` that ``model`` does not have and that change what the trained
+    model computed (the coarse-token embedding or the neck's unpooling of a recipe checkpoint
+    given with a dense config, say); training-only parts (:data:`EVAL_OPTIONAL_PREFIXES`) and a
+    gate the model does not run (forced scale, a parameter-free gate) are not counted."""
+    ignorable = list(EVAL_OPTIONAL_PREFIXES)
+    backbone = getattr(model, 'backbone', None)
+    gate = getattr(backbone, 'gate', None)
+    if gate is not None and (getattr(backbone, 'force_scale', None) is not None or
+                             not any(True for _ in gate.parameters())):
+        ignorable.append('backbone.gate.')
+    wanted = model.state_dict()
+    return [k for k in state_dict_of(checkpoint)
+            if k not in wanted and not k.startswith(tuple(ignorable))]
+
+
+def check_no_foreign_weights(model: torch.nn.Module, checkpoint, path: str) -> None:
+    """Refuse a checkpoint with weights the model lacks (:func:`foreign_weights`): evaluated,
+    they would be dropped without a word and the model would not be the one that was trained."""
+    foreign = foreign_weights(model, checkpoint)
+    if not foreign:
+        return
+    shown = _groups(foreign)
+    raise CheckpointError(
+        f'checkpoint {path!r} has {len(foreign)} weights this model does not have '
+        f'({", ".join(shown[:6])}{", ..." if len(shown) > 6 else ""}): it was trained with '
+        'another configuration (a recipe checkpoint given with a dense config?); dropping them '
+        'would evaluate another model than the one trained. Give the config it was trained '
+        'with.')
+
+
 def load_model_weights(model: torch.nn.Module, path: str,
                        checkpoint: Optional[dict] = None) -> dict:
     """Read ``path`` (or use the already loaded ``checkpoint``), check it covers ``model``
-    (:func:`check_covers`) and load it; returns the loaded checkpoint."""
+    (:func:`check_covers`) and holds no weights the model lacks
+    (:func:`check_no_foreign_weights`), and load it; returns the loaded checkpoint."""
     if checkpoint is None:
         checkpoint = read_checkpoint(path)
     check_covers(model, checkpoint, path)
+    check_no_foreign_weights(model, checkpoint, path)
     state = state_dict_of(checkpoint)
     backbone = getattr(model, 'backbone', None)
     if hasattr(backbone, '_resize_pos_embed'):  # as load_state_dict's pre-hook would

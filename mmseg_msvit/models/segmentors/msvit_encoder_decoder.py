@@ -22,6 +22,16 @@ from ..policy import ScalePolicy
 DENSE = ScalePolicy.forced('fine')
 
 
+def file_sha256(path: str) -> str:
+    """The sha256 of a file, read in 1 MiB chunks."""
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 @MODELS.register_module()
 class MSViTEncoderDecoder(EncoderDecoder):
     """mmseg's :class:`EncoderDecoder` plus the gate loss of an MSViT backbone.
@@ -98,6 +108,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
                              f'(its dense maps), got {type(self.neck).__name__}')
         # the dense teacher: built in init_weights, kept out of parameters and state_dict
         self.__dict__['distill_teacher'] = None
+        self.distill_teacher_sha256 = None
         # training the gate without any signal but the task loss is the paper's ablation at
         # most: the wrapper that owns the losses warns (once) when its gate trains without one
         self.untrained_gate = UntrainedGateWarning(
@@ -132,6 +143,9 @@ class MSViTEncoderDecoder(EncoderDecoder):
         if self.distill is not None and self.distill.teacher == 'checkpoint':
             self.__dict__['distill_teacher'] = self.build_dense_teacher(
                 self.distill.teacher_checkpoint)
+            #: the teacher file's sha256: SafeCheckpointHook records it in every checkpoint and
+            #: refuses a resume whose teacher file changed
+            self.distill_teacher_sha256 = file_sha256(self.distill.teacher_checkpoint)
 
     def build_dense_teacher(self, checkpoint: Optional[str]) -> torch.nn.Module:
         """A frozen dense copy of this model's backbone, neck and decode head, loaded from
@@ -151,6 +165,8 @@ class MSViTEncoderDecoder(EncoderDecoder):
         if getattr(teacher.neck, 'coarse_reduction', None) is not None:
             teacher.neck.coarse_reduction = None  # the dense model decodes densely
         teacher.decode_head = copy.deepcopy(self.decode_head)
+        if getattr(teacher.decode_head, 'coarse_upsample', None) is not None:
+            teacher.decode_head.coarse_upsample = None  # used by coarse blocks only
         load_model_weights(teacher, checkpoint)
         for param in teacher.parameters():
             param.requires_grad_(False)
