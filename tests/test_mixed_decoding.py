@@ -368,3 +368,4 @@ def test_cheaper_head_baseline_and_dense_teacher(tmp_path):
     expected = dense.decode_head(dense.extract_feat_and_layout(
         inputs, ScalePolicy.forced('fine'))[0])
     torch.testing.assert_close(logits, expected)
+

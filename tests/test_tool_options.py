@@ -34,6 +34,14 @@ def test_get_flops_shape_needs_no_dataset_and_says_what_mmengine_misses(capsys, 
     assert params['neck_and_heads'] > 0 and 'parameters:' in out
     with pytest.raises(SystemExit):
         tool.parse_args([DEMO, '--shape', '128', '128', '128'])
+    # with mixed-scale decoding the neck and head cost follows the decisions, row by row
+    mixed = tool.main([DEMO, '--shape', '128', '--cfg-options', 'model.backbone.fine_budget=0.5',
+                       'model.neck.coarse_reduction=2'])['decode']
+    plain = result['decode']
+    assert plain['all coarse'] == plain['budget 0.5'] == plain['all fine (dense ViT)']
+    assert mixed['all fine (dense ViT)'] == pytest.approx(plain['all fine (dense ViT)'])
+    assert mixed['all coarse'] < mixed['budget 0.5'] < mixed['all fine (dense ViT)']
+    assert 'neck + head' in capsys.readouterr().out
 
 
 def test_tta_sums_the_cost_of_every_view():
@@ -46,6 +54,7 @@ def test_tta_sums_the_cost_of_every_view():
         sample = SegDataSample()
         sample.seg_logits = PixelData(data=torch.randn(3, 4, 4))
         sample.set_metainfo(dict(msvit_backbone_macs=macs, msvit_num_tokens=10.0,
+                                 msvit_decode_macs=2 * macs, msvit_macs=3 * macs,
                                  msvit_forwards=1, msvit_fine_fraction=fraction,
                                  ori_shape=(4, 4), img_shape=(4, 4), img_path='a.jpg'))
         return sample
@@ -56,6 +65,8 @@ def test_tta_sums_the_cost_of_every_view():
     merged = tta.merge_preds([[view(1e9, 0.2), view(2e9, 0.4), view(3e9, 0.6)]])
     meta = merged[0].metainfo
     assert meta['msvit_backbone_macs'] == pytest.approx(6e9)  # all three views, not the last
+    assert meta['msvit_decode_macs'] == pytest.approx(12e9)
+    assert meta['msvit_macs'] == pytest.approx(18e9)
     assert meta['msvit_forwards'] == 3 and meta['msvit_tta_views'] == 3
     assert meta['msvit_fine_fraction'] == pytest.approx(0.4)
 

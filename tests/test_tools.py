@@ -749,3 +749,27 @@ class _Rigged:
 
     def __reduce__(self):
         return (os.system, ('true', ))
+
+
+def test_benchmark_model_speed_times_every_way_of_spending_less(tmp_path, capsys):
+    """The whole segmentor, dense / mixed tokens / mixed-scale decoding / cheaper head /
+    downscaled, in one interleaved loop; MAC ratios from what each row ran."""
+    tool = load_tool('tools/analysis_tools/benchmark_model_speed.py')
+    recipe = osp.join(REPO, 'configs', 'msvit', 'demo_recipe_synthetic.py')
+    rows = tool.main([recipe, '--size', '128', '--batch-sizes', '2', '--repeats', '1',
+                      '--warmup', '0', '--scales', '0.75', '--out-dir', str(tmp_path)])
+    by = {row['kind']: row for row in rows}
+    assert list(by) == ['dense', 'tokens', 'mixed', 'half_head', 'scale0.75']
+    assert by['dense']['mac_ratio'] == 1.0 and by['dense']['speedup'] == 1.0
+    # mixed-scale tokens save backbone MACs, mixed-scale decoding neck and head MACs on top
+    assert by['tokens']['backbone_gmacs'] < by['dense']['backbone_gmacs']
+    assert by['tokens']['decode_gmacs'] == pytest.approx(by['dense']['decode_gmacs'])
+    assert by['mixed']['backbone_gmacs'] == pytest.approx(by['tokens']['backbone_gmacs'])
+    assert by['mixed']['decode_gmacs'] < by['tokens']['decode_gmacs']
+    assert by['half_head']['decode_gmacs'] < by['mixed']['decode_gmacs']
+    assert by['scale0.75']['input'] == 96
+    for row in rows:
+        assert row['quotient'] == pytest.approx(row['speedup'] / row['mac_ratio'])
+        assert 0.0 < row['backbone_time_share'] <= 1.0
+    assert 'whole-model MAC ratio' in capsys.readouterr().out
+    assert (tmp_path / 'speed.csv').exists() and (tmp_path / 'speed.json').exists()

@@ -348,18 +348,15 @@ class MixedScaleMap:
                 0, 3, 1, 2).contiguous())
         return out[0], out[1]
 
-    def to_dense(self, coarse_detail: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def to_dense(self) -> torch.Tensor:
         """(B, C, H, W) at the fine resolution, cropped to the input: fine blocks as they are,
-        coarse blocks bilinearly upsampled (with their halo, so no seams), plus
-        ``coarse_detail`` ((N_c, n, n, C) at the fine resolution) when given."""
+        coarse blocks bilinearly upsampled (with their halo, so no seams)."""
         blocks = self.blocks
         n = blocks.side(self.scale, 'fine')
         fine, _ = self.split()
         coarse = _bilinear(self.pool(), blocks.sample_points(
             self.scale, 'coarse', n, blocks.valid(self.scale, 'fine'))).view(-1, n, n,
                                                                              self.channels)
-        if coarse_detail is not None:
-            coarse = coarse + coarse_detail
         every = torch.cat([fine, coarse])  # fine blocks first, then coarse: region q's block is
         position = torch.where(blocks.is_fine, blocks.slot, blocks.num_fine + blocks.slot)
         rows, cols = blocks.grid
@@ -478,19 +475,31 @@ def _conv(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
     return x.with_data(rows)
 
 
-def _norm(norm: nn.Module, x: MixedScaleMap) -> MixedScaleMap:
+def _batch_norm(norm: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """A BatchNorm on (P, C) rows: every row one sample of the statistics (as every pixel of a
+    dense map is)."""
     if not isinstance(norm, _BatchNorm):
         raise ValueError('mixed-scale levels support BatchNorm (and SyncBN) in ConvModules, got '
                          f'{type(norm).__name__}')
-    # every pixel of every block is one sample of the batch statistics (as every pixel of the
-    # dense map is)
-    pixels, channels = x.data.shape
-    return x.with_data(norm(x.data.reshape(pixels, channels, 1, 1)).reshape(pixels, channels))
+    pixels, channels = rows.shape
+    return norm(rows.reshape(pixels, channels, 1, 1)).reshape(pixels, channels)
 
 
-def conv_module(module: nn.Module, x: Level) -> Level:
+def _norm(norm: nn.Module, x: MixedScaleMap,
+          coarse_norm: Optional[nn.Module] = None) -> MixedScaleMap:
+    """``norm`` on every block; with ``coarse_norm``, the coarse blocks get their own (their
+    statistics at the reduced resolution are not the fine blocks')."""
+    if coarse_norm is None:
+        return x.with_data(_batch_norm(norm, x.data))
+    split = x.blocks.num_fine * x.blocks.side(x.scale, 'fine')**2
+    return x.with_data(torch.cat([_batch_norm(norm, x.data[:split]),
+                                  _batch_norm(coarse_norm, x.data[split:])]))
+
+
+def conv_module(module: nn.Module, x: Level, coarse_norm: Optional[nn.Module] = None) -> Level:
     """mmcv's ``ConvModule`` (conv, norm, activation in its ``order``) on a level: as it is on
-    a tensor, block by block on a :class:`MixedScaleMap` (the same weights)."""
+    a tensor, block by block on a :class:`MixedScaleMap` (the same weights; the coarse blocks
+    normalised by ``coarse_norm`` when given)."""
     if not isinstance(x, MixedScaleMap):
         return module(x)
     if getattr(module, 'with_explicit_padding', False):
@@ -499,7 +508,7 @@ def conv_module(module: nn.Module, x: Level) -> Level:
         if layer == 'conv':
             x = _conv(module.conv, x)
         elif layer == 'norm' and module.with_norm:
-            x = _norm(module.norm, x)
+            x = _norm(module.norm, x, coarse_norm)
         elif layer == 'act' and module.with_activation:
             x = x.with_data(module.activate(x.data))
     return x

@@ -111,6 +111,8 @@ FEATURE_DISTILL = dict(type='DenseDistillLoss', feature_weight=1.0)
 DETAIL = dict(coarse_detail=True, coarse_scale_embed=True)
 RECIPE = dict(train_budget_range=(0.25, 0.6), coarse_unpool=True, new_lr_mult=10.0,
               distill=FEATURE_DISTILL, **DETAIL)
+#: mixed-scale decoding: the neck and head run coarse regions at half resolution
+MIXED_DECODE = dict(coarse_reduction=2)
 
 
 def runs(setting: dict) -> dict:
@@ -209,7 +211,13 @@ def runs(setting: dict) -> dict:
             start='dense_pre', force_scale=None, gate=dict(type='ContentGate'), fine_budget=b,
             gate_loss=None, gate_probe=None, **RECIPE,
             evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
-            [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0))]),
+            [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0))] +
+            # its neck and head run with mixed-scale decoding, without training for it: every
+            # level finer than the tokens, or the finest (x4) only
+            [(f'{name}_content{x}', dict(rule='content', budget=x, decode=decode))
+             for name, decode in (('mixed_decode', MIXED_DECODE),
+                                  ('mixed_decode_x4', dict(MIXED_DECODE, mixed_scales=(4, ))))
+             for x in sorted({b, 0.5})]),
         # the recipe with mixed-scale decoding: the neck and head run coarse regions at half
         # resolution (docs/method.md, "Mixed-scale decoding"), trained and distilled the same way
         'recipe_mixed_head': dict(
@@ -217,12 +225,13 @@ def runs(setting: dict) -> dict:
             'resolution)', start='dense_pre', force_scale=None, gate=dict(type='ContentGate'),
             fine_budget=b, gate_loss=None, gate_probe=None, **RECIPE, coarse_reduction=2,
             evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
-            [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0))]),
-        'recipe_mixed_head_up': dict(
-            label='recipe + mixed-scale decoding, coarse blocks brought to full resolution by '
-            'a learned sub-pixel term before the classifier', start='dense_pre',
-            force_scale=None, gate=dict(type='ContentGate'), fine_budget=b, gate_loss=None,
-            gate_probe=None, **RECIPE, coarse_reduction=2, coarse_upsample=2,
+            [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0)),
+             (f'dense_decode_content{b}', dict(rule='content', budget=b,
+                                               decode=dict(coarse_reduction=None)))]),
+        'recipe_mixed_head_bn': dict(
+            label='recipe + mixed-scale decoding, coarse blocks with BatchNorms of their own',
+            start='dense_pre', force_scale=None, gate=dict(type='ContentGate'), fine_budget=b,
+            gate_loss=None, gate_probe=None, **RECIPE, coarse_reduction=2, coarse_norms=True,
             evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
             [('scale1.0', dict(scale=1.0))]),
         # the simple alternative at about the same whole-model GMACs: the dense ViT with its
@@ -312,8 +321,8 @@ def seg_config(setting_name: str, run: str, seed: int, out_dir: str):
     for key in ('coarse_reduction', 'decode_regions'):
         if key in spec:
             model.neck[key] = spec[key]
-    if spec.get('coarse_upsample'):
-        model.decode_head.coarse_upsample = spec['coarse_upsample']
+    if spec.get('coarse_norms'):
+        model.decode_head.coarse_norms = True
     if spec.get('distill'):
         model.distill = dict(spec['distill'])
         if model.distill.get('teacher', 'checkpoint') == 'checkpoint':
@@ -350,8 +359,7 @@ def seg_config(setting_name: str, run: str, seed: int, out_dir: str):
     if spec.get('new_lr_mult'):
         # parts that start at zero on a trained network learn faster
         new_parts = [('backbone.coarse_embed', spec.get('coarse_detail') or
-                      spec.get('coarse_scale_embed')), ('neck.unpool', spec.get('coarse_unpool')),
-                     ('decode_head.coarse_upsample', spec.get('coarse_upsample'))]
+                      spec.get('coarse_scale_embed')), ('neck.unpool', spec.get('coarse_unpool'))]
         for key, present in new_parts:
             if present:
                 cfg.optim_wrapper.paramwise_cfg.custom_keys[key] = dict(
@@ -522,17 +530,22 @@ class Study:
             size = self.setting['data']['img_size']
             self.evaluator = StudyEvaluator(cfg.test_dataloader.dataset.to_dict(), (size, size),
                                             SCENE_CLASSES, SMALL_CLASSES, self.args.device)
-        key = (seed, run)
+        kwargs = dict(kwargs)
+        decode = kwargs.pop('decode', None)  # neck options of this evaluation (same weights)
+        if decode:
+            cfg.model.neck.update(decode)
+        key = (seed, run, tuple(sorted((decode or {}).items())))
         if getattr(self, '_model_key', None) != key:
             self._model, _ = build_eval_model(
                 cfg, final_checkpoint(self.out_dir, seed, run, self.setting), loader_names=())
             self._model.to(self.args.device)
             self._model_key = key
-        kwargs = dict(kwargs)
         kwargs.setdefault('rule', 'forced')
         result = self.evaluator.evaluate(self._model, seed=seed, **kwargs)
         with open(osp.join(run_dir(self.out_dir, seed, run), 'train_time.json')) as f:
             train_seconds = json.load(f)['seconds']
+        if decode:
+            kwargs['decode'] = decode
         record = dict(seed=seed, run=run, eval=name, label=f"{self.runs[run]['label']}, {name}",
                       setting=self.args.setting, **kwargs,
                       train_seconds=train_seconds, **result)
@@ -593,6 +606,12 @@ def family(run, name):
         return f'{run} (budget curve)'
     if run.startswith(('mixed', 'recipe')) and name.startswith('scale'):
         return f'{run}, every region fine'
+    if name.startswith('mixed_decode_x4_'):
+        return f'{run}, mixed-scale decoding at x4 only (not trained for it)'
+    if name.startswith('mixed_decode_'):
+        return f'{run}, mixed-scale decoding (not trained for it)'
+    if name.startswith('dense_decode_'):
+        return f'{run}, decoded densely'
     if run == 'recipe':
         return 'recipe, content gate'
     if run == 'recipe_mixed_head':
@@ -659,15 +678,25 @@ def comparisons(setting):
              ('dense_pre', f'content{b}')),
         ]
     mixed_head = ('recipe_mixed_head', f'content{b}')
+    pairs += [(f'{run} {name} vs dense downscaled to equal whole-model GMACs (interpolated)',
+               (run, name), ('dense', interpolated_eval(run, name)))
+              for run, name in equal_cost_targets(setting)]
     pairs += [
-        ('recipe_mixed_head vs recipe (the same model with the neck and head at full '
-         'resolution)', mixed_head, ('recipe', f'content{b}')),
-        ('recipe_mixed_head vs dense downscaled to equal whole-model GMACs (interpolated)',
-         mixed_head, ('dense', interpolated_eval('recipe_mixed_head'))),
-        ('recipe vs dense downscaled to equal whole-model GMACs (interpolated)',
-         ('recipe', f'content{b}'), ('dense', interpolated_eval('recipe'))),
+        ('recipe_mixed_head vs recipe (its neck and head at full resolution, trained so)',
+         mixed_head, ('recipe', f'content{b}')),
+        ('recipe_mixed_head vs recipe with mixed-scale decoding only at evaluation',
+         mixed_head, ('recipe', f'mixed_decode_content{b}')),
+        ('recipe with mixed-scale decoding at evaluation vs recipe',
+         ('recipe', f'mixed_decode_content{b}'), ('recipe', f'content{b}')),
+        ('recipe with mixed-scale decoding at x4 only vs recipe',
+         ('recipe', f'mixed_decode_x4_content{b}'), ('recipe', f'content{b}')),
+        ('recipe_mixed_head decoded densely vs recipe (what training with mixed decoding does '
+         'to the model)', ('recipe_mixed_head', f'dense_decode_content{b}'),
+         ('recipe', f'content{b}')),
         ('recipe_mixed_head vs dense with its neck and head at 1/2 resolution (whole-model '
          'GMACs about equal)', mixed_head, ('dense_half_head', 'scale1.0')),
+        ('recipe with mixed-scale decoding at evaluation vs dense with its neck and head at 1/2 '
+         'resolution', ('recipe', f'mixed_decode_content{b}'), ('dense_half_head', 'scale1.0')),
         ('recipe_mixed_head: label oracle vs content gate, same model',
          ('recipe_mixed_head', f'oracle{b}'), mixed_head),
     ]
@@ -701,34 +730,50 @@ def comparisons(setting):
     return pairs
 
 
-def interpolated_eval(run: str) -> str:
-    """The evaluation name of the dense model downscaled to ``run``'s whole-model GMACs."""
-    return f'scale_at_{run}'
+def interpolated_eval(run: str, name: str) -> str:
+    """The evaluation name of the dense model downscaled to the whole-model GMACs of ``run``'s
+    evaluation ``name``."""
+    return f'scale_at_{run}_{name}'
+
+
+def equal_cost_targets(setting) -> list:
+    """(run, eval) pairs the dense model's downscaling is interpolated to (equal whole-model
+    GMACs): the recipes at the budget, with and without mixed-scale decoding, and at 0.5."""
+    budgets = sorted({setting['budget'], 0.5})
+    targets = [('recipe', f"content{setting['budget']}")]
+    for x in budgets:
+        targets += [('recipe_mixed_head', f'content{x}'), ('recipe', f'mixed_decode_content{x}'),
+                    ('recipe', f'mixed_decode_x4_content{x}')]
+    return targets
 
 
 def interpolated_records(records, setting) -> list:
-    """Per seed, the dense model downscaled to exactly the whole-model GMACs of each recipe at
-    the budget: its mIoU interpolated linearly in whole-model GMACs between the two input scales
-    that bracket them (derived, never written to results.jsonl; none where no scales bracket)."""
+    """Per seed, the dense model downscaled to exactly the whole-model GMACs of each
+    :func:`equal_cost_targets` result: its mIoU interpolated linearly in whole-model GMACs
+    between the two input scales that bracket them (derived, never written to results.jsonl;
+    none where no scales bracket)."""
     derived = []
-    b = setting['budget']
-    for run in ('recipe', 'recipe_mixed_head'):
-        for target in [r for r in records if r['run'] == run and r['eval'] == f'content{b}']:
+    for run, name in equal_cost_targets(setting):
+        for target in [r for r in records if r['run'] == run and r['eval'] == name]:
             points = sorted(((r['model_gmacs'], r) for r in records
                              if r['run'] == 'dense' and r['seed'] == target['seed'] and
-                             r['eval'].startswith('scale') and r.get('model_gmacs') is not None
-                             and r['model_gmacs'] == r['model_gmacs']), key=lambda p: p[0])
+                             r['eval'].startswith('scale') and
+                             not r['eval'].startswith('scale_at_') and
+                             r.get('model_gmacs') is not None and
+                             r['model_gmacs'] == r['model_gmacs']), key=lambda p: p[0])
             want = target.get('model_gmacs')
+            if want is None or want != want:
+                continue
             pairs = [(lo, hi) for lo, hi in zip(points, points[1:]) if lo[0] <= want <= hi[0]]
-            if not pairs or want != want:
+            if not pairs:
                 continue
             (g0, low), (g1, high) = pairs[0]
             t = 0.0 if g1 == g0 else (want - g0) / (g1 - g0)
             mix = lambda key: low[key] + t * (high[key] - low[key])  # noqa: E731
             derived.append(dict(
-                seed=target['seed'], run='dense', eval=interpolated_eval(run),
-                label=f"dense ViT downscaled to the whole-model GMACs of {run} (interpolated "
-                f"between inputs {low['eval'][5:]}x and {high['eval'][5:]}x)",
+                seed=target['seed'], run='dense', eval=interpolated_eval(run, name),
+                label=f"dense ViT downscaled to the whole-model GMACs of {run} {name} "
+                f"(interpolated between inputs {low['eval'][5:]}x and {high['eval'][5:]}x)",
                 mIoU=mix('mIoU'), small_mIoU=mix('small_mIoU'),
                 iou={c: low['iou'][c] + t * (high['iou'][c] - low['iou'][c])
                      for c in low['iou']},

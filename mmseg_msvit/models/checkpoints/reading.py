@@ -25,11 +25,9 @@ from ...compat.checkpoint_globals import checked_after_loading
 #: the GBaS prior (training state of the gate loss) and the auxiliary head (training only)
 EVAL_OPTIONAL_PREFIXES = ('gate_loss.', 'auxiliary_head.')
 #: parts a checkpoint may lack at the START of a training run (``load_from``): they train from
-#: their initialisation (a new gate; the coarse-token embedding, the neck's unpooling and the
-#: head's sub-pixel term of coarse blocks, which start at zero and leave the loaded model's
-#: function unchanged)
-FRESH_AT_TRAINING_START = ('backbone.gate.', 'backbone.coarse_embed.', 'neck.unpool.',
-                           'decode_head.coarse_upsample.')
+#: their initialisation (a new gate; the coarse-token embedding and the neck's unpooling, which
+#: start at zero and leave the loaded model's function unchanged)
+FRESH_AT_TRAINING_START = ('backbone.gate.', 'backbone.coarse_embed.', 'neck.unpool.')
 
 
 class CheckpointError(ValueError):

@@ -1,9 +1,8 @@
 """UPerHead whose finer levels spend their compute where the tokens are fine."""
-from typing import List, Optional
+from typing import List
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmseg.models.decode_heads import UPerHead
 from mmseg.registry import MODELS
 
@@ -28,56 +27,57 @@ class MixedScaleUPerHead(UPerHead):
 
     Args: as :class:`UPerHead` (``align_corners`` must be False on mixed levels: the blocks
     resample as mmseg's ``resize`` with align_corners=False), and
-        coarse_upsample (int, optional): our option: the neck's ``coarse_reduction`` r; the
-            coarse blocks' final features are brought to the full resolution by bilinear
-            upsampling PLUS a learned sub-pixel term (a 1x1 convolution to r^2 x channels,
-            rearranged to r x r pixels, weights and bias starting at zero, so the head computes
-            what it computed without it), and the classifier runs at the full resolution; its
-            MACs are counted. None: the classifier runs on the blocks and the coarse logits are
-            upsampled. Default: None.
+        coarse_norms (bool): our option: the coarse blocks of a mixed level get BatchNorms of
+            their own (statistics and affine parameters), copies of the layer's BatchNorm
+            where a checkpoint has none (a dense or mmseg checkpoint); the fine blocks and every
+            dense level keep the layer's own. Default: False.
     """
 
-    def __init__(self, *args, coarse_upsample: Optional[int] = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if coarse_upsample is not None and (isinstance(coarse_upsample, bool) or
-                                            coarse_upsample not in (2, 4)):
-            raise ValueError('MixedScaleUPerHead: coarse_upsample must be None or the neck\'s '
-                             f'coarse_reduction (2 or 4), got {coarse_upsample!r}')
-        self.coarse_upsample = None
-        if coarse_upsample is not None:
-            self.coarse_upsample = nn.Conv2d(self.channels,
-                                             self.channels * coarse_upsample**2, 1)
-            nn.init.zeros_(self.coarse_upsample.weight)
-            nn.init.zeros_(self.coarse_upsample.bias)
+    #: the ConvModules that may run on mixed levels: (name, level index or None = the finest)
+    MIXED_LAYERS = ('lateral_convs', 'fpn_convs', 'fpn_bottleneck')
 
-    def init_weights(self) -> None:
-        super().init_weights()
-        if self.coarse_upsample is not None:  # zero after any init_cfg: starts as without it
-            nn.init.zeros_(self.coarse_upsample.weight)
-            nn.init.zeros_(self.coarse_upsample.bias)
+    def __init__(self, *args, coarse_norms: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(coarse_norms, bool):
+            raise ValueError(f'MixedScaleUPerHead: coarse_norms must be True or False, got '
+                             f'{coarse_norms!r}')
+        self.coarse_norms = None
+        if coarse_norms:
+            import copy
+            self.coarse_norms = nn.ModuleDict({
+                name.replace('.', '_'): copy.deepcopy(module.norm)
+                for name, module in self._mixed_conv_modules() if module.with_norm})
+            self._register_load_state_dict_pre_hook(self._fill_coarse_norms)
+
+    def _mixed_conv_modules(self):
+        for i, conv in enumerate(self.lateral_convs):
+            yield f'lateral_convs.{i}', conv
+        for i, conv in enumerate(self.fpn_convs):
+            yield f'fpn_convs.{i}', conv
+        yield 'fpn_bottleneck', self.fpn_bottleneck
+
+    def _fill_coarse_norms(self, state_dict, prefix, *args) -> None:
+        """A checkpoint without coarse norms (dense, mmseg's) gives them the layer's own."""
+        for name, module in self._mixed_conv_modules():
+            key = name.replace('.', '_')
+            if key not in self.coarse_norms:
+                continue
+            source = f'{prefix}{name}.{module.norm_name}.'
+            target = f'{prefix}coarse_norms.{key}.'
+            for k in [k for k in state_dict if k.startswith(source)]:
+                state_dict.setdefault(target + k[len(source):], state_dict[k].clone())
+
+    def _coarse_norm(self, name: str):
+        """The coarse blocks' norm of layer ``name`` (None: they share the layer's)."""
+        key = name.replace('.', '_')
+        return self.coarse_norms[key] if self.coarse_norms is not None and \
+            key in self.coarse_norms else None
 
     def forward(self, inputs):
         feats = self._forward_mixed(inputs)
         if not isinstance(feats, MixedScaleMap):
             return self.cls_seg(feats)
-        if self.coarse_upsample is None:
-            return classify(self, feats).to_dense()
-        return self.cls_seg(feats.to_dense(self._subpixel(feats)))
-
-    def _subpixel(self, feats: MixedScaleMap) -> torch.Tensor:
-        """(N_c, n, n, C): the learned sub-pixel term of every coarse block at the full
-        resolution."""
-        r = feats.blocks.reduction
-        if self.coarse_upsample.out_channels != self.channels * r * r:
-            raise ValueError(f'MixedScaleUPerHead: coarse_upsample was built for reduction '
-                             f'{self.coarse_upsample.out_channels // self.channels} but the '
-                             f'neck\'s coarse_reduction is {r}; set them equal')
-        _, coarse = feats.split()
-        count, m, _, channels = coarse.shape
-        out = F.linear(coarse.reshape(-1, channels), self.coarse_upsample.weight.flatten(1),
-                       self.coarse_upsample.bias)
-        out = out.view(count, m, m, r, r, channels).permute(0, 1, 3, 2, 4, 5)
-        return out.reshape(count, m * r, m * r, channels)
+        return classify(self, feats).to_dense()
 
     def _scales(self, inputs) -> List[float]:
         """The scale of every input the head reads (relative to the token grid)."""
@@ -96,17 +96,20 @@ class MixedScaleUPerHead(UPerHead):
             raise ValueError('MixedScaleUPerHead: align_corners=True is not supported on mixed '
                              'levels (they resample with align_corners=False)')
         scales = self._scales(inputs)
-        laterals = [conv_module(conv, selected[i]) for i, conv in enumerate(self.lateral_convs)]
+        laterals = [conv_module(conv, selected[i], self._coarse_norm(f'lateral_convs.{i}'))
+                    for i, conv in enumerate(self.lateral_convs)]
         laterals.append(self.psp_forward(selected))
         for i in range(len(laterals) - 1, 0, -1):  # top-down path
             laterals[i - 1] = add(laterals[i - 1],
                                   resample(laterals[i], scales[i], laterals[i - 1]))
-        fpn_outs = [conv_module(self.fpn_convs[i], laterals[i])
+        fpn_outs = [conv_module(self.fpn_convs[i], laterals[i],
+                                self._coarse_norm(f'fpn_convs.{i}'))
                     for i in range(len(laterals) - 1)]
         fpn_outs.append(laterals[-1])
         fpn_outs = [fpn_outs[0]] + [resample(x, scales[i + 1], fpn_outs[0])
                                     for i, x in enumerate(fpn_outs[1:])]
-        return conv_module(self.fpn_bottleneck, cat(fpn_outs))
+        return conv_module(self.fpn_bottleneck, cat(fpn_outs),
+                           self._coarse_norm('fpn_bottleneck'))
 
     def macs(self, inputs) -> torch.Tensor:
         """(B,) multiply-adds per image of one forward on ``inputs`` (the neck's outputs):
@@ -128,12 +131,4 @@ class MixedScaleUPerHead(UPerHead):
                                                                        size[0] * size[1]))
         total = total + conv_module_macs(self.bottleneck, pixels[-1])
         total = total + conv_module_macs(self.fpn_bottleneck, pixels[0])
-        first = selected[0]
-        if self.coarse_upsample is None or not isinstance(first, MixedScaleMap):
-            return total + conv_module_macs(self.conv_seg, pixels[0])
-        # the sub-pixel term on the coarse pixels, then the classifier at the full resolution
-        blocks = first.blocks
-        coarse = blocks.coarse_count.double() * blocks.side(first.scale, 'coarse')**2
-        full = blocks.valid(first.scale, 'fine')
-        return total + conv_module_macs(self.coarse_upsample, coarse) + \
-            conv_module_macs(self.conv_seg, torch.full_like(total, float(full[0] * full[1])))
+        return total + conv_module_macs(self.conv_seg, pixels[0])

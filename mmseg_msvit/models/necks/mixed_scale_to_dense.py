@@ -22,16 +22,21 @@ class MixedScaleMultiLevelNeck(MultiLevelNeck):
     it), made by resampling the lateral map straight into the blocks; the other levels stay
     dense tensors. Without blocks it is exactly mmseg's neck."""
 
-    def forward(self, inputs, blocks: Optional[RegionBlocks] = None):
+    def forward(self, inputs, blocks: Optional[RegionBlocks] = None,
+                mixed_scales: Optional[Sequence[float]] = None):
+        """``mixed_scales``: the levels that run region by region (default: every level finer
+        than the token grid)."""
         if blocks is None:
             return super().forward(inputs)
+        if mixed_scales is None:
+            mixed_scales = [s for s in self.scales if s > 1]
         assert len(inputs) == len(self.in_channels)
         inputs = [conv(inputs[i]) for i, conv in enumerate(self.lateral_convs)]
         if len(inputs) == 1:
             inputs = [inputs[0] for _ in range(self.num_outs)]
         outs = []
         for i, scale in enumerate(self.scales):
-            if scale > 1:  # finer than the token grid: region by region
+            if scale in mixed_scales:  # finer than the token grid: region by region
                 x = resample_into(inputs[i], 1.0, blocks, scale)
             else:
                 x = resize(inputs[i], scale_factor=scale, mode='bilinear')
@@ -93,6 +98,9 @@ class MixedScaleToDense(nn.Module):
         decode_regions (str): with ``coarse_reduction``: 'tokens' (a region runs fine where its
             tokens are fine) or 'coarse' (every region at reduced resolution whatever the
             tokens: the cheaper-head baseline). Default: 'tokens'.
+        mixed_scales (Sequence[float], optional): with ``coarse_reduction``: which of ``scales``
+            run region by region (each > 1); the others stay dense. None: every scale > 1.
+            Default: None.
 
     mmseg's ``MultiLevelNeck`` weights load as they are: its keys (``lateral_convs.*``,
     ``convs.*``) are read as ``rescale.*`` (a ``load_state_dict`` pre-hook).
@@ -108,7 +116,8 @@ class MixedScaleToDense(nn.Module):
                  num_taps: Optional[int] = None,
                  ratio: int = 2,
                  coarse_reduction: Optional[int] = None,
-                 decode_regions: str = 'tokens') -> None:
+                 decode_regions: str = 'tokens',
+                 mixed_scales: Optional[Sequence[float]] = None) -> None:
         super().__init__()
         self.scales = None if scales is None else list(scales)
         if not isinstance(coarse_unpool, bool):
@@ -125,8 +134,14 @@ class MixedScaleToDense(nn.Module):
         if decode_regions not in ('tokens', 'coarse'):
             raise ValueError("MixedScaleToDense: decode_regions must be 'tokens' or 'coarse', "
                              f'got {decode_regions!r}')
+        if mixed_scales is not None and (
+                self.scales is None or not all(isinstance(v, (int, float)) and v > 1 and
+                                               v in self.scales for v in mixed_scales)):
+            raise ValueError(f'MixedScaleToDense: mixed_scales must be scales > 1 among scales '
+                             f'{self.scales}, got {mixed_scales!r}')
         self.coarse_reduction = coarse_reduction
         self.decode_regions = decode_regions
+        self.mixed_scales = None if mixed_scales is None else [float(v) for v in mixed_scales]
         self.ratio = ratio
         self.unpool = None
         if coarse_unpool:
@@ -215,7 +230,8 @@ class MixedScaleToDense(nn.Module):
         dense = self.dense_maps(inputs)
         if self.rescale is None:
             return dense, dense
-        return dense, list(self.rescale(dense, self.region_blocks(inputs[0].layout)))
+        return dense, list(self.rescale(dense, self.region_blocks(inputs[0].layout),
+                                        self.mixed_scales))
 
     def region_blocks(self, layout) -> Optional[RegionBlocks]:
         """The blocks of this forward (None: every level dense, as without

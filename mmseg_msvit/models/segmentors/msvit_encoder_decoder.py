@@ -165,8 +165,6 @@ class MSViTEncoderDecoder(EncoderDecoder):
         if getattr(teacher.neck, 'coarse_reduction', None) is not None:
             teacher.neck.coarse_reduction = None  # the dense model decodes densely
         teacher.decode_head = copy.deepcopy(self.decode_head)
-        if getattr(teacher.decode_head, 'coarse_upsample', None) is not None:
-            teacher.decode_head.coarse_upsample = None  # used by coarse blocks only
         load_model_weights(teacher, checkpoint)
         for param in teacher.parameters():
             param.requires_grad_(False)

@@ -9,8 +9,9 @@ from mmseg.utils import SampleList
 @MODELS.register_module()
 class MSViTSegTTAModel(SegTTAModel):
     """mmseg's :class:`SegTTAModel` (logits of every view averaged) with the cost of every view
-    counted: ``msvit_backbone_macs``, ``msvit_num_tokens`` and ``msvit_forwards`` are summed over
-    the views, ``msvit_fine_fraction`` is their mean. mmseg's merge keeps one view's metainfo,
+    counted: ``msvit_backbone_macs``, ``msvit_decode_macs`` (and so ``msvit_macs``),
+    ``msvit_num_tokens`` and ``msvit_forwards`` are summed over the views,
+    ``msvit_fine_fraction`` is their mean. mmseg's merge keeps one view's metainfo,
     which would report the cost of a single view. ``tools/test.py --tta`` uses it in place of
     ``SegTTAModel``.
     """
@@ -27,6 +28,10 @@ class MSViTSegTTAModel(SegTTAModel):
                 msvit_fine_fraction=sum(float(v.msvit_fine_fraction) for v in views) /
                 len(views),
                 msvit_tta_views=len(views)))
+            if all('msvit_decode_macs' in view for view in views):
+                decode = sum(float(v.msvit_decode_macs) for v in views)
+                sample.set_metainfo(dict(msvit_decode_macs=decode,
+                                         msvit_macs=sample.msvit_backbone_macs + decode))
             if 'msvit_fine_mask' in sample:  # one view's decisions, not the merged image's
                 del sample.msvit_fine_mask
         return merged
