@@ -369,3 +369,4 @@ def test_cheaper_head_baseline_and_dense_teacher(tmp_path):
         inputs, ScalePolicy.forced('fine'))[0])
     torch.testing.assert_close(logits, expected)
 
+

@@ -294,13 +294,14 @@ def test_train_gate_only_changes_the_gate_and_nothing_else():
 
 
 def test_the_study_measures_the_shipped_recipe(tmp_path):
-    """What the study trains as `dense_pre` / `recipe` is what configs/msvit/demo_dense_synthetic.py
-    and demo_recipe_synthetic.py ship (model options, schedule, learning rates, augmentation)."""
+    """What the study trains as `dense_pre` / `recipe_mixed_head` is what
+    configs/msvit/demo_dense_synthetic.py and demo_recipe_synthetic.py ship (model options,
+    schedule, learning rates, augmentation)."""
     from mmengine.config import Config
     study = load_tool('tools/analysis_tools/msvit_study.py')
     setting = study.SETTINGS['quick']
     for run, shipped_path in (('dense_pre', 'demo_dense_synthetic.py'),
-                              ('recipe', 'demo_recipe_synthetic.py')):
+                              ('recipe_mixed_head', 'demo_recipe_synthetic.py')):
         measured = study.seg_config('quick', run, 0, str(tmp_path))
         shipped = Config.fromfile(osp.join(REPO, 'configs', 'msvit', shipped_path))
         for key in ('force_scale', 'fine_budget', 'train_budget_range', 'arch',
@@ -310,6 +311,10 @@ def test_the_study_measures_the_shipped_recipe(tmp_path):
             'type') or run == 'dense_pre'
         assert bool(measured.model.neck.get('coarse_unpool')) == \
             bool(shipped.model.neck.get('coarse_unpool'))
+        assert measured.model.neck.get('coarse_reduction') == \
+            shipped.model.neck.get('coarse_reduction')
+        assert measured.model.decode_head.type == shipped.model.decode_head.type == \
+            'MixedScaleUPerHead'
         distill = measured.model.get('distill')
         if distill is not None:
             distill = {k: v for k, v in distill.items() if k != 'teacher_checkpoint'}

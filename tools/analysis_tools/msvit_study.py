@@ -111,7 +111,8 @@ FEATURE_DISTILL = dict(type='DenseDistillLoss', feature_weight=1.0)
 DETAIL = dict(coarse_detail=True, coarse_scale_embed=True)
 RECIPE = dict(train_budget_range=(0.25, 0.6), coarse_unpool=True, new_lr_mult=10.0,
               distill=FEATURE_DISTILL, **DETAIL)
-#: mixed-scale decoding: the neck and head run coarse regions at half resolution
+#: mixed-scale decoding: the neck and head run coarse regions at half resolution (the recipe's,
+#: configs/msvit/demo_recipe_synthetic.py)
 MIXED_DECODE = dict(coarse_reduction=2)
 
 
@@ -228,12 +229,6 @@ def runs(setting: dict) -> dict:
             [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0)),
              (f'dense_decode_content{b}', dict(rule='content', budget=b,
                                                decode=dict(coarse_reduction=None)))]),
-        'recipe_mixed_head_bn': dict(
-            label='recipe + mixed-scale decoding, coarse blocks with BatchNorms of their own',
-            start='dense_pre', force_scale=None, gate=dict(type='ContentGate'), fine_budget=b,
-            gate_loss=None, gate_probe=None, **RECIPE, coarse_reduction=2, coarse_norms=True,
-            evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
-            [('scale1.0', dict(scale=1.0))]),
         # the simple alternative at about the same whole-model GMACs: the dense ViT with its
         # neck and head at half resolution everywhere, fine-tuned and distilled as the recipe
         'dense_half_head': dict(
@@ -321,8 +316,6 @@ def seg_config(setting_name: str, run: str, seed: int, out_dir: str):
     for key in ('coarse_reduction', 'decode_regions'):
         if key in spec:
             model.neck[key] = spec[key]
-    if spec.get('coarse_norms'):
-        model.decode_head.coarse_norms = True
     if spec.get('distill'):
         model.distill = dict(spec['distill'])
         if model.distill.get('teacher', 'checkpoint') == 'checkpoint':
@@ -615,7 +608,7 @@ def family(run, name):
     if run == 'recipe':
         return 'recipe, content gate'
     if run == 'recipe_mixed_head':
-        return 'recipe + mixed-scale decoding, content gate'
+        return 'recipe + mixed-scale decoding (recommended with UPerNet), content gate'
     return run
 
 

@@ -2,7 +2,6 @@
 from typing import List
 
 import torch
-import torch.nn as nn
 from mmseg.models.decode_heads import UPerHead
 from mmseg.registry import MODELS
 
@@ -26,52 +25,8 @@ class MixedScaleUPerHead(UPerHead):
     ``reduction`` at the end). Given dense tensors only, it IS UPerHead.
 
     Args: as :class:`UPerHead` (``align_corners`` must be False on mixed levels: the blocks
-    resample as mmseg's ``resize`` with align_corners=False), and
-        coarse_norms (bool): our option: the coarse blocks of a mixed level get BatchNorms of
-            their own (statistics and affine parameters), copies of the layer's BatchNorm
-            where a checkpoint has none (a dense or mmseg checkpoint); the fine blocks and every
-            dense level keep the layer's own. Default: False.
+    resample as mmseg's ``resize`` with align_corners=False).
     """
-
-    #: the ConvModules that may run on mixed levels: (name, level index or None = the finest)
-    MIXED_LAYERS = ('lateral_convs', 'fpn_convs', 'fpn_bottleneck')
-
-    def __init__(self, *args, coarse_norms: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if not isinstance(coarse_norms, bool):
-            raise ValueError(f'MixedScaleUPerHead: coarse_norms must be True or False, got '
-                             f'{coarse_norms!r}')
-        self.coarse_norms = None
-        if coarse_norms:
-            import copy
-            self.coarse_norms = nn.ModuleDict({
-                name.replace('.', '_'): copy.deepcopy(module.norm)
-                for name, module in self._mixed_conv_modules() if module.with_norm})
-            self._register_load_state_dict_pre_hook(self._fill_coarse_norms)
-
-    def _mixed_conv_modules(self):
-        for i, conv in enumerate(self.lateral_convs):
-            yield f'lateral_convs.{i}', conv
-        for i, conv in enumerate(self.fpn_convs):
-            yield f'fpn_convs.{i}', conv
-        yield 'fpn_bottleneck', self.fpn_bottleneck
-
-    def _fill_coarse_norms(self, state_dict, prefix, *args) -> None:
-        """A checkpoint without coarse norms (dense, mmseg's) gives them the layer's own."""
-        for name, module in self._mixed_conv_modules():
-            key = name.replace('.', '_')
-            if key not in self.coarse_norms:
-                continue
-            source = f'{prefix}{name}.{module.norm_name}.'
-            target = f'{prefix}coarse_norms.{key}.'
-            for k in [k for k in state_dict if k.startswith(source)]:
-                state_dict.setdefault(target + k[len(source):], state_dict[k].clone())
-
-    def _coarse_norm(self, name: str):
-        """The coarse blocks' norm of layer ``name`` (None: they share the layer's)."""
-        key = name.replace('.', '_')
-        return self.coarse_norms[key] if self.coarse_norms is not None and \
-            key in self.coarse_norms else None
 
     def forward(self, inputs):
         feats = self._forward_mixed(inputs)
@@ -96,20 +51,17 @@ class MixedScaleUPerHead(UPerHead):
             raise ValueError('MixedScaleUPerHead: align_corners=True is not supported on mixed '
                              'levels (they resample with align_corners=False)')
         scales = self._scales(inputs)
-        laterals = [conv_module(conv, selected[i], self._coarse_norm(f'lateral_convs.{i}'))
-                    for i, conv in enumerate(self.lateral_convs)]
+        laterals = [conv_module(conv, selected[i]) for i, conv in enumerate(self.lateral_convs)]
         laterals.append(self.psp_forward(selected))
         for i in range(len(laterals) - 1, 0, -1):  # top-down path
             laterals[i - 1] = add(laterals[i - 1],
                                   resample(laterals[i], scales[i], laterals[i - 1]))
-        fpn_outs = [conv_module(self.fpn_convs[i], laterals[i],
-                                self._coarse_norm(f'fpn_convs.{i}'))
+        fpn_outs = [conv_module(self.fpn_convs[i], laterals[i])
                     for i in range(len(laterals) - 1)]
         fpn_outs.append(laterals[-1])
         fpn_outs = [fpn_outs[0]] + [resample(x, scales[i + 1], fpn_outs[0])
                                     for i, x in enumerate(fpn_outs[1:])]
-        return conv_module(self.fpn_bottleneck, cat(fpn_outs),
-                           self._coarse_norm('fpn_bottleneck'))
+        return conv_module(self.fpn_bottleneck, cat(fpn_outs))
 
     def macs(self, inputs) -> torch.Tensor:
         """(B,) multiply-adds per image of one forward on ``inputs`` (the neck's outputs):
