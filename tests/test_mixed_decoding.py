@@ -75,6 +75,10 @@ def test_every_region_fine_is_mmsegs_neck_and_head():
         torch.testing.assert_close(out, reference, atol=2e-5, rtol=1e-4)
         # and with dense inputs it IS UPerHead
         torch.testing.assert_close(ours_head(list(ours_neck(maps))), reference)
+        # only the x4 level mixed (mixed_scales): the x2 level stays a dense tensor
+        levels = ours_neck(maps, blocks_for(mask, maps), mixed_scales=[4])
+        assert isinstance(levels[0], MixedScaleMap) and isinstance(levels[1], torch.Tensor)
+        torch.testing.assert_close(ours_head(list(levels)), reference, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize('reduction', [2, 4])
@@ -337,6 +341,9 @@ def test_neck_and_head_refuse_what_they_cannot_do():
                           scales=SCALES, coarse_reduction=3))
     with pytest.raises(ValueError, match='coarse_reduction needs scales'):
         MODELS.build(dict(type='MixedScaleToDense', coarse_reduction=2))
+    with pytest.raises(ValueError, match=r'mixed_scales must be scales > 1 among scales'):
+        MODELS.build(dict(type='MixedScaleToDense', in_channels=8, out_channels=8,
+                          scales=SCALES, coarse_reduction=2, mixed_scales=(1, )))
     with pytest.raises(ValueError, match="decode_regions must be 'tokens' or 'coarse'"):
         MODELS.build(dict(type='MixedScaleToDense', in_channels=8, out_channels=8,
                           scales=SCALES, coarse_reduction=2, decode_regions='fine'))
@@ -370,3 +377,22 @@ def test_cheaper_head_baseline_and_dense_teacher(tmp_path):
     torch.testing.assert_close(logits, expected)
 
 
+
+
+@torch.no_grad()
+def test_slide_inference_decodes_every_window_with_its_own_blocks():
+    """Slide inference: every window has its own decisions and blocks; the neck + head cost of
+    the image is the sum over its windows."""
+    torch.manual_seed(0)
+    model = recipe_segmentor(coarse_reduction=2)
+    model.test_cfg = ConfigDict(mode='slide', crop_size=(64, 64), stride=(32, 32))
+    inputs = torch.randn(1, 3, 64, 96)
+    result = model.predict(inputs)[0]
+    assert result.seg_logits.data.shape[-2:] == (64, 96)
+    meta = result.metainfo
+    assert meta['msvit_forwards'] == 2
+    whole = copy.deepcopy(model)
+    whole.test_cfg = ConfigDict(mode='whole')
+    x, layout = whole.extract_feat_and_layout(inputs[..., :64])
+    one_window = float(whole.decode_macs(layout, x)[0])
+    assert meta['msvit_decode_macs'] == pytest.approx(2 * one_window)

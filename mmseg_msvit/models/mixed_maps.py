@@ -27,7 +27,7 @@ Scales are relative to the token grid (the backbone's dense maps, stride S_f = 1
 scale 4 is at 1/4 of the input's resolution for S_f = 16.
 """
 import math
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -36,6 +36,20 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ['RegionBlocks', 'MixedScaleMap', 'resample', 'resample_into', 'conv_module', 'add', 'cat',
            'classify', 'pixels_per_image', 'conv_module_macs']
+
+
+def _bilinear_axis(start: torch.Tensor, side: int, size: int, target_size: int):
+    """Along one axis, for the ``side`` target pixels of each region starting at ``start``
+    (regions, in region units): the two source pixels (of ``size``) that bilinear resampling to
+    ``target_size`` pixels reads (align_corners=False, clamped at the border as
+    ``F.interpolate``) and the weight of the second. Returns (low, high, weight), (N, side)."""
+    steps = torch.arange(side, device=start.device)
+    target = (start[:, None] * side + steps[None, :]).double()
+    source = ((target + 0.5) * (size / target_size) - 0.5).clamp(min=0)
+    low = source.floor().clamp(max=size - 1)
+    weight = (source - low).clamp(max=1).float()
+    low = low.long()
+    return low, (low + 1).clamp(max=size - 1), weight
 
 
 class RegionBlocks:
@@ -214,21 +228,10 @@ class RegionBlocks:
         key = ('sample', scale, kind, target_side, tuple(target_valid))
         if key in self._cache:
             return self._cache[key]
-        side = self.side(scale, kind)
         valid_rows, valid_cols = self.valid(scale, kind)
         image, row, col = self._region_coords(kind)
-        steps = torch.arange(target_side, device=self.fine_mask.device)
-
-        def axis(start, size, target_size):
-            target = (start[:, None] * target_side + steps[None, :]).double()
-            source = ((target + 0.5) * (size / target_size) - 0.5).clamp(min=0)
-            low = source.floor().clamp(max=size - 1)
-            weight = (source - low).clamp(max=1).float()
-            low = low.long()
-            return low, (low + 1).clamp(max=size - 1), weight
-
-        y0, y1, wy = axis(row, valid_rows, target_valid[0])
-        x0, x1, wx = axis(col, valid_cols, target_valid[1])
+        y0, y1, wy = _bilinear_axis(row, target_side, valid_rows, target_valid[0])
+        x0, x1, wx = _bilinear_axis(col, target_side, valid_cols, target_valid[1])
         image = image[:, None, None]
 
         def rows(ys, xs):
@@ -253,18 +256,8 @@ class RegionBlocks:
         side = self.side(scale, kind)
         valid_rows, valid_cols = self.valid(scale, kind)
         image, row, col = self._region_coords(kind)
-        steps = torch.arange(side, device=self.fine_mask.device)
-
-        def axis(start, size, valid):  # (N, side) source index pairs and the second's weight
-            target = (start[:, None] * side + steps[None, :]).double()
-            source = ((target + 0.5) * (size / valid) - 0.5).clamp(min=0)
-            low = source.floor().clamp(max=size - 1)
-            weight = (source - low).clamp(max=1).float()
-            low = low.long()
-            return low, (low + 1).clamp(max=size - 1), weight
-
-        y0, y1, wy = axis(row, height, valid_rows)
-        x0, x1, wx = axis(col, width, valid_cols)
+        y0, y1, wy = _bilinear_axis(row, side, height, valid_rows)
+        x0, x1, wx = _bilinear_axis(col, side, width, valid_cols)
         base = image[:, None, None] * height
 
         def flat(ys, xs):
@@ -352,16 +345,11 @@ class MixedScaleMap:
 
     def windows(self, halo: int, zeros: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         """Every fine and every coarse block with its halo, as contiguous (N, C, side + 2 halo,
-        side + 2 halo) tensors (the layout the CPU convolution runs fastest on, measured)."""
+        side + 2 halo) tensors."""
         pool = self.pool()
-        out = []
-        for kind in ('fine', 'coarse'):
-            index = self.blocks.window_index(self.scale, kind, halo, zeros)
-            side = self.blocks.side(self.scale, kind) + 2 * halo
-            rows = torch.index_select(pool, 0, index.reshape(-1))
-            out.append(rows.view(index.shape[0], side, side, self.channels).permute(
-                0, 3, 1, 2).contiguous())
-        return out[0], out[1]
+        return tuple(_gather_windows(pool, self.blocks.window_index(self.scale, kind, halo,
+                                                                    zeros))
+                     for kind in ('fine', 'coarse'))
 
     def to_dense(self) -> torch.Tensor:
         """(B, C, H, W) at the fine resolution, cropped to the input: fine blocks as they are,
@@ -394,6 +382,15 @@ CHUNK_BYTES = 16 << 20
 
 
 # ----------------------------------------------------------------------------------- operations
+def _gather_windows(pool: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(N, C, w, w) contiguous windows from the pool rows ``index`` (N, w * w) names: the layout
+    the CPU convolution runs fastest on (channels-last windows measured slower)."""
+    width = int(round(math.sqrt(index.shape[1])))
+    rows = torch.index_select(pool, 0, index.reshape(-1))
+    return rows.view(index.shape[0], width, width, pool.shape[1]).permute(0, 3, 1,
+                                                                        2).contiguous()
+
+
 def _bilinear(source: torch.Tensor, points: Tuple[torch.Tensor, ...]) -> torch.Tensor:
     """(N * side * side, C) rows: the bilinear combination of the ``source`` rows (R, C) that
     ``points`` (four row indices per target pixel, row and column weights) name: along rows,
@@ -495,13 +492,10 @@ def _conv(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
             offset = _conv_as_matmul(conv, x, pool, rows, offset, halo)
             continue
         index = blocks.window_index(x.scale, kind, halo, zeros=True)
-        width = side + 2 * halo
-        step = max(1, CHUNK_BYTES // (width * width * x.channels * pool.element_size()))
+        step = max(1, CHUNK_BYTES // (index.shape[1] * x.channels * pool.element_size()))
         for start in range(0, index.shape[0], step):
-            part = index[start:start + step]
-            windows = torch.index_select(pool, 0, part.reshape(-1)).view(
-                part.shape[0], width, width, x.channels).permute(0, 3, 1, 2).contiguous()
-            out = F.conv2d(windows, conv.weight, conv.bias, groups=conv.groups)
+            out = F.conv2d(_gather_windows(pool, index[start:start + step]), conv.weight,
+                           conv.bias, groups=conv.groups)
             count = out.shape[0] * side * side
             rows[offset:offset + count].view(out.shape[0], side, side, out.shape[1]).copy_(
                 out.permute(0, 2, 3, 1))
@@ -590,6 +584,3 @@ def conv_module_macs(module: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
         conv.kernel_size[0] * conv.kernel_size[1]
     return pixels * float(per_pixel)
 
-
-def dense_levels(levels: List[Level]) -> bool:
-    return not any(isinstance(level, MixedScaleMap) for level in levels)

@@ -605,6 +605,8 @@ def family(run, name):
         return f'{run}, mixed-scale decoding (not trained for it)'
     if name.startswith('dense_decode_'):
         return f'{run}, decoded densely'
+    if run == 'dense_half_head':
+        return 'dense ViT, neck and head at 1/2 resolution (fine-tuned)'
     if run == 'recipe':
         return 'recipe, content gate'
     if run == 'recipe_mixed_head':
@@ -829,8 +831,9 @@ def write_outputs(records, setting, out_dir):
     with open(osp.join(out_dir, 'summary.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     plot(rows, osp.join(out_dir, 'study.png'))
+    plot_whole_model(rows, osp.join(out_dir, 'whole_model.png'))
     print('\n'.join(lines), flush=True)
-    print(f'[study] wrote summary.csv, summary.json, summary.md, study.png to {out_dir}')
+    print(f'[study] wrote summary.csv, summary.json, summary.md, study.png, whole_model.png to {out_dir}')
 
 
 def plot(rows, path):
@@ -860,6 +863,44 @@ def plot(rows, path):
         ax.grid(alpha=0.3)
     axes[0].set_ylabel('mIoU (mean ± std over seeds)')
     axes[1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+#: the curves of the whole-model picture (what a user choosing a model compares)
+WHOLE_MODEL_FAMILIES = (
+    'dense ViT, input downscaled', 'recipe, content gate',
+    'recipe + mixed-scale decoding (recommended with UPerNet), content gate',
+    'dense ViT, neck and head at 1/2 resolution (fine-tuned)',
+    'dense ViT + content gate (training-free)')
+
+
+def plot_whole_model(rows, path):
+    """mIoU against whole-model GMACs for :data:`WHOLE_MODEL_FAMILIES` only, each point labelled
+    with its input scale or budget."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    markers = 'osD^v'
+    for index, name in enumerate(WHOLE_MODEL_FAMILIES):
+        group = sorted([r for r in rows if r['family'] == name and
+                        r.get('model_gmacs') == r.get('model_gmacs')],
+                       key=lambda r: r['model_gmacs'])
+        if not group:
+            continue
+        ax.errorbar([r['model_gmacs'] for r in group], [r['mIoU'] for r in group],
+                    yerr=[r['mIoU_std'] for r in group], fmt=markers[index] + '-', capsize=3,
+                    markersize=6, label=name)
+        for r in group:
+            tag = r['eval'].replace('content', '').replace('scale', 'x')
+            ax.annotate(tag, (r['model_gmacs'], r['mIoU']), textcoords='offset points',
+                        xytext=(4, -10), fontsize=7)
+    ax.set_xlabel('whole-model GMACs per image (backbone + neck + head)')
+    ax.set_ylabel('mIoU (mean ± std over seeds)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='lower right')
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
