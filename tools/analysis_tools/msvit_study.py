@@ -229,6 +229,15 @@ def runs(setting: dict) -> dict:
             [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0)),
              (f'dense_decode_content{b}', dict(rule='content', budget=b,
                                                decode=dict(coarse_reduction=None)))]),
+        # a learned gate on the mixed-decoding recipe (gate only, as recipe_gate): its fine
+        # regions are where the head runs at full resolution too
+        'recipe_mixed_head_gate': dict(
+            label='recipe + mixed-scale decoding + learned gate (content prior + probe, gate '
+            'only)', start='recipe_mixed_head', force_scale=None, train_gate_only=True,
+            iters=setting['gate_iters'], coarse_unpool=True, **DETAIL, **MIXED_DECODE,
+            gate=dict(type='MixedScaleGate', hidden_dims=(256, 256), init_fine_fraction=0.9,
+                      content_prior=True),
+            evals=learned_evals),
         # the simple alternative at about the same whole-model GMACs: the dense ViT with its
         # neck and head at half resolution everywhere, fine-tuned and distilled as the recipe
         'dense_half_head': dict(
@@ -595,7 +604,8 @@ def family(run, name):
         return 'dense ViT + content gate (training-free)'
     if run == 'dense' and name.startswith('random'):
         return 'dense ViT + random regions'
-    if run.startswith(('learned', 'gate_only', 'recipe_gate')) and name.startswith('budget'):
+    if run.startswith(('learned', 'gate_only', 'recipe_gate', 'recipe_mixed_head_gate')) and \
+            name.startswith('budget'):
         return f'{run} (budget curve)'
     if run.startswith(('mixed', 'recipe')) and name.startswith('scale'):
         return f'{run}, every region fine'
@@ -694,6 +704,13 @@ def comparisons(setting):
          'resolution', ('recipe', f'mixed_decode_content{b}'), ('dense_half_head', 'scale1.0')),
         ('recipe_mixed_head: label oracle vs content gate, same model',
          ('recipe_mixed_head', f'oracle{b}'), mixed_head),
+        ('recipe_mixed_head: learned gate (gate only) vs content gate',
+         ('recipe_mixed_head_gate', f'budget{b}'), mixed_head),
+        ('recipe_mixed_head + learned gate vs dense downscaled to equal whole-model GMACs '
+         '(interpolated)', ('recipe_mixed_head_gate', f'budget{b}'),
+         ('dense', interpolated_eval('recipe_mixed_head_gate', f'budget{b}'))),
+        ('recipe_mixed_head + learned gate vs dense with its neck and head at 1/2 resolution',
+         ('recipe_mixed_head_gate', f'budget{b}'), ('dense_half_head', 'scale1.0')),
     ]
     pairs += [
         (f"dense: {setting['fine_iters']} more dense iterations vs the starting model",
@@ -735,7 +752,8 @@ def equal_cost_targets(setting) -> list:
     """(run, eval) pairs the dense model's downscaling is interpolated to (equal whole-model
     GMACs): the recipes at the budget, with and without mixed-scale decoding, and at 0.5."""
     budgets = sorted({setting['budget'], 0.5})
-    targets = [('recipe', f"content{setting['budget']}")]
+    targets = [('recipe', f"content{setting['budget']}"),
+               ('recipe_mixed_head_gate', f"budget{setting['budget']}")]
     for x in budgets:
         targets += [('recipe_mixed_head', f'content{x}'), ('recipe', f'mixed_decode_content{x}'),
                     ('recipe', f'mixed_decode_x4_content{x}')]
