@@ -71,12 +71,15 @@ def tiny_cfg(path, synthetic_root, work_dir):
     cfg.experiment_name = osp.splitext(osp.basename(path))[0]
     if cfg.model.get('distill'):
         # step 2 of the recipe starts from (and is distilled from) a dense model: this config's
-        # own model, freshly initialised, stands in for it
+        # own model without its step-2 parts, freshly initialised, stands in for it (a teacher
+        # file with weights the dense model lacks would be refused)
         from mmengine.registry import init_default_scope
         from mmseg.registry import MODELS
         init_default_scope('mmseg')
         stand_in = cfg.model.copy()
         stand_in.pop('distill')
+        stand_in.backbone.update(coarse_detail=False, coarse_scale_embed=False)
+        stand_in.neck.update(coarse_unpool=False)
         dense = MODELS.build(stand_in)
         dense.init_weights()
         teacher = osp.join(str(work_dir), 'dense_step1.pth')

@@ -22,6 +22,13 @@ SCALES = [4, 2, 1, 0.5]
 NUM_CLASSES = 5
 
 
+@pytest.fixture(autouse=True)
+def mmseg_scope():
+    """mmseg's modules build their parts (losses, necks) from mmseg's registry."""
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        yield
+
+
 def randomise_norms(module):
     """BatchNorm statistics and affine parameters away from the identity, so a norm applied to
     the wrong pixels shows."""

@@ -55,14 +55,16 @@ def parse_args(argv=None):
                         help='segmentation config (its model, random weights)')
     parser.add_argument('--size', type=int_at_least(32, ' px'), default=512,
                         help='square input size in px')
-    parser.add_argument('--batch-sizes', type=int_at_least(1), nargs='+', default=[1, 8])
+    parser.add_argument('--batch-sizes', type=int_at_least(1), nargs='+', default=[1, 8],
+                        help='batch sizes to time (every row of one batch size interleaved)')
     parser.add_argument('--budget', type=float, default=0.42,
                         help='share of regions fine in the tokens and mixed rows')
     parser.add_argument('--reduction', type=int, choices=[2, 4], default=2,
                         help='coarse_reduction of the mixed and half_head rows')
     parser.add_argument('--scales', type=float, nargs='*', default=[0.75],
                         help='input scales of the downscaled dense rows')
-    parser.add_argument('--device', default='cuda' if cuda else 'cpu')
+    parser.add_argument('--device', default='cuda' if cuda else 'cpu',
+                        help='cpu or cuda (default: cuda when available)')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32',
                         help='fp32, or autocast to bf16 / fp16')
     parser.add_argument('--repeats', type=int_at_least(1), default=5,
@@ -70,7 +72,8 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int_at_least(0), default=1, help='untimed repeats first')
     parser.add_argument('--threads', type=int_at_least(1), default=None,
                         help='torch CPU threads')
-    parser.add_argument('--seed', type=int_at_least(0), default=0)
+    parser.add_argument('--seed', type=int_at_least(0), default=0,
+                        help='seed of the weights and of the synthetic scenes')
     parser.add_argument('--out-dir', default=None, help='also write speed.csv and speed.json')
     args = parser.parse_args(argv)
     if not 0.0 < args.budget <= 1.0:  # NaN fails too

@@ -510,19 +510,19 @@ class MSViT(BaseModule):
                 'model.backbone.fine_budget (e.g. 0.5), or force_scale.')
         return decision
 
-    @staticmethod
-    def _checked_logits(gate: nn.Module, logits, shape) -> torch.Tensor:
-        """A gate's logits: (B, Hc, Wc) and finite (a NaN would pick arbitrary regions without a
-        word). The finiteness check reads one value back, so it is skipped while tracing or
-        exporting (budget mode's static graph)."""
+    def _checked_logits(self, gate: nn.Module, logits, shape) -> torch.Tensor:
+        """A gate's logits: (B, Hc, Wc) and, in evaluation, finite (a NaN would pick arbitrary
+        regions without a word; in training it reaches the loss, where ``FiniteLossHook`` stops
+        the run naming the iteration). The finiteness check reads one value back, so it is
+        skipped while tracing or exporting (budget mode's static graph)."""
         name = type(gate).__name__
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != tuple(shape):
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else \
                 type(logits).__name__
             raise ValueError(f'MSViT: gate {name} returned logits of shape {got}; a gate gives '
                              f'one logit per region, (B, Hc, Wc) = {tuple(shape)}')
-        if not (torch.jit.is_tracing() or is_exporting() or torch.compiler.is_compiling()) and \
-                not bool(torch.isfinite(logits).all()):
+        if not (self.training or torch.jit.is_tracing() or is_exporting() or
+                torch.compiler.is_compiling()) and not bool(torch.isfinite(logits).all()):
             bad = int((~torch.isfinite(logits)).sum())
             raise FloatingPointError(f'MSViT: gate {name} returned {bad} non-finite logits (NaN or '
                                      'inf) of ' f'{logits.numel()}: its decisions would be '
