@@ -64,7 +64,7 @@ def parse_args(argv=None):
     parser.add_argument('--scales', type=float, nargs='*', default=[0.75],
                         help='input scales of the downscaled dense rows')
     parser.add_argument('--device', default='cuda' if cuda else 'cpu',
-                        help='cpu or cuda (default: cuda when available)')
+                        help='cpu or cuda (cuda when available)')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32',
                         help='fp32, or autocast to bf16 / fp16')
     parser.add_argument('--repeats', type=int_at_least(1), default=5,
