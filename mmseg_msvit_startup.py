@@ -46,10 +46,26 @@ class MmcvOpsFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_loader(name, _StandinLoader())
 
 
+#: warnings the stack prints on every run that say nothing about the user's model or data: a
+#: setuptools API mmengine imports, mmseg's internals calling builders it deprecated, and mmseg
+#: stating a loss default (kept at mmseg's value in every config); matched by message only
+STACK_NOISE = (r'pkg_resources is deprecated', r'``build_\w+`` would be deprecated soon',
+               r'Default ``avg_non_ignore`` is False')
+
+
+def quiet_stack_warnings() -> None:
+    """Hide :data:`STACK_NOISE` (every other warning is still shown)."""
+    import warnings
+    for message in STACK_NOISE:
+        warnings.filterwarnings('ignore', message=message, category=UserWarning)
+
+
 def install() -> None:
-    """Put the finder first on ``sys.meta_path`` (idempotent)."""
+    """Put the finder first on ``sys.meta_path`` (idempotent) and hide :data:`STACK_NOISE`,
+    which mmengine prints on import, before anything imports it."""
     if not any(isinstance(finder, MmcvOpsFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, MmcvOpsFinder())
+    quiet_stack_warnings()
 
 
 def write_pth(site_packages: str = None) -> str:

@@ -3,8 +3,12 @@
 ``import mmseg_msvit`` installs the compatibility shims (see :mod:`mmseg_msvit.compat`)
 and registers every component into mmseg's (and mmpretrain's) registries.
 """
-from . import compat
-from .version import __version__
+import mmseg_msvit_startup as _startup
+
+_startup.quiet_stack_warnings()  # before mmengine and mmseg print them
+
+from . import compat  # noqa: E402
+from .version import __version__  # noqa: E402
 
 compat.install()
 

@@ -19,7 +19,7 @@ from typing import Optional, Union
 
 from mmengine.config import Config
 
-__all__ = ['with_content_gate', 'init_mixed_scale_model']
+__all__ = ['with_content_gate', 'init_mixed_scale_model', 'init_from_mmseg']
 
 
 def with_content_gate(cfg: Config, fine_budget: float) -> Config:
@@ -55,15 +55,68 @@ def init_mixed_scale_model(config: Union[str, Config],
                            cfg_options: Optional[dict] = None):
     """``mmseg.apis.init_model`` for a mixed-scale model with the content gate at
     ``fine_budget``: the model ``mmseg.apis.inference_model`` and ``MMSegInferencer`` take, whose
-    predictions carry ``msvit_fine_mask`` and ``msvit_backbone_macs``."""
-    import copy
+    predictions carry ``msvit_fine_mask`` and ``msvit_backbone_macs``.
 
-    from mmseg.apis import init_model
+    The checkpoint must cover the model and hold nothing it lacks
+    (:func:`mmseg_msvit.models.checkpoints.load_model_weights`): a backbone alone, a gate file or
+    an mmseg segmentor's checkpoint is refused with what the file is and the converter to use,
+    never run with random weights."""
+    import copy
 
     from .cli import load_config
     cfg = load_config(config, cfg_options) if isinstance(config, str) else copy.deepcopy(config)
     if cfg_options and not isinstance(config, str):
         cfg.merge_from_dict(cfg_options)
     with_content_gate(cfg, fine_budget)
+    return _init_checked(cfg, checkpoint, device)
+
+
+def init_from_mmseg(config: Union[str, Config], checkpoint: str, fine_budget: float = 0.42,
+                    device: str = 'cpu', mixed_decoding: bool = False):
+    """A trained mmseg ViT segmentor (its config and checkpoint, as trained with mmseg's own
+    ``EncoderDecoder``, ``VisionTransformer``, ``MultiLevelNeck`` / no neck and any heads) as a
+    mixed-scale model with the content gate at ``fine_budget``, converted whole in one call
+    (:mod:`mmseg_msvit.from_mmseg`); ``fine_budget=1.0`` computes what mmseg's model did.
+    ``mixed_decoding``: also run the neck's finer levels and a UPerHead at half resolution on
+    coarse regions (not trained for it: it costs accuracy until fine-tuned, docs/study.md).
+    ``tools/model_converters/mmseg2msvit.py`` writes the same as a config and a checkpoint."""
+    from .from_mmseg import convert_mmseg_model
+    cfg, converted = convert_mmseg_model(config, checkpoint, fine_budget, mixed_decoding)
+    return _init_checked(cfg, checkpoint, device, converted)
+
+
+def _init_checked(cfg: Config, checkpoint: Optional[str], device: str,
+                  loaded: Optional[dict] = None):
+    """mmseg's ``init_model`` without the checkpoint, then the checkpoint (``loaded``, or read
+    from ``checkpoint``) through :func:`~mmseg_msvit.models.checkpoints.load_model_weights` and
+    its ``dataset_meta`` as mmseg's ``init_model`` takes it."""
+    from mmseg.apis import init_model
+
+    from .models.checkpoints import load_model_weights
     cfg.model.backbone.init_cfg = None  # the checkpoint holds the weights
-    return init_model(cfg, checkpoint, device=device)
+    model = init_model(cfg, None, device='cpu')
+    if checkpoint is not None:
+        loaded = load_model_weights(model, checkpoint, loaded)
+        model.dataset_meta = _dataset_meta(loaded, model)
+    return model.to(device).eval()
+
+
+def _dataset_meta(checkpoint: dict, model) -> dict:
+    """Classes and palette as mmseg's ``init_model`` reads them: the checkpoint's
+    ``dataset_meta`` (mmseg 1.x) or ``CLASSES``/``PALETTE`` (0.x), else the first dataset with as
+    many classes as the decode head (with mmseg's warning)."""
+    import warnings
+
+    from mmseg.utils import dataset_aliases, get_classes, get_palette
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    if isinstance(meta.get('dataset_meta'), dict):
+        return meta['dataset_meta']
+    if 'CLASSES' in meta and 'PALETTE' in meta:
+        return {'classes': meta['CLASSES'], 'palette': meta['PALETTE']}
+    num_classes = model.decode_head.num_classes
+    name = next((n for n in dataset_aliases if len(get_classes(n)) == num_classes), None)
+    warnings.warn('the checkpoint has no dataset_meta (class names); using '
+                  f"{name or 'cityscapes'}'s for {num_classes} classes")
+    name = name or 'cityscapes'
+    return {'classes': get_classes(name), 'palette': get_palette(name)}

@@ -143,6 +143,16 @@ def test_mmseg_vit_argument_names_are_accepted_where_they_map_one_to_one():
         MSViT(arch='tiny', img_size=64, frobnicate=1)
 
 
+def test_mmseg_vit_edge_values_as_mmseg_reads_them():
+    """mmseg's ViT reads a 1-tuple img_size as a square and refuses a non-string pretrained at
+    once; MSViT does the same (pretrained=123 used to fail only at the first init_weights)."""
+    assert MSViT(arch='tiny', img_size=(64, )).img_size == (64, 64)
+    with pytest.raises(TypeError, match='pretrained must be a checkpoint path'):
+        MSViT(arch='tiny', img_size=64, pretrained=123)
+    with pytest.raises(ValueError, match='img_size must be a positive int or a pair'):
+        MSViT(arch='tiny', img_size=(64, 64, 64))
+
+
 def readme_migration_config():
     import os.path as osp
     import re

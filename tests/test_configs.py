@@ -151,3 +151,8 @@ def test_config_trains_one_iteration(path, synthetic_root, tmp_path):
     metrics = runner.val_loop.run()
     assert 'mIoU' in metrics and 'complexity/backbone_gmacs' in metrics
     assert metrics['complexity/backbone_gmacs'] > 0
+    if raw.model.backbone.get('force_scale') is not None:
+        # a forced scale never runs the gate: a dense (or all-coarse) checkpoint carries none
+        gate = [k for k in runner.model.state_dict() if k.startswith('backbone.gate.')]
+        assert not gate, f'{name} forces every region {raw.model.backbone.force_scale} but its ' \
+            f'model has gate weights {gate[:3]}'

@@ -330,7 +330,8 @@ def test_mmseg_upernet_checkpoint_keys_load_into_the_neck_and_head():
     head = UPerHead(in_channels=[16] * 4, in_index=[0, 1, 2, 3], channels=8,
                     num_classes=model.decode_head.num_classes, norm_cfg=dict(type='BN'))
     randomise_norms(head)
-    state = {f'neck.{k}': v for k, v in neck.state_dict().items()}
+    state = {f'backbone.{k}': v for k, v in model.backbone.state_dict().items()}
+    state.update({f'neck.{k}': v for k, v in neck.state_dict().items()})
     state.update({f'decode_head.{k}': v for k, v in head.state_dict().items()})
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and not [k for k in missing if k.startswith(('neck.', 'decode_head.'))]

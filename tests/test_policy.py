@@ -188,9 +188,12 @@ def test_mmengine_counter_counts_one_threshold_forward_but_export_still_refuses(
 
 
 def test_structural_arguments_are_checked_in_one_place():
-    with pytest.raises(ValueError, match='norm_eval=True is not supported'):
-        tiny(norm_eval=True)
-    assert tiny(norm_eval=False).training  # mmseg configs that say False still build
+    # mmseg's ViT takes norm_eval at either value and it changes nothing (LayerNorm only)
+    for value in (True, False):
+        model = tiny(norm_eval=value).train()
+        assert model.training and all(m.training for m in model.modules())
+    with pytest.raises(ValueError, match='norm_eval must be True or False'):
+        tiny(norm_eval='yes')
     with pytest.raises(ValueError, match='gate_init needs a checkpoint'):
         tiny(gate_init=dict(checkpoint='gate.pth', frozen=True))
     with pytest.raises(ValueError, match='gate_init.freeze must be True or False'):

@@ -38,3 +38,28 @@ def test_every_option_has_help_and_shows_its_default(tool, monkeypatch, capsys):
         if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
                 and not isinstance(action, argparse._HelpAction):
             assert f'(default: {action.default}' in ' '.join(text.split()), (tool, action.dest)
+
+
+def test_tools_show_only_warnings_that_concern_the_user(tmp_path):
+    """The stack's noise (mmengine's pkg_resources import, mmseg's deprecated internal builders,
+    its loss-default notice) is not printed by a tool; a warning about the user's own input still
+    is."""
+    import subprocess
+    import sys
+    tool = osp.join(REPO, 'tools', 'analysis_tools', 'get_flops.py')
+    config = osp.join(REPO, 'configs', 'msvit', 'demo_recipe_synthetic.py')
+    run = subprocess.run([sys.executable, tool, config, '--shape', '64', '64'], cwd=str(tmp_path),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert '[flops] all fine' in run.stdout
+    for noise in ('pkg_resources is deprecated', 'would be deprecated soon', 'avg_non_ignore'):
+        assert noise not in run.stderr, (noise, run.stderr[-2000:])
+    from mmseg_msvit_startup import STACK_NOISE, quiet_stack_warnings
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        quiet_stack_warnings()
+        warnings.warn('pkg_resources is deprecated as an API', UserWarning)
+        warnings.warn('your label file has 3 classes', UserWarning)
+    assert [str(w.message) for w in caught] == ['your label file has 3 classes']
+    assert len(STACK_NOISE) == 3

@@ -124,6 +124,30 @@ def test_draw_gate_map_marks_fine_and_coarse_regions():
     assert out[8, 8, 0] > 128 and out[40, 40, 0] == 128  # tint only on fine regions
 
 
+def test_gate_pictures_keep_the_image_size_and_colours_apart_from_the_classes():
+    """A photo that is not a multiple of 32 px is drawn at its own size (the padding the decision
+    grid covers is not drawn as a black strip); the tints are the colours farthest from every
+    class colour (the old red fine tint was the synthetic 'ball' class's); the prediction's
+    legend names the classes it shows, the largest first."""
+    import numpy as np
+    from mmseg_msvit.datasets.synthetic import SCENE_CLASSES, SCENE_PALETTE
+    from mmseg_msvit.visualization import draw_gate_map, present_classes, tint_colours
+    image = np.full((50, 70, 3), 200, np.uint8)
+    out = draw_gate_map(image, np.zeros((2, 3), bool))
+    assert out.shape == (50, 70, 3) and out[49, 69].sum() > 0
+    fine, coarse = tint_colours(SCENE_PALETTE)
+    for tint in (fine, coarse):
+        gaps = np.linalg.norm(np.asarray(SCENE_PALETTE) - np.asarray(tint), axis=1)
+        assert gaps.min() > 150, (tint, gaps.min())
+    assert fine != coarse
+    label = np.zeros((8, 8), np.int64)
+    label[:2] = 5  # 'ball', 16 pixels; 'sky' 48 pixels; 255 (ignore) left out
+    label[7, 7] = 255
+    assert [name for name, _ in present_classes(label, SCENE_CLASSES, SCENE_PALETTE)] == [
+        'sky', 'ball']
+    assert present_classes(label, SCENE_CLASSES, SCENE_PALETTE)[1][1] == tuple(SCENE_PALETTE[5])
+
+
 def test_get_flops_counts_real_images(trained, synthetic_root):
     work_dir, _ = trained
     tool = load_tool('tools/analysis_tools/get_flops.py')
@@ -548,13 +572,17 @@ def test_onnx_file_names_its_tensors_carries_metadata_and_runs_as_the_readme_sho
     # the README's onnxruntime example, as written, on a photo
     readme = open(osp.join(REPO, 'README.md'), encoding='utf-8').read()
     code = re.search(r'<!-- onnx-example-start -->\n```python\n(.*?)```', readme, re.S).group(1)
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 160, 3), np.uint8)).save(
+    # a photo of another aspect ratio than the model's input: resized keeping its ratio, padded,
+    # and the labels of the padding cut off
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 200, 3), np.uint8)).save(
         tmp_path / 'photo.jpg')
     monkeypatch.chdir(tmp_path)
     printed = {}
-    exec(compile(code, 'README.md', 'exec'), {'print': lambda x: printed.update(x)})  # noqa: S102
+    scope = {'print': lambda x: printed.update(x)}
+    exec(compile(code, 'README.md', 'exec'), scope)  # noqa: S102
     assert printed and set(printed) <= set(json.loads(meta['classes']))
     assert sum(printed.values()) == pytest.approx(1.0, abs=0.01)
+    assert scope['labels'].shape == (64, 128)  # 100x200 scaled by 0.64 into 96x128
     # logits at the input size
     full = tool.main([DEMO, str(work_dir / 'iter_2.pth'), '--shape', '96', '128',
                       '--fine-budget', '0.5', '--full-size', '--out', str(tmp_path / 'f.onnx')])
@@ -773,3 +801,66 @@ def test_benchmark_model_speed_times_every_way_of_spending_less(tmp_path, capsys
         assert 0.0 < row['backbone_time_share'] <= 1.0
     assert 'whole-model MAC ratio' in capsys.readouterr().out
     assert (tmp_path / 'speed.csv').exists() and (tmp_path / 'speed.json').exists()
+
+
+def test_gate_pictures_of_a_dense_checkpoint_with_the_content_gate(trained, tmp_path):
+    """A dense config forces every region fine: --fine-budget there is refused (it showed every
+    region fine without a word), --content-gate draws the content gate's decisions, as
+    tools/test.py --content-gate evaluates them."""
+    import numpy as np
+    from PIL import Image
+    work_dir, _ = trained
+    checkpoint = str(work_dir / 'iter_2.pth')
+    dense = tmp_path / 'dense.py'
+    dense.write_text(f"_base_ = [{DEMO!r}]\n"
+                     "model = dict(backbone=dict(force_scale='fine'), gate_loss=None, "
+                     "gate_probe=None)\n")
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(photos / 'a.png')
+    tool = load_tool('tools/analysis_tools/visualize_gates.py')
+    with pytest.raises(ValueError, match=r"--fine-budget has no effect: the config forces every "
+                       r"region fine .*use --content-gate 0.42"):
+        tool.main([str(dense), checkpoint, '--images', str(photos), '--out-dir',
+                   str(tmp_path / 'g'), '--fine-budget', '0.42'])
+    report = tool.main([str(dense), checkpoint, '--images', str(photos), '--out-dir',
+                        str(tmp_path / 'g'), '--content-gate', '0.5'])
+    assert report['fractions'] == [pytest.approx(0.5, abs=0.07)]
+    with pytest.raises(SystemExit):  # one way of deciding per call
+        tool.parse_args([str(dense), checkpoint, '--out-dir', 'x', '--content-gate', '0.5',
+                         '--fine-budget', '0.5'])
+
+
+def test_test_tool_writes_each_images_cost_and_decisions(trained, synthetic_root, tmp_path):
+    """tools/test.py --per-image: one JSON line per test image whose figures average to the
+    aggregate metrics; the fine mask is on the 32 px grid of the input the model saw."""
+    import json
+
+    import numpy as np
+    work_dir, _ = trained
+    checkpoint = str(work_dir / 'iter_2.pth')
+    out = tmp_path / 'per_image.jsonl'
+    test = load_tool('tools/test.py')
+    metrics = test.main([DEMO, checkpoint, '--work-dir', str(tmp_path / 't'), '--per-image',
+                         str(out), '--content-gate', '0.5', '--cfg-options',
+                         *data_options(synthetic_root / 'ade')])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    from mmseg_msvit.cli import load_config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import DATASETS
+    cfg = load_config(DEMO, {'test_dataloader.dataset.data_root': str(synthetic_root / 'ade')})
+    init_default_scope('mmseg')
+    assert len(rows) == len(DATASETS.build(cfg.test_dataloader.dataset)) > 1
+    assert {r['img_path'] for r in rows} and all(osp.isfile(r['img_path']) for r in rows)
+    assert np.mean([r['backbone_gmacs'] for r in rows]) == pytest.approx(
+        metrics['complexity/backbone_gmacs'], abs=1e-3)
+    assert np.mean([r['model_gmacs'] for r in rows]) == pytest.approx(
+        metrics['complexity/model_gmacs'], abs=1e-3)
+    for row in rows:
+        mask = np.asarray(row['fine_mask'])
+        assert mask.ndim == 2 and set(np.unique(mask)) <= {0, 1}
+        assert mask.mean() == pytest.approx(row['fine_fraction'], abs=1e-6)
+        assert row['model_gmacs'] == pytest.approx(row['backbone_gmacs'] + row['decode_gmacs'])
+    with pytest.raises(FileExistsError, match='is the source checkpoint'):
+        test.main([DEMO, checkpoint, '--per-image', checkpoint])

@@ -2,10 +2,12 @@
 fine-token fraction (ComplexityMetric), with mmseg's CLI.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show-dir DIR]
-        [--content-gate BUDGET] [--cfg-options ...] [--launcher none|pytorch|slurm|mpi] [--tta]
+        [--per-image FILE.jsonl] [--content-gate BUDGET] [--cfg-options ...] [--launcher none|pytorch|slurm|mpi] [--tta]
 
 ``--content-gate 0.42`` evaluates the checkpoint (a dense one too) with the training-free content
 gate keeping 42% of the regions fine in every image (``mmseg_msvit.apis.with_content_gate``).
+``--per-image FILE.jsonl`` writes each image's GMACs and fine mask
+(:class:`mmseg_msvit.evaluation.ComplexityMetric`).
 """
 import argparse
 import os
@@ -19,7 +21,8 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from mmseg_msvit.apis import with_content_gate  # noqa: E402
-from mmseg_msvit.cli import (check_data_folders, ensure_runtime_hooks, load_config,  # noqa: E402
+from mmseg_msvit.cli import (check_data_folders, check_output_path,  # noqa: E402
+                             ensure_runtime_hooks, load_config,
                              number_in, resolve_work_dir, run_cli, setup_cpu_distributed)
 from mmseg_msvit.models.checkpoints import read_checkpoint  # noqa: E402
 
@@ -31,6 +34,10 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='folder for the metrics json and logs')
     parser.add_argument('--out', help='folder to save predictions for offline evaluation')
+    parser.add_argument('--per-image', metavar='FILE.jsonl',
+                        help="write each image's cost and decisions, one JSON line per image "
+                        '(img_path, backbone / neck + head / whole-model GMACs, fine fraction, '
+                        'tokens, the fine mask on the 32 px grid of the resized input)')
     parser.add_argument('--show', action='store_true', help='show predictions')
     parser.add_argument('--show-dir', help='folder for painted predictions')
     parser.add_argument('--wait-time', type=float, default=2, help='show interval (s)')
@@ -92,6 +99,12 @@ def build_cfg(args) -> Config:
     evaluators = list(_evaluators(cfg.test_evaluator))
     if not any(e.get('type') == 'ComplexityMetric' for e in evaluators):
         evaluators.append(dict(type='ComplexityMetric'))
+    if args.per_image is not None:
+        check_output_path('test.py --per-image', args.checkpoint, args.per_image, force=True,
+                          example='per_image.jsonl')
+        for evaluator in evaluators:
+            if evaluator.get('type') == 'ComplexityMetric':
+                evaluator['per_image_file'] = args.per_image
     if args.out is not None:
         for evaluator in evaluators:
             if evaluator.get('type') == 'IoUMetric':

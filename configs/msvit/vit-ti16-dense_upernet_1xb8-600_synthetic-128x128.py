@@ -5,7 +5,10 @@
 #   python tools/train.py configs/msvit/demo_recipe_synthetic.py --work-dir work_dirs/demo_recipe \
 #       --cfg-options load_from=work_dirs/demo_dense/iter_600.pth
 _base_ = ['./msvit-ti16-32_upernet_1xb8-400_synthetic-128x128.py']
-model = dict(backbone=dict(force_scale='fine'), gate_loss=None, gate_probe=None)
+# no gate parameters: the parameter-free content gate, which a forced scale never runs, so a
+# dense checkpoint holds no gate weights (tools/test.py --content-gate decides with it)
+model = dict(backbone=dict(force_scale='fine', gate=dict(_delete_=True, type='ContentGate')),
+             gate_loss=None, gate_probe=None)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),

@@ -68,12 +68,13 @@ def check_fine_budget(value):
 
 
 def check_size_pair(owner: str, name: str, value) -> Tuple[int, int]:
-    """A positive int or a pair of positive ints, as a pair."""
+    """A positive int, a 1-tuple (square, as mmseg's ``to_2tuple`` reads it) or a pair of
+    positive ints, as a pair."""
     if is_int(value):
         sides = (value, value)
-    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 and \
-            all(is_int(side) for side in value):
-        sides = tuple(value)
+    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) in (1, 2) \
+            and all(is_int(side) for side in value):
+        sides = (value[0], value[-1])
     else:
         sides = None
     if sides is None or min(sides) < 1:
@@ -179,9 +180,11 @@ def check_msvit_args(*, arch, embed_dims, depth, num_heads, img_size, fine_patch
 #: mmseg ``VisionTransformer`` argument names that map one to one onto MSViT's
 MMSEG_VIT_RENAMES = {'patch_size': 'fine_patch_size', 'num_layers': 'depth'}
 #: mmseg ``VisionTransformer`` arguments MSViT accepts only at the value it implements
-#: (``norm_eval``: MSViT has no BatchNorm, so there is nothing to keep in eval mode)
 MMSEG_VIT_FIXED = {'with_cls_token': True, 'output_cls_token': False, 'patch_norm': False,
-                   'pre_norm': False, 'interpolate_mode': 'bicubic', 'norm_eval': False}
+                   'pre_norm': False, 'interpolate_mode': 'bicubic'}
+#: mmseg ``VisionTransformer`` arguments accepted at either boolean value, without effect
+#: (``norm_eval``: mmseg's ViT puts its LayerNorms in eval mode, where they compute the same)
+MMSEG_VIT_NO_EFFECT = ('norm_eval', )
 
 
 def translate_mmseg_vit_args(given: dict, explicit: dict) -> dict:
@@ -215,13 +218,16 @@ def translate_mmseg_vit_args(given: dict, explicit: dict) -> dict:
             if not isinstance(value, dict) or value.get('type') != 'GELU':
                 raise ValueError(f"MSViT: act_cfg must be dict(type='GELU') (timm's ViT blocks), "
                                  f'got {value!r}')
+        elif name in MMSEG_VIT_NO_EFFECT:
+            if not isinstance(value, bool):
+                raise ValueError(f'MSViT: {name} must be True or False, got {value!r}')
         elif name in MMSEG_VIT_FIXED:
             if value != MMSEG_VIT_FIXED[name]:
                 raise ValueError(f'MSViT: {name}={value!r} is not supported; MSViT implements '
                                  f'{name}={MMSEG_VIT_FIXED[name]!r} (remove it from the config)')
         else:
             accepted = sorted(list(MMSEG_VIT_RENAMES) + ['norm_cfg', 'act_cfg'] +
-                              list(MMSEG_VIT_FIXED))
+                              list(MMSEG_VIT_FIXED) + list(MMSEG_VIT_NO_EFFECT))
             raise TypeError(f'MSViT: unexpected argument {name}={value!r}; besides its own '
                             f'arguments MSViT accepts these mmseg VisionTransformer names: '
                             f'{", ".join(accepted)}')

@@ -1,7 +1,8 @@
 """Draw where a mixed-scale model puts fine and coarse tokens: on validation images, or on your own.
 
     python tools/analysis_tools/visualize_gates.py CONFIG CHECKPOINT --out-dir DIR
-        [--images FILE_OR_FOLDER] [--num-images 8] [--fine-budget F | --threshold T]
+        [--images FILE_OR_FOLDER] [--num-images 8]
+        [--fine-budget F | --threshold T | --content-gate BUDGET]
         [--cfg-options ...]
 
 Each PNG shows the image with fine regions tinted (every 16x16 token outlined) and coarse regions
@@ -17,7 +18,9 @@ them together.
   needed; each goes through the config's test pipeline as ``mmseg.apis.inference_model`` does.
 
 ``--fine-budget`` sets the share of regions kept fine (budget mode); ``--threshold`` the gate's
-threshold (threshold mode only).
+threshold (threshold mode only); ``--content-gate B`` decides with the training-free content gate
+at budget B, as ``tools/test.py --content-gate`` (the way to look at a dense checkpoint: its
+config forces every region fine, so ``--fine-budget`` there is refused).
 """
 import argparse
 import os
@@ -34,8 +37,10 @@ from PIL import Image  # noqa: E402
 import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.analysis.gate_alignment import (DetailAlignment,  # noqa: E402
                                                   region_detail_kinds)
+from mmseg_msvit.apis import with_content_gate  # noqa: E402
 from mmseg_msvit.cli import build_eval_model, load_config, number_in  # noqa: E402
-from mmseg_msvit.visualization import draw_gate_map  # noqa: E402
+from mmseg_msvit.visualization import (draw_gate_map, present_classes,  # noqa: E402
+                                       tint_colours)
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -58,6 +63,10 @@ def parse_args(argv=None):
                        help='share of regions kept fine in every image (budget mode)')
     modes.add_argument('--threshold', type=number_in(0, 1), default=None,
                        help='gate threshold in [0, 1] (threshold mode; default: the config\'s)')
+    modes.add_argument('--content-gate', type=number_in(0, 1, low_open=True), default=None,
+                       metavar='BUDGET',
+                       help='decide with the training-free content gate, keeping this share of '
+                       'regions fine (any checkpoint, a dense one too; as tools/test.py)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, e.g. model.backbone.fine_budget=0.5')
     return parser.parse_args(argv)
@@ -112,23 +121,29 @@ def resized(label: np.ndarray, size) -> np.ndarray:
                                                                       Image.NEAREST))
 
 
-def draw_panel(path, title, overlay, pieces, fine_colour=(255, 64, 0),
-               coarse_colour=(0, 160, 255)):
-    """Save the overlay (with a legend) and the label pictures side by side, titled."""
+def draw_panel(path, title, overlay, pieces, fine_colour, coarse_colour):
+    """Save the overlay (with its legend) and the label pictures side by side, titled; a piece
+    is (title, picture) or (title, picture, [(class name, RGB colour), ...]) for a class legend
+    under it."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
-    panels = [('fine (16 px) / coarse (32 px) tokens', overlay)] + pieces
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
-    for ax, (name, picture) in zip(np.atleast_1d(axes), panels):
+    panels = [('fine (16 px) / coarse (32 px) tokens', overlay)] + list(pieces)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4.4))
+    for ax, (name, picture, *legend) in zip(np.atleast_1d(axes), panels):
         ax.imshow(picture)
         ax.set_title(name, fontsize=8)
         ax.axis('off')
+        if legend and legend[0]:
+            ax.legend(handles=[Patch(facecolor=np.asarray(colour) / 255, label=label)
+                               for label, colour in legend[0]],
+                      loc='upper center', bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=6,
+                      frameon=False)
     np.atleast_1d(axes)[0].legend(
         handles=[Patch(facecolor=np.asarray(fine_colour) / 255, label='fine: 4 tokens'),
                  Patch(facecolor=np.asarray(coarse_colour) / 255, label='coarse: 1 token')],
-        loc='lower left', fontsize=7, framealpha=0.8)
+        loc='upper center', bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -145,6 +160,8 @@ def title_of(name, sample, fine_mask) -> str:
 def test_set_pictures(args, model, cfg, model_loader):
     """Pictures and detail statistics on the config's test set."""
     palette = model_loader.dataset.metainfo.get('palette') or []
+    classes = model_loader.dataset.metainfo.get('classes') or []
+    fine_colour, coarse_colour = tint_colours(palette)
     ignore_index = getattr(model_loader.dataset, 'ignore_index', 255)
     alignment, fractions, panels = DetailAlignment(), [], []
     num_eval = args.num_eval or len(model_loader.dataset)
@@ -171,22 +188,28 @@ def test_set_pictures(args, model, cfg, model_loader):
             continue
         name = osp.splitext(osp.basename(result.img_path))[0]
         overlay = draw_gate_map(image, fine_mask, model.backbone.coarse_patch_size,
-                                model.backbone.fine_patch_size)
-        pieces = [('prediction', colourise(pred, palette))]
+                                model.backbone.fine_patch_size, fine_colour, coarse_colour)
+        pieces = [('prediction', colourise(pred, palette),
+                   present_classes(pred, classes, palette))]
         if gt is not None:
-            pieces.append(('ground truth', colourise(gt, palette)))
+            pieces.append(('ground truth', colourise(gt, palette),
+                           present_classes(gt, classes, palette)))
         panels.append(draw_panel(osp.join(args.out_dir, f'{name}_gate.png'),
-                                 title_of(name, result, fine_mask), overlay, pieces))
+                                 title_of(name, result, fine_mask), overlay, pieces,
+                                 fine_colour, coarse_colour))
     return panels, fractions, alignment
 
 
-def dataset_palette(cfg) -> list:
-    """The palette of the config's test dataset class (no dataset is read)."""
+def dataset_classes_and_palette(cfg, model) -> tuple:
+    """Class names and palette: the checkpoint's ``dataset_meta`` when it has them, else the
+    config's test dataset class (no dataset is read)."""
     from mmseg.registry import DATASETS
-    dataset_cfg = cfg.test_dataloader.dataset
-    metainfo = dict(getattr(DATASETS.get(dataset_cfg.type), 'METAINFO', {}) or {})
-    metainfo.update(dataset_cfg.get('metainfo') or {})
-    return metainfo.get('palette') or []
+    meta = dict(getattr(model, 'dataset_meta', None) or {})
+    if not meta.get('palette'):
+        dataset_cfg = cfg.test_dataloader.dataset
+        meta = dict(getattr(DATASETS.get(dataset_cfg.type), 'METAINFO', {}) or {})
+        meta.update(dataset_cfg.get('metainfo') or {})
+    return list(meta.get('classes') or []), list(meta.get('palette') or [])
 
 
 def own_image_pictures(args, model, cfg, loader=None):
@@ -194,7 +217,8 @@ def own_image_pictures(args, model, cfg, loader=None):
     ``mmseg.apis.inference_model``)."""
     from mmseg.apis import inference_model
     model.cfg = cfg
-    palette = dataset_palette(cfg)
+    classes, palette = dataset_classes_and_palette(cfg, model)
+    fine_colour, coarse_colour = tint_colours(palette)
     panels, fractions = [], []
     for path in image_files(args.images)[:args.num_images]:
         with torch.no_grad():
@@ -209,12 +233,14 @@ def own_image_pictures(args, model, cfg, loader=None):
                                                                              Image.BILINEAR))
         pred = resized(result.pred_sem_seg.data[0].cpu().numpy(), (height, width))
         overlay = draw_gate_map(image, fine_mask, model.backbone.coarse_patch_size,
-                                model.backbone.fine_patch_size)
+                                model.backbone.fine_patch_size, fine_colour, coarse_colour)
         name = osp.splitext(osp.basename(path))[0]
         fractions.append(float(fine_mask.mean()))
         panels.append(draw_panel(osp.join(args.out_dir, f'{name}_gate.png'),
                                  title_of(name, result, fine_mask), overlay,
-                                 [('prediction', colourise(pred, palette))]))
+                                 [('prediction', colourise(pred, palette),
+                                   present_classes(pred, classes, palette))],
+                                 fine_colour, coarse_colour))
     return panels, fractions, None
 
 
@@ -230,6 +256,15 @@ def main(argv=None):
         raise ValueError(f'--out-dir {args.out_dir!r} is an existing file, not a folder; give a '
                          'folder for the pictures')
     cfg = load_config(args.config, args.cfg_options)
+    forced = cfg.model.backbone.get('force_scale')
+    if forced is not None and (args.fine_budget is not None or args.threshold is not None):
+        option = '--fine-budget' if args.fine_budget is not None else '--threshold'
+        raise ValueError(f"{option} has no effect: the config forces every region "
+                         f"{forced} (model.backbone.force_scale={forced!r}, a dense or coarse "
+                         f'baseline); use --content-gate {args.fine_budget or 0.42:g} for the '
+                         'training-free content gate on this checkpoint')
+    if args.content_gate is not None:
+        with_content_gate(cfg, args.content_gate)
     if args.fine_budget is not None:
         cfg.model.backbone.fine_budget = args.fine_budget
     if args.threshold is not None:

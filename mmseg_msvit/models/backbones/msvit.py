@@ -169,7 +169,8 @@ class MSViT(BaseModule):
         **mmseg_vit_args: mmseg ``VisionTransformer`` names, accepted where they map one to one
             (``patch_size``, ``num_layers``, ``norm_cfg``, ``act_cfg``, and ``with_cls_token``,
             ``output_cls_token``, ``patch_norm``, ``pre_norm``, ``interpolate_mode``,
-            ``norm_eval`` (False: MSViT has no BatchNorm) at the values MSViT implements;
+            at the values MSViT implements; ``norm_eval`` at either value, without effect (mmseg's
+            ViT puts its LayerNorms in eval mode, where they compute the same);
             :func:`mmseg_msvit.models.arguments.translate_mmseg_vit_args`).
 
     Outputs:
@@ -220,6 +221,9 @@ class MSViT(BaseModule):
             depth = renamed.get('depth', depth)
             norm_eps = renamed.get('norm_eps', norm_eps)
         if pretrained is not None:
+            if not isinstance(pretrained, str) or not pretrained:
+                raise TypeError('MSViT: pretrained must be a checkpoint path (str) or None, got '
+                                f'{pretrained!r}')
             if init_cfg is not None:
                 raise ValueError('MSViT: give either pretrained or init_cfg, not both')
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)

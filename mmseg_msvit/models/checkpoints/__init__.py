@@ -18,11 +18,11 @@ from .reading import (EVAL_OPTIONAL_PREFIXES, FRESH_AT_TRAINING_START, Checkpoin
                       describe_checkpoint, foreign_weights,
                       literal_from_cfg_text,
                       load_model_weights, load_timm_state_dict, normalisation_from_cfg_text,
-                      read_checkpoint, required_keys, state_dict_of)
+                      read_checkpoint, required_keys, state_dict_of, uncovered_weights)
 
 __all__ = [
     'CheckpointError', 'EVAL_OPTIONAL_PREFIXES', 'FRESH_AT_TRAINING_START', 'read_checkpoint',
-    'state_dict_of', 'describe_checkpoint', 'required_keys', 'check_covers',
+    'state_dict_of', 'describe_checkpoint', 'required_keys', 'check_covers', 'uncovered_weights',
     'check_no_foreign_weights', 'foreign_weights',
     'load_model_weights', 'load_timm_state_dict', 'normalisation_from_cfg_text',
     'literal_from_cfg_text', 'config_text_problem', 'vit_format', 'to_timm_vit', 'checkpoint_to_timm_vit', 'vit_depth',

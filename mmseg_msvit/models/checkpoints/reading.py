@@ -115,6 +115,9 @@ def describe_checkpoint(checkpoint) -> str:
     if not keys:
         return 'a file without model weights'
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    if has('decode_head.') and has('backbone.layers.'):
+        return ('an mmseg ViT segmentor (mmseg VisionTransformer key names: backbone.layers.*, '
+                'backbone.patch_embed.projection.*)')
     if has('decode_head.'):
         kind = 'a segmentation model'
         if not has('backbone.gate.'):
@@ -156,16 +159,41 @@ def required_keys(model: torch.nn.Module) -> List[str]:
     return [k for k in model.state_dict() if not k.startswith(tuple(optional))]
 
 
+def loaded_key(key: str) -> str:
+    """A checkpoint key under the name the model loads it as (mmseg's ``MultiLevelNeck`` keys are
+    read as ``MixedScaleToDense``'s by its ``load_state_dict`` pre-hook)."""
+    for old in ('neck.lateral_convs.', 'neck.convs.'):
+        if key.startswith(old):
+            return 'neck.rescale.' + key[len('neck.'):]
+    return key
+
+
 def check_covers(model: torch.nn.Module, checkpoint, path: str) -> None:
     """Refuse a checkpoint that lacks weights ``model`` needs, naming what is missing and what
-    the file looks like (a gate file, a classification model, a backbone only)."""
-    state = state_dict_of(checkpoint)
+    the file looks like (a gate file, a classification model, a backbone only, an mmseg
+    segmentor) and the converter to use."""
+    error = uncovered_weights(model, checkpoint, path)
+    if error is not None:
+        raise error
+
+
+def uncovered_weights(model: torch.nn.Module, checkpoint,
+                      path: str = 'the loaded weights') -> Optional['CheckpointError']:
+    """The :class:`CheckpointError` :func:`check_covers` raises for ``checkpoint`` (a loaded file
+    or a state dict), or None when it covers ``model``."""
+    state = {loaded_key(k) for k in state_dict_of(checkpoint)}
     missing = [k for k in required_keys(model) if k not in state]
     if not missing:
-        return
+        return None
     kind = describe_checkpoint(checkpoint)
+    subject = (f'checkpoint {path!r}' if path != 'the loaded weights' else
+               'the state dict loaded into this model (load_checkpoint / load_state_dict)')
     advice = ''
-    if kind.startswith('a gate file'):
+    if kind.startswith('an mmseg ViT segmentor'):
+        advice = (' Convert it whole (backbone, neck and heads) with tools/model_converters/'
+                  'mmseg2msvit.py MMSEG_CONFIG CKPT OUT_DIR, or load it with '
+                  'mmseg_msvit.apis.init_from_mmseg(MMSEG_CONFIG, CKPT).')
+    elif kind.startswith('a gate file'):
         advice = (' To start a model from a gate file, set '
                   f"model.backbone.gate_init=dict(checkpoint={path!r}).")
     elif kind == 'a classification model':
@@ -175,8 +203,8 @@ def check_covers(model: torch.nn.Module, checkpoint, path: str) -> None:
         advice = (" To start from backbone weights, set model.backbone.init_cfg=dict("
                   f"type='Pretrained', checkpoint={path!r}).")
     shown = _groups(missing)
-    raise CheckpointError(
-        f'checkpoint {path!r} does not cover this model: it is {kind}, and {len(missing)} '
+    return CheckpointError(
+        f'{subject} does not cover this model: it is {kind}, and {len(missing)} '
         f'weights are missing ({", ".join(shown[:8])}{", ..." if len(shown) > 8 else ""}); '
         f'refusing to evaluate with random weights.{advice}')
 

@@ -129,8 +129,20 @@ class MSViTEncoderDecoder(EncoderDecoder):
                 if name not in ('backbone', 'gate_loss'):
                     module.requires_grad_(False)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Any loader (mmengine's ``load_checkpoint`` in mmseg's ``init_model``, the inferencer,
+        ``torch.nn.Module.load_state_dict``): note which weights needed for evaluation the
+        loaded dict lacked; :meth:`extract_feat_and_layout` refuses to evaluate until training
+        starts (``train()``: a ``load_from`` that starts a run may lack the parts it trains)."""
+        from ..checkpoints import uncovered_weights
+        own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        self.__dict__['_uncovered_load'] = uncovered_weights(self, own)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def train(self, mode: bool = True):
         super().train(mode)
+        if mode:
+            self.__dict__['_uncovered_load'] = None  # training: loaded weights are a start
         if mode and getattr(self, 'train_gate_only', False):
             for name, module in self.named_children():  # the backbone keeps its own
                 if name not in ('backbone', 'gate_loss', 'gate_probe', 'data_preprocessor'):
@@ -189,6 +201,9 @@ class MSViTEncoderDecoder(EncoderDecoder):
         """``extract_feat`` plus the layout of the backbone's forward (decisions, gate logits,
         token counts), under ``policy`` (None: the backbone's). ``backbone_kwargs``
         (``fine_mask``, ``fine_value``) go to the backbone."""
+        uncovered = self.__dict__.get('_uncovered_load')
+        if uncovered and not self.training:
+            raise uncovered
         feats = self.backbone(inputs, policy, **backbone_kwargs)
         layout = feats[0].layout
         if self.with_neck:
