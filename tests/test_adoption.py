@@ -277,3 +277,36 @@ def test_package_metadata_declares_ranges_not_pins():
     # the tested pins stay exact in the lock files `make` installs
     pins = open(osp.join(repo, 'requirements', 'torch.txt')).read()
     assert 'torch==' in pins
+
+
+def test_mmseg_vit_without_cls_token_reproduces_its_features(tmp_path):
+    """mmseg's with_cls_token=False (its layers never see the CLS token): MSViT keeps the token
+    out of every other token's attention and reproduces mmseg's features with every region
+    fine; with mixed scales the padded batches run, and the flag changes the result."""
+    from mmseg.models.backbones import VisionTransformer
+
+    from mmseg_msvit.models import ScalePolicy
+    vit = randomise(VisionTransformer(
+        img_size=SIZE, patch_size=16, embed_dims=WIDTH, num_layers=DEPTH, num_heads=HEADS,
+        out_indices=(0, 1), final_norm=True, with_cls_token=False,
+        norm_cfg=dict(type='LN', eps=1e-6)))
+    path = str(tmp_path / 'no_cls.pth')
+    torch.save(vit.state_dict(), path)
+    model = msvit_from(path, patch_bias=False, with_cls_token=False)
+    assert model.with_cls_token is False and model.token_packing is False
+    img = torch.randn(2, 3, SIZE, SIZE)
+    assert_same_features(model, vit, img)
+    with_cls = msvit_from(path, patch_bias=False)
+    with torch.no_grad():
+        assert not torch.allclose(with_cls(img)[-1].to_dense(), model(img)[-1].to_dense(),
+                                  atol=1e-3)
+        mask = torch.tensor([[[True, False], [False, False]], [[True, True], [False, True]]])
+        mixed = model(img, ScalePolicy.given(mask))  # different token counts: padded batch
+    assert mixed[-1].to_dense().shape == (2, WIDTH, SIZE // 16, SIZE // 16)
+    for index in range(2):  # the padding and the CLS token change nothing for an image
+        with torch.no_grad():
+            alone = model(img[index:index + 1], ScalePolicy.given(mask[index:index + 1]))
+        torch.testing.assert_close(mixed[-1].to_dense()[index:index + 1], alone[-1].to_dense(),
+                                   atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match='with_cls_token must be True or False'):
+        MSViT(arch='tiny', img_size=64, with_cls_token='no')

@@ -180,8 +180,8 @@ def check_msvit_args(*, arch, embed_dims, depth, num_heads, img_size, fine_patch
 #: mmseg ``VisionTransformer`` argument names that map one to one onto MSViT's
 MMSEG_VIT_RENAMES = {'patch_size': 'fine_patch_size', 'num_layers': 'depth'}
 #: mmseg ``VisionTransformer`` arguments MSViT accepts only at the value it implements
-MMSEG_VIT_FIXED = {'with_cls_token': True, 'output_cls_token': False, 'patch_norm': False,
-                   'pre_norm': False, 'interpolate_mode': 'bicubic'}
+MMSEG_VIT_FIXED = {'output_cls_token': False, 'patch_norm': False, 'pre_norm': False,
+                   'interpolate_mode': 'bicubic'}
 #: mmseg ``VisionTransformer`` arguments accepted at either boolean value, without effect
 #: (``norm_eval``: mmseg's ViT puts its LayerNorms in eval mode, where they compute the same)
 MMSEG_VIT_NO_EFFECT = ('norm_eval', )
@@ -218,6 +218,8 @@ def translate_mmseg_vit_args(given: dict, explicit: dict) -> dict:
             if not isinstance(value, dict) or value.get('type') != 'GELU':
                 raise ValueError(f"MSViT: act_cfg must be dict(type='GELU') (timm's ViT blocks), "
                                  f'got {value!r}')
+        elif name == 'with_cls_token':
+            out['with_cls_token'] = check_bool('MSViT', name, value)
         elif name in MMSEG_VIT_NO_EFFECT:
             if not isinstance(value, bool):
                 raise ValueError(f'MSViT: {name} must be True or False, got {value!r}')
@@ -226,7 +228,8 @@ def translate_mmseg_vit_args(given: dict, explicit: dict) -> dict:
                 raise ValueError(f'MSViT: {name}={value!r} is not supported; MSViT implements '
                                  f'{name}={MMSEG_VIT_FIXED[name]!r} (remove it from the config)')
         else:
-            accepted = sorted(list(MMSEG_VIT_RENAMES) + ['norm_cfg', 'act_cfg'] +
+            accepted = sorted(list(MMSEG_VIT_RENAMES) + ['norm_cfg', 'act_cfg',
+                                                         'with_cls_token'] +
                               list(MMSEG_VIT_FIXED) + list(MMSEG_VIT_NO_EFFECT))
             raise TypeError(f'MSViT: unexpected argument {name}={value!r}; besides its own '
                             f'arguments MSViT accepts these mmseg VisionTransformer names: '

@@ -167,8 +167,10 @@ class MSViT(BaseModule):
         patch_bias (bool): the patch embedding has a bias (timm, mmpretrain); mmseg's
             ``VisionTransformer`` default is False. Default: True.
         **mmseg_vit_args: mmseg ``VisionTransformer`` names, accepted where they map one to one
-            (``patch_size``, ``num_layers``, ``norm_cfg``, ``act_cfg``, and ``with_cls_token``,
-            ``output_cls_token``, ``patch_norm``, ``pre_norm``, ``interpolate_mode``,
+            (``patch_size``, ``num_layers``, ``norm_cfg``, ``act_cfg``, ``with_cls_token``
+            (False: no token attends to the CLS token, as in mmseg, whose layers never see it;
+            batches are then padded, not packed), and ``output_cls_token``, ``patch_norm``,
+            ``pre_norm``, ``interpolate_mode``,
             at the values MSViT implements; ``norm_eval`` at either value, without effect (mmseg's
             ViT puts its LayerNorms in eval mode, where they compute the same);
             :func:`mmseg_msvit.models.arguments.translate_mmseg_vit_args`).
@@ -220,6 +222,12 @@ class MSViT(BaseModule):
             fine_patch_size = renamed.get('fine_patch_size', fine_patch_size)
             depth = renamed.get('depth', depth)
             norm_eps = renamed.get('norm_eps', norm_eps)
+        #: mmseg's ``with_cls_token``: False keeps the CLS token out of the patch tokens'
+        #: attention (mmseg drops it before its layers; here it still runs, unattended, so the
+        #: parameters and the position table keep mmseg's layout) and uses padded batches
+        self.with_cls_token = renamed.get('with_cls_token', True) if mmseg_vit_args else True
+        if not self.with_cls_token:
+            token_packing = False
         if pretrained is not None:
             if not isinstance(pretrained, str) or not pretrained:
                 raise TypeError('MSViT: pretrained must be a checkpoint path (str) or None, got '
@@ -569,6 +577,9 @@ class MSViT(BaseModule):
         """The transformer blocks; the taps of ``out_indices`` as :class:`MixedScaleFeatures`."""
         x, attn_mask, layout = tokens
         packed = layout.packed
+        if not self.with_cls_token:  # no token attends to the CLS token (mmseg's layout)
+            keys = torch.arange(x.shape[1], device=x.device) > 0
+            attn_mask = keys[None, None, None, :] if attn_mask is None else attn_mask & keys
         if packed is not None:  # (1, N, D): every image's tokens, attention within each image
             block_fn, extra = packed_block_forward, packed
         else:

@@ -47,6 +47,9 @@ class MSViTImageClassifier(ImageClassifier):
         if not isinstance(self.backbone, MSViT):
             raise TypeError('MSViTImageClassifier: the backbone must be an MSViT, got '
                             f'{type(self.backbone).__name__}')
+        if not self.backbone.with_cls_token:
+            raise ValueError('MSViTImageClassifier: the head reads the CLS token, but the '
+                             'backbone has with_cls_token=False (no token attends to it)')
         self.gate_loss = build_gate_loss(gate_loss, self.backbone, 'MSViTImageClassifier')
         self.gate_probe = build_gate_probe(gate_probe, 'MSViTImageClassifier')
         self.untrained_gate = UntrainedGateWarning(
