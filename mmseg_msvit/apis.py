@@ -33,8 +33,11 @@ def with_content_gate(cfg: Config, fine_budget: float) -> Config:
     backbone = cfg.model.get('backbone', {})
     if backbone.get('type') != 'MSViT':
         raise ValueError(f"with_content_gate: the config's backbone is {backbone.get('type')!r}, "
-                         "not 'MSViT'; migrate an mmseg ViT config first (README, 'From an mmseg "
-                         "ViT config')")
+                         "not 'MSViT'. For a model trained with mmseg, give the config that "
+                         'tools/model_converters/mmseg2msvit.py wrote beside the converted '
+                         'checkpoint, or convert with it (or mmseg_msvit.apis.init_from_mmseg); '
+                         "to train MSViT from an mmseg ViT config, see README 'From an mmseg ViT "
+                         "config'")
     backbone['gate'] = dict(type='ContentGate')
     backbone['force_scale'] = None
     backbone['fine_budget'] = float(fine_budget)

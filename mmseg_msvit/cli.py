@@ -11,8 +11,12 @@ from mmengine.config import Config
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    """Read a config (clear errors for a missing or broken file) and merge ``--cfg-options``."""
-    if not osp.isfile(path):
+    """Read a config (clear errors for a missing, broken or non-config file) and merge
+    ``--cfg-options``. ``'mmseg::vit/...py'`` names a config installed with mmseg."""
+    if not str(path).endswith(('.py', '.json', '.yml', '.yaml')):
+        raise ValueError(f'config file {path!r} is not a config (.py, .json, .yml or .yaml); '
+                         'were the config and the checkpoint given in the wrong order?')
+    if '::' not in str(path) and not osp.isfile(path):
         raise FileNotFoundError(f'config file {path!r} does not exist')
     try:
         cfg = Config.fromfile(path)

@@ -79,6 +79,7 @@ def _backbone(mmseg: dict) -> dict:
                          num_heads=args['num_heads']),
                fine_patch_size=patch, coarse_patch_size=2 * patch,
                norm_eps=float(norm.get('eps', 1e-5)),  # mmcv's LN: nn.LayerNorm's default
+               pos_embed_antialias=False,  # mmseg resizes its position table without it
                init_cfg=None)
     out.update({name: args[name] for name in _SAME})
     return out
@@ -117,6 +118,10 @@ def mixed_scale_config(cfg: Config, fine_budget: float = 0.42,
     model = cfg.get('model')
     if not isinstance(model, dict):
         raise ValueError('mixed_scale_config: the config has no model dict')
+    if model.get('type') == 'MSViTEncoderDecoder':
+        raise ValueError('mixed_scale_config: this config is already a mixed-scale model '
+                         '(MSViTEncoderDecoder): use it and its checkpoint as they are '
+                         '(mmseg_msvit.apis.init_mixed_scale_model, tools/test.py)')
     if model.get('type') not in ('EncoderDecoder', 'mmseg.EncoderDecoder'):
         raise ValueError(f"mixed_scale_config: the segmentor is {model.get('type')!r}; only "
                          "mmseg's EncoderDecoder is converted")

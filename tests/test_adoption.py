@@ -310,3 +310,25 @@ def test_mmseg_vit_without_cls_token_reproduces_its_features(tmp_path):
                                    atol=2e-5, rtol=1e-4)
     with pytest.raises(ValueError, match='with_cls_token must be True or False'):
         MSViT(arch='tiny', img_size=64, with_cls_token='no')
+
+
+@pytest.mark.parametrize('size', [(64, 96), (72, 100), (48, 80)], ids=str)
+def test_converted_mmseg_vit_matches_at_sizes_other_than_its_own(size, tmp_path):
+    """At input sizes other than img_size, mmseg resizes its position table without
+    antialiasing and pads only to its 16 px patch; with pos_embed_antialias=False (what the
+    converter sets) MSViT resizes the same way, spans the table over the cells that cover the
+    image and keeps the tokens of its padding to 32 px out of attention: the same features,
+    whether the sides are multiples of 32, of 16 only, or neither."""
+    from mmseg.models.backbones import VisionTransformer
+    vit = randomise(VisionTransformer(
+        img_size=SIZE, patch_size=16, embed_dims=WIDTH, num_layers=DEPTH, num_heads=HEADS,
+        out_indices=(0, 1), final_norm=True, norm_cfg=dict(type='LN', eps=1e-6)))
+    path = str(tmp_path / 'vit.pth')
+    torch.save(vit.state_dict(), path)
+    img = torch.randn(2, 3, *size)
+    assert_same_features(msvit_from(path, patch_bias=False, pos_embed_antialias=False), vit,
+                         img)
+    if size != (64, 96):  # timm's antialiased resampling is another function
+        with torch.no_grad():
+            timm_like = msvit_from(path, patch_bias=False)(img)[-1].to_dense()
+        assert not torch.allclose(timm_like, vit(img)[-1], atol=1e-3)

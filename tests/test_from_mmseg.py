@@ -112,6 +112,10 @@ def test_one_call_converts_the_whole_model_and_predicts_as_mmseg(text, tmp_path,
     prediction = ours.predict(image)[0]
     assert bool(prediction.msvit_fine_mask.all())  # budget 1.0: every region fine
     assert_same_logits(prediction.seg_logits.data, logits(theirs, image))
+    # at another size, not a multiple of the 32 px region nor of the 16 px patch (mmseg's
+    # keep-ratio resize gives such sizes): still mmseg's predictions
+    other = torch.randn(1, 3, 72, 100, generator=torch.Generator().manual_seed(2))
+    assert_same_logits(logits(ours, other), logits(theirs, other))
     # the auxiliary head came along too (a recipe's step 2 trains with it)
     if theirs.with_auxiliary_head:
         for key, value in theirs.auxiliary_head.state_dict().items():
@@ -188,7 +192,10 @@ def test_what_cannot_be_converted_is_refused_by_name(tmp_path):
     bad.model.neck = dict(type='FPN', in_channels=[48] * 4, out_channels=48, num_outs=4)
     with pytest.raises(ValueError, match="MultiLevelNeck or no neck"):
         mixed_scale_config(bad)
+    with pytest.raises(ValueError, match='already a mixed-scale model'):
+        mixed_scale_config(mixed_scale_config(cfg))
     converted = mixed_scale_config(cfg)
+    assert converted.model.backbone.pos_embed_antialias is False  # mmseg's resampling
     assert converted.model.backbone.norm_eps == 1e-5  # mmseg's LN default, not timm's
     assert converted.model.backbone.patch_bias is False  # mmseg's default
     assert cfg.model.type == 'EncoderDecoder'  # the source config is not changed
@@ -209,6 +216,12 @@ def test_a_checkpoint_that_does_not_cover_the_model_is_refused_on_every_load_pat
         model = init_model(cfg_out, ckpt, device='cpu')
     with pytest.raises(CheckpointError, match='does not cover this model'):
         model.predict(image)
+    # the converted checkpoint with mmseg's original config: the converted config is named
+    with pytest.raises(ValueError, match=r"not 'MSViT'.*mmseg2msvit\.py wrote"):
+        init_mixed_scale_model(cfg_path, ckpt_out)
+    # the converter's config and checkpoint swapped: one line, not a parser traceback
+    with pytest.raises(ValueError, match='is not a config .*wrong order'):
+        mmseg2msvit.main([ckpt, cfg_path, str(tmp_path / 'swapped')])
     # a backbone alone: refused, naming what the file is
     backbone_only = str(tmp_path / 'backbone.pth')
     state = torch.load(ckpt_out, weights_only=True)['state_dict']

@@ -229,6 +229,15 @@ def runs(setting: dict) -> dict:
             [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0)),
              (f'dense_decode_content{b}', dict(rule='content', budget=b,
                                                decode=dict(coarse_reduction=None)))]),
+        # the same with only the finest level (x4, the neck's convs[0] and what reads it)
+        # decoding mixed scales, the x2 level dense: more GMACs, fewer coarse pixels
+        'recipe_mixed_head_x4': dict(
+            label='recipe + mixed-scale decoding at the x4 level only (x2 dense)',
+            start='dense_pre', force_scale=None, gate=dict(type='ContentGate'),
+            fine_budget=b, gate_loss=None, gate_probe=None, **RECIPE, coarse_reduction=2,
+            mixed_scales=(4, ),
+            evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
+            [('scale1.0', dict(scale=1.0))]),
         # a learned gate on the mixed-decoding recipe (gate only, as recipe_gate): its fine
         # regions are where the head runs at full resolution too
         'recipe_mixed_head_gate': dict(
@@ -322,7 +331,7 @@ def seg_config(setting_name: str, run: str, seed: int, out_dir: str):
             model.backbone[key] = spec[key]
     if spec.get('coarse_unpool'):
         model.neck.coarse_unpool = True
-    for key in ('coarse_reduction', 'decode_regions'):
+    for key in ('coarse_reduction', 'decode_regions', 'mixed_scales'):
         if key in spec:
             model.neck[key] = spec[key]
     if spec.get('distill'):
@@ -621,6 +630,8 @@ def family(run, name):
         return 'recipe, content gate'
     if run == 'recipe_mixed_head':
         return 'recipe + mixed-scale decoding (recommended with UPerNet), content gate'
+    if run == 'recipe_mixed_head_x4':
+        return 'recipe + mixed-scale decoding at x4 only (x2 dense), content gate'
     return run
 
 
@@ -702,6 +713,12 @@ def comparisons(setting):
          'GMACs about equal)', mixed_head, ('dense_half_head', 'scale1.0')),
         ('recipe with mixed-scale decoding at evaluation vs dense with its neck and head at 1/2 '
          'resolution', ('recipe', f'mixed_decode_content{b}'), ('dense_half_head', 'scale1.0')),
+        ('recipe_mixed_head_x4 vs recipe (its neck and head at full resolution)',
+         ('recipe_mixed_head_x4', f'content{b}'), ('recipe', f'content{b}')),
+        ('recipe_mixed_head_x4 vs recipe_mixed_head (x2 level dense vs mixed)',
+         ('recipe_mixed_head_x4', f'content{b}'), mixed_head),
+        ('recipe_mixed_head_x4 vs dense with its neck and head at 1/2 resolution',
+         ('recipe_mixed_head_x4', f'content{b}'), ('dense_half_head', 'scale1.0')),
         ('recipe_mixed_head: label oracle vs content gate, same model',
          ('recipe_mixed_head', f'oracle{b}'), mixed_head),
         ('recipe_mixed_head: learned gate (gate only) vs content gate',
@@ -756,7 +773,8 @@ def equal_cost_targets(setting) -> list:
                ('recipe_mixed_head_gate', f"budget{setting['budget']}")]
     for x in budgets:
         targets += [('recipe_mixed_head', f'content{x}'), ('recipe', f'mixed_decode_content{x}'),
-                    ('recipe', f'mixed_decode_x4_content{x}')]
+                    ('recipe', f'mixed_decode_x4_content{x}'),
+                    ('recipe_mixed_head_x4', f'content{x}')]
     return targets
 
 
@@ -891,7 +909,8 @@ WHOLE_MODEL_FAMILIES = (
     'dense ViT, input downscaled', 'recipe, content gate',
     'recipe + mixed-scale decoding (recommended with UPerNet), content gate',
     'dense ViT, neck and head at 1/2 resolution (fine-tuned)',
-    'dense ViT + content gate (training-free)')
+    'dense ViT + content gate (training-free)',
+    'recipe + mixed-scale decoding at x4 only (x2 dense), content gate')
 
 
 def plot_whole_model(rows, path):
@@ -901,7 +920,7 @@ def plot_whole_model(rows, path):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    markers = 'osD^v'
+    markers = 'osD^vP'
     for index, name in enumerate(WHOLE_MODEL_FAMILIES):
         group = sorted([r for r in rows if r['family'] == name and
                         r.get('model_gmacs') == r.get('model_gmacs')],

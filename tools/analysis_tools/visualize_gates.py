@@ -297,7 +297,7 @@ def main(argv=None):
               f'regions {stats["fine_on_uniform"]:.3f} of {stats["uniform_regions"]}')
     else:
         print(f'[gates] {len(fractions)} images, fine fraction per image: '
-              + ', '.join(f'{f:.2f}' for f in fractions))
+              + ', '.join(f'{f:.3f}' for f in fractions))
     print(f'[gates] {len(panels)} pictures in {args.out_dir} (overview: {overview_path})')
     return dict(overview=overview_path, fractions=fractions, **stats)
 

@@ -161,6 +161,10 @@ class MSViT(BaseModule):
             (False: the padded path, kept for comparison; ``benchmark_speed.py`` times both).
             Batches of equal counts (budget mode, forced scale, equal decisions) are never
             packed or padded. Default: True.
+        pos_embed_antialias (bool): resample the position table to another input size with
+            antialiasing, as timm does (True), or with plain bicubic interpolation, as mmseg's
+            ViT does (False: what a converted mmseg model needs to compute what mmseg computed
+            at sizes other than ``img_size``). Default: True.
         norm_eps (float): LayerNorm eps. timm and mmpretrain use 1e-6, mmseg's
             ``norm_cfg=dict(type='LN')`` 1e-5: match the source of pretrained weights.
             Default: 1e-6.
@@ -214,6 +218,7 @@ class MSViT(BaseModule):
                  token_packing: bool = True,
                  coarse_detail: bool = False,
                  coarse_scale_embed: bool = False,
+                 pos_embed_antialias: bool = True,
                  **mmseg_vit_args) -> None:
         if mmseg_vit_args:
             renamed = translate_mmseg_vit_args(
@@ -257,6 +262,10 @@ class MSViT(BaseModule):
             raise ValueError('MSViT: train_budget_range must be (low, high) with 0 < low <= high '
                              '<= 1, and needs a fine_budget (the evaluation budget), got '
                              f'train_budget_range={train_budget_range!r}, fine_budget=None')
+        if not isinstance(pos_embed_antialias, bool):
+            raise ValueError('MSViT: pos_embed_antialias must be True or False, got '
+                             f'{pos_embed_antialias!r}')
+        self.pos_embed_antialias = pos_embed_antialias
         self.final_norm = final_norm
         self.with_cp = with_cp
         # gate_init's freeze is the config's short way of saying freeze_gate: one flag
@@ -356,7 +365,8 @@ class MSViT(BaseModule):
                              f'{self.pos_grid_size}')
         state_dict[key] = resample_abs_pos_embed(pos, new_size=self.pos_grid_size,
                                                  old_size=(side, side),
-                                                 num_prefix_tokens=self.num_prefix_tokens)
+                                                 num_prefix_tokens=self.num_prefix_tokens,
+                                                 antialias=self.pos_embed_antialias)
 
     def init_weights(self) -> None:
         from ..checkpoints import load_gate, load_pretrained
@@ -422,14 +432,16 @@ class MSViT(BaseModule):
     # ------------------------------------------------------------------ forward stages
     def fine_position_grid(self, fine_grid: Tuple[int, int]) -> Tuple[torch.Tensor,
                                                                       torch.Tensor]:
-        """Position embeddings for an input of ``fine_grid`` cells (timm's interpolation).
+        """Position embeddings for an input of ``fine_grid`` cells (bicubic, antialiased as
+        timm's unless ``pos_embed_antialias=False``, mmseg's).
 
         Returns:
             tuple: cls_pos (1, 1, D) and the fine grid (1, D, Hf, Wf).
         """
         pos = resample_abs_pos_embed(self.pos_embed, new_size=fine_grid,
                                      old_size=self.pos_grid_size,
-                                     num_prefix_tokens=self.num_prefix_tokens)
+                                     num_prefix_tokens=self.num_prefix_tokens,
+                                     antialias=self.pos_embed_antialias)
         cls_pos = pos[:, :self.num_prefix_tokens]
         grid = pos[:, self.num_prefix_tokens:].transpose(1, 2).reshape(
             1, self.embed_dims, *fine_grid)
@@ -566,10 +578,17 @@ class MSViT(BaseModule):
               out_size: Optional[Tuple[int, int]] = None) -> MixedScaleTokens:
         """Tokenize a padded input with the given decisions (CLS and positions included);
         a bool ``(B, Hc, Wc)`` mask is taken as given decisions (by the tokenizer)."""
-        cls_pos, pos_grid = self.fine_position_grid(
-            (img.shape[-2] // self.fine_patch_size, img.shape[-1] // self.fine_patch_size))
+        grid = (img.shape[-2] // self.fine_patch_size, img.shape[-1] // self.fine_patch_size)
+        # the position table spans the cells that cover the image (as mmseg's ViT, which pads
+        # to the fine patch only); the cells of the padding to the coarse size repeat the edge
+        cells = tuple(out_size) if out_size is not None else grid
+        cls_pos, pos_grid = self.fine_position_grid(cells)
+        if cells != grid:
+            pos_grid = F.pad(pos_grid, (0, grid[1] - cells[1], 0, grid[0] - cells[0]),
+                             mode='replicate')
         tokens = self.tokenizer(img, decision, self.patch_embed, pos_grid, self.cls_token,
-                                cls_pos, out_size=out_size, pack=self.token_packing,
+                                cls_pos, out_size=out_size,
+                                pack=self.token_packing and cells == grid,
                                 coarse_embed=self.coarse_embed)
         return tokens._replace(tokens=self.pos_drop(tokens.tokens))
 
@@ -580,6 +599,12 @@ class MSViT(BaseModule):
         if not self.with_cls_token:  # no token attends to the CLS token (mmseg's layout)
             keys = torch.arange(x.shape[1], device=x.device) > 0
             attn_mask = keys[None, None, None, :] if attn_mask is None else attn_mask & keys
+        if tuple(layout.out_size) != tuple(layout.fine_grid) and packed is None:
+            # fine tokens of cells in the padding to the coarse size (beyond the fine cells that
+            # cover the image) run but no token attends to them: the image's tokens see what
+            # mmseg's ViT, padded to the fine patch only, sees
+            keys = self._image_keys(layout, x.shape[1])
+            attn_mask = keys if attn_mask is None else attn_mask & keys
         if packed is not None:  # (1, N, D): every image's tokens, attention within each image
             block_fn, extra = packed_block_forward, packed
         else:
@@ -597,6 +622,19 @@ class MSViT(BaseModule):
                 outs.append(MixedScaleFeatures(x[0], layout) if packed is not None else
                             MixedScaleFeatures(x[:, self.num_prefix_tokens:], layout, x[:, 0]))
         return tuple(outs)
+
+    @staticmethod
+    def _image_keys(layout, length: int) -> torch.Tensor:
+        """(B, 1, 1, length) bool: False for the patch tokens whose every cell lies outside
+        ``layout.out_size`` (the CLS token and the other tokens True)."""
+        rows, cols = layout.fine_grid
+        cell = layout.cell_to_token
+        inside = ((torch.arange(rows, device=cell.device)[:, None] < layout.out_size[0]) &
+                  (torch.arange(cols, device=cell.device)[None, :] < layout.out_size[1]))
+        covered = torch.zeros(cell.shape[0], length - 1, device=cell.device)
+        covered.scatter_add_(1, cell, inside.flatten()[None].expand_as(cell).to(covered.dtype))
+        keys = torch.cat([covered.new_ones(cell.shape[0], 1, dtype=torch.bool), covered > 0], 1)
+        return keys[:, None, None, :]
 
     def forward(self,
                 img: torch.Tensor,
