@@ -214,11 +214,12 @@ def runs(setting: dict) -> dict:
             evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
             [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0))] +
             # its neck and head run with mixed-scale decoding, without training for it: every
-            # level finer than the tokens, or the finest (x4) only
+            # level finer than the tokens, or the finest (x4) only (UPerNet: a linear head has
+            # no level finer than the tokens)
             [(f'{name}_content{x}', dict(rule='content', budget=x, decode=decode))
              for name, decode in (('mixed_decode', MIXED_DECODE),
                                   ('mixed_decode_x4', dict(MIXED_DECODE, mixed_scales=(4, ))))
-             for x in sorted({b, 0.5})]),
+             for x in sorted({b, 0.5}) if setting.get('head', 'upernet') == 'upernet']),
         # the recipe with mixed-scale decoding: the neck and head run coarse regions at half
         # resolution (docs/method.md, "Mixed-scale decoding"), trained and distilled the same way
         'recipe_mixed_head': dict(
