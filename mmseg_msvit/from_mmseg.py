@@ -30,57 +30,60 @@ from mmengine.config import Config, ConfigDict
 
 __all__ = ['mixed_scale_config', 'mixed_scale_state_dict', 'convert_mmseg_model']
 
-#: mmseg VisionTransformer arguments whose value must be this one (MSViT implements no other)
-_FIXED = {'output_cls_token': False, 'patch_norm': False, 'pre_norm': False,
-          'out_origin': False, 'num_fcs': 2, 'act_cfg': dict(type='GELU')}
+#: mmseg VisionTransformer arguments MSViT's own translation of mmseg names checks and maps
+#: (:func:`mmseg_msvit.models.arguments.translate_mmseg_vit_args`)
+_TRANSLATED = ('patch_size', 'num_layers', 'norm_cfg', 'act_cfg', 'with_cls_token',
+               'output_cls_token', 'patch_norm', 'pre_norm', 'interpolate_mode', 'norm_eval')
+#: mmseg VisionTransformer arguments MSViT has no name for, at the one value it implements
+_FIXED = {'out_origin': False, 'num_fcs': 2}
 #: carried over under the same name. The other mmseg VisionTransformer arguments have nothing to
-#: carry over: the weights come from the checkpoint (pretrained, init_cfg), LayerNorm has nothing
-#: to keep in eval mode (norm_eval), patch_pad only matters for inputs that are not a multiple of
-#: the patch (MSViT pads them), frozen_exclude only with frozen stages
+#: carry over: the weights come from the checkpoint (pretrained, init_cfg), patch_pad only
+#: matters for inputs that are not a multiple of the patch (MSViT pads them), frozen_exclude only
+#: with frozen stages
 _SAME = ('img_size', 'in_channels', 'mlp_ratio', 'out_indices', 'qkv_bias', 'drop_rate',
-         'attn_drop_rate', 'drop_path_rate', 'final_norm', 'with_cp', 'patch_bias',
-         'with_cls_token', 'interpolate_mode')
+         'attn_drop_rate', 'drop_path_rate', 'final_norm', 'with_cp', 'patch_bias')
 
 
-def _mmseg_defaults(cls) -> dict:
-    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty}
-
-
-def _as_dict(value):
-    return value.to_dict() if isinstance(value, ConfigDict) else copy.deepcopy(value)
+def _mmseg_args(cfg: dict, cls, what: str, accepted: Optional[str] = None) -> dict:
+    """The arguments of an mmseg component config of ``cls`` (its ``type`` checked), mmseg's
+    defaults filled in for those it leaves out; unknown names refused."""
+    given = cfg.to_dict() if isinstance(cfg, ConfigDict) else copy.deepcopy(cfg)
+    kind = given.pop('type', None)
+    if kind not in (cls.__name__, f'mmseg.{cls.__name__}'):
+        raise ValueError(f"mixed_scale_config: the {what} is {kind!r}; only mmseg's "
+                         f'{accepted or cls.__name__} is converted')
+    parameters = inspect.signature(cls.__init__).parameters
+    defaults = {name: p.default for name, p in parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    unknown = sorted(set(given) - set(parameters) - {'self'})
+    if unknown:
+        raise ValueError(f'mixed_scale_config: {what} arguments {unknown} are not mmseg '
+                         f'{cls.__name__} arguments')
+    return {**defaults, **given}
 
 
 def _backbone(mmseg: dict) -> dict:
     from mmseg.models.backbones import VisionTransformer
-    given = _as_dict(mmseg)
-    kind = given.pop('type', None)
-    if kind not in ('VisionTransformer', 'mmseg.VisionTransformer'):
-        raise ValueError(f"mixed_scale_config: the backbone is {kind!r}; only mmseg's "
-                         "VisionTransformer is converted (MSViT is a plain ViT)")
-    args = {**_mmseg_defaults(VisionTransformer), **given}
-    unknown = sorted(set(given) - set(_mmseg_defaults(VisionTransformer)))
-    if unknown:
-        raise ValueError(f'mixed_scale_config: backbone arguments {unknown} are not mmseg '
-                         'VisionTransformer arguments')
+
+    from .models.arguments import translate_mmseg_vit_args
+    args = _mmseg_args(mmseg, VisionTransformer, 'backbone')
     for name, value in _FIXED.items():
         if args[name] != value:
             raise ValueError(f'mixed_scale_config: the backbone has {name}={args[name]!r}; MSViT '
                              f'implements only {name}={value!r}, so this model cannot be '
                              'converted')
-    patch = args['patch_size']
+    ours = translate_mmseg_vit_args({name: args[name] for name in _TRANSLATED}, {})
+    patch = ours['fine_patch_size']
     if not isinstance(patch, int):
         raise ValueError(f'mixed_scale_config: backbone patch_size must be an int, got {patch!r}')
-    norm = args['norm_cfg'] or {}
-    if norm.get('type') not in ('LN', 'LayerNorm'):
-        raise ValueError(f"mixed_scale_config: backbone norm_cfg must be LayerNorm, got {norm!r}")
     out = dict(type='MSViT',
-               arch=dict(embed_dims=args['embed_dims'], depth=args['num_layers'],
+               arch=dict(embed_dims=args['embed_dims'], depth=ours['depth'],
                          num_heads=args['num_heads']),
-               fine_patch_size=patch, coarse_patch_size=2 * patch,
-               norm_eps=float(norm.get('eps', 1e-5)),  # mmcv's LN: nn.LayerNorm's default
+               fine_patch_size=patch, coarse_patch_size=2 * patch, norm_eps=ours['norm_eps'],
                pos_embed_antialias=False,  # mmseg resizes its position table without it
                init_cfg=None)
+    if not ours['with_cls_token']:
+        out['with_cls_token'] = False  # an mmseg name MSViT takes
     out.update({name: args[name] for name in _SAME})
     return out
 
@@ -93,12 +96,7 @@ def _neck(mmseg: Optional[dict], mixed_decoding: bool) -> dict:
                              'grid): convert without it')
         return dict(type='MixedScaleToDense')
     from mmseg.models.necks import MultiLevelNeck
-    given = _as_dict(mmseg)
-    kind = given.pop('type', None)
-    if kind not in ('MultiLevelNeck', 'mmseg.MultiLevelNeck'):
-        raise ValueError(f"mixed_scale_config: the neck is {kind!r}; mmseg's MultiLevelNeck or "
-                         'no neck can be converted')
-    args = {**_mmseg_defaults(MultiLevelNeck), **given}
+    args = _mmseg_args(mmseg, MultiLevelNeck, 'neck', 'MultiLevelNeck or no neck')
     out = dict(type='MixedScaleToDense', in_channels=list(args['in_channels']),
                out_channels=args['out_channels'], scales=list(args['scales']),
                norm_cfg=args['norm_cfg'], act_cfg=args['act_cfg'])
@@ -128,7 +126,7 @@ def mixed_scale_config(cfg: Config, fine_budget: float = 0.42,
     model['type'] = 'MSViTEncoderDecoder'
     model['pretrained'] = None  # the converted checkpoint holds every weight
     model['backbone'] = _backbone(model['backbone'])
-    model['neck'] = _neck(_as_dict(model.get('neck')), mixed_decoding)
+    model['neck'] = _neck(model.get('neck'), mixed_decoding)
     head = model.get('decode_head')
     if isinstance(head, dict) and head.get('type') in ('UPerHead', 'mmseg.UPerHead'):
         head['type'] = 'MixedScaleUPerHead'  # mmseg's UPerHead; reads mixed levels too

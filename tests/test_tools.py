@@ -33,6 +33,15 @@ def data_options(root):
                       'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1']
 
 
+def dense_config(folder):
+    """The demo model with every region forced fine (a dense config) in ``folder``."""
+    dense = folder / 'dense.py'
+    dense.write_text(f"_base_ = [{DEMO!r}]\n"
+                     "model = dict(backbone=dict(force_scale='fine'), gate_loss=None, "
+                     "gate_probe=None)\n")
+    return dense
+
+
 @pytest.fixture(scope='module')
 def trained(synthetic_root, tmp_path_factory):
     work_dir = tmp_path_factory.mktemp('demo_run')
@@ -618,10 +627,7 @@ def test_compare_baselines_sets_the_model_against_the_simple_alternatives(traine
     import json
     work_dir, _ = trained
     checkpoint = str(work_dir / 'iter_2.pth')
-    dense = tmp_path / 'dense.py'
-    dense.write_text(f"_base_ = [{DEMO!r}]\n"
-                     "model = dict(backbone=dict(force_scale='fine'), gate_loss=None, "
-                     "gate_probe=None)\n")
+    dense = dense_config(tmp_path)
     tool = load_tool('tools/analysis_tools/compare_baselines.py')
     rows = tool.main([DEMO, checkpoint, '--dense', str(dense), checkpoint, '--budget', '0.5',
                       '--scales', '0.5', '0.75', '--out-dir', str(tmp_path / 'out'),
@@ -688,10 +694,7 @@ def test_tools_answer_the_question_asked_or_refuse_it(trained, synthetic_root, t
     checkpoint given as the dense model) is refused, not evaluated without them."""
     work_dir, train = trained
     checkpoint = str(work_dir / 'iter_2.pth')
-    dense = tmp_path / 'dense.py'
-    dense.write_text(f"_base_ = [{DEMO!r}]\n"
-                     "model = dict(backbone=dict(force_scale='fine'), gate_loss=None, "
-                     "gate_probe=None)\n")
+    dense = dense_config(tmp_path)
     tradeoff = load_tool('tools/analysis_tools/benchmark_tradeoff.py')
     data = data_options(synthetic_root / 'ade')
     with pytest.raises(ValueError, match=r"forces every region fine .*--content-gate"):
@@ -811,10 +814,7 @@ def test_gate_pictures_of_a_dense_checkpoint_with_the_content_gate(trained, tmp_
     from PIL import Image
     work_dir, _ = trained
     checkpoint = str(work_dir / 'iter_2.pth')
-    dense = tmp_path / 'dense.py'
-    dense.write_text(f"_base_ = [{DEMO!r}]\n"
-                     "model = dict(backbone=dict(force_scale='fine'), gate_loss=None, "
-                     "gate_probe=None)\n")
+    dense = dense_config(tmp_path)
     photos = tmp_path / 'photos'
     photos.mkdir()
     rng = np.random.default_rng(0)

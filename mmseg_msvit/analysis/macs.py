@@ -13,7 +13,8 @@ from ..models.costs import (add_costs, image_cost, layout_macs, msvit_macs_from_
 
 __all__ = [
     'transformer_layer_macs', 'msvit_macs_from_tokens', 'layout_macs', 'image_cost',
-    'backbone_macs', 'count_macs_with_mmengine', 'decode_macs', 'add_costs'
+    'backbone_macs', 'count_macs_with_mmengine', 'decode_macs', 'add_costs', 'shape_costs',
+    'parameter_counts'
 ]
 
 
@@ -119,3 +120,54 @@ def decode_macs(segmentor, dense_maps) -> int:
     neck = segmentor.neck if getattr(segmentor, 'with_neck', False) else None
     return count_macs_with_mmengine(NeckAndHead(neck, segmentor.decode_head), tuple(dense_maps),
                                     matrix_products_only=True)
+
+
+def parameter_counts(model) -> dict:
+    """Parameters (millions) of a segmentor: whole model, backbone, its gate, neck + heads."""
+    def count(module):
+        return sum(p.numel() for p in module.parameters()) / 1e6 if module is not None else 0.0
+
+    backbone = model.backbone
+    return dict(total=count(model), backbone=count(backbone),
+                gate=count(getattr(backbone, 'gate', None)),
+                neck_and_heads=count(model) - count(backbone) - count(
+                    getattr(model, 'gate_loss', None)))
+
+
+@torch.no_grad()
+def shape_costs(model, shape) -> dict:
+    """Backbone and neck + head MACs of one ``shape`` input (no dataset): every region fine (the
+    dense ViT), every region coarse and, in budget mode, the budget (exact: the cost does not
+    depend on the image there); and mmengine's count of the same dense backbone forward.
+
+    Returns:
+        dict: ``rows`` {case: (backbone MACs, neck + head MACs)}, ``padded`` (H, W) and ``grid``
+        (regions) of the input, ``self_counted`` (the neck and head counted what they ran;
+        False: mmengine on the dense maps), ``mmengine_dense_backbone``.
+    """
+    from ..models import ScalePolicy
+    backbone = model.backbone
+    img = torch.zeros(1, 3, *shape)
+    padded, _ = backbone.pad_input(img)
+    grid = (padded.shape[-2] // backbone.coarse_patch_size,
+            padded.shape[-1] // backbone.coarse_patch_size)
+    all_fine = torch.ones((1, *grid), dtype=torch.bool)
+    cases = [('all fine (dense ViT)', img, ScalePolicy.forced('fine')),
+             ('all coarse', img, ScalePolicy.forced('coarse'))]
+    if backbone.fine_budget is not None:
+        # the budget's cost is the same for every image: count it on a random one
+        cases.append((f'budget {backbone.fine_budget}', torch.randn_like(img), None))
+    rows, self_counted = {}, True
+    for name, image, policy in cases:
+        x, layout = model.extract_feat_and_layout(image, policy)
+        decode = model.decode_macs(layout, x)
+        if decode is None:  # a head that cannot count itself: mmengine, on the dense maps
+            self_counted = False
+            dense = [f.to_dense() for f in backbone(image, ScalePolicy.forced('fine'))]
+            decode = torch.tensor([float(decode_macs(model, dense))])
+        rows[name] = (float(model.image_cost(layout)['macs'][0]), float(decode[0]))
+    mmengine_count = count_macs_with_mmengine(
+        backbone, (img, ), to_tensors=lambda feats: tuple(f.tokens for f in feats),
+        policy=ScalePolicy.given(all_fine))
+    return dict(rows=rows, padded=tuple(padded.shape[-2:]), grid=grid,
+                self_counted=self_counted, mmengine_dense_backbone=mmengine_count)

@@ -531,11 +531,6 @@ def _batch_norm(norm: nn.Module, rows: torch.Tensor) -> torch.Tensor:
     return norm(rows.reshape(pixels, channels, 1, 1)).reshape(pixels, channels)
 
 
-def _norm(norm: nn.Module, x: MixedScaleMap) -> MixedScaleMap:
-    """``norm`` on every block."""
-    return x.with_data(_batch_norm(norm, x.data))
-
-
 def conv_module(module: nn.Module, x: Level) -> Level:
     """mmcv's ``ConvModule`` (conv, norm, activation in its ``order``) on a level: as it is on
     a tensor, block by block on a :class:`MixedScaleMap` (the same weights)."""
@@ -547,7 +542,7 @@ def conv_module(module: nn.Module, x: Level) -> Level:
         if layer == 'conv':
             x = _conv(module.conv, x)
         elif layer == 'norm' and module.with_norm:
-            x = _norm(module.norm, x)
+            x = x.with_data(_batch_norm(module.norm, x.data))
         elif layer == 'act' and module.with_activation:
             x = x.with_data(module.activate(x.data))
     return x

@@ -55,7 +55,9 @@ _TINTS = ((255, 0, 255), (0, 255, 0), (255, 255, 255), (255, 128, 0), (128, 0, 2
 def tint_colours(palette: Sequence[Sequence[int]] = ()) -> Tuple[tuple, tuple]:
     """(fine, coarse) outline colours farthest from every class colour of ``palette``, so a
     tinted region is not read as a class of the prediction beside it."""
-    colours = np.asarray(list(palette) or [[-1000, -1000, -1000]], np.float64).reshape(-1, 3)
+    if not len(palette):
+        return _TINTS[0], _TINTS[1]
+    colours = np.asarray(palette, np.float64).reshape(-1, 3)
 
     def distance(tint):
         return float(np.min(np.linalg.norm(colours - np.asarray(tint, np.float64), axis=1)))

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
-from mmseg_msvit.analysis import decode_macs  # noqa: E402
+from mmseg_msvit.analysis import decode_macs, parameter_counts, shape_costs  # noqa: E402
 from mmseg_msvit.cli import build_eval_model, int_at_least, load_config  # noqa: E402
 
 
@@ -56,18 +56,6 @@ def parse_args(argv=None):
     return args
 
 
-def parameter_counts(model) -> dict:
-    """Parameters (millions): whole model, backbone, its gate, neck + heads."""
-    def count(module):
-        return sum(p.numel() for p in module.parameters()) / 1e6 if module is not None else 0.0
-
-    backbone = model.backbone
-    return dict(total=count(model), backbone=count(backbone),
-                gate=count(getattr(backbone, 'gate', None)),
-                neck_and_heads=count(model) - count(backbone) - count(
-                    getattr(model, 'gate_loss', None)))
-
-
 def print_parameters(model) -> dict:
     params = parameter_counts(model)
     print(f"[flops] parameters: {params['total']:.2f} M (backbone {params['backbone']:.2f} M, of "
@@ -75,38 +63,14 @@ def print_parameters(model) -> dict:
     return params
 
 
-@torch.no_grad()
 def count_shape(model, shape) -> dict:
-    """Backbone, neck + head and whole-model cost of one ``shape`` input: every region fine (the
-    dense ViT), every region coarse, the budget (budget mode)."""
-    from mmseg_msvit.analysis import count_macs_with_mmengine
-    from mmseg_msvit.models import ScalePolicy
+    """Print and return :func:`mmseg_msvit.analysis.shape_costs` for a ``shape`` input."""
+    costs = shape_costs(model, shape)
+    rows, padded, grid = costs['rows'], costs['padded'], costs['grid']
+    self_counted, mmengine_count = costs['self_counted'], costs['mmengine_dense_backbone']
     backbone = model.backbone
-    img = torch.zeros(1, 3, *shape)
-    padded, _ = backbone.pad_input(img)
-    grid = (padded.shape[-2] // backbone.coarse_patch_size,
-            padded.shape[-1] // backbone.coarse_patch_size)
-    all_fine = torch.ones((1, *grid), dtype=torch.bool)
-    cases = [('all fine (dense ViT)', img, ScalePolicy.forced('fine')),
-             ('all coarse', img, ScalePolicy.forced('coarse'))]
-    if backbone.fine_budget is not None:
-        # the budget's cost is the same for every image: count it on a random one
-        cases.append((f'budget {backbone.fine_budget}', torch.randn_like(img), None))
-    rows, self_counted = {}, True
-    for name, image, policy in cases:
-        x, layout = model.extract_feat_and_layout(image, policy)
-        decode = model.decode_macs(layout, x)
-        if decode is None:  # a head that cannot count itself: mmengine, on the dense maps
-            self_counted = False
-            dense = [f.to_dense() for f in backbone(image, ScalePolicy.forced('fine'))]
-            decode = torch.tensor([float(decode_macs(model, dense))])
-        rows[name] = (float(model.image_cost(layout)['macs'][0]), float(decode[0]))
-    # the same dense forward (decisions given: the gate does not run) through mmengine's counter
-    mmengine_count = count_macs_with_mmengine(
-        backbone, (img, ), to_tensors=lambda feats: tuple(f.tokens for f in feats),
-        policy=ScalePolicy.given(all_fine))
-    print(f'[flops] input {shape[0]}x{shape[1]} (padded to {padded.shape[-2]}x'
-          f'{padded.shape[-1]}), {grid[0] * grid[1]} regions')
+    print(f'[flops] input {shape[0]}x{shape[1]} (padded to {padded[0]}x{padded[1]}), '
+          f'{grid[0] * grid[1]} regions')
     dense_total = sum(rows['all fine (dense ViT)'])
     for name, (macs, head) in rows.items():
         print(f'[flops] {name:22s} backbone {macs / 1e9:8.3f}  neck + head {head / 1e9:8.3f}  '

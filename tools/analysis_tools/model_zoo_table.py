@@ -3,9 +3,9 @@ crop size (backbone all fine / all coarse, neck + head, and the whole model at t
 
     python tools/analysis_tools/model_zoo_table.py [CONFIG ...]
 
-Without configs: the recommended (step-2) configs the README lists. Each row comes from one
-``get_flops.py CONFIG --shape H W`` count (:func:`count_shape`), random weights (costs and
-parameter counts do not depend on them); prints a Markdown table. The test suite checks that
+Without configs: the recommended (step-2) configs the README lists. Each row is the count
+``get_flops.py CONFIG --shape H W`` prints (:func:`mmseg_msvit.analysis.shape_costs`), random
+weights (costs and parameter counts do not depend on them); prints a Markdown table. The test suite checks that
 the README's table is this output.
 """
 import argparse
@@ -34,35 +34,19 @@ def parse_args(argv=None):
 
 def zoo_row(config: str) -> str:
     """One Markdown row for ``config`` at its crop size."""
-    import contextlib
-    import io
-
+    from mmseg_msvit.analysis import parameter_counts, shape_costs
     from mmseg_msvit.cli import build_eval_model, load_config
-    get_flops = _get_flops()
     cfg = load_config(config)
     shape = tuple(cfg.crop_size)
     cfg.model.pop('distill', None)  # the teacher is a training-time part: not in the model
     model, _ = build_eval_model(cfg, None, loader_names=())
-    with contextlib.redirect_stdout(io.StringIO()):
-        counted = get_flops.count_shape(model, shape)
-    params = get_flops.parameter_counts(model)['total']
-    backbone, decode = counted['backbone'], counted['decode']
-    fine, coarse = backbone['all fine (dense ViT)'], backbone['all coarse']
-    budget = next(k for k in backbone if k.startswith('budget'))
-    dense_head = decode['all fine (dense ViT)']
+    rows = shape_costs(model, shape)['rows']
+    params = parameter_counts(model)['total']
+    (fine, dense_head), (coarse, _) = rows['all fine (dense ViT)'], rows['all coarse']
+    budget = next(k for k in rows if k.startswith('budget'))
     return (f'| `{osp.basename(config)}` | {shape[0]}x{shape[1]} | {params:.2f} | '
             f'{fine / 1e9:.2f} / {coarse / 1e9:.2f} | {dense_head / 1e9:.1f} | '
-            f'{(fine + dense_head) / 1e9:.1f} / {(backbone[budget] + decode[budget]) / 1e9:.1f} '
-            f'({budget}) |')
-
-
-def _get_flops():
-    import importlib.util
-    path = osp.join(osp.dirname(osp.abspath(__file__)), 'get_flops.py')
-    spec = importlib.util.spec_from_file_location('msvit_get_flops', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+            f'{(fine + dense_head) / 1e9:.1f} / {sum(rows[budget]) / 1e9:.1f} ({budget}) |')
 
 
 def main(argv=None):

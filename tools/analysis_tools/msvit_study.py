@@ -122,6 +122,10 @@ def runs(setting: dict) -> dict:
     forced = dict(force_scale='fine', gate_loss=None, gate_probe=None)
     learned_evals = [('thr0.5', dict(rule='gate', threshold=0.5))] + \
         [(f'budget{x}', dict(rule='gate', budget=x)) for x in budgets]
+    # the recipe trained with mixed-scale decoding (recipe_mixed_head and its variants)
+    mixed_head = dict(start='dense_pre', force_scale=None, gate=dict(type='ContentGate'),
+                      fine_budget=b, gate_loss=None, gate_probe=None, **RECIPE,
+                      **MIXED_DECODE)
     return {
         # the dense model every other run starts from (the recipe's teacher), with the simple
         # ways of spending fewer GMACs on it: the baselines of the model a user already has
@@ -224,8 +228,7 @@ def runs(setting: dict) -> dict:
         # resolution (docs/method.md, "Mixed-scale decoding"), trained and distilled the same way
         'recipe_mixed_head': dict(
             label='recipe + mixed-scale decoding (neck and head: coarse regions at 1/2 '
-            'resolution)', start='dense_pre', force_scale=None, gate=dict(type='ContentGate'),
-            fine_budget=b, gate_loss=None, gate_probe=None, **RECIPE, coarse_reduction=2,
+            'resolution)', **mixed_head,
             evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
             [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0)),
              (f'dense_decode_content{b}', dict(rule='content', budget=b,
@@ -234,9 +237,7 @@ def runs(setting: dict) -> dict:
         # decoding mixed scales, the x2 level dense: more GMACs, fewer coarse pixels
         'recipe_mixed_head_x4': dict(
             label='recipe + mixed-scale decoding at the x4 level only (x2 dense)',
-            start='dense_pre', force_scale=None, gate=dict(type='ContentGate'),
-            fine_budget=b, gate_loss=None, gate_probe=None, **RECIPE, coarse_reduction=2,
-            mixed_scales=(4, ),
+            **mixed_head, mixed_scales=(4, ),
             evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
             [('scale1.0', dict(scale=1.0))]),
         # a learned gate on the mixed-decoding recipe (gate only, as recipe_gate): its fine

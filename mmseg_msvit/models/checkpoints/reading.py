@@ -160,12 +160,13 @@ def required_keys(model: torch.nn.Module) -> List[str]:
 
 
 def loaded_key(key: str) -> str:
-    """A checkpoint key under the name the model loads it as (mmseg's ``MultiLevelNeck`` keys are
-    read as ``MixedScaleToDense``'s by its ``load_state_dict`` pre-hook)."""
-    for old in ('neck.lateral_convs.', 'neck.convs.'):
-        if key.startswith(old):
-            return 'neck.rescale.' + key[len('neck.'):]
-    return key
+    """A segmentor checkpoint key under the name the model loads it as (mmseg's
+    ``MultiLevelNeck`` keys are read as ``MixedScaleToDense``'s by its ``load_state_dict``
+    pre-hook, :func:`~mmseg_msvit.models.necks.mixed_scale_to_dense.mmseg_neck_key`)."""
+    if not key.startswith('neck.'):
+        return key
+    from ..necks.mixed_scale_to_dense import mmseg_neck_key
+    return 'neck.' + mmseg_neck_key(key[len('neck.'):])
 
 
 def check_covers(model: torch.nn.Module, checkpoint, path: str) -> None:
@@ -178,16 +179,17 @@ def check_covers(model: torch.nn.Module, checkpoint, path: str) -> None:
 
 
 def uncovered_weights(model: torch.nn.Module, checkpoint,
-                      path: str = 'the loaded weights') -> Optional['CheckpointError']:
+                      path: Optional[str] = None) -> Optional['CheckpointError']:
     """The :class:`CheckpointError` :func:`check_covers` raises for ``checkpoint`` (a loaded file
-    or a state dict), or None when it covers ``model``."""
+    or, with no ``path``, a state dict being loaded), or None when it covers ``model``."""
     state = {loaded_key(k) for k in state_dict_of(checkpoint)}
     missing = [k for k in required_keys(model) if k not in state]
     if not missing:
         return None
     kind = describe_checkpoint(checkpoint)
-    subject = (f'checkpoint {path!r}' if path != 'the loaded weights' else
+    subject = (f'checkpoint {path!r}' if path is not None else
                'the state dict loaded into this model (load_checkpoint / load_state_dict)')
+    file = repr(path) if path is not None else "'CKPT'"
     advice = ''
     if kind.startswith('an mmseg ViT segmentor'):
         advice = (' Convert it whole (backbone, neck and heads) with tools/model_converters/'
@@ -195,13 +197,13 @@ def uncovered_weights(model: torch.nn.Module, checkpoint,
                   'mmseg_msvit.apis.init_from_mmseg(MMSEG_CONFIG, CKPT).')
     elif kind.startswith('a gate file'):
         advice = (' To start a model from a gate file, set '
-                  f"model.backbone.gate_init=dict(checkpoint={path!r}).")
+                  f"model.backbone.gate_init=dict(checkpoint={file}).")
     elif kind == 'a classification model':
         advice = (' To move its gate into a segmentor, run tools/transfer_gate.py and set '
                   'model.backbone.gate_init.')
     elif kind.startswith('a backbone'):
         advice = (" To start from backbone weights, set model.backbone.init_cfg=dict("
-                  f"type='Pretrained', checkpoint={path!r}).")
+                  f"type='Pretrained', checkpoint={file}).")
     shown = _groups(missing)
     return CheckpointError(
         f'{subject} does not cover this model: it is {kind}, and {len(missing)} '

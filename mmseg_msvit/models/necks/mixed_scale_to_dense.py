@@ -61,6 +61,13 @@ def _device(level) -> torch.device:
     return level.data.device if isinstance(level, MixedScaleMap) else level.device
 
 
+def mmseg_neck_key(key: str) -> str:
+    """A key of mmseg's ``MultiLevelNeck`` (relative to the neck: ``lateral_convs.*``,
+    ``convs.*``) under :class:`MixedScaleToDense`'s name (``rescale.*``); other keys as they
+    are."""
+    return 'rescale.' + key if key.startswith(('lateral_convs.', 'convs.')) else key
+
+
 @MODELS.register_module()
 class MixedScaleToDense(nn.Module):
     """Rebuild dense maps from :class:`MixedScaleFeatures`, optionally rescaled per level.
@@ -170,10 +177,11 @@ class MixedScaleToDense(nn.Module):
     @staticmethod
     def _mmseg_neck_keys(state_dict, prefix, *args) -> None:
         """mmseg's MultiLevelNeck keys (``neck.lateral_convs.*``, ``neck.convs.*``) read as
-        this neck's ``rescale.*``."""
-        for key in [k for k in state_dict if k.startswith((prefix + 'lateral_convs.',
-                                                            prefix + 'convs.'))]:
-            state_dict[prefix + 'rescale.' + key[len(prefix):]] = state_dict.pop(key)
+        this neck's ``rescale.*`` (:func:`mmseg_neck_key`)."""
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            ours = prefix + mmseg_neck_key(key[len(prefix):])
+            if ours != key:
+                state_dict[ours] = state_dict.pop(key)
 
     def init_weights(self) -> None:
         if self.rescale is not None:
