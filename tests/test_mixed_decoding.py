@@ -374,10 +374,11 @@ def test_cheaper_head_baseline_and_dense_teacher(tmp_path):
     assert isinstance(x[0], MixedScaleMap) and x[0].blocks.num_fine == 0
     assert layout.fine_mask.all()  # the tokens were all fine
     torch.save({'state_dict': model.state_dict()}, tmp_path / 'dense.pth')
-    teacher = model.build_dense_teacher(str(tmp_path / 'dense.pth'))
+    from mmseg_msvit.models.losses import DenseDistillLoss
+    distill = DenseDistillLoss(str(tmp_path / 'dense.pth'))
+    teacher = distill.build_teacher(model)
     assert teacher.neck.coarse_reduction is None
-    logits, _ = model.__class__.dense_teacher_outputs(
-        type('Holder', (), {'distill_teacher': teacher})(), inputs)
+    logits, _ = distill.teacher_outputs(inputs)
     dense = copy.deepcopy(model)
     dense.neck.coarse_reduction = None
     expected = dense.decode_head(dense.extract_feat_and_layout(

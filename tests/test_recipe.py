@@ -204,7 +204,7 @@ def test_segmentor_distils_from_a_frozen_dense_teacher(tmp_path):
     data = model.data_preprocessor(make_batch(), True)
     dense.eval()
     with torch.no_grad():
-        logits, maps = model.dense_teacher_outputs(data['inputs'], with_maps=True)
+        logits, maps = model.distill.teacher_outputs(data['inputs'], with_maps=True)
         expected = dense.decode_head.forward(dense.extract_feat(data['inputs']))
     torch.testing.assert_close(logits, expected)
     assert len(maps) == 2 and maps[0].shape == (2, 48, 4, 4)
@@ -217,6 +217,9 @@ def test_segmentor_distils_from_a_frozen_dense_teacher(tmp_path):
     assert model.backbone.coarse_embed.proj.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
     assert not teacher.training  # model.train() leaves the teacher in eval mode
+    model.to(torch.float64)  # the teacher moves and casts with the model (no hand moving)
+    assert all(p.dtype == torch.float64 for p in teacher.parameters())
+    assert not any(name.startswith('distill') for name in model.state_dict())
 
 
 def test_distill_needs_a_teacher_checkpoint(tmp_path):

@@ -20,7 +20,7 @@ from typing import Dict, Optional
 import torch
 
 __all__ = ['transformer_layer_macs', 'msvit_macs_from_tokens', 'layout_macs', 'image_cost',
-           'add_costs']
+           'add_costs', 'CallCosts']
 
 
 def transformer_layer_macs(num_tokens, embed_dims: int, mlp_ratio: float = 4.0):
@@ -91,3 +91,25 @@ def add_costs(total: Optional[Dict[str, torch.Tensor]],
     if total is None:
         return dict(cost)
     return {key: total[key] + cost[key] for key in total}
+
+
+class CallCosts:
+    """The costs of every forward of one inference call (one per slide window, one in whole
+    mode): summed per image in :attr:`total`; the decisions kept apart (:attr:`fine_mask`, a
+    map per image only when one forward covered the image)."""
+
+    def __init__(self) -> None:
+        self.total: Optional[Dict[str, torch.Tensor]] = None
+        self._fine_masks = []
+
+    def add(self, cost: Dict[str, torch.Tensor], fine_mask: torch.Tensor) -> None:
+        """Count one forward: its :func:`image_cost` (plus ``decode_macs`` where the neck and head
+        count themselves) and its (B, Hc, Wc) decisions."""
+        self.total = add_costs(self.total, cost)
+        self._fine_masks.append(fine_mask.detach())
+
+    @property
+    def fine_mask(self) -> Optional[torch.Tensor]:
+        """(B, Hc, Wc) bool decisions of the call's one forward; None after several (slide
+        windows: no single map of the image)."""
+        return self._fine_masks[0] if len(self._fine_masks) == 1 else None

@@ -130,13 +130,14 @@ def check_gate_normalisation(backbone, data_preprocessor) -> None:
                           input_normalisation(data_preprocessor), path)
 
 
-def attach_cost(results, cost: dict):
+def attach_cost(results, cost: dict, fine_mask=None):
     """Write the per-image cost (:func:`mmseg_msvit.models.costs.image_cost`, summed over slide
     windows) into each prediction's metainfo (read by ``ComplexityMetric``):
     ``msvit_backbone_macs``, ``msvit_fine_fraction``, ``msvit_num_tokens``, ``msvit_forwards``,
     ``msvit_decode_macs`` (neck + decode head) and ``msvit_macs`` (the whole model) when the
-    neck and head count themselves, and ``msvit_fine_mask`` ((Hc, Wc) bool on the CPU) when the
-    cost has the decisions of one forward per image (whole inference, classification)."""
+    neck and head count themselves, and ``msvit_fine_mask`` ((Hc, Wc) bool on the CPU) when
+    ``fine_mask`` gives the decisions of one forward per image (whole inference,
+    classification)."""
     for index, sample in enumerate(results):
         info = dict(
             msvit_backbone_macs=float(cost['macs'][index]),
@@ -146,8 +147,8 @@ def attach_cost(results, cost: dict):
         if cost.get('decode_macs') is not None:
             info['msvit_decode_macs'] = float(cost['decode_macs'][index])
             info['msvit_macs'] = info['msvit_backbone_macs'] + info['msvit_decode_macs']
-        if cost.get('fine_mask') is not None:
-            info['msvit_fine_mask'] = cost['fine_mask'][index].cpu()
+        if fine_mask is not None:
+            info['msvit_fine_mask'] = fine_mask[index].cpu()
         sample.set_metainfo(info)
     return results
 

@@ -6,6 +6,7 @@ logits, token counts) comes back in the outputs' :class:`MixedScaleLayout`, neve
 on the module. Parameter names are timm's (``cls_token``, ``pos_embed``, ``patch_embed.proj.*``,
 ``blocks.N.*``, ``norm.*``); checkpoint formats live in :mod:`mmseg_msvit.models.checkpoints`.
 """
+import copy
 import inspect
 import logging
 from functools import partial
@@ -330,6 +331,15 @@ class MSViT(BaseModule):
         """Fine regions per image in budget mode: ``budget`` (default ``fine_budget``) times
         ``num_regions``, rounded half up, and at least one (a budget is > 0)."""
         return self.policy.num_fine_regions(num_regions, budget)
+
+    def dense_copy(self) -> 'MSViT':
+        """A copy for a dense model (the distillation teacher): without the coarse-token
+        embedding, which only coarse tokens use."""
+        coarse_embed, self.coarse_embed = self.coarse_embed, None
+        try:
+            return copy.deepcopy(self)
+        finally:
+            self.coarse_embed = coarse_embed
 
     # ------------------------------------------------------------------ weights
     def _reset_parameters(self) -> None:

@@ -15,7 +15,7 @@ from .gate_files import (GATE_PREFIX, PRIOR_PREFIX, check_gate_compatible, extra
 from .keys import checkpoint_to_timm_vit, load_pretrained, to_timm_vit, vit_depth, vit_format
 from .reading import (EVAL_OPTIONAL_PREFIXES, FRESH_AT_TRAINING_START, CheckpointError,
                       check_covers, check_no_foreign_weights, config_text_problem,
-                      describe_checkpoint, foreign_weights,
+                      describe_checkpoint, file_sha256, foreign_weights,
                       literal_from_cfg_text,
                       load_model_weights, load_timm_state_dict, normalisation_from_cfg_text,
                       read_checkpoint, required_keys, state_dict_of, uncovered_weights)
@@ -23,7 +23,7 @@ from .reading import (EVAL_OPTIONAL_PREFIXES, FRESH_AT_TRAINING_START, Checkpoin
 __all__ = [
     'CheckpointError', 'EVAL_OPTIONAL_PREFIXES', 'FRESH_AT_TRAINING_START', 'read_checkpoint',
     'state_dict_of', 'describe_checkpoint', 'required_keys', 'check_covers', 'uncovered_weights',
-    'check_no_foreign_weights', 'foreign_weights',
+    'check_no_foreign_weights', 'foreign_weights', 'file_sha256',
     'load_model_weights', 'load_timm_state_dict', 'normalisation_from_cfg_text',
     'literal_from_cfg_text', 'config_text_problem', 'vit_format', 'to_timm_vit', 'checkpoint_to_timm_vit', 'vit_depth',
     'load_pretrained', 'GATE_PREFIX', 'PRIOR_PREFIX', 'extract_gate', 'save_gate',

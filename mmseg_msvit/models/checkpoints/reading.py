@@ -425,3 +425,13 @@ def _literal_or_none(node):
 def _is_dict_call(node) -> bool:
     return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
         node.func.id == 'dict'
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 of a file, read in 1 MiB chunks."""
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -120,4 +120,5 @@ class MSViTImageClassifier(ImageClassifier):
         for this call (None: the backbone's)."""
         features = self.backbone(inputs, policy)
         results = self.head.predict(self._neck(features), data_samples, **kwargs)
-        return attach_cost(results, image_cost(self.backbone, features[0].layout))
+        layout = features[0].layout
+        return attach_cost(results, image_cost(self.backbone, layout), layout.fine_mask)

@@ -7,6 +7,7 @@ the very same decisions (docs/study.md). A frozen copy of the dense model (the s
 fine-tuning starts from), run on every training batch with every region fine, says what the
 mixed-scale model should output; the student is pulled towards it per pixel.
 """
+import copy
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -21,12 +22,15 @@ __all__ = ['DenseDistillLoss']
 class DenseDistillLoss(nn.Module):
     """Per-pixel distillation from a frozen dense teacher (configured like ``gate_loss``).
 
-    ``MSViTEncoderDecoder(distill=dict(type='DenseDistillLoss', ...))`` builds the teacher in
-    ``init_weights``: a copy of its own backbone, neck and decode head loaded from
-    ``teacher_checkpoint`` (a checkpoint of the dense model; ``tools/train.py`` and the study fill
-    it from ``load_from`` when it is not given), kept out of the model's parameters and
-    checkpoints, always in eval mode, run without gradient with every region fine. Its forward is
-    part of each training iteration (counted in training time).
+    ``MSViTEncoderDecoder(distill=dict(type='DenseDistillLoss', ...))`` has this loss build its
+    teacher in ``init_weights`` (:meth:`build_teacher`): the student's backbone, neck and decode
+    head copied in their dense form and loaded from ``teacher_checkpoint`` (a checkpoint of the
+    dense model; ``tools/train.py`` and the study fill it from ``load_from`` when it is not
+    given). The loss owns it (:attr:`teacher_model`) the way an mmrazor distiller owns its
+    teacher: moved and cast with the model (``.to()``, ``.cuda()``, ``.half()``), but no
+    parameter of it (no optimizer, no DistributedDataParallel), no entry of its checkpoints,
+    always in eval mode, run without gradient with every region fine. Its forward is part of
+    each training iteration (counted in training time).
 
     Loss terms (added to the segmentor's losses):
 
@@ -89,6 +93,54 @@ class DenseDistillLoss(nn.Module):
         self.loss_weight = float(loss_weight)
         self.feature_weight = float(feature_weight)
         self.loss_name = loss_name
+        # the frozen teacher: held outside the module tree (see _apply); None until built
+        self.__dict__['teacher_model'] = None
+        #: sha256 of the teacher's file: SafeCheckpointHook records it in every checkpoint and
+        #: refuses a resume whose teacher file changed
+        self.teacher_sha256: Optional[str] = None
+
+    def build_teacher(self, student: nn.Module, checkpoint: Optional[str] = None) -> nn.Module:
+        """Build :attr:`teacher_model`: ``student``'s backbone, neck and decode head in their
+        dense form (``dense_copy()`` where the module has one: the parts only coarse tokens use
+        left out) loaded from ``checkpoint`` (default ``teacher_checkpoint``), frozen."""
+        from ..checkpoints import file_sha256, load_model_weights
+        checkpoint = self.teacher_checkpoint if checkpoint is None else checkpoint
+        if not checkpoint:
+            raise ValueError('MSViTEncoderDecoder: distill needs the dense teacher\'s checkpoint: '
+                             'set model.distill.teacher_checkpoint, or load_from at the start of '
+                             'the run (tools/train.py then uses that file; a --resume without '
+                             'load_from finds it in the last checkpoint)')
+        teacher = nn.Module()
+        for name in ('backbone', 'neck', 'decode_head'):
+            part = getattr(student, name)
+            setattr(teacher, name, part.dense_copy() if hasattr(part, 'dense_copy') else
+                    copy.deepcopy(part))
+        load_model_weights(teacher, checkpoint)
+        teacher.requires_grad_(False)
+        self.__dict__['teacher_model'] = teacher.eval()
+        self.teacher_sha256 = file_sha256(checkpoint)
+        return teacher
+
+    @torch.no_grad()
+    def teacher_outputs(self, inputs: torch.Tensor, with_maps: bool = False):
+        """The teacher's decode logits (and its taps as dense maps) for ``inputs``, every region
+        fine."""
+        from ..policy import ScalePolicy
+        teacher = self.teacher_model
+        if teacher is None:
+            raise RuntimeError('MSViTEncoderDecoder: distill is set but the teacher was not '
+                               'built; call init_weights() first (the runner does)')
+        maps, x = teacher.neck.maps_and_outputs(
+            teacher.backbone(inputs, ScalePolicy.forced('fine')))
+        return teacher.decode_head.forward(x), (maps if with_maps else None)
+
+    def _apply(self, fn, *args, **kwargs):
+        # the teacher is no submodule (no parameters, no checkpoint entries) yet moves with the
+        # model: every .to() / .cuda() / .half() reaches it here
+        super()._apply(fn, *args, **kwargs)
+        if self.teacher_model is not None:
+            self.teacher_model._apply(fn, *args, **kwargs)
+        return self
 
     def logit_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """KL(teacher || student) per pixel of (B, K, H, W) logits, mean over pixels, x T^2."""
@@ -98,7 +150,7 @@ class DenseDistillLoss(nn.Module):
         t = self.temperature
         log_student = F.log_softmax(student.float() / t, dim=1)
         log_teacher = F.log_softmax(teacher.float() / t, dim=1)
-        kl = (log_teacher.exp() * (log_teacher - log_student)).sum(1)
+        kl = F.kl_div(log_student, log_teacher, reduction='none', log_target=True).sum(1)
         return kl.mean() * t * t
 
     @staticmethod

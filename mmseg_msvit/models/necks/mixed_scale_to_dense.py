@@ -1,5 +1,6 @@
 """Neck: mixed-scale token outputs -> dense NCHW feature maps for mmseg decode heads, or, with
 ``coarse_reduction``, levels whose coarse regions run at reduced resolution."""
+import copy
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -212,6 +213,17 @@ class MixedScaleToDense(nn.Module):
         coarse = (~layout.fine_mask).repeat_interleave(ratio, 1).repeat_interleave(ratio, 2)
         full = full + extra * coarse[:, None].to(extra.dtype)
         return full[:, :, :out_rows, :out_cols]
+
+    def dense_copy(self) -> 'MixedScaleToDense':
+        """A copy for a dense model (the distillation teacher): no coarse-token unpooling (there
+        are no coarse tokens) and every level decoded densely."""
+        unpool, self.unpool = self.unpool, None
+        try:
+            dense = copy.deepcopy(self)
+        finally:
+            self.unpool = unpool
+        dense.coarse_reduction = None
+        return dense
 
     def dense_maps(self, inputs: Sequence[MixedScaleFeatures]) -> List[torch.Tensor]:
         """Every tap as a (B, D, H/16, W/16) map, before the rescale."""

@@ -1,9 +1,9 @@
 """EncoderDecoder that trains the MSViT gate with a gate loss and reports what the gate did."""
-import copy
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.utils import OptSampleList, SampleList, add_prefix
@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..backbones import MSViT
 from ..builder import build_component
-from ..costs import add_costs, image_cost
+from ..costs import CallCosts, image_cost
 from ..gate_training import (UntrainedGateWarning, attach_cost, build_gate_loss,
                              build_gate_probe, check_gate_normalisation, current_target,
                              gate_loss_and_stats, summed_losses)
@@ -21,15 +21,8 @@ from ..policy import ScalePolicy
 #: every region fine (the gate does not run): the dense teacher's and the dense pass's policy
 DENSE = ScalePolicy.forced('fine')
 
-
-def file_sha256(path: str) -> str:
-    """The sha256 of a file, read in 1 MiB chunks."""
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
+#: (model, policy, CallCosts) of the inference call in progress (``recording_costs``)
+_CALL: ContextVar = ContextVar('msvit_inference_call', default=None)
 
 
 @MODELS.register_module()
@@ -41,9 +34,10 @@ class MSViTEncoderDecoder(EncoderDecoder):
         loss(): extract_feat_and_layout() -> decode (+ auxiliary) losses
                                           -> gate_loss(sigmoid(layout.gate_logits))
                                           -> gate_probe(self, inputs, samples, layout)
-        predict(policy=None): inference_with_cost() -> whole: encode_decode_with_cost() once
-                                         -> slide: encode_decode_with_cost() per window, costs
-                                            summed
+        predict(policy=None): recording_costs(policy) around mmseg's own predict:
+                   inference() -> whole: encode_decode() once / slide: once per window
+                   encode_decode(): extract_feat_and_layout(policy) -> decode head, the
+                                    forward's cost added to the call's CallCosts
                    -> postprocess_result() -> attach_cost() into each sample's metainfo
 
     Training: the decode (and auxiliary) losses as usual, plus ``gate_loss`` on the gate
@@ -53,7 +47,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
     probabilities, and a ``gate_loss`` is refused.
 
     A scale policy (:class:`~mmseg_msvit.models.ScalePolicy`) passed to ``predict``,
-    ``inference_with_cost`` or ``extract_feat_and_layout`` decides the scales of that call only
+    ``recording_costs`` or ``extract_feat_and_layout`` decides the scales of that call only
     (the study's baselines, a benchmark's sweep); None: the backbone's (the config's).
 
     Inference (whole or slide): every predicted sample carries, in its metainfo,
@@ -106,9 +100,6 @@ class MSViTEncoderDecoder(EncoderDecoder):
         if self.distill is not None and not hasattr(self.neck, 'dense_maps'):
             raise ValueError('MSViTEncoderDecoder: distill needs the MixedScaleToDense neck '
                              f'(its dense maps), got {type(self.neck).__name__}')
-        # the dense teacher: built in init_weights, kept out of parameters and state_dict
-        self.__dict__['distill_teacher'] = None
-        self.distill_teacher_sha256 = None
         # training the gate without any signal but the task loss is the paper's ablation at
         # most: the wrapper that owns the losses warns (once) when its gate trains without one
         self.untrained_gate = UntrainedGateWarning(
@@ -153,47 +144,17 @@ class MSViTEncoderDecoder(EncoderDecoder):
         super().init_weights()
         check_gate_normalisation(self.backbone, self.data_preprocessor)
         if self.distill is not None and self.distill.teacher == 'checkpoint':
-            self.__dict__['distill_teacher'] = self.build_dense_teacher(
-                self.distill.teacher_checkpoint)
-            #: the teacher file's sha256: SafeCheckpointHook records it in every checkpoint and
-            #: refuses a resume whose teacher file changed
-            self.distill_teacher_sha256 = file_sha256(self.distill.teacher_checkpoint)
+            self.distill.build_teacher(self)
 
-    def build_dense_teacher(self, checkpoint: Optional[str]) -> torch.nn.Module:
-        """A frozen dense copy of this model's backbone, neck and decode head, loaded from
-        ``checkpoint`` (the distillation teacher)."""
-        from ..checkpoints import load_model_weights
-        if not checkpoint:
-            raise ValueError('MSViTEncoderDecoder: distill needs the dense teacher\'s checkpoint: '
-                             'set model.distill.teacher_checkpoint, or load_from at the start of '
-                             'the run (tools/train.py then uses that file; a --resume without '
-                             'load_from finds it in the last checkpoint)')
-        teacher = torch.nn.Module()
-        teacher.backbone = copy.deepcopy(self.backbone)
-        teacher.backbone.coarse_embed = None  # used by coarse tokens only
-        teacher.neck = copy.deepcopy(self.neck)
-        if getattr(teacher.neck, 'unpool', None) is not None:
-            teacher.neck.unpool = None  # used by coarse tokens only
-        if getattr(teacher.neck, 'coarse_reduction', None) is not None:
-            teacher.neck.coarse_reduction = None  # the dense model decodes densely
-        teacher.decode_head = copy.deepcopy(self.decode_head)
-        load_model_weights(teacher, checkpoint)
-        for param in teacher.parameters():
-            param.requires_grad_(False)
-        return teacher.eval()
+    @property
+    def distill_teacher(self) -> Optional[torch.nn.Module]:
+        """The frozen dense teacher the distillation loss owns (None: none built)."""
+        return None if self.distill is None else self.distill.teacher_model
 
-    @torch.no_grad()
-    def dense_teacher_outputs(self, inputs: Tensor, with_maps: bool = False):
-        """The dense teacher's decode logits (and its taps as dense maps) for ``inputs``."""
-        teacher = self.distill_teacher
-        if teacher is None:
-            raise RuntimeError('MSViTEncoderDecoder: distill is set but the teacher was not '
-                               'built; call init_weights() first (the runner does)')
-        reference = next(teacher.parameters())
-        if reference.device != inputs.device:
-            teacher.to(inputs.device)
-        maps, x = teacher.neck.maps_and_outputs(teacher.backbone(inputs, DENSE))
-        return teacher.decode_head.forward(x), (maps if with_maps else None)
+    @property
+    def distill_teacher_sha256(self) -> Optional[str]:
+        """sha256 of the teacher's file (None without a teacher)."""
+        return None if self.distill is None else self.distill.teacher_sha256
 
     # ------------------------------------------------------------------ features
     def extract_feat_and_layout(self, inputs: Tensor, policy: Optional[ScalePolicy] = None,
@@ -234,7 +195,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
             dense_losses, teacher_logits, teacher_maps = self._dense_pass(inputs, data_samples)
             losses.update(dense_losses)
         else:
-            teacher_logits, teacher_maps = self.dense_teacher_outputs(inputs, with_maps)
+            teacher_logits, teacher_maps = self.distill.teacher_outputs(inputs, with_maps)
         losses.update(self.distill(seg_logits, teacher_logits,
                                    student_maps if with_maps else None, teacher_maps))
         return self._add_other_losses(losses, x, layout, inputs, data_samples)
@@ -278,18 +239,41 @@ class MSViTEncoderDecoder(EncoderDecoder):
         ])
 
     # ------------------------------------------------------------------ inference
-    def encode_decode_with_cost(self, inputs: Tensor, batch_img_metas: List[dict],
-                                policy: Optional[ScalePolicy] = None) -> Tuple[Tensor, dict]:
-        """``encode_decode`` plus the per-image cost of this forward
-        (:func:`mmseg_msvit.models.costs.image_cost`)."""
+    # mmseg's own predict -> inference -> whole / slide inference run unchanged; they call
+    # encode_decode once per forward (per slide window), which reads the call's policy and adds
+    # the forward's cost to the call's record (``CallCosts``), found through a context variable
+    # that only this call of this model sees: nothing is left on the module.
+    @contextmanager
+    def recording_costs(self, policy: Optional[ScalePolicy] = None):
+        """Within the block, every ``encode_decode`` of this model decides the scales under
+        ``policy`` (None: the backbone's) and adds its cost to the yielded
+        :class:`~mmseg_msvit.models.costs.CallCosts`."""
+        if policy is not None and not isinstance(policy, ScalePolicy):
+            raise TypeError('MSViTEncoderDecoder: policy must be a ScalePolicy (mmseg_msvit.'
+                            f'models.ScalePolicy) or None, got {type(policy).__name__}')
+        costs = CallCosts()
+        token = _CALL.set((self, policy, costs))
+        try:
+            yield costs
+        finally:
+            _CALL.reset(token)
+
+    def encode_decode(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        """mmseg's ``encode_decode``; inside :meth:`recording_costs` under the call's policy,
+        with the forward's per-image cost added to the call's record."""
+        call = _CALL.get()
+        model, policy, costs = call if call is not None else (None, None, None)
+        if model is not self:
+            policy = costs = None
         x, layout = self.extract_feat_and_layout(inputs, policy)
         seg_logits = self.decode_head.predict(x, batch_img_metas, self.test_cfg)
-        cost = self.image_cost(layout)
-        decode = self.decode_macs(layout, x)
-        if decode is not None:
-            cost['decode_macs'] = decode.detach()
-        cost['fine_mask'] = layout.fine_mask.detach()
-        return seg_logits, cost
+        if costs is not None:
+            cost = self.image_cost(layout)
+            decode = self.decode_macs(layout, x)
+            if decode is not None:
+                cost['decode_macs'] = decode.detach()
+            costs.add(cost, layout.fine_mask)
+        return seg_logits
 
     def decode_macs(self, layout, x) -> Optional[Tensor]:
         """(B,) multiply-adds per image of the neck's rescale and the decode head for one
@@ -307,64 +291,18 @@ class MSViTEncoderDecoder(EncoderDecoder):
         coarse unpooling, when enabled, included)."""
         return image_cost(self.backbone, layout, self.neck if self.with_neck else None)
 
-    def inference_with_cost(self, inputs: Tensor, batch_img_metas: List[dict],
-                            policy: Optional[ScalePolicy] = None) -> Tuple[Tensor, dict]:
-        """``inference`` (whole or slide) plus the per-image cost summed over its forwards,
-        under ``policy`` (None: the backbone's)."""
+    def inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        """mmseg's ``inference``, with a clear error for an unknown ``test_cfg.mode``."""
         mode = self.test_cfg.get('mode', 'whole')
         if mode not in ('slide', 'whole'):
             raise ValueError(f"MSViTEncoderDecoder: test_cfg.mode must be 'whole' or 'slide', "
                              f'got {mode!r}')
-        if mode == 'whole':
-            return self.encode_decode_with_cost(inputs, batch_img_metas, policy)
-        return self._slide_with_cost(inputs, batch_img_metas, policy)
-
-    def inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
-        return self.inference_with_cost(inputs, batch_img_metas)[0]
-
-    def slide_inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
-        return self._slide_with_cost(inputs, batch_img_metas)[0]
-
-    def _slide_with_cost(self, inputs: Tensor, batch_img_metas: List[dict],
-                         policy: Optional[ScalePolicy] = None) -> Tuple[Tensor, dict]:
-        """mmseg's sliding-window inference (same windows, same averaging), summing the cost of
-        every window."""
-        h_stride, w_stride = self.test_cfg.stride
-        h_crop, w_crop = self.test_cfg.crop_size
-        batch_size, _, h_img, w_img = inputs.size()
-        h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
-        w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
-        preds = inputs.new_zeros((batch_size, self.out_channels, h_img, w_img))
-        count_mat = inputs.new_zeros((batch_size, 1, h_img, w_img))
-        cost = None
-        for h_idx in range(h_grids):
-            for w_idx in range(w_grids):
-                y2 = min(h_idx * h_stride + h_crop, h_img)
-                x2 = min(w_idx * w_stride + w_crop, w_img)
-                y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
-                crop_img = inputs[:, :, y1:y2, x1:x2]
-                batch_img_metas[0]['img_shape'] = crop_img.shape[2:]
-                crop_seg_logit, crop_cost = self.encode_decode_with_cost(
-                    crop_img, batch_img_metas, policy)
-                crop_cost.pop('fine_mask')  # one per window: not one image's map
-                cost = add_costs(cost, crop_cost)
-                preds += F.pad(crop_seg_logit,
-                               (int(x1), int(preds.shape[3] - x2), int(y1),
-                                int(preds.shape[2] - y2)))
-                count_mat[:, :, y1:y2, x1:x2] += 1
-        assert (count_mat == 0).sum() == 0
-        return preds / count_mat, cost
+        return super().inference(inputs, batch_img_metas)
 
     def predict(self, inputs: Tensor, data_samples: OptSampleList = None,
                 policy: Optional[ScalePolicy] = None) -> SampleList:
         """mmseg's ``predict`` (whole or slide), the cost in every sample's metainfo; under
         ``policy`` for this call (None: the backbone's)."""
-        if data_samples is not None:
-            batch_img_metas = [data_sample.metainfo for data_sample in data_samples]
-        else:
-            batch_img_metas = [
-                dict(ori_shape=inputs.shape[2:], img_shape=inputs.shape[2:],
-                     pad_shape=inputs.shape[2:], padding_size=[0, 0, 0, 0])
-            ] * inputs.shape[0]
-        seg_logits, cost = self.inference_with_cost(inputs, batch_img_metas, policy)
-        return attach_cost(self.postprocess_result(seg_logits, data_samples), cost)
+        with self.recording_costs(policy) as costs:
+            results = super().predict(inputs, data_samples)
+        return attach_cost(results, costs.total, costs.fine_mask)
