@@ -61,7 +61,7 @@ def test_budget_one_is_the_dense_vit_and_cost_rises_with_the_budget():
 
 def test_budget_is_checked_and_settable_after_building():
     model = tiny()
-    assert tiny(fine_budget=0.01).num_fine_regions(4) == 1  # a budget is > 0: at least one
+    assert tiny(fine_budget=0.01).policy.num_fine_regions(4) == 1  # a budget is > 0: at least one
     for bad in (0, 0.0, 1.5, -0.2, float('nan'), '0.5', True):
         with pytest.raises(ValueError, match='fine_budget must be None .* or a number in'):
             model.fine_budget = bad

@@ -82,6 +82,7 @@ def mmseg_vit():
 @pytest.mark.parametrize('suffix', ['.pth', '.safetensors'])
 def test_converted_mmseg_segmentor_checkpoint_reproduces_its_features(tool, tmp_path, capsys,
                                                                       suffix):
+    torch.manual_seed(0)  # random weights: the same draw whatever ran before
     vit = mmseg_vit()
     src, dst = str(tmp_path / 'segmentor.pth'), str(tmp_path / f'vit_s{suffix}')
     torch.save({'state_dict': {'backbone.' + k: v for k, v in vit.state_dict().items()},
@@ -98,7 +99,9 @@ def test_converted_mmseg_segmentor_checkpoint_reproduces_its_features(tool, tmp_
     img = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
         ours, theirs = model(img)[-1].to_dense(), vit(img)[-1]
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    # LayerNorm'ed features of unit scale; a patch embedding as a matrix product (ours) and as a
+    # convolution (mmseg's) round differently: up to 1.6e-5 on some random draws
+    torch.testing.assert_close(ours, theirs, atol=5e-5, rtol=1e-4)
 
 
 def test_refusals(tool, tmp_path):

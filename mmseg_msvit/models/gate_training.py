@@ -247,17 +247,8 @@ class GateProbe(nn.Module):
             picked, probe_labels(benefit, target))
 
 
-def summed_losses(losses: dict) -> torch.Tensor:
-    """The sum of a head's loss terms (keys containing 'loss'), as mmengine's parse_losses."""
-    terms = [value for key, value in losses.items() if 'loss' in key]
-    total = 0
-    for value in terms:
-        total = total + (sum(value) if isinstance(value, (list, tuple)) else value)
-    return total
-
-
 __all__ = [
     'build_gate_loss', 'build_gate_probe', 'gate_loss_and_stats', 'current_target',
     'input_normalisation', 'check_gate_normalisation', 'attach_cost', 'probe_labels',
-    'frozen_batch_norm', 'GateProbe', 'summed_losses', 'UntrainedGateWarning'
+    'frozen_batch_norm', 'GateProbe', 'UntrainedGateWarning'
 ]

@@ -5,6 +5,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
@@ -138,10 +139,8 @@ class MixedScaleGate(BaseModule):
             forward value equals ``fine_mask`` (0/1); in training it carries the straight-through
             gradient of the Gumbel-sigmoid relaxation, in eval it is a constant.
         """
-        if self.training:
-            uniform = torch.rand_like(logits).clamp_(1e-6, 1 - 1e-6)
-            noise = torch.log(uniform) - torch.log1p(-uniform)
-            soft = torch.sigmoid((logits + noise) / self.temperature)
+        if self.training:  # Gumbel-sigmoid: torch's relaxed Bernoulli, in logit space
+            soft = torch.sigmoid(LogitRelaxedBernoulli(self.temperature, logits=logits).rsample())
             hard = (soft > 0.5).to(soft.dtype)
             fine_value = hard + soft - soft.detach()
             return hard.bool(), fine_value
@@ -163,14 +162,13 @@ def budget_decisions(logits: torch.Tensor, num_fine: int, training: bool = False
         tuple: ``fine_mask`` (B, Hc, Wc) bool and ``fine_value`` (B, Hc, Wc) float.
     """
     scores = logits
-    if training:
-        uniform = torch.rand_like(logits).clamp_(1e-6, 1 - 1e-6)
-        scores = logits + torch.log(uniform) - torch.log1p(-uniform)
+    if training:  # (logit + logistic noise) / temperature: ranked as logit + noise
+        scores = LogitRelaxedBernoulli(temperature, logits=logits).rsample()
     flat = scores.flatten(1)
     hard = torch.zeros_like(flat).scatter_(1, flat.topk(num_fine, dim=1).indices, 1.0)
     hard = hard.view_as(logits)
     if training and logits.requires_grad:
-        soft = torch.sigmoid(scores / temperature)
+        soft = torch.sigmoid(scores)
         return hard.bool(), hard + soft - soft.detach()
     return hard.bool(), hard
 

@@ -33,10 +33,9 @@ def regions_to_rows(img: torch.Tensor, region_size: int) -> torch.Tensor:
         Tensor: (B, H/region_size, W/region_size, C*region_size*region_size), each row in
         (C, kh, kw) order, the order a ``Conv2d(kernel=stride=region_size)`` weight flattens to.
     """
-    batch, channels, height, width = img.shape
-    rows, cols = height // region_size, width // region_size
-    regions = img.reshape(batch, channels, rows, region_size, cols, region_size)
-    return regions.permute(0, 2, 4, 1, 3, 5).reshape(batch, rows, cols, -1)
+    rows, cols = img.shape[-2] // region_size, img.shape[-1] // region_size
+    columns = F.unfold(img, region_size, stride=region_size)  # (B, C*k*k, rows*cols)
+    return columns.transpose(1, 2).reshape(img.shape[0], rows, cols, -1).contiguous()
 
 
 def is_exporting() -> bool:

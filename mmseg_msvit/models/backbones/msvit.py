@@ -22,7 +22,7 @@ from mmseg.registry import MODELS
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 
-from ..arguments import ARCH_ZOO, check_msvit_args, translate_mmseg_vit_args
+from ..arguments import check_msvit_args, translate_mmseg_vit_args
 from ..builder import build_component
 from ..coarse_embed import CoarseTokenEmbed
 from ..features import MixedScaleFeatures
@@ -136,7 +136,7 @@ class MSViT(BaseModule):
             forward draws its budget uniformly from ``(low, high)`` (one draw per batch, so the
             batch keeps equal token counts); evaluation uses ``fine_budget``. Training on many
             budgets, up to 1.0 (dense), lets the transformer keep learning detail from fine
-            tokens while it learns to read coarse ones (README, "Evidence"). Default: None.
+            tokens while it learns to read coarse ones (README, "The evidence study"). Default: None.
         freeze_gate (bool): keep the gate's parameters fixed (requires_grad False). Default: False.
         gate_init (dict, optional): ``dict(checkpoint='gate.pth', freeze=False)`` loads a gate
             written by ``tools/transfer_gate.py`` (from any MSViT, any width, any task) after the
@@ -184,7 +184,6 @@ class MSViT(BaseModule):
         tuple[MixedScaleFeatures]: one per ``out_indices``, sharing one layout (decisions, gate
         logits, token counts); ``.to_dense()`` gives (B, D, H/16, W/16).
     """
-    arch_zoo = ARCH_ZOO
     num_prefix_tokens = 1
 
     def __init__(self,
@@ -267,7 +266,6 @@ class MSViT(BaseModule):
             raise ValueError('MSViT: pos_embed_antialias must be True or False, got '
                              f'{pos_embed_antialias!r}')
         self.pos_embed_antialias = pos_embed_antialias
-        self.final_norm = final_norm
         self.with_cp = with_cp
         # gate_init's freeze is the config's short way of saying freeze_gate: one flag
         self.freeze_gate = bool(freeze_gate) or bool((gate_init or {}).get('freeze', False))
@@ -326,11 +324,6 @@ class MSViT(BaseModule):
     def tokens_per_fine_region(self) -> int:
         """Fine tokens that replace one coarse token, (S_c/S_f)^2."""
         return (self.coarse_patch_size // self.fine_patch_size)**2
-
-    def num_fine_regions(self, num_regions: int, budget: Optional[float] = None) -> int:
-        """Fine regions per image in budget mode: ``budget`` (default ``fine_budget``) times
-        ``num_regions``, rounded half up, and at least one (a budget is > 0)."""
-        return self.policy.num_fine_regions(num_regions, budget)
 
     def dense_copy(self) -> 'MSViT':
         """A copy for a dense model (the distillation teacher): without the coarse-token

@@ -10,7 +10,7 @@ from ..backbones import MSViT
 from ..costs import image_cost
 from ..gate_training import (UntrainedGateWarning, attach_cost, build_gate_loss,
                              build_gate_probe, check_gate_normalisation, current_target,
-                             gate_loss_and_stats, summed_losses)
+                             gate_loss_and_stats)
 from ..policy import ScalePolicy
 
 # MSViT usable from mmpretrain configs too (type='MSViT' under the mmpretrain scope)
@@ -86,7 +86,7 @@ class MSViTImageClassifier(ImageClassifier):
         """(N,) the head's own loss per image with the given scale decisions (gate probe)."""
         feats = self._neck(self.backbone(inputs, fine_mask=fine_mask, fine_value=fine_value))
         return torch.stack([
-            summed_losses(self.head.loss(tuple(f[i:i + 1] for f in feats), [sample]))
+            self.parse_losses(self.head.loss(tuple(f[i:i + 1] for f in feats), [sample]))[0]
             for i, sample in enumerate(data_samples)
         ])
 

@@ -281,9 +281,7 @@ class GBaSLoss(_AnnealedTarget):
         target = self.current_target(iteration)
         mu = torch.sigmoid(mu_logit.flatten())
 
-        def gaussian_cdf(x):
-            return 0.5 * (1 + torch.erf((x - target) / (self.hyper_std * math.sqrt(2))))
-
-        hyper_term = batch_shaping(mu, gaussian_cdf)
+        hyper_term = batch_shaping(mu, lambda x: torch.special.ndtr((x - target) /
+                                                                   self.hyper_std))
         tau_term = self.tau_weight * tau.abs().mean()
         return self.loss_weight * (position_term + hyper_term + tau_term)

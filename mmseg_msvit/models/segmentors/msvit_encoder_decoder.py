@@ -14,7 +14,7 @@ from ..builder import build_component
 from ..costs import CallCosts, image_cost
 from ..gate_training import (UntrainedGateWarning, attach_cost, build_gate_loss,
                              build_gate_probe, check_gate_normalisation, current_target,
-                             gate_loss_and_stats, summed_losses)
+                             gate_loss_and_stats)
 from ..policy import ScalePolicy
 
 
@@ -75,7 +75,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
             otherwise frozen model: every other parameter gets ``requires_grad=False`` and the
             neck, heads and transformer blocks stay in eval mode (BatchNorm statistics and
             dropout frozen). The recipe "train the ViT dense, then learn where it needs fine
-            tokens" (``tools/analysis_tools/msvit_study.py``, README "Evidence"). Default: False.
+            tokens" (``tools/analysis_tools/msvit_study.py``, README "The evidence study"). Default: False.
             Other arguments: as EncoderDecoder.
     """
 
@@ -234,7 +234,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
         x, _ = self.extract_feat_and_layout(inputs, fine_mask=fine_mask, fine_value=fine_value)
         seg_logits = self.decode_head.forward(x)
         return torch.stack([
-            summed_losses(self.decode_head.loss_by_feat(seg_logits[i:i + 1], [sample]))
+            self.parse_losses(self.decode_head.loss_by_feat(seg_logits[i:i + 1], [sample]))[0]
             for i, sample in enumerate(data_samples)
         ])
 
