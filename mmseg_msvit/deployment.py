@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .models.features import MixedScaleMaps, layout_of
+
 
 class DenseBackbone(nn.Module):
     """An MSViT whose outputs are tensors: the dense map of every tap (B, D, H/16, W/16) and
@@ -21,7 +23,9 @@ class DenseBackbone(nn.Module):
 
     def forward(self, img: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         features = self.backbone(img)
-        return (*(f.to_dense() for f in features), features[0].layout.fine_mask.float())
+        maps = features if isinstance(features, MixedScaleMaps) else \
+            [f.to_dense() for f in features]
+        return (*maps, layout_of(features).fine_mask.float())
 
 
 class SegmentorLogits(nn.Module):

@@ -181,3 +181,46 @@ def test_task_loss_per_image_is_the_decode_heads_own_loss():
     for index, sample in enumerate(samples):
         head = model.decode_head.loss_by_feat(seg_logits[index:index + 1], [sample])
         assert float(per_image[index]) == pytest.approx(float(head['loss_ce']), rel=1e-5)
+
+
+@torch.no_grad()
+def test_featmap_backbone_feeds_mmseg_necks_and_heads_directly():
+    """MSViT(out_type='featmap'): dense maps in a tuple that carries the layout; the same maps
+    as MixedScaleToDense rebuilds; mmseg's own MultiLevelNeck, or no neck at all, reads them, and
+    predictions still carry the cost read from the layout."""
+    from mmseg_msvit.models import MixedScaleMaps, layout_of
+    torch.manual_seed(0)
+    tokens_model = build(segmentor_cfg(gate_loss=None))
+    backbone_cfg = dict(segmentor_cfg()['backbone'], out_type='featmap')
+    featmap_model = build(segmentor_cfg(backbone=backbone_cfg, gate_loss=None))
+    featmap_model.load_state_dict(tokens_model.state_dict())
+    tokens_model.eval(), featmap_model.eval()
+    img = torch.randn(2, 3, 64, 96)
+    maps = featmap_model.backbone(img)
+    assert isinstance(maps, MixedScaleMaps) and len(maps) == 2
+    assert all(isinstance(m, torch.Tensor) and m.shape == (2, 48, 4, 6) for m in maps)
+    expected = tokens_model.neck.dense_maps(tokens_model.backbone(img))
+    for ours, theirs in zip(maps, expected):
+        torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(layout_of(maps).fine_mask,
+                               layout_of(tokens_model.backbone(img)).fine_mask)
+    # the mixed-scale neck reads either form
+    for ours, theirs in zip(featmap_model.neck(maps), expected):
+        torch.testing.assert_close(ours, theirs)
+    # mmseg's stock neck, and no neck: built, trained one step, predicting with the cost
+    stock = dict(type='MultiLevelNeck', in_channels=[48, 48], out_channels=48, scales=[2, 1])
+    for neck in (stock, None):
+        model = build(segmentor_cfg(backbone=backbone_cfg, neck=neck, gate_loss=None))
+        data = model.data_preprocessor(make_batch(), True)
+        model.train()
+        losses = model.loss(data['inputs'], data['data_samples'])
+        assert losses['decode.loss_ce'] > 0
+        model.eval()
+        result = model.predict(data['inputs'], data['data_samples'])[0]
+        assert result.pred_sem_seg.shape == (64, 64)
+        assert result.msvit_backbone_macs > 0
+        assert result.msvit_fine_fraction == result.msvit_fine_mask.float().mean().item()
+    with pytest.raises(ValueError, match="out_type must be 'tokens'"):
+        build(segmentor_cfg(backbone=dict(backbone_cfg, out_type='maps')))
+    with pytest.raises(ValueError, match="out_type='featmap'"):
+        build(segmentor_cfg(neck=None))

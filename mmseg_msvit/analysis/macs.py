@@ -10,6 +10,7 @@ import torch
 
 from ..models.costs import (add_costs, image_cost, layout_macs, msvit_macs_from_tokens,
                             transformer_layer_macs)
+from ..models.features import layout_of
 
 __all__ = [
     'transformer_layer_macs', 'msvit_macs_from_tokens', 'layout_macs', 'image_cost',
@@ -33,8 +34,8 @@ def backbone_macs(backbone, img: torch.Tensor, fine_mask: Optional[torch.Tensor]
     if fine_mask is not None:
         if policy is not None:
             raise ValueError('backbone_macs: give either fine_mask or policy, not both')
-        return layout_macs(backbone, backbone(img, fine_mask=fine_mask)[0].layout)
-    return layout_macs(backbone, backbone(img, policy)[0].layout)
+        return layout_macs(backbone, layout_of(backbone(img, fine_mask=fine_mask)))
+    return layout_macs(backbone, layout_of(backbone(img, policy)))
 
 
 class _Traced(torch.nn.Module):

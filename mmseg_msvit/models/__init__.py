@@ -1,7 +1,7 @@
 """Registered model components of mmseg-msvit (mmseg's MODELS registry)."""
 from .backbones import MSViT
 from .classifiers import MSViTImageClassifier
-from .features import MixedScaleFeatures
+from .features import MixedScaleFeatures, MixedScaleMaps, layout_of
 from .gate_training import GateProbe
 from .gates import ContentGate, MixedScaleGate, RandomGate
 from .coarse_embed import CoarseTokenEmbed
@@ -15,7 +15,7 @@ from .tokenizer import MixedScaleLayout, MixedScaleTokenizer, coarsen
 
 __all__ = [
     'MSViT', 'MixedScaleGate', 'ContentGate', 'RandomGate', 'MixedScaleToDense',
-    'MixedScaleFeatures', 'MixedScaleTokenizer', 'MixedScaleLayout', 'coarsen', 'GateProbe',
+    'MixedScaleFeatures', 'MixedScaleMaps', 'layout_of', 'MixedScaleTokenizer', 'MixedScaleLayout', 'coarsen', 'GateProbe',
     'GBaSLoss', 'BaSLoss', 'L0GateLoss', 'MSViTEncoderDecoder', 'MSViTImageClassifier',
     'CoarseTokenEmbed', 'DenseDistillLoss', 'ScalePolicy', 'ScaleDecision', 'MixedScaleUPerHead',
     'MixedScaleMap', 'RegionBlocks'

@@ -1,5 +1,5 @@
 """Mixed-scale token outputs and their dense reconstruction."""
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -141,3 +141,37 @@ def _unflatten_features(children, context) -> MixedScaleFeatures:
 torch.utils._pytree.register_pytree_node(
     MixedScaleFeatures, _flatten_features, _unflatten_features,
     serialized_type_name='mmseg_msvit.models.features.MixedScaleFeatures')
+
+
+class MixedScaleMaps(tuple):
+    """The backbone's taps as dense maps (``MSViT(out_type='featmap')``): a tuple of (B, D,
+    H/S_f, W/S_f) tensors, which any mmseg neck or head reads as it reads a ViT's, carrying the
+    forward's :attr:`layout` (which regions were fine) for whoever needs the decisions: the
+    segmentor's cost, the mixed-scale neck's unpooling and decoding.
+
+    Args:
+        maps (Sequence[Tensor]): one (B, D, H/S_f, W/S_f) map per tap (each coarse token on all
+            the cells of its region).
+        layout (MixedScaleLayout): the forward's layout.
+    """
+
+    def __new__(cls, maps: Sequence[torch.Tensor], layout: MixedScaleLayout):
+        obj = super().__new__(cls, maps)
+        obj.layout = layout
+        return obj
+
+    def __reduce__(self):  # copy / pickle keep the layout
+        return (self.__class__, (tuple(self), self.layout))
+
+
+def layout_of(outputs) -> MixedScaleLayout:
+    """The layout of an MSViT forward's outputs, either form (:class:`MixedScaleMaps` or a
+    tuple of :class:`MixedScaleFeatures`)."""
+    layout = getattr(outputs, 'layout', None)
+    if layout is None and len(outputs) and isinstance(outputs[0], MixedScaleFeatures):
+        layout = outputs[0].layout
+    if layout is None:
+        raise TypeError(f'{type(outputs).__name__} of {[type(o).__name__ for o in outputs]} '
+                        'carries no MSViT layout: expected the outputs of an MSViT backbone '
+                        '(MixedScaleFeatures, or MixedScaleMaps with out_type=\'featmap\')')
+    return layout

@@ -15,6 +15,7 @@ from mmseg.registry import MODELS
 
 from .arguments import check_positive_int
 from .builder import build_component
+from .features import layout_of
 
 
 def build_gate_loss(cfg: Optional[dict], backbone, owner: str):
@@ -71,7 +72,7 @@ class UntrainedGateWarning:
         return self
 
     def __call__(self, backbone: nn.Module, args, outputs) -> None:
-        layout = outputs[0].layout
+        layout = layout_of(outputs)
         if self.trained or self.warned or not backbone.training or \
                 layout.gate_logits is None or \
                 not any(p.requires_grad for p in backbone.gate.parameters()):

@@ -25,7 +25,7 @@ from timm.models.vision_transformer import Block
 from ..arguments import check_msvit_args, translate_mmseg_vit_args
 from ..builder import build_component
 from ..coarse_embed import CoarseTokenEmbed
-from ..features import MixedScaleFeatures
+from ..features import MixedScaleFeatures, MixedScaleMaps
 from ..gate_training import UntrainedGateWarning
 from ..gates import MixedScaleGate, budget_decisions
 from ..packed import check_packable, packed_block_forward
@@ -166,6 +166,11 @@ class MSViT(BaseModule):
             antialiasing, as timm does (True), or with plain bicubic interpolation, as mmseg's
             ViT does (False: what a converted mmseg model needs to compute what mmseg computed
             at sizes other than ``img_size``). Default: True.
+        out_type (str): 'tokens' (default): each tap as :class:`MixedScaleFeatures` (tokens plus
+            layout; the ``MixedScaleToDense`` neck rebuilds the maps); 'featmap': the taps as
+            dense (B, D, H/S_f, W/S_f) maps in a :class:`MixedScaleMaps` tuple that carries the
+            layout, as mmpretrain's ``out_type='featmap'``, so mmseg's own necks and heads
+            (``MultiLevelNeck``, Segmenter's heads, none at all) read the backbone directly.
         norm_eps (float): LayerNorm eps. timm and mmpretrain use 1e-6, mmseg's
             ``norm_cfg=dict(type='LN')`` 1e-5: match the source of pretrained weights.
             Default: 1e-6.
@@ -219,6 +224,7 @@ class MSViT(BaseModule):
                  coarse_detail: bool = False,
                  coarse_scale_embed: bool = False,
                  pos_embed_antialias: bool = True,
+                 out_type: str = 'tokens',
                  **mmseg_vit_args) -> None:
         if mmseg_vit_args:
             renamed = translate_mmseg_vit_args(
@@ -266,6 +272,10 @@ class MSViT(BaseModule):
             raise ValueError('MSViT: pos_embed_antialias must be True or False, got '
                              f'{pos_embed_antialias!r}')
         self.pos_embed_antialias = pos_embed_antialias
+        if out_type not in ('tokens', 'featmap'):
+            raise ValueError(f"MSViT: out_type must be 'tokens' (MixedScaleFeatures) or 'featmap' "
+                             f'(dense maps with the layout, for any mmseg neck), got {out_type!r}')
+        self.out_type = out_type
         self.with_cp = with_cp
         # gate_init's freeze is the config's short way of saying freeze_gate: one flag
         self.freeze_gate = bool(freeze_gate) or bool((gate_init or {}).get('freeze', False))
@@ -660,11 +670,16 @@ class MSViT(BaseModule):
 
         Returns:
             tuple[MixedScaleFeatures]: one per ``out_indices``; their shared ``layout`` holds the
-            decisions, the gate logits and the token counts of this forward.
+            decisions, the gate logits and the token counts of this forward. With
+            ``out_type='featmap'``: :class:`~mmseg_msvit.models.MixedScaleMaps`, the taps as
+            (B, D, H/S_f, W/S_f) maps in a tuple that carries the same ``layout``.
         """
         if fine_mask is not None or fine_value is not None:
             if policy is not None:
                 raise ValueError('MSViT: give either policy or fine_mask/fine_value, not both')
             policy = ScalePolicy.given(fine_mask, fine_value)
         img, out_size = self.pad_input(img)
-        return self.forward_blocks(self.embed(img, self.decide_scales(img, policy), out_size))
+        outs = self.forward_blocks(self.embed(img, self.decide_scales(img, policy), out_size))
+        if self.out_type == 'featmap':
+            return MixedScaleMaps([features.to_dense() for features in outs], outs[0].layout)
+        return outs

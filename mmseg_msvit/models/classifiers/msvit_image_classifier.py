@@ -8,6 +8,7 @@ from mmpretrain.registry import MODELS as PRETRAIN_MODELS
 
 from ..backbones import MSViT
 from ..costs import image_cost
+from ..features import layout_of
 from ..gate_training import (UntrainedGateWarning, attach_cost, build_gate_loss,
                              build_gate_probe, check_gate_normalisation, current_target,
                              gate_loss_and_stats)
@@ -72,7 +73,7 @@ class MSViTImageClassifier(ImageClassifier):
 
     def loss(self, inputs: torch.Tensor, data_samples: List) -> dict:
         features = self.backbone(inputs)
-        layout = features[0].layout
+        layout = layout_of(features)
         losses = self.head.loss(self._neck(features), data_samples)
         losses.update(gate_loss_and_stats(layout, self.gate_loss))
         if self.gate_probe is not None and layout.gate_logits is not None:
@@ -120,5 +121,5 @@ class MSViTImageClassifier(ImageClassifier):
         for this call (None: the backbone's)."""
         features = self.backbone(inputs, policy)
         results = self.head.predict(self._neck(features), data_samples, **kwargs)
-        layout = features[0].layout
+        layout = layout_of(features)
         return attach_cost(results, image_cost(self.backbone, layout), layout.fine_mask)

@@ -10,7 +10,7 @@ from mmseg.models.necks import MultiLevelNeck
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 
-from ..features import MixedScaleFeatures
+from ..features import MixedScaleFeatures, MixedScaleMaps, layout_of
 from ..mixed_maps import (MixedScaleMap, RegionBlocks, conv_module, conv_module_macs,
                           pixels_per_image, resample_into)
 
@@ -229,20 +229,23 @@ class MixedScaleToDense(nn.Module):
         """Every tap as a (B, D, H/16, W/16) map, before the rescale."""
         dense = []
         for index, features in enumerate(inputs):
-            if not isinstance(features, MixedScaleFeatures):
+            if isinstance(inputs, MixedScaleMaps):  # MSViT(out_type='featmap'): already maps
+                maps, layout = features, inputs.layout
+            elif isinstance(features, MixedScaleFeatures):
+                maps, layout = features.to_dense(), features.layout
+            else:
                 raise TypeError(f'MixedScaleToDense: input {index} is a '
-                                f'{type(features).__name__}, expected MixedScaleFeatures (the '
-                                'output of the MSViT backbone)')
-            maps = features.to_dense()
+                                f'{type(features).__name__}, expected MixedScaleFeatures or '
+                                'MixedScaleMaps (the output of the MSViT backbone)')
             if self.unpool is not None:
                 if index >= len(self.unpool):
                     raise ValueError(f'MixedScaleToDense: {len(inputs)} taps, but coarse_unpool '
                                      f'was built for {len(self.unpool)} (in_channels/num_taps)')
-                maps = self._unpooled(maps, features.layout, index)
+                maps = self._unpooled(maps, layout, index)
             dense.append(maps)
         return dense
 
-    def maps_and_outputs(self, inputs: Sequence[MixedScaleFeatures]):
+    def maps_and_outputs(self, inputs):
         """(the dense maps of :meth:`dense_maps`, the neck's outputs): the maps are what
         distillation compares, the outputs what the decode head reads (with
         ``coarse_reduction``, :class:`~mmseg_msvit.models.mixed_maps.MixedScaleMap` for the
@@ -250,7 +253,7 @@ class MixedScaleToDense(nn.Module):
         dense = self.dense_maps(inputs)
         if self.rescale is None:
             return dense, dense
-        return dense, list(self.rescale(dense, self.region_blocks(inputs[0].layout),
+        return dense, list(self.rescale(dense, self.region_blocks(layout_of(inputs)),
                                         self.mixed_scales))
 
     def region_blocks(self, layout) -> Optional[RegionBlocks]:

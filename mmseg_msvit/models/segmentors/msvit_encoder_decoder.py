@@ -12,6 +12,7 @@ from torch import Tensor
 from ..backbones import MSViT
 from ..builder import build_component
 from ..costs import CallCosts, image_cost
+from ..features import layout_of
 from ..gate_training import (UntrainedGateWarning, attach_cost, build_gate_loss,
                              build_gate_probe, check_gate_normalisation, current_target,
                              gate_loss_and_stats)
@@ -90,10 +91,12 @@ class MSViTEncoderDecoder(EncoderDecoder):
         if not isinstance(self.backbone, MSViT):
             raise TypeError(f'MSViTEncoderDecoder: the backbone {type(self.backbone).__name__} '
                             'is not an MSViT')
-        if not self.with_neck:
+        if not self.with_neck and self.backbone.out_type == 'tokens':
             raise ValueError("MSViTEncoderDecoder: neck=None, but an MSViT backbone returns "
                              "mixed-scale tokens; add neck=dict(type='MixedScaleToDense') (with "
-                             'scales=[4, 2, 1, 0.5], in_channels and out_channels for UPerNet)')
+                             'scales=[4, 2, 1, 0.5], in_channels and out_channels for UPerNet), '
+                             "or set backbone.out_type='featmap' (dense maps any mmseg neck or "
+                             'head reads)')
         self.gate_loss = build_gate_loss(gate_loss, self.backbone, 'MSViTEncoderDecoder')
         self.gate_probe = build_gate_probe(gate_probe, 'MSViTEncoderDecoder')
         self.distill = None if distill is None else build_component(distill)
@@ -166,7 +169,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
         if uncovered and not self.training:
             raise uncovered
         feats = self.backbone(inputs, policy, **backbone_kwargs)
-        layout = feats[0].layout
+        layout = layout_of(feats)
         if self.with_neck:
             feats = self.neck(feats)
         return feats, layout
@@ -186,7 +189,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
     def _loss_with_distillation(self, inputs: Tensor, data_samples: SampleList) -> dict:
         """``loss`` with the decode head's forward shared by its loss and the distillation."""
         feats = self.backbone(inputs)
-        layout = feats[0].layout
+        layout = layout_of(feats)
         with_maps = bool(self.distill.feature_weight)
         student_maps, x = self.neck.maps_and_outputs(feats)
         seg_logits = self.decode_head.forward(x)
