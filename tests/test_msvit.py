@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from mmseg_msvit.models import (MixedScaleFeatures, MixedScaleGate, MixedScaleToDense, MSViT,
                                 MixedScaleTokenizer, coarsen)
+from mmseg_msvit.models.policy import (ScaleDecision, relaxation_temperature,
+                                      threshold_decisions)
 
 
 def tiny_msvit(**kwargs):
@@ -101,7 +103,7 @@ def test_to_dense_places_fine_and_coarse_tokens_exactly():
     fine_mask = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(4)) > 0.5
     fine_mask[0, 0, 0], fine_mask[1, 0, 0] = True, False  # both kinds in both images
     zeros = torch.zeros(1, 1, 1)
-    tokens, _, layout = tokenizer(img, fine_mask, patch_embed, torch.zeros(1, 1, 6, 8), zeros,
+    tokens, _, layout = tokenizer(img, ScaleDecision.from_mask(fine_mask, 4), patch_embed, torch.zeros(1, 1, 6, 8), zeros,
                                   zeros, pack=False)
     dense = MixedScaleFeatures(tokens[:, 1:], layout).to_dense()  # (2, 1, 6, 8)
     coarse_means = coarsen(cell_values, 2)
@@ -191,7 +193,7 @@ def test_gate_shape_init_fraction_and_cost():
     # gate MACs at 224 px: < 2% of a dense ViT-S/16 (4.6 GMACs)
     assert gate.macs_per_region * 49 / 4.6e9 < 0.02
     gate.train()
-    fine_mask, fine_value = gate.decide(logits)
+    fine_mask, fine_value = threshold_decisions(logits, 0.5, relaxation_temperature(gate))
     assert fine_mask.dtype == torch.bool
     torch.testing.assert_close(fine_value.detach(), fine_mask.float())
     with pytest.raises(ValueError, match='init_fine_fraction'):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mmseg_msvit.analysis import layout_macs
 from mmseg_msvit.cli import fill_distill_teacher
-from mmseg_msvit.models import CoarseTokenEmbed, DenseDistillLoss, MSViT
+from mmseg_msvit.models import CoarseTokenEmbed, DenseDistillLoss, MSViT, ScaleDecision
 
 
 def tiny(**kwargs):
@@ -308,9 +308,10 @@ def test_coarse_extra_is_computed_from_each_tokens_own_region():
     img = torch.randn(3, 3, 96, 128, generator=torch.Generator().manual_seed(11))
     masks = varied_masks()
     with torch.no_grad():
-        tokens = model.tokenizer(img, masks, model.patch_embed, *_positions(model, img),
+        decision = ScaleDecision.from_mask(masks, 4)
+        tokens = model.tokenizer(img, decision, model.patch_embed, *_positions(model, img),
                                  coarse_embed=model.coarse_embed, pack=False).tokens
-        plain = model.tokenizer(img, masks, model.patch_embed, *_positions(model, img),
+        plain = model.tokenizer(img, decision, model.patch_embed, *_positions(model, img),
                                 pack=False).tokens
         for batch in range(3):
             coarse_regions = torch.nonzero(~masks[batch].flatten()).flatten().tolist()

@@ -11,6 +11,7 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
 from mmseg_msvit.analysis import backbone_macs
+from mmseg_msvit.models import ScalePolicy
 
 NUM_CLASSES = 4
 
@@ -177,7 +178,7 @@ def test_task_loss_per_image_is_the_decode_heads_own_loss():
     per_image = model.task_loss_per_image(inputs, samples, mask)
     with torch.no_grad():
         seg_logits = model.decode_head.forward(
-            model.extract_feat_and_layout(inputs, fine_mask=mask)[0])
+            model.extract_feat_and_layout(inputs, ScalePolicy.given(mask))[0])
     for index, sample in enumerate(samples):
         head = model.decode_head.loss_by_feat(seg_logits[index:index + 1], [sample])
         assert float(per_image[index]) == pytest.approx(float(head['loss_ce']), rel=1e-5)

@@ -70,20 +70,15 @@ def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=
     see ``F.scaled_dot_product_attention``: switch a ViT's blocks to their manual attention path
     (``attn.fused_attn = False``) to count attention.
 
-    An MSViT ``module`` (or a module whose forward takes ``policy=``) runs under ``policy``
-    (default: the MSViT's own) with ``trace_token_count=True``: a threshold-mode forward is
-    counted with the token count of these inputs, which is the point of counting one forward
-    (export still refuses it). A module that wraps an MSViT without taking a policy is counted
-    as it runs: in threshold mode it is refused, as by any tracer. ``matrix_products_only``:
+    ``module(*inputs)`` runs with ``policy=policy`` when a policy is given (None: as
+    configured), inside :func:`~mmseg_msvit.models.policy.counting_one_forward`: a
+    threshold-mode forward is counted with the token count of these inputs, which is the point
+    of counting one forward (export still refuses it). ``matrix_products_only``:
     convolutions, linear maps and matrix products only (:data:`NOT_MATRIX_PRODUCTS` left out).
     """
     from mmengine.analysis import FlopAnalyzer
 
-    from ..models.policy import ScalePolicy
-    if policy is None and isinstance(getattr(module, 'policy', None), ScalePolicy):
-        policy = module.policy
-    if policy is not None:
-        policy = policy.replace(trace_token_count=True)
+    from ..models.policy import counting_one_forward
     analyzer = FlopAnalyzer(_Traced(module, to_tensors, policy), inputs)
     if matrix_products_only:  # (a None handle is only 'ignored' by mmengine, still counted)
         from mmengine.analysis.complexity_analysis import _DEFAULT_SUPPORTED_FLOP_OPS
@@ -92,7 +87,8 @@ def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=
             if name not in NOT_MATRIX_PRODUCTS})
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
-    return int(analyzer.total())
+    with counting_one_forward():
+        return int(analyzer.total())
 
 
 @torch.no_grad()

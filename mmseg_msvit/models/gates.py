@@ -1,11 +1,17 @@
-"""The mixed-scale gate: one logit per coarse region, read from that region's pixels alone."""
+"""Gates: one logit per coarse region (the probability of FINE is its sigmoid).
+
+A gate only scores; the policy decides (:mod:`mmseg_msvit.models.policy`: threshold or budget,
+with or without the relaxation noise of a gate in training). What the backbone asks of a gate:
+``forward(img) -> (B, Hc, Wc)`` logits, ``macs_per_region`` (int, counted in every image's
+cost) and ``temperature``: the Gumbel-sigmoid temperature while the gate trains, or None for a
+gate with nothing to train (hard decisions).
+"""
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
@@ -130,56 +136,6 @@ class MixedScaleGate(BaseModule):
             logits = logits + self.content_weight * (score - score.mean((-2, -1), keepdim=True))
         return logits
 
-    def decide(self, logits: torch.Tensor, threshold: float = 0.5) -> Tuple[torch.Tensor,
-                                                                           torch.Tensor]:
-        """Turn logits into fine/coarse decisions.
-
-        Returns:
-            tuple: ``fine_mask`` (B, Hc, Wc) bool, and ``fine_value`` (B, Hc, Wc) float whose
-            forward value equals ``fine_mask`` (0/1); in training it carries the straight-through
-            gradient of the Gumbel-sigmoid relaxation, in eval it is a constant.
-        """
-        if self.training:  # Gumbel-sigmoid: torch's relaxed Bernoulli, in logit space
-            soft = torch.sigmoid(LogitRelaxedBernoulli(self.temperature, logits=logits).rsample())
-            hard = (soft > 0.5).to(soft.dtype)
-            fine_value = hard + soft - soft.detach()
-            return hard.bool(), fine_value
-        fine_mask = torch.sigmoid(logits) > threshold
-        return fine_mask, fine_mask.to(logits.dtype)
-
-
-def budget_decisions(logits: torch.Tensor, num_fine: int, training: bool = False,
-                     temperature: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Exactly ``num_fine`` fine regions per image: those with the highest scores (budget mode).
-
-    In training the scores get logistic noise first (as the Gumbel-sigmoid of threshold mode) and
-    the decisions carry a straight-through gradient: forward value the hard top-k mask, backward
-    the gradient of ``sigmoid((logit + noise) / temperature)``, so the task loss and the gate
-    losses still train the gate. ``num_fine`` is a Python int (from shapes), so every image of a
-    batch has the same token count and shapes are static.
-
-    Returns:
-        tuple: ``fine_mask`` (B, Hc, Wc) bool and ``fine_value`` (B, Hc, Wc) float.
-    """
-    scores = logits
-    if training:  # (logit + logistic noise) / temperature: ranked as logit + noise
-        scores = LogitRelaxedBernoulli(temperature, logits=logits).rsample()
-    flat = scores.flatten(1)
-    hard = torch.zeros_like(flat).scatter_(1, flat.topk(num_fine, dim=1).indices, 1.0)
-    hard = hard.view_as(logits)
-    if training and logits.requires_grad:
-        soft = torch.sigmoid(scores)
-        return hard.bool(), hard + soft - soft.detach()
-    return hard.bool(), hard
-
-
-def hard_threshold(logits: torch.Tensor, threshold: float = 0.5
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``sigmoid(logits) > threshold`` and its 0/1 value (no gradient): the decisions of the gates
-    that have nothing to train (:class:`ContentGate`, :class:`RandomGate`)."""
-    fine_mask = torch.sigmoid(logits) > threshold
-    return fine_mask, fine_mask.to(logits.dtype)
-
 
 @MODELS.register_module()
 class ContentGate(BaseModule):
@@ -202,6 +158,7 @@ class ContentGate(BaseModule):
         in_channels (int): Default: 3.
         eps (float): added before the log. Default: 1e-6.
     """
+    temperature = None  # nothing to train: hard decisions
 
     def __init__(self, coarse_patch_size: int = 32, fine_patch_size: int = 16,
                  in_channels: int = 3, eps: float = 1e-6, init_cfg=None) -> None:
@@ -233,11 +190,6 @@ class ContentGate(BaseModule):
         energy = F.avg_pool2d(residual.square().mean(1, keepdim=True), self.coarse_patch_size)
         return torch.log(energy[:, 0] + self.eps)
 
-    def decide(self, logits: torch.Tensor, threshold: float = 0.5
-               ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Threshold decisions (no noise, no gradient: nothing to train)."""
-        return hard_threshold(logits, threshold)
-
 
 @MODELS.register_module()
 class RandomGate(BaseModule):
@@ -253,6 +205,7 @@ class RandomGate(BaseModule):
         in_channels (int): Default: 3.
     """
     macs_per_region = 0
+    temperature = None  # nothing to train: hard decisions
 
     def __init__(self, coarse_patch_size: int = 32, in_channels: int = 3, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -268,7 +221,3 @@ class RandomGate(BaseModule):
         return torch.randn(batch, height // size, width // size, device=img.device,
                            dtype=img.dtype)
 
-    def decide(self, logits: torch.Tensor, threshold: float = 0.5
-               ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Threshold decisions (no gradient: nothing to train)."""
-        return hard_threshold(logits, threshold)

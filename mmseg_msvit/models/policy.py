@@ -10,12 +10,92 @@ setting them on the model.
 """
 import dataclasses
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli
 
 from .arguments import check_fine_budget, check_gate_threshold, is_real
+
+
+def threshold_decisions(logits: torch.Tensor, threshold: float,
+                        temperature: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Threshold mode: a region is fine when ``sigmoid(logit) > threshold``.
+
+    With a ``temperature`` (a gate in training) the Gumbel-sigmoid relaxation of the paper:
+    ``soft = sigmoid((logit + logistic noise) / temperature)`` (torch's relaxed Bernoulli), the
+    decision ``soft > 0.5`` and a straight-through value (forward: the hard 0/1 decision,
+    backward: the gradient of ``soft``). Without one: the hard decisions, no gradient.
+
+    Returns:
+        tuple: ``fine_mask`` (B, Hc, Wc) bool and ``fine_value`` (B, Hc, Wc) float equal to it.
+    """
+    if temperature is None:
+        fine_mask = torch.sigmoid(logits) > threshold
+        return fine_mask, fine_mask.to(logits.dtype)
+    soft = torch.sigmoid(LogitRelaxedBernoulli(temperature, logits=logits).rsample())
+    hard = (soft > 0.5).to(soft.dtype)
+    return hard.bool(), hard + soft - soft.detach()
+
+
+def budget_decisions(logits: torch.Tensor, num_fine: int,
+                     temperature: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Budget mode: exactly ``num_fine`` fine regions per image, those of the highest scores.
+
+    With a ``temperature`` (a gate in training) the scores get logistic noise first, as the
+    relaxation of threshold mode, and the decisions a straight-through value (forward: the hard
+    top-k mask, backward: the gradient of ``sigmoid((logit + noise) / temperature)``), so the
+    task loss and the gate losses still train the gate. ``num_fine`` is a Python int (from
+    shapes): every image of a batch has the same token count, shapes are static.
+
+    Returns:
+        tuple: ``fine_mask`` (B, Hc, Wc) bool and ``fine_value`` (B, Hc, Wc) float.
+    """
+    scores = logits
+    if temperature is not None:  # (logit + noise) / temperature: ranked as logit + noise
+        scores = LogitRelaxedBernoulli(temperature, logits=logits).rsample()
+    flat = scores.flatten(1)
+    hard = torch.zeros_like(flat).scatter_(1, flat.topk(num_fine, dim=1).indices, 1.0)
+    hard = hard.view_as(logits)
+    if temperature is not None and logits.requires_grad:
+        soft = torch.sigmoid(scores)
+        return hard.bool(), hard + soft - soft.detach()
+    return hard.bool(), hard
+
+
+def relaxation_temperature(gate: nn.Module) -> Optional[float]:
+    """The temperature of the relaxation noise while ``gate`` trains (in training mode, with
+    parameters that take gradient, and a ``temperature``); None otherwise: hard decisions."""
+    temperature = getattr(gate, 'temperature', None)
+    if temperature is None or not gate.training or not any(
+            p.requires_grad for p in gate.parameters()):
+        return None
+    return temperature
+
+
+#: True inside :func:`counting_one_forward`
+_COUNTING_ONE_FORWARD: ContextVar = ContextVar('msvit_counting_one_forward', default=False)
+
+
+@contextmanager
+def counting_one_forward():
+    """Within the block a tracer may freeze a threshold-mode token count, which depends on the
+    image: for analysis of ONE forward only (mmengine's op counter in
+    :func:`mmseg_msvit.analysis.count_macs_with_mmengine`). Export and deployment never enter it,
+    so they keep refusing threshold mode."""
+    token = _COUNTING_ONE_FORWARD.set(True)
+    try:
+        yield
+    finally:
+        _COUNTING_ONE_FORWARD.reset(token)
+
+
+def is_counting_one_forward() -> bool:
+    """Inside :func:`counting_one_forward`."""
+    return _COUNTING_ONE_FORWARD.get()
 
 
 def fine_regions_for_budget(budget: float, num_regions: int) -> int:
@@ -50,9 +130,6 @@ class ScalePolicy:
         gate (nn.Module, optional): the gate that scores regions instead of the backbone's
             (a training-free :class:`~mmseg_msvit.models.gates.ContentGate` or
             ``RandomGate`` evaluated on a trained model); its MACs are the ones counted.
-        trace_token_count (bool): analysis of ONE forward only: let a tracer (mmengine's op
-            counter) freeze a threshold-mode token count that depends on the image. Export and
-            deployment never set it. Default: False.
     """
     force_scale: Optional[str] = None
     threshold: float = 0.5
@@ -61,7 +138,6 @@ class ScalePolicy:
     fine_mask: Optional[torch.Tensor] = None
     fine_value: Optional[torch.Tensor] = None
     gate: Optional[nn.Module] = None
-    trace_token_count: bool = False
 
     def __post_init__(self) -> None:
         if self.force_scale not in (None, 'fine', 'coarse'):
@@ -98,9 +174,6 @@ class ScalePolicy:
                              '(1.0 where fine, 0.0 where coarse) that carries the gradient, got '
                              f'{value.dtype} values {value.detach().unique()[:6].tolist()}; e.g. '
                              'fine_mask.float().requires_grad_()')
-        if not isinstance(self.trace_token_count, bool):
-            raise ValueError('MSViT: trace_token_count must be True or False, got '
-                             f'{self.trace_token_count!r}')
 
     # ------------------------------------------------------------------ constructors
     @classmethod

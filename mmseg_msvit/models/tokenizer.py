@@ -12,7 +12,7 @@ mode), they are packed into one sequence (:mod:`mmseg_msvit.models.packed`: no p
 attention within each image), or, with ``pack=False``, padded to the longest sequence with a
 key-padding mask. There is no Python loop over images or tokens.
 """
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -162,7 +162,7 @@ class MixedScaleTokenizer(nn.Module):
 
     def forward(self,
                 img: torch.Tensor,
-                decision: Union[ScaleDecision, torch.Tensor],
+                decision: ScaleDecision,
                 patch_embed: nn.Module,
                 pos_grid: torch.Tensor,
                 cls_token: torch.Tensor,
@@ -174,9 +174,9 @@ class MixedScaleTokenizer(nn.Module):
 
         Args:
             img (Tensor): (B, C, H, W), H and W multiples of S_c.
-            decision (ScaleDecision | Tensor): the decisions
+            decision (ScaleDecision): the decisions
                 (:class:`~mmseg_msvit.models.policy.ScaleDecision`: mask, straight-through value,
-                gate logits, token counts), or a (B, H/S_c, W/S_c) bool mask (True = fine).
+                gate logits, token counts; ``ScaleDecision.from_mask`` for a bare mask).
             patch_embed (nn.Module): timm ``PatchEmbed`` (its ``proj`` conv has kernel = stride =
                 S_f; it is applied as the equivalent linear map to the gathered patches only).
             pos_grid (Tensor): (1, D, H/S_f, W/S_f) fine position embeddings for this input size.
@@ -197,12 +197,10 @@ class MixedScaleTokenizer(nn.Module):
         Returns:
             MixedScaleTokens
         """
-        if not isinstance(decision, ScaleDecision):  # a bare mask: the caller's decisions
-            if torch.jit.is_tracing() or is_exporting():
-                raise RuntimeError('MixedScaleTokenizer: a bare mask gives no static token count, '
-                                   'so tracing would freeze this batch\'s; pass a ScaleDecision '
-                                   '(MSViT.decide_scales) in budget mode or with a forced scale')
-            decision = ScaleDecision.from_mask(decision, self.ratio**2)
+        if not isinstance(decision, ScaleDecision):
+            raise TypeError('MixedScaleTokenizer: decision must be a ScaleDecision (MSViT.'
+                            'decide_scales, or ScaleDecision.from_mask(mask, tokens_per_fine) '
+                            f'for given decisions), got {type(decision).__name__}')
         fine_mask, fine_value = decision.fine_mask, decision.fine_value
         batch = img.shape[0]
         fine_rows, fine_cols = img.shape[-2] // self.fine_patch_size, \

@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.analysis import backbone_macs  # noqa: E402
-from mmseg_msvit.models import MSViT  # noqa: E402
+from mmseg_msvit.models import MSViT, ScaleDecision  # noqa: E402
 
 KINDS = ('dense', 'equal', 'spread', 'padded', 'gate')
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -194,7 +194,8 @@ def make_gate_tokenizer_step(model, img, mask, dtype):
         with autocast, torch.no_grad():
             padded, out_size = model.pad_input(img)
             model.gate(padded)
-            model.embed(padded, mask, out_size=out_size)
+            model.embed(padded, ScaleDecision.from_mask(mask, model.tokens_per_fine_region),
+                        out_size=out_size)
 
     return step
 

@@ -27,9 +27,10 @@ from ..builder import build_component
 from ..coarse_embed import CoarseTokenEmbed
 from ..features import MixedScaleFeatures, MixedScaleMaps
 from ..gate_training import UntrainedGateWarning
-from ..gates import MixedScaleGate, budget_decisions
+from ..gates import MixedScaleGate
 from ..packed import check_packable, packed_block_forward
-from ..policy import ScaleDecision, ScalePolicy
+from ..policy import (ScaleDecision, ScalePolicy, budget_decisions, is_counting_one_forward,
+                      relaxation_temperature, threshold_decisions)
 from ..tokenizer import MixedScaleTokenizer, MixedScaleTokens, is_exporting
 
 
@@ -527,18 +528,17 @@ class MSViT(BaseModule):
         else:
             gate = self.gate if policy.gate is None else self._checked_gate(policy.gate)
             logits = self._checked_logits(gate, gate(img), (batch, *grid))
+            temperature = relaxation_temperature(gate)
             if mode == 'budget':
-                trains = self.training and any(p.requires_grad for p in gate.parameters())
                 fine_mask, value = budget_decisions(
-                    logits, policy.num_fine_regions(regions, budget), trains,
-                    getattr(gate, 'temperature', 1.0))
+                    logits, policy.num_fine_regions(regions, budget), temperature)
                 static = policy.static_num_tokens(regions, per_fine, budget)
             else:
-                fine_mask, value = gate.decide(logits, policy.threshold)
+                fine_mask, value = threshold_decisions(logits, policy.threshold, temperature)
                 static = None
             decision = ScaleDecision.from_mask(fine_mask, per_fine, value, logits, static,
                                                gate.macs_per_region)
-        if decision.static_num_tokens is None and not policy.trace_token_count and (
+        if decision.static_num_tokens is None and not is_counting_one_forward() and (
                 torch.jit.is_tracing() or is_exporting()):
             raise RuntimeError(
                 'MSViT: in threshold mode the token count depends on the image, so '
@@ -587,10 +587,10 @@ class MSViT(BaseModule):
 
     def embed(self,
               img: torch.Tensor,
-              decision: Union[ScaleDecision, torch.Tensor],
+              decision: ScaleDecision,
               out_size: Optional[Tuple[int, int]] = None) -> MixedScaleTokens:
         """Tokenize a padded input with the given decisions (CLS and positions included);
-        a bool ``(B, Hc, Wc)`` mask is taken as given decisions (by the tokenizer)."""
+        ``ScaleDecision.from_mask`` makes one from a bare mask."""
         grid = (img.shape[-2] // self.fine_patch_size, img.shape[-1] // self.fine_patch_size)
         # the position table spans the cells that cover the image (as mmseg's ViT, which pads
         # to the fine patch only); the cells of the padding to the coarse size repeat the edge

@@ -160,15 +160,15 @@ class MSViTEncoderDecoder(EncoderDecoder):
         return None if self.distill is None else self.distill.teacher_sha256
 
     # ------------------------------------------------------------------ features
-    def extract_feat_and_layout(self, inputs: Tensor, policy: Optional[ScalePolicy] = None,
-                                **backbone_kwargs) -> Tuple[List, object]:
+    def extract_feat_and_layout(self, inputs: Tensor, policy: Optional[ScalePolicy] = None
+                                ) -> Tuple[List, object]:
         """``extract_feat`` plus the layout of the backbone's forward (decisions, gate logits,
-        token counts), under ``policy`` (None: the backbone's). ``backbone_kwargs``
-        (``fine_mask``, ``fine_value``) go to the backbone."""
+        token counts), under ``policy`` (None: the backbone's; given decisions:
+        ``ScalePolicy.given(fine_mask, fine_value)``)."""
         uncovered = self.__dict__.get('_uncovered_load')
         if uncovered and not self.training:
             raise uncovered
-        feats = self.backbone(inputs, policy, **backbone_kwargs)
+        feats = self.backbone(inputs, policy)
         layout = layout_of(feats)
         if self.with_neck:
             feats = self.neck(feats)
@@ -232,9 +232,9 @@ class MSViTEncoderDecoder(EncoderDecoder):
                             fine_mask: Tensor,
                             fine_value: Optional[Tensor] = None) -> Tensor:
         """(N,) the decode head's own loss (sampler, class weights, loss terms) per image, with
-        the given scale decisions (see ``MSViT.forward``). Used by the gate probe and
+        the given scale decisions (:meth:`ScalePolicy.given`). Used by the gate probe and
         ``tools/analysis_tools/gate_signal.py``."""
-        x, _ = self.extract_feat_and_layout(inputs, fine_mask=fine_mask, fine_value=fine_value)
+        x, _ = self.extract_feat_and_layout(inputs, ScalePolicy.given(fine_mask, fine_value))
         seg_logits = self.decode_head.forward(x)
         return torch.stack([
             self.parse_losses(self.decode_head.loss_by_feat(seg_logits[i:i + 1], [sample]))[0]
