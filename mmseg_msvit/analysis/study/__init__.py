@@ -1,0 +1,17 @@
+"""The evidence study (``tools/analysis_tools/msvit_study.py``) as a library, one part a module:
+
+* :mod:`.evaluator` - :class:`StudyEvaluator`: one trained segmentor under several decision
+  rules (the scale forced, its own gate, a training-free gate, the label oracle);
+* :mod:`.orchestration` - the resumable ``results.jsonl`` (:func:`read_results`);
+* :mod:`.report` - :func:`summarise` (mean +- std over seeds) and :func:`compare` (two results
+  paired by seed).
+
+The names below are importable from here (``from mmseg_msvit.analysis.study import
+StudyEvaluator, read_results, summarise, compare, oracle_fine_mask``).
+"""
+from .evaluator import RULES, StudyEvaluator, oracle_fine_mask
+from .orchestration import read_results
+from .report import SUMMARY_KEYS, compare, summarise
+
+__all__ = ['RULES', 'StudyEvaluator', 'oracle_fine_mask', 'read_results', 'SUMMARY_KEYS',
+           'summarise', 'compare']
