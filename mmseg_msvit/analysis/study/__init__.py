@@ -1,5 +1,7 @@
 """The evidence study (``tools/analysis_tools/msvit_study.py``) as a library, one part a module:
 
+* :mod:`.runs` - the registry: the settings, the table of runs (what each trains from and how
+  it is evaluated) and where a run's files go;
 * :mod:`.evaluator` - :class:`StudyEvaluator`: one trained segmentor under several decision
   rules (the scale forced, its own gate, a training-free gate, the label oracle);
 * :mod:`.orchestration` - the resumable ``results.jsonl`` (:func:`read_results`);
