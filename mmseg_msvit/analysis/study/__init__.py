@@ -2,6 +2,7 @@
 
 * :mod:`.runs` - the registry: the settings, the table of runs (what each trains from and how
   it is evaluated) and where a run's files go;
+* :mod:`.configs` - the mmengine config of one training run, by mutating the demo config;
 * :mod:`.evaluator` - :class:`StudyEvaluator`: one trained segmentor under several decision
   rules (the scale forced, its own gate, a training-free gate, the label oracle);
 * :mod:`.orchestration` - the resumable ``results.jsonl`` (:func:`read_results`);
