@@ -6,8 +6,8 @@
 * :mod:`.evaluator` - :class:`StudyEvaluator`: one trained segmentor under several decision
   rules (the scale forced, its own gate, a training-free gate, the label oracle);
 * :mod:`.orchestration` - the resumable ``results.jsonl`` (:func:`read_results`);
-* :mod:`.report` - :func:`summarise` (mean +- std over seeds) and :func:`compare` (two results
-  paired by seed).
+* :mod:`.report` - :func:`summarise` (mean +- std over seeds), :func:`compare` (two results
+  paired by seed), summary.csv/json/md and the plots.
 
 The names below are importable from here (``from mmseg_msvit.analysis.study import
 StudyEvaluator, read_results, summarise, compare, oracle_fine_mask``).
