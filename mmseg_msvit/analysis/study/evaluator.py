@@ -9,8 +9,17 @@ unpooling when the model has it), whole-model GMACs (backbone plus the neck's re
 decode head: as they counted what they ran when they can, ``MixedScaleToDense`` +
 ``MixedScaleUPerHead``, else per input size with mmengine's counter), the fine fraction and the
 fine fraction on detailed and on uniform regions.
+
+Each image goes through the segmentor's own ``predict`` under the rule's
+:class:`~mmseg_msvit.models.ScalePolicy` (one forward over the whole image; the costs are the
+``msvit_*`` entries it writes into the sample's metainfo) and mmseg's ``IoUMetric.process`` (the
+per-image areas); what stays here is what neither does: the oracle's decisions from each image's
+label, the per-class and small-object IoU of the summed areas (float64, unrounded), the decode
+head's MACs for heads that cannot count themselves, and the fine fraction on detailed and on
+uniform regions.
 """
 import time
+from contextlib import contextmanager
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -20,7 +29,7 @@ from mmengine.dataset import pseudo_collate
 from ...models.gates import ContentGate, RandomGate
 from ...models.policy import ScalePolicy, fine_regions_for_budget
 from ..gate_alignment import DETAILED, DetailAlignment, region_detail_kinds
-from ..macs import decode_macs, image_cost
+from ..macs import decode_macs
 
 #: decision rules an evaluation can use
 RULES = ('forced', 'gate', 'content', 'random', 'oracle')
@@ -47,6 +56,19 @@ def oracle_fine_mask(label: torch.Tensor, img: torch.Tensor, coarse_patch_size: 
     mask = torch.zeros_like(flat, dtype=torch.bool)
     mask[flat.topk(num_fine).indices] = True
     return mask.view(1, *score.shape)
+
+
+@contextmanager
+def whole_image_inference(model):
+    """``model.predict`` runs one forward over each whole image while inside (``test_cfg.mode``
+    'whole'; the model's own ``test_cfg`` is put back after): the label oracle's decisions and
+    the fine mask an evaluation reads are per image, which slide windows do not have."""
+    test_cfg = model.test_cfg
+    model.test_cfg = dict(test_cfg or {}, mode='whole')
+    try:
+        yield model
+    finally:
+        model.test_cfg = test_cfg
 
 
 class StudyEvaluator:
@@ -148,52 +170,44 @@ class StudyEvaluator:
 
     def _run(self, model, scale: float, rule: str, budget: Optional[float],
              policy: Optional[ScalePolicy]) -> dict:
-        num_classes = len(self.class_names)
-        intersect = torch.zeros(num_classes, dtype=torch.float64)
-        union = torch.zeros(num_classes, dtype=torch.float64)
+        from mmseg.evaluation.metrics import IoUMetric
+        ignore_index = 255
+        metric = IoUMetric(ignore_index=ignore_index)
+        metric.dataset_meta = dict(classes=self.class_names)
         macs, model_macs, fine_fractions = [], [], []
         alignment = DetailAlignment()
         coarse = model.backbone.coarse_patch_size
-        ignore_index = 255
         start = time.perf_counter()
         samples = self.samples(scale)
-        for sample in samples:
-            data = model.data_preprocessor(pseudo_collate([sample]), False)
-            inputs, data_samples = data['inputs'].to(self.device), data['data_samples']
-            label = data_samples[0].gt_sem_seg.data[0]
-            same_grid = tuple(inputs.shape[-2:]) == tuple(label.shape)
-            if rule == 'oracle':
-                padded, _ = model.backbone.pad_input(inputs)
-                regions = (padded.shape[-2] // coarse) * (padded.shape[-1] // coarse)
-                policy = ScalePolicy.given(oracle_fine_mask(
-                    label, padded, coarse, regions if budget is None else
-                    fine_regions_for_budget(budget, regions)))
-            feats, layout = model.extract_feat_and_layout(inputs, policy)
-            metas = [s.metainfo for s in data_samples]
-            seg_logits = model.decode_head.predict(feats, metas, model.test_cfg)
-            result = model.postprocess_result(seg_logits, data_samples)[0]
-            pred = result.pred_sem_seg.data[0].cpu()
-            label = label.cpu()
-            from mmseg.evaluation.metrics import IoUMetric
-            area_i, area_u, _, _ = IoUMetric.intersect_and_union(pred, label, num_classes,
-                                                                 ignore_index)
-            intersect += area_i.double()
-            union += area_u.double()
-            cost = model.image_cost(layout) if hasattr(model, 'image_cost') else \
-                image_cost(model.backbone, layout)
-            macs.append(float(cost['macs'][0]))
-            decode = model.decode_macs(layout, feats) if hasattr(model, 'decode_macs') else None
-            if decode is not None:  # the neck and head counted what they ran
-                model_macs.append(macs[-1] + float(decode[0]))
-            elif hasattr(getattr(model, 'neck', None), 'dense_maps'):
-                model_macs.append(macs[-1] + self.head_macs(model, inputs))
-            fine_fractions.append(float(cost['fine_regions'][0] / cost['regions'][0]))
-            if same_grid:
-                alignment.update(layout.fine_mask[0].cpu().numpy(),
-                                 region_detail_kinds(label.numpy(), coarse, ignore_index))
+        with whole_image_inference(model):
+            for sample in samples:
+                data = model.data_preprocessor(pseudo_collate([sample]), False)
+                inputs, data_samples = data['inputs'].to(self.device), data['data_samples']
+                label = data_samples[0].gt_sem_seg.data[0]
+                if rule == 'oracle':  # this image's decisions, from its label
+                    padded, _ = model.backbone.pad_input(inputs)
+                    regions = (padded.shape[-2] // coarse) * (padded.shape[-1] // coarse)
+                    policy = ScalePolicy.given(oracle_fine_mask(
+                        label, padded, coarse, regions if budget is None else
+                        fine_regions_for_budget(budget, regions)))
+                result = model.predict(inputs, data_samples, policy)[0]
+                metric.process(data, [result.to_dict()])
+                cost = result.metainfo
+                macs.append(cost['msvit_backbone_macs'])
+                fine_fractions.append(cost['msvit_fine_fraction'])
+                if 'msvit_macs' in cost:  # the neck and head counted what they ran
+                    model_macs.append(cost['msvit_macs'])
+                elif hasattr(getattr(model, 'neck', None), 'dense_maps'):
+                    model_macs.append(macs[-1] + self.head_macs(model, inputs))
+                if tuple(inputs.shape[-2:]) == tuple(label.shape):  # labels on the input grid
+                    alignment.update(cost['msvit_fine_mask'].numpy(),
+                                     region_detail_kinds(label.cpu().numpy(), coarse,
+                                                         ignore_index))
         seconds = time.perf_counter() - start
-        with np.errstate(invalid='ignore', divide='ignore'):
-            iou = (intersect / union).numpy() * 100  # NaN for a class absent everywhere
+        # IoUMetric.compute_metrics would sum the per-image areas in float32 and round to 0.01:
+        # the IoU here is of their float64 sums, unrounded (NaN for a class absent everywhere)
+        totals = [torch.stack(areas).double().sum(0) for areas in zip(*metric.results)]
+        iou = IoUMetric.total_area_to_metrics(*totals, ['mIoU'])['IoU'] * 100
         per_class = {name: float(value) for name, value in zip(self.class_names, iou)}
         small = [per_class[name] for name in self.small_classes]
         gmacs = np.asarray(macs) / 1e9
