@@ -24,6 +24,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
+from mmengine.config import ConfigDict
 from mmengine.dataset import pseudo_collate
 
 from ...models.gates import ContentGate, RandomGate
@@ -64,7 +65,7 @@ def whole_image_inference(model):
     'whole'; the model's own ``test_cfg`` is put back after): the label oracle's decisions and
     the fine mask an evaluation reads are per image, which slide windows do not have."""
     test_cfg = model.test_cfg
-    model.test_cfg = dict(test_cfg or {}, mode='whole')
+    model.test_cfg = ConfigDict(test_cfg or {}, mode='whole')  # mmseg reads test_cfg.mode
     try:
         yield model
     finally:
