@@ -298,11 +298,13 @@ def test_the_study_measures_the_shipped_recipe(tmp_path):
     configs/msvit/demo_dense_synthetic.py and demo_recipe_synthetic.py ship (model options,
     schedule, learning rates, augmentation)."""
     from mmengine.config import Config
-    study = load_tool('tools/analysis_tools/msvit_study.py')
-    setting = study.SETTINGS['quick']
+
+    from mmseg_msvit.analysis.study.configs import seg_config
+    from mmseg_msvit.analysis.study.runs import SETTINGS
+    setting = SETTINGS['quick']
     for run, shipped_path in (('dense_pre', 'demo_dense_synthetic.py'),
                               ('recipe_mixed_head', 'demo_recipe_synthetic.py')):
-        measured = study.seg_config('quick', run, 0, str(tmp_path))
+        measured = seg_config('quick', run, 0, str(tmp_path))
         shipped = Config.fromfile(osp.join(REPO, 'configs', 'msvit', shipped_path))
         for key in ('force_scale', 'fine_budget', 'train_budget_range', 'arch',
                     'coarse_detail', 'coarse_scale_embed'):
@@ -340,9 +342,9 @@ def test_every_run_of_the_linear_head_study_can_run():
     """--set head=linear: a linear head has no level finer than the tokens, so the recipe's
     evaluations with mixed-scale decoding (UPerNet only) are not asked of it (they crashed the
     study); with UPerNet they are."""
-    study = load_tool('tools/analysis_tools/msvit_study.py')
-    linear = study.runs(dict(study.SETTINGS['quick'], head='linear'))['recipe']['evals']
-    upernet = study.runs(study.SETTINGS['quick'])['recipe']['evals']
+    from mmseg_msvit.analysis.study.runs import SETTINGS, runs
+    linear = runs(dict(SETTINGS['quick'], head='linear'))['recipe']['evals']
+    upernet = runs(SETTINGS['quick'])['recipe']['evals']
     assert not [name for name, _ in linear if 'decode' in name]
     assert [name for name, _ in upernet if name.startswith('mixed_decode')]
     assert {name for name, _ in linear} < {name for name, _ in upernet}

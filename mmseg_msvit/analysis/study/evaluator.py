@@ -1,4 +1,4 @@
-"""Evaluation and aggregation for the evidence study (``tools/analysis_tools/msvit_study.py``).
+"""The evidence study's evaluator (``tools/analysis_tools/msvit_study.py``).
 
 :class:`StudyEvaluator` evaluates one trained segmentor under several *decision rules* without
 rebuilding it: the scale forced (dense at any input scale, all coarse), its own gate (threshold
@@ -10,21 +10,27 @@ decode head: as they counted what they ran when they can, ``MixedScaleToDense`` 
 ``MixedScaleUPerHead``, else per input size with mmengine's counter), the fine fraction and the
 fine fraction on detailed and on uniform regions.
 
-:func:`summarise` turns per-seed records into mean +- std rows; :func:`compare` sets two rows
-side by side, paired by seed.
+Each image goes through the segmentor's own ``predict`` under the rule's
+:class:`~mmseg_msvit.models.ScalePolicy` (one forward over the whole image; the costs are the
+``msvit_*`` entries it writes into the sample's metainfo) and mmseg's ``IoUMetric.process`` (the
+per-image areas); what stays here is what neither does: the oracle's decisions from each image's
+label, the per-class and small-object IoU of the summed areas (float64, unrounded), the decode
+head's MACs for heads that cannot count themselves, and the fine fraction on detailed and on
+uniform regions.
 """
-import math
 import time
-from typing import Dict, Iterable, List, Optional, Sequence
+from contextlib import contextmanager
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
+from mmengine.config import ConfigDict
 from mmengine.dataset import pseudo_collate
 
-from ..models.gates import ContentGate, RandomGate
-from ..models.policy import ScalePolicy, fine_regions_for_budget
-from .gate_alignment import DETAILED, DetailAlignment, region_detail_kinds
-from .macs import decode_macs, image_cost
+from ...models.gates import ContentGate, RandomGate
+from ...models.policy import ScalePolicy, fine_regions_for_budget
+from ..gate_alignment import DETAILED, DetailAlignment, region_detail_kinds
+from ..macs import decode_macs
 
 #: decision rules an evaluation can use
 RULES = ('forced', 'gate', 'content', 'random', 'oracle')
@@ -51,6 +57,19 @@ def oracle_fine_mask(label: torch.Tensor, img: torch.Tensor, coarse_patch_size: 
     mask = torch.zeros_like(flat, dtype=torch.bool)
     mask[flat.topk(num_fine).indices] = True
     return mask.view(1, *score.shape)
+
+
+@contextmanager
+def whole_image_inference(model):
+    """``model.predict`` runs one forward over each whole image while inside (``test_cfg.mode``
+    'whole'; the model's own ``test_cfg`` is put back after): the label oracle's decisions and
+    the fine mask an evaluation reads are per image, which slide windows do not have."""
+    test_cfg = model.test_cfg
+    model.test_cfg = ConfigDict(test_cfg or {}, mode='whole')  # mmseg reads test_cfg.mode
+    try:
+        yield model
+    finally:
+        model.test_cfg = test_cfg
 
 
 class StudyEvaluator:
@@ -152,52 +171,44 @@ class StudyEvaluator:
 
     def _run(self, model, scale: float, rule: str, budget: Optional[float],
              policy: Optional[ScalePolicy]) -> dict:
-        num_classes = len(self.class_names)
-        intersect = torch.zeros(num_classes, dtype=torch.float64)
-        union = torch.zeros(num_classes, dtype=torch.float64)
+        from mmseg.evaluation.metrics import IoUMetric
+        ignore_index = 255
+        metric = IoUMetric(ignore_index=ignore_index)
+        metric.dataset_meta = dict(classes=self.class_names)
         macs, model_macs, fine_fractions = [], [], []
         alignment = DetailAlignment()
         coarse = model.backbone.coarse_patch_size
-        ignore_index = 255
         start = time.perf_counter()
         samples = self.samples(scale)
-        for sample in samples:
-            data = model.data_preprocessor(pseudo_collate([sample]), False)
-            inputs, data_samples = data['inputs'].to(self.device), data['data_samples']
-            label = data_samples[0].gt_sem_seg.data[0]
-            same_grid = tuple(inputs.shape[-2:]) == tuple(label.shape)
-            if rule == 'oracle':
-                padded, _ = model.backbone.pad_input(inputs)
-                regions = (padded.shape[-2] // coarse) * (padded.shape[-1] // coarse)
-                policy = ScalePolicy.given(oracle_fine_mask(
-                    label, padded, coarse, regions if budget is None else
-                    fine_regions_for_budget(budget, regions)))
-            feats, layout = model.extract_feat_and_layout(inputs, policy)
-            metas = [s.metainfo for s in data_samples]
-            seg_logits = model.decode_head.predict(feats, metas, model.test_cfg)
-            result = model.postprocess_result(seg_logits, data_samples)[0]
-            pred = result.pred_sem_seg.data[0].cpu()
-            label = label.cpu()
-            from mmseg.evaluation.metrics import IoUMetric
-            area_i, area_u, _, _ = IoUMetric.intersect_and_union(pred, label, num_classes,
-                                                                 ignore_index)
-            intersect += area_i.double()
-            union += area_u.double()
-            cost = model.image_cost(layout) if hasattr(model, 'image_cost') else \
-                image_cost(model.backbone, layout)
-            macs.append(float(cost['macs'][0]))
-            decode = model.decode_macs(layout, feats) if hasattr(model, 'decode_macs') else None
-            if decode is not None:  # the neck and head counted what they ran
-                model_macs.append(macs[-1] + float(decode[0]))
-            elif hasattr(getattr(model, 'neck', None), 'dense_maps'):
-                model_macs.append(macs[-1] + self.head_macs(model, inputs))
-            fine_fractions.append(float(cost['fine_regions'][0] / cost['regions'][0]))
-            if same_grid:
-                alignment.update(layout.fine_mask[0].cpu().numpy(),
-                                 region_detail_kinds(label.numpy(), coarse, ignore_index))
+        with whole_image_inference(model):
+            for sample in samples:
+                data = model.data_preprocessor(pseudo_collate([sample]), False)
+                inputs, data_samples = data['inputs'].to(self.device), data['data_samples']
+                label = data_samples[0].gt_sem_seg.data[0]
+                if rule == 'oracle':  # this image's decisions, from its label
+                    padded, _ = model.backbone.pad_input(inputs)
+                    regions = (padded.shape[-2] // coarse) * (padded.shape[-1] // coarse)
+                    policy = ScalePolicy.given(oracle_fine_mask(
+                        label, padded, coarse, regions if budget is None else
+                        fine_regions_for_budget(budget, regions)))
+                result = model.predict(inputs, data_samples, policy)[0]
+                metric.process(data, [result.to_dict()])
+                cost = result.metainfo
+                macs.append(cost['msvit_backbone_macs'])
+                fine_fractions.append(cost['msvit_fine_fraction'])
+                if 'msvit_macs' in cost:  # the neck and head counted what they ran
+                    model_macs.append(cost['msvit_macs'])
+                elif hasattr(getattr(model, 'neck', None), 'dense_maps'):
+                    model_macs.append(macs[-1] + self.head_macs(model, inputs))
+                if tuple(inputs.shape[-2:]) == tuple(label.shape):  # labels on the input grid
+                    alignment.update(cost['msvit_fine_mask'].numpy(),
+                                     region_detail_kinds(label.cpu().numpy(), coarse,
+                                                         ignore_index))
         seconds = time.perf_counter() - start
-        with np.errstate(invalid='ignore', divide='ignore'):
-            iou = (intersect / union).numpy() * 100  # NaN for a class absent everywhere
+        # IoUMetric.compute_metrics would sum the per-image areas in float32 and round to 0.01:
+        # the IoU here is of their float64 sums, unrounded (NaN for a class absent everywhere)
+        totals = [torch.stack(areas).double().sum(0) for areas in zip(*metric.results)]
+        iou = IoUMetric.total_area_to_metrics(*totals, ['mIoU'])['IoU'] * 100
         per_class = {name: float(value) for name, value in zip(self.class_names, iou)}
         small = [per_class[name] for name in self.small_classes]
         gmacs = np.asarray(macs) / 1e9
@@ -213,114 +224,3 @@ class StudyEvaluator:
             fine_on_detailed=summary.get('fine_on_detailed', float('nan')),
             fine_on_uniform=summary.get('fine_on_uniform', float('nan')),
             images=len(samples), eval_seconds=seconds)
-
-
-# ---------------------------------------------------------------------------------- results file
-def read_results(path: str) -> List[dict]:
-    """The records of a study's ``results.jsonl`` (one JSON object per line).
-
-    A last line cut short by an interrupted write (no newline, not valid JSON) is dropped and the
-    file truncated back to its last complete line, with a note, so that a re-run can append
-    again; any other unreadable line is an error naming the file and the line.
-    """
-    import json
-    with open(path, 'rb') as f:
-        data = f.read()
-    records = []
-    if data and not data.endswith(b'\n'):
-        try:  # a whole record whose newline was not written: complete the line
-            json.loads(data.rsplit(b'\n', 1)[-1])
-            with open(path, 'ab') as f:
-                f.write(b'\n')
-            data += b'\n'
-        except ValueError:
-            pass  # a torn record: dropped below
-    lines = data.split(b'\n')
-    complete = data.endswith(b'\n') or not data
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except ValueError as err:
-            if number == len(lines) and not complete:  # the torn tail of an interrupted write
-                keep = len(data) - len(raw)
-                with open(path, 'r+b') as f:
-                    f.truncate(keep)
-                print(f'[study] {path}: dropped an incomplete last line (an interrupted write; '
-                      f'{len(raw)} bytes); its step runs again', flush=True)
-                break
-            raise ValueError(f'{path}, line {number}: not a JSON record ({err}); fix or remove '
-                             'that line') from None
-        if not isinstance(record, dict) or not {'seed', 'run', 'eval'} <= set(record):
-            raise ValueError(f'{path}, line {number}: not a study record (needs seed, run, '
-                             'eval)')
-        records.append(record)
-    return records
-
-
-# ---------------------------------------------------------------------------------- aggregation
-SUMMARY_KEYS = ('mIoU', 'small_mIoU', 'gmacs', 'gmacs_min', 'gmacs_max', 'model_gmacs',
-                'fine_fraction', 'fine_on_detailed', 'fine_on_uniform', 'train_seconds')
-
-
-def _mean_std(values: Sequence[float]):
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return float('nan'), float('nan')
-    array = np.asarray(values, np.float64)
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
-
-
-def summarise(records: Iterable[dict]) -> List[dict]:
-    """Mean and sample std over seeds for every (run, eval) pair, in first-seen order.
-
-    Each record holds ``run``, ``eval``, ``seed`` and the metrics of :meth:`StudyEvaluator.
-    evaluate` (plus ``train_seconds``). Rows carry ``<key>`` (mean) and ``<key>_std`` for the
-    :data:`SUMMARY_KEYS`, per-class IoU means under ``iou``, and ``seeds``.
-    """
-    groups: Dict[tuple, List[dict]] = {}
-    for record in records:
-        groups.setdefault((record['run'], record['eval']), []).append(record)
-    rows = []
-    for (run, name), group in groups.items():
-        row = dict(run=run, eval=name, seeds=sorted(r['seed'] for r in group),
-                   label=group[0].get('label', f'{run} / {name}'),
-                   family=group[0].get('family', run))
-        for key in SUMMARY_KEYS:
-            row[key], row[f'{key}_std'] = _mean_std([r.get(key) for r in group])
-        classes = group[0].get('iou', {})
-        row['iou'] = {c: _mean_std([r['iou'][c] for r in group])[0] for c in classes}
-        rows.append(row)
-    return rows
-
-
-def compare(records: Iterable[dict], first: tuple, second: tuple) -> Optional[dict]:
-    """``first`` minus ``second`` (each a (run, eval) pair) in mIoU and GMACs, paired by seed.
-
-    Returns None when the two share no seed; otherwise ``delta`` (mean of the per-seed mIoU
-    differences), ``delta_std``, ``deltas`` (per seed, in ``seeds`` order), ``gmacs_ratio`` (mean
-    backbone GMACs first / second), ``model_gmacs_ratio`` (the same for whole-model GMACs), ``seeds`` and
-    ``separated``: whether the mean +- std intervals of the two do not overlap (None with fewer
-    than two seeds: there is no spread to compare).
-    """
-    by_key: Dict[tuple, Dict[int, dict]] = {}
-    for record in records:
-        by_key.setdefault((record['run'], record['eval']), {})[record['seed']] = record
-    a, b = by_key.get(tuple(first), {}), by_key.get(tuple(second), {})
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return None
-    deltas = [a[s]['mIoU'] - b[s]['mIoU'] for s in seeds]
-    mean_a, std_a = _mean_std([a[s]['mIoU'] for s in seeds])
-    mean_b, std_b = _mean_std([b[s]['mIoU'] for s in seeds])
-    delta, delta_std = _mean_std(deltas)
-    low, high = sorted([(mean_a - std_a, mean_a + std_a), (mean_b - std_b, mean_b + std_b)])
-    return dict(first=list(first), second=list(second), seeds=seeds, delta=delta,
-                delta_std=delta_std, deltas=deltas,
-                gmacs_ratio=float(np.mean([a[s]['gmacs'] for s in seeds]) /
-                                  np.mean([b[s]['gmacs'] for s in seeds])),
-                model_gmacs_ratio=float(np.mean([a[s].get('model_gmacs', np.nan) for s in seeds])
-                                        / np.mean([b[s].get('model_gmacs', np.nan)
-                                                   for s in seeds])),
-                separated=bool(low[1] < high[0]) if len(seeds) > 1 else None)
