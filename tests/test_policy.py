@@ -43,6 +43,18 @@ def test_a_policy_is_immutable_and_checked_on_construction():
                        (dict(train_budget_range=(0.8, 0.2)), 'train_budget_range must be')):
         with pytest.raises(ValueError, match=match):
             ScalePolicy(**bad)
+    # one mode per policy: fields of two modes are refused, never resolved by precedence
+    mask = torch.ones(1, 2, 2, dtype=torch.bool)
+    for mixed in (dict(force_scale='fine', budget=0.5), dict(budget=0.5, threshold=0.3),
+                  dict(fine_mask=mask, gate=ContentGate()), dict(force_scale='coarse',
+                                                                 gate=ContentGate()),
+                  dict(fine_mask=mask, force_scale='fine'), dict(threshold=0.3,
+                                                                 train_budget_range=(0.2, 0.4))):
+        with pytest.raises(ValueError, match='one mode per policy|needs a fine_budget'):
+            ScalePolicy(**mixed)
+    assert ScalePolicy.with_threshold().decision_threshold == 0.5
+    with pytest.raises(ValueError, match='one mode per policy'):
+        ScalePolicy.with_budget(0.5).replace(force_scale='fine')
     with pytest.raises(TypeError, match='policy must be a ScalePolicy'):
         tiny()(torch.randn(1, 3, 64, 64), 'fine')
     with pytest.raises(ValueError, match='train_budget_range.*needs a fine_budget'):
@@ -100,7 +112,16 @@ def test_config_setters_replace_the_whole_default_policy():
     assert model.policy.train_budget_range is None and model.fine_budget == 0.5
     model.gate_threshold = 0.7
     model.force_scale = 'coarse'
-    assert (model.policy.threshold, model.policy.mode) == (0.7, 'forced')
+    # the forced policy holds no threshold; the config keeps it for when the force is lifted
+    assert (model.gate_threshold, model.policy.mode, model.policy.threshold) == \
+        (0.7, 'forced', None)
+    model.force_scale = None
+    assert (model.policy.mode, model.policy.budget) == ('budget', 0.5)
+    model.fine_budget = None
+    assert (model.policy.mode, model.policy.threshold) == ('threshold', 0.7)
+    with pytest.raises(ValueError, match='gate_threshold must be a number in'):
+        model.gate_threshold = 2.0
+    assert model.gate_threshold == 0.7 and model.policy.threshold == 0.7  # unchanged
 
 
 def test_a_training_forward_draws_once_from_the_models_range_whatever_the_policy():

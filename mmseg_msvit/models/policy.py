@@ -21,6 +21,13 @@ from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli
 from .arguments import check_fine_budget, check_gate_threshold, is_real
 
 
+def _relaxed_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``(logit + logistic noise) / temperature``: a sample of torch's relaxed Bernoulli in logit
+    space. Its arguments are not validated: a non-finite logit reaches the loss, where
+    ``FiniteLossHook`` stops the run naming the iteration."""
+    return LogitRelaxedBernoulli(temperature, logits=logits, validate_args=False).rsample()
+
+
 def threshold_decisions(logits: torch.Tensor, threshold: float,
                         temperature: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Threshold mode: a region is fine when ``sigmoid(logit) > threshold``.
@@ -36,7 +43,7 @@ def threshold_decisions(logits: torch.Tensor, threshold: float,
     if temperature is None:
         fine_mask = torch.sigmoid(logits) > threshold
         return fine_mask, fine_mask.to(logits.dtype)
-    soft = torch.sigmoid(LogitRelaxedBernoulli(temperature, logits=logits).rsample())
+    soft = torch.sigmoid(_relaxed_logits(logits, temperature))
     hard = (soft > 0.5).to(soft.dtype)
     return hard.bool(), hard + soft - soft.detach()
 
@@ -56,7 +63,7 @@ def budget_decisions(logits: torch.Tensor, num_fine: int,
     """
     scores = logits
     if temperature is not None:  # (logit + noise) / temperature: ranked as logit + noise
-        scores = LogitRelaxedBernoulli(temperature, logits=logits).rsample()
+        scores = _relaxed_logits(logits, temperature)
     flat = scores.flatten(1)
     hard = torch.zeros_like(flat).scatter_(1, flat.topk(num_fine, dim=1).indices, 1.0)
     hard = hard.view_as(logits)
@@ -108,21 +115,28 @@ def fine_regions_for_budget(budget: float, num_regions: int) -> int:
 class ScalePolicy:
     """One rule for deciding every region: fine (split into S_c/S_f squared tokens) or coarse.
 
-    Precedence: a given ``fine_mask``, then ``force_scale``, then the gate's top ``budget`` share
-    per image (budget mode), else the gate's ``threshold`` (threshold mode). Build one with the
-    class methods (:meth:`forced`, :meth:`with_budget`, :meth:`with_threshold`, :meth:`given`) or
+    A policy is ONE of four modes (:attr:`mode`), and holds the fields of that mode only: fields
+    of two modes together (a forced scale with a budget, a given mask with a gate, ...) are
+    refused on construction, so no precedence is ever applied. Build one with the class
+    methods (:meth:`forced`, :meth:`with_budget`, :meth:`with_threshold`, :meth:`given`) or
     derive one with :meth:`replace`; every field is checked on construction and cannot be set
     afterwards.
+
+    * given: ``fine_mask`` (and ``fine_value``);
+    * forced: ``force_scale``;
+    * budget: ``budget`` (and ``train_budget_range``, ``gate``);
+    * threshold: ``threshold`` (default 0.5) and ``gate``: what is left when none of the above
+      is given.
 
     Attributes:
         force_scale (str, optional): 'fine' (every region fine, the gate does not run: the dense
             ViT/S_f) or 'coarse'.
-        threshold (float): threshold mode: a region is fine when the gate's probability exceeds
-            it, in [0, 1]. Default: 0.5.
+        threshold (float, optional): threshold mode: a region is fine when the gate's
+            probability exceeds it, in [0, 1]. None: 0.5 in threshold mode.
         budget (float, optional): budget mode: every image keeps ``round(budget * regions)``
             fine regions (half up, at least one), in (0, 1]. None: threshold mode.
-        train_budget_range (tuple, optional): in budget mode, in training each forward draws
-            its budget uniformly from ``(low, high)`` (inert in the other modes).
+        train_budget_range (tuple, optional): budget mode: in training each forward draws its
+            budget uniformly from ``(low, high)``.
         fine_mask (Tensor, optional): (B, Hc, Wc) bool decisions given by the caller (the gate
             does not run).
         fine_value (Tensor, optional): with ``fine_mask``: a float tensor equal to it that
@@ -132,7 +146,7 @@ class ScalePolicy:
             ``RandomGate`` evaluated on a trained model); its MACs are the ones counted.
     """
     force_scale: Optional[str] = None
-    threshold: float = 0.5
+    threshold: Optional[float] = None
     budget: Optional[float] = None
     train_budget_range: Optional[Tuple[float, float]] = None
     fine_mask: Optional[torch.Tensor] = None
@@ -143,7 +157,8 @@ class ScalePolicy:
         if self.force_scale not in (None, 'fine', 'coarse'):
             raise ValueError(f"MSViT: force_scale must be None, 'fine' or 'coarse', got "
                              f'{self.force_scale!r}')
-        object.__setattr__(self, 'threshold', check_gate_threshold(self.threshold))
+        if self.threshold is not None:
+            object.__setattr__(self, 'threshold', check_gate_threshold(self.threshold))
         object.__setattr__(self, 'budget', check_fine_budget(self.budget))
         if self.train_budget_range is not None:
             pair = self.train_budget_range
@@ -175,6 +190,29 @@ class ScalePolicy:
                              f'{value.dtype} values {value.detach().unique()[:6].tolist()}; e.g. '
                              'fine_mask.float().requires_grad_()')
 
+        self._refuse_mixed_modes()
+
+    def _refuse_mixed_modes(self) -> None:
+        """Fields of two modes together are refused, naming them."""
+        if self.train_budget_range is not None and self.budget is None:
+            raise ValueError('MSViT: train_budget_range must be (low, high) with 0 < low <= '
+                             'high <= 1, and needs a fine_budget (the evaluation budget), got '
+                             f'train_budget_range={self.train_budget_range!r}, fine_budget=None')
+        present = dict(fine_mask=self.fine_mask is not None,
+                       force_scale=self.force_scale is not None,
+                       budget=self.budget is not None, threshold=self.threshold is not None,
+                       gate=self.gate is not None)
+        modes = dict(given=['fine_mask'], forced=['force_scale'], budget=['budget'],
+                     threshold=['threshold'])
+        chosen = [mode for mode, fields in modes.items() if any(present[f] for f in fields)]
+        if present['gate'] and chosen and chosen[0] in ('given', 'forced'):
+            chosen.append('a gate')
+        if len(chosen) > 1:
+            fields = [name for name, here in present.items() if here]
+            raise ValueError(f'ScalePolicy: one mode per policy, got fields of {chosen} '
+                             f'together ({", ".join(fields)}); build it with ScalePolicy.forced, '
+                             '.with_budget, .with_threshold or .given')
+
     # ------------------------------------------------------------------ constructors
     @classmethod
     def forced(cls, scale: str) -> 'ScalePolicy':
@@ -182,14 +220,16 @@ class ScalePolicy:
         return cls(force_scale=scale)
 
     @classmethod
-    def with_budget(cls, budget: float, gate: Optional[nn.Module] = None) -> 'ScalePolicy':
-        """The gate's (or ``gate``'s) top ``budget`` share of regions per image."""
-        return cls(budget=budget, gate=gate)
+    def with_budget(cls, budget: float, gate: Optional[nn.Module] = None,
+                    train_budget_range: Optional[Tuple[float, float]] = None) -> 'ScalePolicy':
+        """The gate's (or ``gate``'s) top ``budget`` share of regions per image (in training a
+        budget drawn from ``train_budget_range`` when given)."""
+        return cls(budget=budget, gate=gate, train_budget_range=train_budget_range)
 
     @classmethod
-    def with_threshold(cls, threshold: float = 0.5,
+    def with_threshold(cls, threshold: Optional[float] = None,
                        gate: Optional[nn.Module] = None) -> 'ScalePolicy':
-        """The gate's (or ``gate``'s) probability above ``threshold``."""
+        """The gate's (or ``gate``'s) probability above ``threshold`` (None: 0.5)."""
         return cls(threshold=threshold, gate=gate)
 
     @classmethod
@@ -205,7 +245,7 @@ class ScalePolicy:
     # ------------------------------------------------------------------ queries
     @property
     def mode(self) -> str:
-        """'given', 'forced', 'budget' or 'threshold' (in that order of precedence)."""
+        """'given', 'forced', 'budget' or 'threshold' (the one mode whose fields are set)."""
         if self.fine_mask is not None:
             return 'given'
         if self.force_scale is not None:
@@ -229,6 +269,11 @@ class ScalePolicy:
         low, high = draw_range
         drawn = low + (high - low) * float(torch.rand(()))
         return drawn if own is not None and self.mode == 'budget' else self.budget
+
+    @property
+    def decision_threshold(self) -> float:
+        """Threshold mode's threshold: ``threshold``, or 0.5 when not given."""
+        return 0.5 if self.threshold is None else self.threshold
 
     def num_fine_regions(self, num_regions: int, budget: Optional[float] = None) -> int:
         """:func:`fine_regions_for_budget` of ``budget`` (default this policy's)."""

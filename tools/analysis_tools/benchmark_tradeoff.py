@@ -122,8 +122,8 @@ def sweep_policy(backbone, threshold=None, budget=None, content_gate=False):
         if not any(True for _ in backbone.gate.parameters()):
             raise ValueError(f'benchmark_tradeoff: the model\'s gate ({type(backbone.gate).__name__}'
                              ') has no probabilities to threshold; sweep --budgets instead')
-        return policy.replace(threshold=threshold, budget=None, train_budget_range=None)
-    return policy.replace(budget=budget)
+        return ScalePolicy.with_threshold(threshold)
+    return ScalePolicy.with_budget(budget)
 
 
 def evaluate(runner, label, threshold=None, budget=None, content_gate=False):

@@ -27,6 +27,7 @@ import torch
 from mmengine.config import ConfigDict
 from mmengine.dataset import pseudo_collate
 
+from ...models.backbones.msvit import config_policy
 from ...models.gates import ContentGate, RandomGate
 from ...models.policy import ScalePolicy, fine_regions_for_budget
 from ..gate_alignment import DETAILED, DetailAlignment, region_detail_kinds
@@ -154,12 +155,14 @@ class StudyEvaluator:
         """The scale policy of a decision rule (None for 'oracle': its decisions are given per
         sample, from the label); the model itself is never changed."""
         if rule == 'forced':
-            return ScalePolicy.forced(force_scale) if force_scale is not None else \
-                backbone.policy.replace(force_scale=None)
+            if force_scale is not None:
+                return ScalePolicy.forced(force_scale)
+            return config_policy(None, backbone.gate_threshold, backbone.fine_budget,
+                                 backbone.train_budget_range)  # the config's, not forced
         if rule == 'gate':
-            return backbone.policy.replace(
-                force_scale=None, budget=budget, train_budget_range=None,
-                threshold=backbone.policy.threshold if threshold is None else threshold)
+            return ScalePolicy.with_budget(budget) if budget is not None else \
+                ScalePolicy.with_threshold(backbone.gate_threshold if threshold is None else
+                                           threshold)
         if rule == 'content':
             gate = ContentGate(coarse_patch_size=backbone.coarse_patch_size,
                                fine_patch_size=backbone.fine_patch_size)

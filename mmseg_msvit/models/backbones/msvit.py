@@ -22,7 +22,8 @@ from mmseg.registry import MODELS
 from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 
-from ..arguments import check_msvit_args, translate_mmseg_vit_args
+from ..arguments import (check_fine_budget, check_gate_threshold, check_msvit_args,
+                         translate_mmseg_vit_args)
 from ..builder import build_component
 from ..coarse_embed import CoarseTokenEmbed
 from ..features import MixedScaleFeatures, MixedScaleMaps
@@ -65,17 +66,33 @@ def gate_config(gate: Optional[dict], fine_patch_size: int, coarse_patch_size: i
     return cfg
 
 
-def _policy_field(field: str, doc: str) -> property:
-    """A property reading one field of ``MSViT.policy``; setting it replaces the policy with a
-    checked copy that has the new value."""
+def _config_field(field: str, doc: str) -> property:
+    """A property of one of the config's scale options; setting it checks the value and rebuilds
+    :attr:`MSViT.policy` (the mode the options select) as a whole."""
 
     def get(self):
-        return getattr(self.policy, field)
+        return self._scale_config[field]
 
     def set(self, value):
-        self.policy = self.policy.replace(**{field: value})
+        self._set_scale_config(**dict(self._scale_config, **{field: value}))
 
     return property(get, set, doc=doc)
+
+
+def config_policy(force_scale: Optional[str], gate_threshold: float, fine_budget: Optional[float],
+                  train_budget_range: Optional[Tuple[float, float]]) -> ScalePolicy:
+    """The policy of a config's scale options, which may name several modes: a forced scale
+    first, else budget mode when ``fine_budget`` is set, else threshold mode. Every option is
+    checked, including those the mode leaves unused (a threshold kept for when the budget is
+    removed, a training range kept in threshold mode)."""
+    unused = ScalePolicy(threshold=check_gate_threshold(gate_threshold))
+    if train_budget_range is not None:  # checks the range (its budget: any valid one)
+        ScalePolicy(budget=1.0, train_budget_range=train_budget_range)
+    if force_scale is not None:
+        return ScalePolicy.forced(force_scale)
+    if fine_budget is not None:
+        return ScalePolicy.with_budget(fine_budget, train_budget_range=train_budget_range)
+    return unused
 
 
 @MODELS.register_module()
@@ -260,15 +277,15 @@ class MSViT(BaseModule):
                      'in_channels', 'mlp_ratio', 'img_size', 'out_indices', 'frozen_stages',
                      'gate_init', 'norm_eps', 'patch_bias', 'token_packing'):
             setattr(self, name, args[name])
-        #: the scale policy a forward uses when its call gives none (the config's); immutable,
-        #: replaced as a whole by the ``force_scale`` / ``fine_budget`` / ``gate_threshold``
-        #: setters
-        self.policy = ScalePolicy(force_scale=force_scale, threshold=gate_threshold,
-                                  budget=fine_budget, train_budget_range=train_budget_range)
         if train_budget_range is not None and fine_budget is None:
             raise ValueError('MSViT: train_budget_range must be (low, high) with 0 < low <= high '
                              '<= 1, and needs a fine_budget (the evaluation budget), got '
                              f'train_budget_range={train_budget_range!r}, fine_budget=None')
+        #: the scale policy a forward uses when its call gives none: the mode the config's
+        #: options select (:func:`config_policy`); immutable, rebuilt as a whole by the
+        #: ``force_scale`` / ``fine_budget`` / ``gate_threshold`` / ``train_budget_range``
+        #: setters
+        self._set_scale_config(force_scale, gate_threshold, fine_budget, train_budget_range)
         if not isinstance(pos_embed_antialias, bool):
             raise ValueError('MSViT: pos_embed_antialias must be True or False, got '
                              f'{pos_embed_antialias!r}')
@@ -320,16 +337,26 @@ class MSViT(BaseModule):
         self._reset_parameters()
         self._freeze()
 
-    # The config's policy, one field at a time (``model.backbone.fine_budget = 0.3``): each
-    # setter checks the value and replaces the whole immutable policy; a single forward with
+    # The config's scale options, one at a time (``model.backbone.fine_budget = 0.3``): each
+    # setter checks the value and rebuilds the whole immutable policy; a single forward with
     # another rule passes ``policy=`` instead.
-    force_scale = _policy_field('force_scale', "None (the gate decides), 'fine' or 'coarse'.")
-    gate_threshold = _policy_field('threshold', 'Eval threshold on the gate probability of '
-                                   'FINE, a float in [0, 1].')
-    fine_budget = _policy_field('budget', "Budget mode's fine fraction per image in (0, 1], or "
-                                'None (threshold mode).')
-    train_budget_range = _policy_field('train_budget_range', 'The training budget range '
+    force_scale = _config_field('force_scale', "None (the gate decides), 'fine' or 'coarse'.")
+    gate_threshold = _config_field('gate_threshold', 'Eval threshold on the gate probability of '
+                                   'FINE, a float in [0, 1] (threshold mode).')
+    fine_budget = _config_field('fine_budget', "Budget mode's fine fraction per image in (0, 1], "
+                                'or None (threshold mode).')
+    train_budget_range = _config_field('train_budget_range', 'The training budget range '
                                        '(budget mode), or None.')
+
+    def _set_scale_config(self, force_scale, gate_threshold, fine_budget,
+                          train_budget_range) -> None:
+        """Check the config's scale options, keep them (as checked) and rebuild the policy."""
+        self.policy = config_policy(force_scale, gate_threshold, fine_budget, train_budget_range)
+        self._scale_config = dict(
+            force_scale=force_scale, gate_threshold=check_gate_threshold(gate_threshold),
+            fine_budget=check_fine_budget(fine_budget),
+            train_budget_range=None if train_budget_range is None else
+            tuple(float(v) for v in train_budget_range))
 
     @property
     def tokens_per_fine_region(self) -> int:
@@ -508,7 +535,7 @@ class MSViT(BaseModule):
         if not isinstance(policy, ScalePolicy):
             raise TypeError('MSViT: policy must be a ScalePolicy (mmseg_msvit.models.'
                             f'ScalePolicy), got {type(policy).__name__}')
-        budget = policy.draw_budget(self.training, self.policy.train_budget_range)
+        budget = policy.draw_budget(self.training, self.train_budget_range)
         batch = img.shape[0]
         grid = (img.shape[-2] // self.coarse_patch_size, img.shape[-1] // self.coarse_patch_size)
         regions, per_fine = grid[0] * grid[1], self.tokens_per_fine_region
@@ -534,7 +561,8 @@ class MSViT(BaseModule):
                     logits, policy.num_fine_regions(regions, budget), temperature)
                 static = policy.static_num_tokens(regions, per_fine, budget)
             else:
-                fine_mask, value = threshold_decisions(logits, policy.threshold, temperature)
+                fine_mask, value = threshold_decisions(logits, policy.decision_threshold,
+                                                       temperature)
                 static = None
             decision = ScaleDecision.from_mask(fine_mask, per_fine, value, logits, static,
                                                gate.macs_per_region)
