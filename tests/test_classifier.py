@@ -54,7 +54,7 @@ def test_one_step_trains_head_gate_and_prior():
     model.train_step(batch(), OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1)))
     assert any(not torch.equal(v, gate_before[k])
                for k, v in model.backbone.gate.state_dict().items())
-    from mmseg_msvit.models.gate_training import input_normalisation
+    from mmseg_msvit.models.checkpoints import input_normalisation
     assert input_normalisation(model.data_preprocessor)['bgr_to_rgb'] is True
 
 

@@ -20,7 +20,7 @@ from typing import Dict, Optional
 import torch
 
 __all__ = ['transformer_layer_macs', 'msvit_macs_from_tokens', 'layout_macs', 'image_cost',
-           'add_costs', 'CallCosts']
+           'add_costs', 'CallCosts', 'attach_cost']
 
 
 def transformer_layer_macs(num_tokens, embed_dims: int, mlp_ratio: float = 4.0):
@@ -113,3 +113,26 @@ class CallCosts:
         """(B, Hc, Wc) bool decisions of the call's one forward; None after several (slide
         windows: no single map of the image)."""
         return self._fine_masks[0] if len(self._fine_masks) == 1 else None
+
+
+def attach_cost(results, cost: dict, fine_mask=None):
+    """Write the per-image cost (:func:`mmseg_msvit.models.costs.image_cost`, summed over slide
+    windows) into each prediction's metainfo (read by ``ComplexityMetric``):
+    ``msvit_backbone_macs``, ``msvit_fine_fraction``, ``msvit_num_tokens``, ``msvit_forwards``,
+    ``msvit_decode_macs`` (neck + decode head) and ``msvit_macs`` (the whole model) when the
+    neck and head count themselves, and ``msvit_fine_mask`` ((Hc, Wc) bool on the CPU) when
+    ``fine_mask`` gives the decisions of one forward per image (whole inference,
+    classification)."""
+    for index, sample in enumerate(results):
+        info = dict(
+            msvit_backbone_macs=float(cost['macs'][index]),
+            msvit_fine_fraction=float(cost['fine_regions'][index] / cost['regions'][index]),
+            msvit_num_tokens=float(cost['tokens'][index]),
+            msvit_forwards=int(cost['forwards'][index]))
+        if cost.get('decode_macs') is not None:
+            info['msvit_decode_macs'] = float(cost['decode_macs'][index])
+            info['msvit_macs'] = info['msvit_backbone_macs'] + info['msvit_decode_macs']
+        if fine_mask is not None:
+            info['msvit_fine_mask'] = fine_mask[index].cpu()
+        sample.set_metainfo(info)
+    return results

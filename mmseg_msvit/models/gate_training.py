@@ -1,7 +1,8 @@
-"""What the segmentor and the classifier both add around an MSViT backbone: the gate loss and
-training statistics, the gate probe, the input-normalisation check of a transferred gate, and
-the per-image cost written into predictions. Everything is read from the layout a forward
-returns; nothing is kept on the backbone."""
+"""Training the gate, for the segmentor and the classifier alike: the gate loss and its training
+statistics, the gate probe (with the batch-norm freeze its extra forwards need), and the warning
+for a gate that nothing but the task loss trains. Everything is read from the layout a forward
+returns. (The per-image cost written into predictions is in :mod:`.costs`; the normalisation
+check of a transferred gate in :mod:`.checkpoints.gate_files`.)"""
 import logging
 import warnings
 from contextlib import contextmanager
@@ -108,52 +109,6 @@ def current_target(gate_loss: Optional[nn.Module], default: float = 0.5) -> floa
     return gate_loss.current_target() if hasattr(gate_loss, 'current_target') else default
 
 
-def input_normalisation(data_preprocessor) -> Optional[dict]:
-    """mean / std / bgr_to_rgb of an mmseg or mmpretrain data preprocessor (None if it does not
-    normalise)."""
-    if not getattr(data_preprocessor, '_enable_normalize', False):
-        return None
-    return dict(mean=data_preprocessor.mean.flatten().tolist(),
-                std=data_preprocessor.std.flatten().tolist(),
-                bgr_to_rgb=bool(getattr(data_preprocessor, 'channel_conversion',
-                                        getattr(data_preprocessor, 'to_rgb', False))))
-
-
-def check_gate_normalisation(backbone, data_preprocessor) -> None:
-    """A transferred gate (``backbone.gate_init``) must have seen inputs normalised as this
-    model's data preprocessor normalises them (clear error naming the differences)."""
-    if backbone.gate_init is None:
-        return
-    from .checkpoints import check_gate_compatible, read_gate_meta
-    path = backbone.gate_init['checkpoint']
-    check_gate_compatible(read_gate_meta(path), backbone.coarse_patch_size,
-                          backbone.fine_patch_size, backbone.in_channels,
-                          input_normalisation(data_preprocessor), path)
-
-
-def attach_cost(results, cost: dict, fine_mask=None):
-    """Write the per-image cost (:func:`mmseg_msvit.models.costs.image_cost`, summed over slide
-    windows) into each prediction's metainfo (read by ``ComplexityMetric``):
-    ``msvit_backbone_macs``, ``msvit_fine_fraction``, ``msvit_num_tokens``, ``msvit_forwards``,
-    ``msvit_decode_macs`` (neck + decode head) and ``msvit_macs`` (the whole model) when the
-    neck and head count themselves, and ``msvit_fine_mask`` ((Hc, Wc) bool on the CPU) when
-    ``fine_mask`` gives the decisions of one forward per image (whole inference,
-    classification)."""
-    for index, sample in enumerate(results):
-        info = dict(
-            msvit_backbone_macs=float(cost['macs'][index]),
-            msvit_fine_fraction=float(cost['fine_regions'][index] / cost['regions'][index]),
-            msvit_num_tokens=float(cost['tokens'][index]),
-            msvit_forwards=int(cost['forwards'][index]))
-        if cost.get('decode_macs') is not None:
-            info['msvit_decode_macs'] = float(cost['decode_macs'][index])
-            info['msvit_macs'] = info['msvit_backbone_macs'] + info['msvit_decode_macs']
-        if fine_mask is not None:
-            info['msvit_fine_mask'] = fine_mask[index].cpu()
-        sample.set_metainfo(info)
-    return results
-
-
 def probe_labels(benefit: torch.Tensor, target: float) -> torch.Tensor:
     """1.0 (fine) for the probed regions whose benefit of fine tokens is in the top ``target``
     share of those probed, 0.0 (coarse) for the others; all fine when ``target >= 1``."""
@@ -250,6 +205,6 @@ class GateProbe(nn.Module):
 
 __all__ = [
     'build_gate_loss', 'build_gate_probe', 'gate_loss_and_stats', 'current_target',
-    'input_normalisation', 'check_gate_normalisation', 'attach_cost', 'probe_labels',
+    'probe_labels',
     'frozen_batch_norm', 'GateProbe', 'UntrainedGateWarning'
 ]

@@ -18,7 +18,7 @@ from mmengine.registry import DefaultScope  # noqa: E402
 import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.cli import build_eval_model, int_at_least, load_config  # noqa: E402
 from mmseg_msvit.models.checkpoints import load_model_weights  # noqa: E402
-from mmseg_msvit.models.gate_training import input_normalisation  # noqa: E402
+from mmseg_msvit.models.checkpoints import input_normalisation  # noqa: E402
 
 
 def parse_args(argv=None):

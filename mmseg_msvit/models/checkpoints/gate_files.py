@@ -161,3 +161,25 @@ def load_gate(backbone, path: str, normalisation: Optional[dict] = None) -> dict
 def read_gate_meta(path: str) -> dict:
     """The meta of a gate file (for checks made after loading)."""
     return read_checkpoint(path, 'MSViT: gate checkpoint')['meta']
+
+
+def input_normalisation(data_preprocessor) -> Optional[dict]:
+    """mean / std / bgr_to_rgb of an mmseg or mmpretrain data preprocessor (None if it does not
+    normalise)."""
+    if not getattr(data_preprocessor, '_enable_normalize', False):
+        return None
+    return dict(mean=data_preprocessor.mean.flatten().tolist(),
+                std=data_preprocessor.std.flatten().tolist(),
+                bgr_to_rgb=bool(getattr(data_preprocessor, 'channel_conversion',
+                                        getattr(data_preprocessor, 'to_rgb', False))))
+
+
+def check_gate_normalisation(backbone, data_preprocessor) -> None:
+    """A transferred gate (``backbone.gate_init``) must have seen inputs normalised as this
+    model's data preprocessor normalises them (clear error naming the differences)."""
+    if backbone.gate_init is None:
+        return
+    path = backbone.gate_init['checkpoint']
+    check_gate_compatible(read_gate_meta(path), backbone.coarse_patch_size,
+                          backbone.fine_patch_size, backbone.in_channels,
+                          input_normalisation(data_preprocessor), path)

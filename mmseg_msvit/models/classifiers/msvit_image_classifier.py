@@ -7,11 +7,11 @@ from mmpretrain.models.classifiers import ImageClassifier
 from mmpretrain.registry import MODELS as PRETRAIN_MODELS
 
 from ..backbones import MSViT
-from ..costs import image_cost
+from ..checkpoints import check_gate_normalisation
+from ..costs import attach_cost, image_cost
 from ..features import layout_of
-from ..gate_training import (UntrainedGateWarning, attach_cost, build_gate_loss,
-                             build_gate_probe, check_gate_normalisation, current_target,
-                             gate_loss_and_stats)
+from ..gate_training import (UntrainedGateWarning, build_gate_loss, build_gate_probe,
+                             current_target, gate_loss_and_stats)
 from ..policy import ScalePolicy
 
 # MSViT usable from mmpretrain configs too (type='MSViT' under the mmpretrain scope)

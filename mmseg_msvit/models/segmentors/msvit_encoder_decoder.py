@@ -11,11 +11,11 @@ from torch import Tensor
 
 from ..backbones import MSViT
 from ..builder import build_component
-from ..costs import CallCosts, image_cost
+from ..checkpoints import check_gate_normalisation
+from ..costs import CallCosts, attach_cost, image_cost
 from ..features import layout_of
-from ..gate_training import (UntrainedGateWarning, attach_cost, build_gate_loss,
-                             build_gate_probe, check_gate_normalisation, current_target,
-                             gate_loss_and_stats)
+from ..gate_training import (UntrainedGateWarning, build_gate_loss, build_gate_probe,
+                             current_target, gate_loss_and_stats)
 from ..policy import ScalePolicy
 
 
