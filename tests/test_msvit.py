@@ -103,8 +103,8 @@ def test_to_dense_places_fine_and_coarse_tokens_exactly():
     fine_mask = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(4)) > 0.5
     fine_mask[0, 0, 0], fine_mask[1, 0, 0] = True, False  # both kinds in both images
     zeros = torch.zeros(1, 1, 1)
-    tokens, _, layout = tokenizer(img, ScaleDecision.from_mask(fine_mask, 4), patch_embed, torch.zeros(1, 1, 6, 8), zeros,
-                                  zeros, pack=False)
+    tokens, _, layout = tokenizer(img, ScaleDecision.from_mask(fine_mask, 4), patch_embed,
+                                  torch.zeros(1, 1, 6, 8), zeros, zeros, pack=False)
     dense = MixedScaleFeatures(tokens[:, 1:], layout).to_dense()  # (2, 1, 6, 8)
     coarse_means = coarsen(cell_values, 2)
     expected = torch.where(F.interpolate(fine_mask[:, None].float(), scale_factor=2) > 0,
@@ -401,3 +401,21 @@ def test_forward_refuses_empty_batch_and_bad_image_shape():
 def test_gate_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MixedScaleGate(**kwargs)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_relaxation_noise_keeps_confident_logits_and_their_gradient(dtype):
+    """The relaxed logit is (logit + logistic noise) / T with gradient 1 / T for every logit,
+    also confident ones in bfloat16 (--amp), where torch's LogitRelaxedBernoulli, going through
+    clamped probabilities, would cut the noise and return no gradient beyond |logit| ~ 5."""
+    from mmseg_msvit.models.policy import _relaxed_logits
+    logits = torch.tensor([2.0, -6.0, 8.0, 12.0, 30.0], dtype=dtype).repeat(4000, 1)
+    logits.requires_grad_(True)
+    torch.manual_seed(0)
+    relaxed = _relaxed_logits(logits, 0.5)
+    relaxed.sum().backward()
+    assert torch.equal(logits.grad, torch.full_like(logits, 2.0))
+    noise = (relaxed.detach().float() * 0.5 - logits.detach().float())
+    # logistic noise: mean 0, std pi / sqrt(3), the same for every logit (nothing clamped)
+    assert noise.mean(0).abs().max() < 0.15
+    assert ((noise.std(0) - torch.pi / 3**0.5).abs() < 0.2).all()

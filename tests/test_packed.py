@@ -3,7 +3,7 @@ and every image gets exactly what it gets alone (eval and training, gradients in
 import pytest
 import torch
 
-from mmseg_msvit.models import MSViT
+from mmseg_msvit.models import MSViT, ScaleDecision
 from mmseg_msvit.models.packed import pack_lengths, packed_attention
 
 
@@ -25,7 +25,7 @@ def test_a_mixed_batch_is_packed_without_padding():
     model = small_msvit().eval()
     img, masks = mixed_masks()
     with torch.no_grad():
-        tokens = model.embed(*model.pad_input(img)[:1], masks)
+        tokens = model.embed(*model.pad_input(img)[:1], ScaleDecision.from_mask(masks, 4))
     layout = tokens.layout
     counts = layout.num_tokens.tolist()
     assert len(set(counts)) > 1
@@ -37,7 +37,7 @@ def test_a_mixed_batch_is_packed_without_padding():
     # equal counts are neither packed nor padded
     same = masks[2:3].expand(4, -1, -1)
     with torch.no_grad():
-        plain = model.embed(*model.pad_input(img)[:1], same)
+        plain = model.embed(*model.pad_input(img)[:1], ScaleDecision.from_mask(same, 4))
     assert plain.layout.packed is None and plain.attn_mask is None
     assert plain.tokens.shape == (4, 1 + 48, 48)
 

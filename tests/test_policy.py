@@ -13,6 +13,7 @@ from mmengine.optim import OptimWrapper
 
 from mmseg_msvit.analysis import backbone_macs, count_macs_with_mmengine
 from mmseg_msvit.models import ContentGate, MSViT, ScaleDecision, ScalePolicy
+from mmseg_msvit.models.policy import is_counting_one_forward
 from test_segmentor import build, make_batch, segmentor_cfg
 
 
@@ -203,6 +204,7 @@ def test_mmengine_counter_counts_one_threshold_forward_but_export_still_refuses(
     img = torch.randn(1, 3, 64, 64)
     counted = count_macs_with_mmengine(model, (img, ), lambda f: tuple(x.tokens for x in f))
     assert abs(counted - float(backbone_macs(model, img)[0])) / counted < 0.01
+    assert not is_counting_one_forward()  # the counter's leave ended with the count
     with pytest.raises(RuntimeError, match='threshold mode'):
         torch.export.export(model, (img, ))
 
@@ -285,7 +287,7 @@ def test_policy_edges_are_refused_with_the_reason():
     img = torch.randn(1, 3, 64, 64)
 
     class NaNGate(torch.nn.Module):
-        coarse_patch_size, in_channels, macs_per_region = 32, 3, 0
+        coarse_patch_size, in_channels, macs_per_region, temperature = 32, 3, 0, None
 
         def forward(self, x):
             return torch.full((x.shape[0], 2, 2), float('nan'))
@@ -308,3 +310,9 @@ def test_policy_edges_are_refused_with_the_reason():
         backbone(img, ScalePolicy.with_threshold(0.5, gate=WrongShape()))
     with pytest.raises(ValueError, match='NoCost has no integer macs_per_region'):
         backbone(img, ScalePolicy.with_budget(0.5, gate=NoCost()))
+
+    class NoTemperature(NoCost):
+        macs_per_region = 0
+
+    with pytest.raises(ValueError, match='NoTemperature has no temperature attribute'):
+        backbone(img, ScalePolicy.with_budget(0.5, gate=NoTemperature()))

@@ -221,6 +221,15 @@ def test_featmap_backbone_feeds_mmseg_necks_and_heads_directly():
         assert result.pred_sem_seg.shape == (64, 64)
         assert result.msvit_backbone_macs > 0
         assert result.msvit_fine_fraction == result.msvit_fine_mask.float().mean().item()
+    # budget mode exports the featmap backbone too: the maps and the layout come back
+    budget = featmap_model.backbone
+    budget.fine_budget = 0.5
+    exported = torch.export.export(budget, (img, )).module()(img)
+    reference = budget(img)
+    assert isinstance(exported, MixedScaleMaps)
+    for ours, theirs in zip(exported, reference):
+        torch.testing.assert_close(ours, theirs)
+    assert torch.equal(exported.layout.fine_mask, reference.layout.fine_mask)
     with pytest.raises(ValueError, match="out_type must be 'tokens'"):
         build(segmentor_cfg(backbone=dict(backbone_cfg, out_type='maps')))
     with pytest.raises(ValueError, match="out_type='featmap'"):

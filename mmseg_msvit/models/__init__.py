@@ -15,7 +15,8 @@ from .tokenizer import MixedScaleLayout, MixedScaleTokenizer, coarsen
 
 __all__ = [
     'MSViT', 'MixedScaleGate', 'ContentGate', 'RandomGate', 'MixedScaleToDense',
-    'MixedScaleFeatures', 'MixedScaleMaps', 'layout_of', 'MixedScaleTokenizer', 'MixedScaleLayout', 'coarsen', 'GateProbe',
+    'MixedScaleFeatures', 'MixedScaleMaps', 'layout_of', 'MixedScaleTokenizer',
+    'MixedScaleLayout', 'coarsen', 'GateProbe',
     'GBaSLoss', 'BaSLoss', 'L0GateLoss', 'MSViTEncoderDecoder', 'MSViTImageClassifier',
     'CoarseTokenEmbed', 'DenseDistillLoss', 'ScalePolicy', 'ScaleDecision', 'MixedScaleUPerHead',
     'MixedScaleMap', 'RegionBlocks'

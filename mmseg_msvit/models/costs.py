@@ -1,7 +1,8 @@
 """Multiply-accumulate counts (one multiply-add = one MAC) of an MSViT forward, from the tokens
 it used: pure functions of a forward's layout, used by the segmentor and classifier to write
 the cost into every prediction, and by the analysis tools (:mod:`mmseg_msvit.analysis.macs`
-adds the counters that run models).
+adds the counters that run models). Also the record of one inference call's forwards
+(:class:`CallCosts`) and :func:`attach_cost`, which writes it into the predictions.
 
 The formula lives here and only here (docs/method.md, section 5). Per transformer layer with n
 tokens (CLS included), width D and MLP ratio r::

@@ -164,6 +164,13 @@ class MixedScaleMaps(tuple):
         return (self.__class__, (tuple(self), self.layout))
 
 
+# torch.export returns it (the maps and the layout's tensors); slicing gives a plain tuple
+torch.utils._pytree.register_pytree_node(
+    MixedScaleMaps, lambda maps: ([*maps, maps.layout], len(maps)),
+    lambda children, count: MixedScaleMaps(children[:count], children[count]),
+    serialized_type_name='mmseg_msvit.models.features.MixedScaleMaps')
+
+
 def layout_of(outputs) -> MixedScaleLayout:
     """The layout of an MSViT forward's outputs, either form (:class:`MixedScaleMaps` or a
     tuple of :class:`MixedScaleFeatures`)."""

@@ -29,7 +29,9 @@ class MixedScaleGate(BaseModule):
     docs/method.md, section 2). With the defaults (3072 -> 256 -> 256 -> 1, GELU) it costs
     0.85 MMACs per region, 41.8 MMACs for the 49 regions of a 224 px image: 0.9% of ViT-S/16.
 
-    Decisions (``p = sigmoid(logit)`` is the probability that a region is FINE):
+    Decisions (``p = sigmoid(logit)`` is the probability that a region is FINE; made by the
+    policy, :func:`mmseg_msvit.models.policy.threshold_decisions` / ``budget_decisions``, with
+    this gate's ``temperature`` while it trains):
 
     * training: Gumbel-sigmoid relaxation ``soft = sigmoid((logit + g) / temperature)`` with
       logistic noise ``g``, then straight-through: the forward value is ``soft > 0.5`` (hard 0/1),

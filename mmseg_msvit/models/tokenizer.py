@@ -33,6 +33,9 @@ def regions_to_rows(img: torch.Tensor, region_size: int) -> torch.Tensor:
         Tensor: (B, H/region_size, W/region_size, C*region_size*region_size), each row in
         (C, kh, kw) order, the order a ``Conv2d(kernel=stride=region_size)`` weight flattens to.
     """
+    if img.shape[-2] % region_size or img.shape[-1] % region_size:
+        raise ValueError(f'regions_to_rows: the sides {tuple(img.shape[-2:])} must be multiples '
+                         f'of region_size={region_size}')
     rows, cols = img.shape[-2] // region_size, img.shape[-1] // region_size
     columns = F.unfold(img, region_size, stride=region_size)  # (B, C*k*k, rows*cols)
     return columns.transpose(1, 2).reshape(img.shape[0], rows, cols, -1).contiguous()
@@ -201,6 +204,12 @@ class MixedScaleTokenizer(nn.Module):
             raise TypeError('MixedScaleTokenizer: decision must be a ScaleDecision (MSViT.'
                             'decide_scales, or ScaleDecision.from_mask(mask, tokens_per_fine) '
                             f'for given decisions), got {type(decision).__name__}')
+        if decision.static_num_tokens is None and (torch.jit.is_tracing() or is_exporting()):
+            from .policy import is_counting_one_forward
+            if not is_counting_one_forward():
+                raise RuntimeError('MixedScaleTokenizer: these decisions give no static token '
+                                   "count, so tracing would freeze this batch's; decide in "
+                                   'budget mode or with a forced scale (MSViT.decide_scales)')
         fine_mask, fine_value = decision.fine_mask, decision.fine_value
         batch = img.shape[0]
         fine_rows, fine_cols = img.shape[-2] // self.fine_patch_size, \

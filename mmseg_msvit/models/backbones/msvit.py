@@ -79,6 +79,22 @@ def _config_field(field: str, doc: str) -> property:
     return property(get, set, doc=doc)
 
 
+def check_gate_protocol(gate: nn.Module, which: str) -> None:
+    """What the backbone asks of every gate besides its logits: ``macs_per_region`` (an int,
+    counted in every image's cost) and ``temperature`` (the relaxation's while it trains, None
+    for a gate with nothing to train)."""
+    name = type(gate).__name__
+    if not isinstance(getattr(gate, 'macs_per_region', None), int):
+        raise ValueError(f'MSViT: {which} {name} has no integer macs_per_region (its '
+                         'multiply-adds per region, counted in every image\'s cost); gates of '
+                         'mmseg_msvit.models have it, a gate of your own needs it too')
+    if not hasattr(gate, 'temperature'):
+        raise ValueError(f'MSViT: {which} {name} has no temperature attribute (the Gumbel-'
+                         'sigmoid temperature while it trains, e.g. 1.0, or None for a gate with '
+                         'nothing to train: hard decisions); gates of mmseg_msvit.models have it, '
+                         'a gate of your own needs it too')
+
+
 def config_policy(force_scale: Optional[str], gate_threshold: float, fine_budget: Optional[float],
                   train_budget_range: Optional[Tuple[float, float]]) -> ScalePolicy:
     """The policy of a config's scale options, which may name several modes: a forced scale
@@ -205,7 +221,9 @@ class MSViT(BaseModule):
 
     Outputs:
         tuple[MixedScaleFeatures]: one per ``out_indices``, sharing one layout (decisions, gate
-        logits, token counts); ``.to_dense()`` gives (B, D, H/16, W/16).
+        logits, token counts); ``.to_dense()`` gives (B, D, H/16, W/16). With
+        ``out_type='featmap'``: :class:`~mmseg_msvit.models.MixedScaleMaps`, those maps in a
+        tuple that carries the layout.
     """
     num_prefix_tokens = 1
 
@@ -325,6 +343,7 @@ class MSViT(BaseModule):
         if token_packing:
             check_packable(self.blocks[0])
         self.gate = build_component(gate_config(gate, fine, coarse, self.in_channels))
+        check_gate_protocol(self.gate, 'the gate')
         self.tokenizer = MixedScaleTokenizer(fine, coarse)
         self.coarse_embed = CoarseTokenEmbed(
             dims, coarse // fine, self.in_channels * fine**2, detail=coarse_detail,
@@ -596,12 +615,9 @@ class MSViT(BaseModule):
 
     def _checked_gate(self, gate: nn.Module) -> nn.Module:
         """A policy's substitute gate, refused when it reads regions of another size or other
-        channels than this backbone's, or cannot say its cost (``macs_per_region``)."""
-        if not isinstance(getattr(gate, 'macs_per_region', None), int):
-            raise ValueError(f'MSViT: the policy\'s gate {type(gate).__name__} has no integer '
-                             'macs_per_region (its multiply-adds per region, counted in every '
-                             'image\'s cost); gates of mmseg_msvit.models have it, a gate of '
-                             'your own needs it too')
+        channels than this backbone's, or lacks what a gate says of itself
+        (:func:`check_gate_protocol`)."""
+        check_gate_protocol(gate, "the policy's gate")
         ratio = self.coarse_patch_size // self.fine_patch_size
         for name, ours in (('coarse_patch_size', self.coarse_patch_size),
                            ('in_channels', self.in_channels), ('ratio', ratio)):

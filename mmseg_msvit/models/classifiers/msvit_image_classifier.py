@@ -36,8 +36,8 @@ class MSViTImageClassifier(ImageClassifier):
 
     A :class:`~mmseg_msvit.models.ScalePolicy` passed to ``predict`` or ``extract_feat``
     decides the scales of that call only. Prediction: each sample's metainfo gets
-    ``msvit_backbone_macs``, ``msvit_fine_fraction``, ``msvit_num_tokens`` and
-    ``msvit_forwards`` (read by ``ComplexityMetric``).
+    ``msvit_backbone_macs``, ``msvit_fine_fraction``, ``msvit_num_tokens``,
+    ``msvit_forwards`` and ``msvit_fine_mask`` (read by ``ComplexityMetric``).
     """
 
     def __init__(self, *args, gate_loss: Optional[dict] = None,
@@ -48,6 +48,9 @@ class MSViTImageClassifier(ImageClassifier):
         if not isinstance(self.backbone, MSViT):
             raise TypeError('MSViTImageClassifier: the backbone must be an MSViT, got '
                             f'{type(self.backbone).__name__}')
+        if self.backbone.out_type != 'tokens':
+            raise ValueError("MSViTImageClassifier: the head reads CLS tokens; the backbone's "
+                             f"out_type must be 'tokens', got {self.backbone.out_type!r}")
         if not self.backbone.with_cls_token:
             raise ValueError('MSViTImageClassifier: the head reads the CLS token, but the '
                              'backbone has with_cls_token=False (no token attends to it)')

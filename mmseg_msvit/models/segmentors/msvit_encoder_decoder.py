@@ -22,7 +22,7 @@ from ..policy import ScalePolicy
 #: every region fine (the gate does not run): the dense teacher's and the dense pass's policy
 DENSE = ScalePolicy.forced('fine')
 
-#: (model, policy, CallCosts) of the inference call in progress (``recording_costs``)
+#: (model, policy, CallCosts) of the inference call in progress (``_recording_costs``)
 _CALL: ContextVar = ContextVar('msvit_inference_call', default=None)
 
 
@@ -35,7 +35,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
         loss(): extract_feat_and_layout() -> decode (+ auxiliary) losses
                                           -> gate_loss(sigmoid(layout.gate_logits))
                                           -> gate_probe(self, inputs, samples, layout)
-        predict(policy=None): recording_costs(policy) around mmseg's own predict:
+        predict(policy=None): _recording_costs(policy) around mmseg's own predict:
                    inference() -> whole: encode_decode() once / slide: once per window
                    encode_decode(): extract_feat_and_layout(policy) -> decode head, the
                                     forward's cost added to the call's CallCosts
@@ -48,14 +48,15 @@ class MSViTEncoderDecoder(EncoderDecoder):
     probabilities, and a ``gate_loss`` is refused.
 
     A scale policy (:class:`~mmseg_msvit.models.ScalePolicy`) passed to ``predict``,
-    ``recording_costs`` or ``extract_feat_and_layout`` decides the scales of that call only
+    or ``extract_feat_and_layout`` decides the scales of that call only
     (the study's baselines, a benchmark's sweep); None: the backbone's (the config's).
 
     Inference (whole or slide): every predicted sample carries, in its metainfo,
     ``msvit_backbone_macs`` (backbone multiply-adds for the image, summed over slide windows, gate
     and pooling included), ``msvit_fine_fraction``, ``msvit_num_tokens`` and ``msvit_forwards``
-    (backbone forwards, i.e. slide windows), and in whole mode ``msvit_fine_mask`` ((Hc, Wc) bool
-    over the padded input's 32 px regions, True = fine); the ``ComplexityMetric`` reports them
+    (backbone forwards, i.e. slide windows), and, when one forward covered the image (whole mode,
+    or a slide of one window), ``msvit_fine_mask`` ((Hc, Wc) bool over the padded input's 32 px
+    regions, True = fine); the ``ComplexityMetric`` reports them
     beside mIoU, and ``mmseg.apis.inference_model`` / ``MMSegInferencer(return_datasamples=True)``
     return them with each prediction.
 
@@ -76,7 +77,8 @@ class MSViTEncoderDecoder(EncoderDecoder):
             otherwise frozen model: every other parameter gets ``requires_grad=False`` and the
             neck, heads and transformer blocks stay in eval mode (BatchNorm statistics and
             dropout frozen). The recipe "train the ViT dense, then learn where it needs fine
-            tokens" (``tools/analysis_tools/msvit_study.py``, README "The evidence study"). Default: False.
+            tokens" (``tools/analysis_tools/msvit_study.py``, README "The evidence study").
+            Default: False.
             Other arguments: as EncoderDecoder.
     """
 
@@ -247,10 +249,11 @@ class MSViTEncoderDecoder(EncoderDecoder):
     # the forward's cost to the call's record (``CallCosts``), found through a context variable
     # that only this call of this model sees: nothing is left on the module.
     @contextmanager
-    def recording_costs(self, policy: Optional[ScalePolicy] = None):
+    def _recording_costs(self, policy: Optional[ScalePolicy] = None):
         """Within the block, every ``encode_decode`` of this model decides the scales under
         ``policy`` (None: the backbone's) and adds its cost to the yielded
-        :class:`~mmseg_msvit.models.costs.CallCosts`."""
+        :class:`~mmseg_msvit.models.costs.CallCosts` (the block of one :meth:`predict`; a
+        ``predict`` inside it opens its own)."""
         if policy is not None and not isinstance(policy, ScalePolicy):
             raise TypeError('MSViTEncoderDecoder: policy must be a ScalePolicy (mmseg_msvit.'
                             f'models.ScalePolicy) or None, got {type(policy).__name__}')
@@ -262,7 +265,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
             _CALL.reset(token)
 
     def encode_decode(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
-        """mmseg's ``encode_decode``; inside :meth:`recording_costs` under the call's policy,
+        """mmseg's ``encode_decode``; inside :meth:`_recording_costs` under the call's policy,
         with the forward's per-image cost added to the call's record."""
         call = _CALL.get()
         model, policy, costs = call if call is not None else (None, None, None)
@@ -295,17 +298,23 @@ class MSViTEncoderDecoder(EncoderDecoder):
         return image_cost(self.backbone, layout, self.neck if self.with_neck else None)
 
     def inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
-        """mmseg's ``inference``, with a clear error for an unknown ``test_cfg.mode``."""
+        """mmseg's ``whole_inference`` or ``slide_inference`` by ``test_cfg.mode`` ('whole' when
+        not given; a plain dict ``test_cfg`` works too), a clear error for another mode."""
         mode = self.test_cfg.get('mode', 'whole')
         if mode not in ('slide', 'whole'):
             raise ValueError(f"MSViTEncoderDecoder: test_cfg.mode must be 'whole' or 'slide', "
                              f'got {mode!r}')
-        return super().inference(inputs, batch_img_metas)
+        if mode == 'slide':
+            return self.slide_inference(inputs, batch_img_metas)
+        return self.whole_inference(inputs, batch_img_metas)
 
     def predict(self, inputs: Tensor, data_samples: OptSampleList = None,
                 policy: Optional[ScalePolicy] = None) -> SampleList:
         """mmseg's ``predict`` (whole or slide), the cost in every sample's metainfo; under
         ``policy`` for this call (None: the backbone's)."""
-        with self.recording_costs(policy) as costs:
+        with self._recording_costs(policy) as costs:
             results = super().predict(inputs, data_samples)
+        if costs.total is None:
+            raise RuntimeError('MSViTEncoderDecoder: predict ran no encode_decode (an inference '
+                               'override that bypasses it?), so no cost was recorded')
         return attach_cost(results, costs.total, costs.fine_mask)
