@@ -199,6 +199,16 @@ def runs(setting: dict) -> dict:
             **mixed_head, mixed_scales=(4, ),
             evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
             [('scale1.0', dict(scale=1.0))]),
+        # the same trained in one stage: the model's own dense pass (task loss) teaches its
+        # mixed pass (in-place distillation), no frozen teacher
+        'recipe_mixed_head_inplace': dict(
+            label='recipe + mixed-scale decoding, in-place distillation (the dense pass of the '
+            'model itself as teacher)',
+            **{**mixed_head, 'distill': dict(FEATURE_DISTILL, teacher='self')},
+            evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
+            [('scale1.0', dict(scale=1.0)),
+             (f'dense_decode_content{b}', dict(rule='content', budget=b,
+                                               decode=dict(coarse_reduction=None)))]),
         # a learned gate on the mixed-decoding recipe (gate only, as recipe_gate): its fine
         # regions are where the head runs at full resolution too
         'recipe_mixed_head_gate': dict(
