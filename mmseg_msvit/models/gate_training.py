@@ -16,7 +16,6 @@ from mmseg.registry import MODELS
 
 from .arguments import check_positive_int
 from .builder import build_component
-from .features import layout_of
 
 
 def build_gate_loss(cfg: Optional[dict], backbone, owner: str):
@@ -48,10 +47,10 @@ class UntrainedGateWarning:
     """The warning (once) when a gate trains with nothing but the task loss: no gate loss, no
     probe, so its fine fraction is uncontrolled (the paper's ablation at most).
 
-    A forward hook on the backbone (PyTorch's way to observe a module's forward; the backbone's
-    forward has no warning code): MSViT attaches a default one naming the wrappers that can
-    train a gate; :class:`MSViTEncoderDecoder` and :class:`MSViTImageClassifier`, which own the
-    gate losses, attach their own in its place (:meth:`attach`).
+    MSViT's forward runs its check (:meth:`check`) on every training forward. Its default names
+    the wrappers that can train a gate; :class:`MSViTEncoderDecoder` and
+    :class:`MSViTImageClassifier`, which own the gate losses, declare themselves with
+    ``MSViT.declare_gate_training(owner, trained)``, which puts theirs in its place.
 
     Args:
         owner (str): who attached it (the backbone, or the wrapper's class name).
@@ -64,16 +63,9 @@ class UntrainedGateWarning:
         self.trained = trained
         self.warned = False
 
-    def attach(self, backbone: nn.Module) -> 'UntrainedGateWarning':
-        """Make this the check of ``backbone``'s forwards (replacing the one it had)."""
-        previous = getattr(backbone, '_untrained_gate_hook', None)
-        if previous is not None:
-            previous.remove()
-        backbone._untrained_gate_hook = backbone.register_forward_hook(self)
-        return self
-
-    def __call__(self, backbone: nn.Module, args, outputs) -> None:
-        layout = layout_of(outputs)
+    def check(self, backbone: nn.Module, layout) -> None:
+        """Warn (once) when ``backbone`` trains its gate in a forward of ``layout`` and nothing
+        but the task loss trains it."""
         if self.trained or self.warned or not backbone.training or \
                 layout.gate_logits is None or \
                 not any(p.requires_grad for p in backbone.gate.parameters()):

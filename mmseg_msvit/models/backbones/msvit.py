@@ -351,8 +351,8 @@ class MSViT(BaseModule):
 
         self._register_load_state_dict_pre_hook(self._resize_pos_embed)
         # a gate trained by nothing but the task loss is warned about (once); a wrapper that
-        # owns gate losses attaches its own check in place of this one
-        UntrainedGateWarning('MSViT', trained=False).attach(self)
+        # owns gate losses declares itself (declare_gate_training)
+        self.untrained_gate = UntrainedGateWarning('MSViT', trained=False)
         self._reset_parameters()
         self._freeze()
 
@@ -376,6 +376,12 @@ class MSViT(BaseModule):
             fine_budget=check_fine_budget(fine_budget),
             train_budget_range=None if train_budget_range is None else
             tuple(float(v) for v in train_budget_range))
+
+    def declare_gate_training(self, owner: str, trained: bool) -> None:
+        """Called by the model that owns the gate losses (the segmentor, the classifier): its
+        name for the untrained-gate warning, and whether a gate loss or probe trains the gate
+        (then the warning never fires)."""
+        self.untrained_gate = UntrainedGateWarning(owner, trained)
 
     @property
     def tokens_per_fine_region(self) -> int:
@@ -724,6 +730,8 @@ class MSViT(BaseModule):
             policy = ScalePolicy.given(fine_mask, fine_value)
         img, out_size = self.pad_input(img)
         outs = self.forward_blocks(self.embed(img, self.decide_scales(img, policy), out_size))
+        if self.training:
+            self.untrained_gate.check(self, outs[0].layout)
         if self.out_type == 'featmap':
             return MixedScaleMaps([features.to_dense() for features in outs], outs[0].layout)
         return outs

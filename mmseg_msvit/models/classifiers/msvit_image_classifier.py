@@ -10,8 +10,8 @@ from ..backbones import MSViT
 from ..checkpoints import check_gate_normalisation
 from ..costs import attach_cost, image_cost
 from ..features import layout_of
-from ..gate_training import (UntrainedGateWarning, build_gate_loss, build_gate_probe,
-                             current_target, gate_loss_and_stats)
+from ..gate_training import (build_gate_loss, build_gate_probe, current_target,
+                             gate_loss_and_stats)
 from ..policy import ScalePolicy
 
 # MSViT usable from mmpretrain configs too (type='MSViT' under the mmpretrain scope)
@@ -56,9 +56,8 @@ class MSViTImageClassifier(ImageClassifier):
                              'backbone has with_cls_token=False (no token attends to it)')
         self.gate_loss = build_gate_loss(gate_loss, self.backbone, 'MSViTImageClassifier')
         self.gate_probe = build_gate_probe(gate_probe, 'MSViTImageClassifier')
-        self.untrained_gate = UntrainedGateWarning(
-            'MSViTImageClassifier', self.gate_loss is not None or self.gate_probe is not None
-        ).attach(self.backbone)
+        self.backbone.declare_gate_training(
+            'MSViTImageClassifier', self.gate_loss is not None or self.gate_probe is not None)
 
     def _neck(self, features) -> tuple:
         cls_tokens = tuple(f.cls_token for f in features)  # (B, D) per tap

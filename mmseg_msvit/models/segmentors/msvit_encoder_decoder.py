@@ -14,8 +14,8 @@ from ..builder import build_component
 from ..checkpoints import check_gate_normalisation
 from ..costs import CallCosts, attach_cost, image_cost
 from ..features import layout_of
-from ..gate_training import (UntrainedGateWarning, build_gate_loss, build_gate_probe,
-                             current_target, gate_loss_and_stats)
+from ..gate_training import (build_gate_loss, build_gate_probe, current_target,
+                             gate_loss_and_stats)
 from ..policy import ScalePolicy
 
 
@@ -107,9 +107,8 @@ class MSViTEncoderDecoder(EncoderDecoder):
                              f'(its dense maps), got {type(self.neck).__name__}')
         # training the gate without any signal but the task loss is the paper's ablation at
         # most: the wrapper that owns the losses warns (once) when its gate trains without one
-        self.untrained_gate = UntrainedGateWarning(
-            'MSViTEncoderDecoder', self.gate_loss is not None or self.gate_probe is not None
-        ).attach(self.backbone)
+        self.backbone.declare_gate_training(
+            'MSViTEncoderDecoder', self.gate_loss is not None or self.gate_probe is not None)
         if not isinstance(train_gate_only, bool):
             raise ValueError(f'MSViTEncoderDecoder: train_gate_only must be True or False, got '
                              f'{train_gate_only!r}')
