@@ -203,16 +203,16 @@ class MixedScaleToDense(nn.Module):
                              f'/ fine patch size) but the backbone has '
                              f'{rows // layout.fine_mask.shape[1]}; set the neck\'s ratio to it')
         out_rows, out_cols = dense.shape[-2:]
-        full = F.pad(dense, (0, cols - out_cols, 0, rows - out_rows))
-        tokens = full[:, :, ::ratio, ::ratio].permute(0, 2, 3, 1)  # (B, Hc, Wc, D): each
-        # region's first cell, which for a coarse region is its coarse token
+        # each region's first cell (inside the crop: the crop covers every region), which for a
+        # coarse region is its coarse token: (B, Hc, Wc, D)
+        tokens = dense[:, :, ::ratio, ::ratio].permute(0, 2, 3, 1)
         batch, region_rows, region_cols, dims = tokens.shape
         extra = self.unpool[index](tokens).view(batch, region_rows, region_cols, ratio, ratio,
                                                 dims)
         extra = extra.permute(0, 5, 1, 3, 2, 4).reshape(batch, dims, rows, cols)
         coarse = (~layout.fine_mask).repeat_interleave(ratio, 1).repeat_interleave(ratio, 2)
-        full = full + extra * coarse[:, None].to(extra.dtype)
-        return full[:, :, :out_rows, :out_cols]
+        extra = extra * coarse[:, None].to(extra.dtype)
+        return dense + extra[:, :, :out_rows, :out_cols]
 
     def dense_copy(self) -> 'MixedScaleToDense':
         """A copy for a dense model (the distillation teacher): no coarse-token unpooling (there
