@@ -19,7 +19,11 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     if '::' not in str(path) and not osp.isfile(path):
         raise FileNotFoundError(f'config file {path!r} does not exist')
     try:
-        cfg = Config.fromfile(path)
+        if '::' in str(path):  # a config installed with a package: mmengine's hub resolves it
+            from mmengine.hub import get_config
+            cfg = get_config(path)
+        else:
+            cfg = Config.fromfile(path)
     except SyntaxError as err:
         where = f'{err.filename}, line {err.lineno}' if err.lineno else str(err.filename)
         raise ValueError(f'config {path!r} has a syntax error ({where}): {err.msg}') from None
@@ -191,6 +195,13 @@ def build_eval_model(cfg: Config, checkpoint: Optional[str] = None,
     loader_cfg.num_workers = 0
     loader_cfg.persistent_workers = False
     return model, Runner.build_dataloader(loader_cfg)
+
+
+def tool_parser(doc: str) -> argparse.ArgumentParser:
+    """The argument parser of a tool: its description is the first paragraph of the tool's
+    docstring ``doc``, and every option's help shows its default."""
+    return argparse.ArgumentParser(description=doc.split('\n\n')[0].replace('\n', ' '),
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
 def check_output_path(tool: str, source: str, out: str, force: bool = False,

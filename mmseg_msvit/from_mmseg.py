@@ -30,10 +30,6 @@ from mmengine.config import Config, ConfigDict
 
 __all__ = ['mixed_scale_config', 'mixed_scale_state_dict', 'convert_mmseg_model']
 
-#: mmseg VisionTransformer arguments MSViT's own translation of mmseg names checks and maps
-#: (:func:`mmseg_msvit.models.arguments.translate_mmseg_vit_args`)
-_TRANSLATED = ('patch_size', 'num_layers', 'norm_cfg', 'act_cfg', 'with_cls_token',
-               'output_cls_token', 'patch_norm', 'pre_norm', 'interpolate_mode', 'norm_eval')
 #: mmseg VisionTransformer arguments MSViT has no name for, at the one value it implements
 _FIXED = {'out_origin': False, 'num_fcs': 2}
 #: carried over under the same name. The other mmseg VisionTransformer arguments have nothing to
@@ -65,14 +61,15 @@ def _mmseg_args(cfg: dict, cls, what: str, accepted: Optional[str] = None) -> di
 def _backbone(mmseg: dict) -> dict:
     from mmseg.models.backbones import VisionTransformer
 
-    from .models.arguments import translate_mmseg_vit_args
+    from .models.arguments import MMSEG_VIT_ACCEPTED, translate_mmseg_vit_args
     args = _mmseg_args(mmseg, VisionTransformer, 'backbone')
     for name, value in _FIXED.items():
         if args[name] != value:
             raise ValueError(f'mixed_scale_config: the backbone has {name}={args[name]!r}; MSViT '
                              f'implements only {name}={value!r}, so this model cannot be '
                              'converted')
-    ours = translate_mmseg_vit_args({name: args[name] for name in _TRANSLATED}, {})
+    # MSViT's own translation of mmseg names checks and maps these
+    ours = translate_mmseg_vit_args({name: args[name] for name in MMSEG_VIT_ACCEPTED}, {})
     patch = ours['fine_patch_size']
     if not isinstance(patch, int):
         raise ValueError(f'mixed_scale_config: backbone patch_size must be an int, got {patch!r}')

@@ -7,21 +7,18 @@ Load it into another model with ``model.backbone.gate_init=dict(checkpoint='OUT_
 freeze=False)`` (any MSViT width: the gate reads pixels). Patch sizes and the input normalisation
 are stored with the gate and checked when it is loaded.
 """
-import argparse
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
-from mmseg_msvit.cli import check_output_path  # noqa: E402
+from mmseg_msvit.cli import check_output_path, tool_parser  # noqa: E402
 from mmseg_msvit.models.checkpoints import extract_gate, save_gate  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0].replace('\n', ' '),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('checkpoint', help='segmentation or classification checkpoint')
     parser.add_argument('out', help='gate checkpoint to write')
     parser.add_argument('--include-prior', action='store_true',

@@ -185,6 +185,10 @@ MMSEG_VIT_FIXED = {'output_cls_token': False, 'patch_norm': False, 'pre_norm': F
 #: mmseg ``VisionTransformer`` arguments accepted at either boolean value, without effect
 #: (``norm_eval``: mmseg's ViT puts its LayerNorms in eval mode, where they compute the same)
 MMSEG_VIT_NO_EFFECT = ('norm_eval', )
+#: every mmseg ``VisionTransformer`` name :func:`translate_mmseg_vit_args` accepts
+MMSEG_VIT_ACCEPTED = tuple(sorted(list(MMSEG_VIT_RENAMES) + ['norm_cfg', 'act_cfg',
+                                                             'with_cls_token'] +
+                                  list(MMSEG_VIT_FIXED) + list(MMSEG_VIT_NO_EFFECT)))
 
 
 def translate_mmseg_vit_args(given: dict, explicit: dict) -> dict:
@@ -221,17 +225,13 @@ def translate_mmseg_vit_args(given: dict, explicit: dict) -> dict:
         elif name == 'with_cls_token':
             out['with_cls_token'] = check_bool('MSViT', name, value)
         elif name in MMSEG_VIT_NO_EFFECT:
-            if not isinstance(value, bool):
-                raise ValueError(f'MSViT: {name} must be True or False, got {value!r}')
+            check_bool('MSViT', name, value)
         elif name in MMSEG_VIT_FIXED:
             if value != MMSEG_VIT_FIXED[name]:
                 raise ValueError(f'MSViT: {name}={value!r} is not supported; MSViT implements '
                                  f'{name}={MMSEG_VIT_FIXED[name]!r} (remove it from the config)')
         else:
-            accepted = sorted(list(MMSEG_VIT_RENAMES) + ['norm_cfg', 'act_cfg',
-                                                         'with_cls_token'] +
-                              list(MMSEG_VIT_FIXED) + list(MMSEG_VIT_NO_EFFECT))
             raise TypeError(f'MSViT: unexpected argument {name}={value!r}; besides its own '
                             f'arguments MSViT accepts these mmseg VisionTransformer names: '
-                            f'{", ".join(accepted)}')
+                            f'{", ".join(MMSEG_VIT_ACCEPTED)}')
     return out

@@ -101,19 +101,15 @@ class CallCosts:
 
     def __init__(self) -> None:
         self.total: Optional[Dict[str, torch.Tensor]] = None
-        self._fine_masks = []
+        #: (B, Hc, Wc) bool decisions of the call's one forward; None after several (slide
+        #: windows: no single map of the image)
+        self.fine_mask: Optional[torch.Tensor] = None
 
     def add(self, cost: Dict[str, torch.Tensor], fine_mask: torch.Tensor) -> None:
         """Count one forward: its :func:`image_cost` (plus ``decode_macs`` where the neck and head
         count themselves) and its (B, Hc, Wc) decisions."""
+        self.fine_mask = fine_mask.detach() if self.total is None else None
         self.total = add_costs(self.total, cost)
-        self._fine_masks.append(fine_mask.detach())
-
-    @property
-    def fine_mask(self) -> Optional[torch.Tensor]:
-        """(B, Hc, Wc) bool decisions of the call's one forward; None after several (slide
-        windows: no single map of the image)."""
-        return self._fine_masks[0] if len(self._fine_masks) == 1 else None
 
 
 def attach_cost(results, cost: dict, fine_mask=None):
@@ -124,6 +120,8 @@ def attach_cost(results, cost: dict, fine_mask=None):
     neck and head count themselves, and ``msvit_fine_mask`` ((Hc, Wc) bool on the CPU) when
     ``fine_mask`` gives the decisions of one forward per image (whole inference,
     classification)."""
+    cost = {key: value.detach().cpu() for key, value in cost.items() if value is not None}
+    fine_mask = None if fine_mask is None else fine_mask.detach().cpu()  # one device read each
     for index, sample in enumerate(results):
         info = dict(
             msvit_backbone_macs=float(cost['macs'][index]),
@@ -134,6 +132,6 @@ def attach_cost(results, cost: dict, fine_mask=None):
             info['msvit_decode_macs'] = float(cost['decode_macs'][index])
             info['msvit_macs'] = info['msvit_backbone_macs'] + info['msvit_decode_macs']
         if fine_mask is not None:
-            info['msvit_fine_mask'] = fine_mask[index].cpu()
+            info['msvit_fine_mask'] = fine_mask[index]
         sample.set_metainfo(info)
     return results

@@ -22,7 +22,6 @@ Per row: median latency (min-max), images/s, speedup over dense, the whole-model
 with the MACs), the backbone's and the neck + head's share of the MACs, and the part of the time
 spent in the backbone (timed alone in the same loop). ``--out-dir`` also writes CSV and JSON.
 """
-import argparse
 import copy
 import csv
 import json
@@ -39,6 +38,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
+from mmseg_msvit.cli import tool_parser  # noqa: E402
 
 DEFAULT_CONFIG = 'configs/msvit/msvit-s16-32-distill_upernet_8xb2-40k_ade20k-512x512.py'
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -48,9 +48,7 @@ WIDE_SPREAD = 1.3
 def parse_args(argv=None):
     from mmseg_msvit.cli import int_at_least
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0].replace('\n', ' '),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('config', nargs='?', default=DEFAULT_CONFIG,
                         help='segmentation config (its model, random weights)')
     parser.add_argument('--size', type=int_at_least(32, ' px'), default=512,

@@ -25,7 +25,6 @@ torch for that batch; CPU: the process's maximum RSS so far) and, on ``gate`` ro
 the backbone's time spent in the learned gate (``MixedScaleGate``, 3072-256-256-1) plus the
 tokenizer (``decide + embed``), from the same loop. ``--out-dir`` also writes CSV and JSON.
 """
-import argparse
 import csv
 import json
 import os
@@ -42,6 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
+from mmseg_msvit.cli import tool_parser  # noqa: E402
 from mmseg_msvit.analysis import backbone_macs  # noqa: E402
 from mmseg_msvit.models import MSViT, ScaleDecision  # noqa: E402
 
@@ -52,9 +52,7 @@ DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 def parse_args(argv=None):
     from mmseg_msvit.cli import int_at_least
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0].replace('\n', ' '),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('--arch', default='small', help='MSViT arch: tiny, small, base, large')
     parser.add_argument('--sizes', type=int, nargs='+', default=[224, 512],
                         help='square input sizes in px (>= 32)')

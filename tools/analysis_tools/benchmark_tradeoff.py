@@ -19,7 +19,6 @@ Extra config/checkpoint pairs (the dense baseline, a lower-resolution baseline, 
 evaluated once and drawn as points. Writes tradeoff.csv, tradeoff.json and tradeoff.png (both
 curves + baselines on one plot) to --out-dir.
 """
-import argparse
 import csv
 import json
 import os
@@ -33,16 +32,14 @@ from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
-from mmseg_msvit.cli import ensure_runtime_hooks, load_config  # noqa: E402
+from mmseg_msvit.cli import ensure_runtime_hooks, load_config, tool_parser  # noqa: E402
 
 FIELDS = ('label', 'threshold', 'budget', 'mIoU', 'backbone_gmacs', 'decode_gmacs',
           'model_gmacs', 'fine_fraction', 'images_per_s')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0].replace('\n', ' '),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--thresholds', type=float, nargs='*', default=None,

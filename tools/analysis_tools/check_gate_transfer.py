@@ -5,7 +5,6 @@ the classification model it came from.
     python tools/analysis_tools/check_gate_transfer.py CLS_CONFIG CLS_CKPT SEG_CONFIG GATE
         [--num-images 8] [--cfg-options ...  (applied to SEG_CONFIG)]
 """
-import argparse
 import os.path as osp
 import sys
 
@@ -16,15 +15,13 @@ from mmengine.config import DictAction  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
-from mmseg_msvit.cli import build_eval_model, int_at_least, load_config  # noqa: E402
+from mmseg_msvit.cli import build_eval_model, int_at_least, load_config, tool_parser  # noqa: E402
 from mmseg_msvit.models.checkpoints import load_model_weights  # noqa: E402
 from mmseg_msvit.models.checkpoints import input_normalisation  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0].replace('\n', ' '),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('cls_config', help='classification config the gate was trained in')
     parser.add_argument('cls_checkpoint', help='its trained checkpoint')
     parser.add_argument('seg_config', help='segmentation config to move the gate into')

@@ -22,7 +22,6 @@ both relative to the dense model, and the fine fraction. Every checkpoint must b
 config's model (no missing weights, none the model lacks). Prints a table and writes
 compare.csv, compare.json and compare.png (mIoU against whole-model and backbone GMACs).
 """
-import argparse
 import csv
 import json
 import os
@@ -34,16 +33,14 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from mmengine.config import DictAction  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
-from mmseg_msvit.cli import build_eval_model, load_config, number_in, run_cli  # noqa: E402
+from mmseg_msvit.cli import build_eval_model, load_config, number_in, run_cli, tool_parser  # noqa: E402
 
 FIELDS = ('label', 'mIoU', 'backbone_gmacs', 'model_gmacs', 'backbone_ratio', 'model_ratio',
           'fine_fraction')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0].replace('\n', ' '),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('config', help='config of the mixed-scale model (its test set is used)')
     parser.add_argument('checkpoint', help='its checkpoint')
     parser.add_argument('--dense', nargs=2, required=True, metavar=('CONFIG', 'CHECKPOINT'),

@@ -19,7 +19,6 @@ mmseg's get_flops.py) sees in the same dense backbone forward: it has no counter
 ``scaled_dot_product_attention``, so it leaves out the attention products, and its figure is
 lower; compare like with like. Parameters (total, backbone, gate, neck + heads) are printed too.
 """
-import argparse
 import os.path as osp
 import sys
 
@@ -31,13 +30,11 @@ from mmengine.config import DictAction  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.analysis import decode_macs, parameter_counts, shape_costs  # noqa: E402
-from mmseg_msvit.cli import build_eval_model, int_at_least, load_config  # noqa: E402
+from mmseg_msvit.cli import build_eval_model, int_at_least, load_config, tool_parser  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0].replace('\n', ' '),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('config', help='config file')
     parser.add_argument('--checkpoint', help='trained weights (the gate decides per image)')
     parser.add_argument('--num-images', type=int, default=20,

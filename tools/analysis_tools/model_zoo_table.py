@@ -8,11 +8,12 @@ Without configs: the recommended (step-2) configs the README lists. Each row is 
 weights (costs and parameter counts do not depend on them); prints a Markdown table. The test suite checks that
 the README's table is this output.
 """
-import argparse
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # noqa: E402
+
+from mmseg_msvit.cli import tool_parser  # noqa: E402
 
 ZOO = ('configs/msvit/msvit-s16-32-distill_upernet_8xb2-40k_ade20k-512x512.py',
        'configs/msvit/msvit-s16-32-distill_upernet_8xb2-20k_cityscapes-512x1024.py',
@@ -24,9 +25,7 @@ HEADER = ('| config | input | params (M) | backbone GMACs, all fine / all coarse
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0].replace('\n', ' '),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('configs', nargs='*', default=list(ZOO),
                         help='segmentation configs (default: the recommended ones)')
     return parser.parse_args(argv)

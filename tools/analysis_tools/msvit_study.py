@@ -41,7 +41,6 @@ re-run does only what is missing (``--only`` limits it to some runs and what the
 At the end it writes summary.csv, summary.json, summary.md (table + comparisons at equal GMACs,
 paired by seed) and study.png (mIoU against backbone and whole-model GMACs with the seed spread).
 """
-import argparse
 import os
 import os.path as osp
 import re
@@ -51,6 +50,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 # the study is mmseg_msvit.analysis.study (registry, configs, evaluator, orchestration, report);
 # this file is its command line
+from mmseg_msvit.cli import tool_parser  # noqa: E402
 from mmseg_msvit.analysis.study.orchestration import Study, train_one  # noqa: E402
 from mmseg_msvit.analysis.study.report import write_outputs  # noqa: E402
 from mmseg_msvit.analysis.study.runs import SETTINGS, with_overrides  # noqa: E402
@@ -70,9 +70,7 @@ def default_out_name(args) -> str:
 
 def parse_args(argv=None):
     from mmseg_msvit.cli import int_at_least
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0].replace('\n', ' '),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('--setting', choices=sorted(SETTINGS), default='quick',
                         help='quick: MSViT-Ti at 256 px, about 70 min on 2 CPU cores; full: '
                         'MSViT-S at 512 px, longer schedule, for a GPU; smoke: a few '

@@ -22,7 +22,6 @@ threshold (threshold mode only); ``--content-gate B`` decides with the training-
 at budget B, as ``tools/test.py --content-gate`` (the way to look at a dense checkpoint: its
 config forces every region fine, so ``--fine-budget`` there is refused).
 """
-import argparse
 import os
 import os.path as osp
 import sys
@@ -38,7 +37,7 @@ import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.analysis.gate_alignment import (DetailAlignment,  # noqa: E402
                                                   region_detail_kinds)
 from mmseg_msvit.apis import with_content_gate  # noqa: E402
-from mmseg_msvit.cli import build_eval_model, load_config, number_in  # noqa: E402
+from mmseg_msvit.cli import build_eval_model, load_config, number_in, tool_parser  # noqa: E402
 from mmseg_msvit.visualization import (draw_gate_map, present_classes,  # noqa: E402
                                        tint_colours)
 
@@ -46,9 +45,7 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0].replace('\n', ' '),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out-dir', required=True, help='folder for the pictures')

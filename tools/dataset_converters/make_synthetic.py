@@ -8,17 +8,15 @@ Examples::
     python tools/dataset_converters/make_synthetic.py data/synthetic_imagenet \
         --layout imagenet --num-train 40 --num-val 10 --img-size 96 96
 """
-import argparse
 import sys
 import time
 
+from mmseg_msvit.cli import tool_parser
 from mmseg_msvit.datasets.synthetic import LAYOUTS, SCENE_STYLES, make_synthetic
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0].replace('\n', ' '),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('out_dir', help='root folder of the dataset')
     parser.add_argument('--layout', default='ade20k', help=f'one of {LAYOUTS}')
     parser.add_argument('--num-train', type=int, default=64,

@@ -15,7 +15,6 @@ class of every pixel, with --labels) or, with --backbone-only, ``dense_map_i`` o
 normalisation (mean, std, bgr_to_rgb), the classes, the input size, the budget and what the
 output is.
 """
-import argparse
 import os.path as osp
 import sys
 
@@ -25,6 +24,7 @@ import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
+from mmseg_msvit.cli import tool_parser  # noqa: E402
 from mmseg_msvit.cli import (build_eval_model, check_output_path, int_at_least,  # noqa: E402
                              load_config, number_in, run_cli)
 from mmseg_msvit.deployment import (DenseBackbone, SegmentorLogits, check_budget_mode,  # noqa
@@ -33,9 +33,7 @@ from mmseg_msvit.deployment import (DenseBackbone, SegmentorLogits, check_budget
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0].replace('\n', ' '),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('config', help='segmentation config')
     parser.add_argument('checkpoint', help='its trained checkpoint')
     parser.add_argument('--shape', type=int_at_least(32, ' px (one coarse region)'), nargs=2, required=True,

@@ -13,7 +13,6 @@ checkpoint is read as data only; the outputs are written atomically and never re
 file; existing outputs are replaced only with ``--force``. With ``--fine-budget 1.0`` the
 converted model computes what mmseg's did.
 """
-import argparse
 import os
 import os.path as osp
 import sys
@@ -22,14 +21,12 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import torch  # noqa: E402
 
-from mmseg_msvit.cli import check_output_path, number_in  # noqa: E402
+from mmseg_msvit.cli import check_output_path, number_in, tool_parser  # noqa: E402
 from mmseg_msvit.engine.fileio import atomic_write  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0].replace('\n', ' '),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('config', help="the mmseg config the model was trained with (a file, or "
                         "'mmseg::vit/...py')")
     parser.add_argument('checkpoint', help='its trained checkpoint')

@@ -16,7 +16,6 @@ the source, and an existing DST is replaced only with ``--force``.
 LayerNorm eps is not stored in a checkpoint: mmseg's ``norm_cfg=dict(type='LN')`` means 1e-5,
 timm's and mmpretrain's 1e-6; set ``MSViT(norm_eps=...)`` to the source model's value.
 """
-import argparse
 import os.path as osp
 import sys
 
@@ -24,7 +23,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import torch  # noqa: E402
 
-from mmseg_msvit.cli import check_output_path  # noqa: E402
+from mmseg_msvit.cli import check_output_path, tool_parser  # noqa: E402
 from mmseg_msvit.engine.fileio import atomic_write, atomic_write_bytes  # noqa: E402
 from mmseg_msvit.models.checkpoints import (checkpoint_to_timm_vit,  # noqa: E402
                                             read_checkpoint, state_dict_of, vit_depth)
@@ -33,9 +32,7 @@ _BIAS_KEYS = ('patch_embed.proj.bias', 'patch_embed.projection.bias')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0].replace('\n', ' '),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('src', help='ViT checkpoint to convert (timm/DeiT, mmseg or mmpretrain '
                         'names; bare, with a backbone. prefix, or in a {"model": ...} container)')
     parser.add_argument('dst', help='backbone state dict to write, timm key names (.pth, or '

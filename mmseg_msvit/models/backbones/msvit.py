@@ -30,8 +30,8 @@ from ..features import MixedScaleFeatures, MixedScaleMaps
 from ..gate_training import UntrainedGateWarning
 from ..gates import MixedScaleGate
 from ..packed import check_packable, packed_block_forward
-from ..policy import (ScaleDecision, ScalePolicy, budget_decisions, is_counting_one_forward,
-                      relaxation_temperature, threshold_decisions)
+from ..policy import (ScaleDecision, ScalePolicy, budget_decisions, relaxation_temperature,
+                      threshold_decisions)
 from ..tokenizer import MixedScaleTokenizer, MixedScaleTokens, is_exporting
 
 
@@ -391,11 +391,7 @@ class MSViT(BaseModule):
     def dense_copy(self) -> 'MSViT':
         """A copy for a dense model (the distillation teacher): without the coarse-token
         embedding, which only coarse tokens use."""
-        coarse_embed, self.coarse_embed = self.coarse_embed, None
-        try:
-            return copy.deepcopy(self)
-        finally:
-            self.coarse_embed = coarse_embed
+        return copy.deepcopy(self, {id(self.coarse_embed): None})  # the copy's: None
 
     # ------------------------------------------------------------------ weights
     def _reset_parameters(self) -> None:
@@ -591,14 +587,7 @@ class MSViT(BaseModule):
                 static = None
             decision = ScaleDecision.from_mask(fine_mask, per_fine, value, logits, static,
                                                gate.macs_per_region)
-        if decision.static_num_tokens is None and not is_counting_one_forward() and (
-                torch.jit.is_tracing() or is_exporting()):
-            raise RuntimeError(
-                'MSViT: in threshold mode the token count depends on the image, so '
-                'torch.jit.trace / torch.export would freeze one image\'s count and give wrong '
-                'results on others. Use budget mode for static shapes: set '
-                'model.backbone.fine_budget (e.g. 0.5), or force_scale.')
-        return decision
+        return decision  # the tokenizer refuses to trace a count that is not static
 
     def _checked_logits(self, gate: nn.Module, logits, shape) -> torch.Tensor:
         """A gate's logits: (B, Hc, Wc) and, in evaluation, finite (a NaN would pick arbitrary

@@ -5,7 +5,6 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmseg.models.necks import MultiLevelNeck
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
@@ -217,11 +216,7 @@ class MixedScaleToDense(nn.Module):
     def dense_copy(self) -> 'MixedScaleToDense':
         """A copy for a dense model (the distillation teacher): no coarse-token unpooling (there
         are no coarse tokens) and every level decoded densely."""
-        unpool, self.unpool = self.unpool, None
-        try:
-            dense = copy.deepcopy(self)
-        finally:
-            self.unpool = unpool
+        dense = copy.deepcopy(self, {id(self.unpool): None})  # the copy's unpool: None
         dense.coarse_reduction = None
         return dense
 

@@ -253,10 +253,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
         ``policy`` (None: the backbone's) and adds its cost to the yielded
         :class:`~mmseg_msvit.models.costs.CallCosts` (the block of one :meth:`predict`; a
         ``predict`` inside it opens its own)."""
-        if policy is not None and not isinstance(policy, ScalePolicy):
-            raise TypeError('MSViTEncoderDecoder: policy must be a ScalePolicy (mmseg_msvit.'
-                            f'models.ScalePolicy) or None, got {type(policy).__name__}')
-        costs = CallCosts()
+        costs = CallCosts()  # (a policy of another type is refused by MSViT.decide_scales)
         token = _CALL.set((self, policy, costs))
         try:
             yield costs
