@@ -14,7 +14,8 @@ from ..models.features import layout_of
 
 __all__ = [
     'transformer_layer_macs', 'msvit_macs_from_tokens', 'layout_macs', 'image_cost',
-    'backbone_macs', 'count_macs_with_mmengine', 'decode_macs', 'add_costs', 'shape_costs',
+    'backbone_macs', 'count_macs_with_mmengine', 'decode_macs', 'dense_decode_macs', 'add_costs',
+    'shape_costs',
     'parameter_counts'
 ]
 
@@ -119,6 +120,18 @@ def decode_macs(segmentor, dense_maps) -> int:
                                     matrix_products_only=True)
 
 
+@torch.no_grad()
+def dense_decode_macs(segmentor, shape) -> int:
+    """:func:`decode_macs` for one input of ``shape`` (H, W): the neck's rescale and the decode
+    head on the dense maps of the backbone with every region fine. For heads that cannot count
+    themselves; the figure depends on the input size only, so callers cache it per size."""
+    from ..models import ScalePolicy
+    device = next(segmentor.parameters()).device
+    feats = segmentor.backbone(torch.zeros(1, 3, *shape, device=device),
+                               ScalePolicy.forced('fine'))
+    return decode_macs(segmentor, [f.to_dense() for f in feats])
+
+
 def parameter_counts(model) -> dict:
     """Parameters (millions) of a segmentor: whole model, backbone, its gate, neck + heads."""
     def count(module):
@@ -160,8 +173,7 @@ def shape_costs(model, shape) -> dict:
         decode = model.decode_macs(layout, x)
         if decode is None:  # a head that cannot count itself: mmengine, on the dense maps
             self_counted = False
-            dense = [f.to_dense() for f in backbone(image, ScalePolicy.forced('fine'))]
-            decode = torch.tensor([float(decode_macs(model, dense))])
+            decode = torch.tensor([float(dense_decode_macs(model, shape))])
         rows[name] = (float(model.image_cost(layout)['macs'][0]), float(decode[0]))
     mmengine_count = count_macs_with_mmengine(
         backbone, (img, ), to_tensors=lambda feats: tuple(f.tokens for f in feats),

@@ -25,11 +25,10 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # noqa: E402
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
 import mmseg_msvit  # noqa: E402,F401
-from mmseg_msvit.analysis import decode_macs, parameter_counts, shape_costs  # noqa: E402
+from mmseg_msvit.analysis import dense_decode_macs, parameter_counts, shape_costs  # noqa: E402
 from mmseg_msvit.cli import build_eval_model, int_at_least, load_config, tool_parser  # noqa: E402
 
 
@@ -99,11 +98,9 @@ def window_shape(model, inputs):
     return height, width
 
 
-@torch.no_grad()
 def decode_macs_for_window(model, shape, cache):
     if shape not in cache:
-        dense = [f.to_dense() for f in model.backbone(torch.zeros(1, 3, *shape))]
-        cache[shape] = decode_macs(model, dense)
+        cache[shape] = dense_decode_macs(model, shape)
     return cache[shape]
 
 

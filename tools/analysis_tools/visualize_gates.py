@@ -37,11 +37,11 @@ import mmseg_msvit  # noqa: E402,F401
 from mmseg_msvit.analysis.gate_alignment import (DetailAlignment,  # noqa: E402
                                                   region_detail_kinds)
 from mmseg_msvit.apis import with_content_gate  # noqa: E402
-from mmseg_msvit.cli import build_eval_model, load_config, number_in, tool_parser  # noqa: E402
+from mmseg_msvit.cli import (IMAGE_SUFFIXES, build_eval_model, load_config,  # noqa: E402
+                             number_in, tool_parser)
 from mmseg_msvit.visualization import (draw_gate_map, present_classes,  # noqa: E402
                                        tint_colours)
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def parse_args(argv=None):

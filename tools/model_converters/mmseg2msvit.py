@@ -22,7 +22,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import torch  # noqa: E402
 
 from mmseg_msvit.cli import check_output_path, number_in, tool_parser  # noqa: E402
-from mmseg_msvit.engine.fileio import atomic_write  # noqa: E402
+from mmseg_msvit.engine.fileio import atomic_write, atomic_write_bytes  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -54,8 +54,7 @@ def main(argv=None):
                                          args.mixed_decoding)
     os.makedirs(args.out_dir, exist_ok=True)
     atomic_write(ckpt_out, lambda f: torch.save(converted, f))
-    text = cfg.pretty_text
-    atomic_write(cfg_out, lambda f: f.write(text.encode()))
+    atomic_write_bytes(cfg_out, cfg.pretty_text.encode())
     state = converted['state_dict']
     print(f'[mmseg2msvit] {args.config} + {args.checkpoint} -> {cfg_out}, {ckpt_out}: '
           f'{len(state)} tensors; backbone MSViT (content gate, fine budget '

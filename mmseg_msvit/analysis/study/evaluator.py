@@ -27,11 +27,10 @@ import torch
 from mmengine.config import ConfigDict
 from mmengine.dataset import pseudo_collate
 
-from ...models.backbones.msvit import config_policy
 from ...models.gates import ContentGate, RandomGate
 from ...models.policy import ScalePolicy, fine_regions_for_budget
 from ..gate_alignment import DETAILED, DetailAlignment, region_detail_kinds
-from ..macs import decode_macs
+from ..macs import dense_decode_macs
 
 #: decision rules an evaluation can use
 RULES = ('forced', 'gate', 'content', 'random', 'oracle')
@@ -104,11 +103,8 @@ class StudyEvaluator:
         not depend on the decisions: counted once per model and size, on the dense maps)."""
         key = (id(model), tuple(inputs.shape[-2:]))
         if key not in self._head_macs or self._head_macs[key][0] is not model:
-            image = inputs[:1]
-            feats = model.backbone(image, ScalePolicy.forced('fine'))
             # the model is kept with its figure: an id is only unique while the model lives
-            self._head_macs[key] = (model, float(decode_macs(model,
-                                                             model.neck.dense_maps(feats))))
+            self._head_macs[key] = (model, float(dense_decode_macs(model, key[1])))
         return self._head_macs[key][1]
 
     def samples(self, scale: float) -> list:
@@ -145,6 +141,9 @@ class StudyEvaluator:
             raise ValueError(f'StudyEvaluator: rule must be one of {RULES}, got {rule!r}')
         if rule in ('content', 'random', 'oracle') and budget is None:
             raise ValueError(f'StudyEvaluator: rule {rule!r} needs a budget')
+        if rule == 'forced' and force_scale not in ('fine', 'coarse'):
+            raise ValueError("StudyEvaluator: rule 'forced' needs force_scale 'fine' or "
+                             f"'coarse', got {force_scale!r}")
         torch.manual_seed(seed)
         return self._run(model, scale, rule, budget,
                          self.policy(model.backbone, rule, force_scale, threshold, budget))
@@ -155,10 +154,7 @@ class StudyEvaluator:
         """The scale policy of a decision rule (None for 'oracle': its decisions are given per
         sample, from the label); the model itself is never changed."""
         if rule == 'forced':
-            if force_scale is not None:
-                return ScalePolicy.forced(force_scale)
-            return config_policy(None, backbone.gate_threshold, backbone.fine_budget,
-                                 backbone.train_budget_range)  # the config's, not forced
+            return ScalePolicy.forced(force_scale)
         if rule == 'gate':
             return ScalePolicy.with_budget(budget) if budget is not None else \
                 ScalePolicy.with_threshold(backbone.gate_threshold if threshold is None else
@@ -192,8 +188,7 @@ class StudyEvaluator:
                     padded, _ = model.backbone.pad_input(inputs)
                     regions = (padded.shape[-2] // coarse) * (padded.shape[-1] // coarse)
                     policy = ScalePolicy.given(oracle_fine_mask(
-                        label, padded, coarse, regions if budget is None else
-                        fine_regions_for_budget(budget, regions)))
+                        label, padded, coarse, fine_regions_for_budget(budget, regions)))
                 result = model.predict(inputs, data_samples, policy)[0]
                 metric.process(data, [result.to_dict()])
                 cost = result.metainfo

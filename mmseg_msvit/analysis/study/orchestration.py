@@ -152,7 +152,8 @@ class Study:
         for seed in self.args.seeds:
             for run in self.selected_runs():
                 spec = self.runs[run]
-                if spec.get('gate_init') and not osp.exists(gate_file(self.out_dir, seed)):
+                if spec.get('gate_init') and not osp.exists(gate_file(self.out_dir, seed)) and \
+                        not any(step[:2] == ('cls', seed) for step in steps):  # once a seed
                     steps.append(('cls', seed, 'cls', None, None, self.setting['cls_iters'] * 0.4
                                   + 15))
                 if not self.trained(seed, run):

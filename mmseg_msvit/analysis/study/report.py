@@ -221,6 +221,26 @@ def comparisons(setting):
          ('dense', 'scale1.0')),
     ] + [(f'{run} vs recipe (the ablations)', (run, f'content{b}'), ('recipe', f'content{b}'))
          for run in mixed]
+    # one stage (in-place distillation) against the same recipe with the frozen teacher (and,
+    # through equal_cost_targets, against downscaling at equal whole-model GMACs)
+    inplace = ('recipe_inplace', f'content{b}')
+    mixed_inplace = ('recipe_mixed_head_inplace', f'content{b}')
+    pairs += [
+        ('recipe_inplace vs recipe (frozen teacher)', inplace, ('recipe', f'content{b}')),
+        ('recipe_inplace vs dense', inplace, ('dense', 'scale1.0')),
+        ('recipe_inplace, every region fine, vs dense', ('recipe_inplace', 'scale1.0'),
+         ('dense', 'scale1.0')),
+        ('recipe_inplace vs content gate (training-free)', inplace, ('dense', f'content{b}')),
+        ('recipe_mixed_head_inplace vs recipe_mixed_head (frozen teacher)', mixed_inplace,
+         mixed_head),
+        ('recipe_mixed_head_inplace vs recipe (dense neck and head)', mixed_inplace,
+         ('recipe', f'content{b}')),
+        ('recipe_mixed_head_inplace vs dense', mixed_inplace, ('dense', 'scale1.0')),
+        ('recipe_mixed_head_inplace, every region fine, vs dense',
+         ('recipe_mixed_head_inplace', 'scale1.0'), ('dense', 'scale1.0')),
+        ('recipe_mixed_head_inplace vs dense with its neck and head at 1/2 resolution',
+         mixed_inplace, ('dense_half_head', 'scale1.0')),
+    ]
     return pairs
 
 
@@ -235,7 +255,9 @@ def equal_cost_targets(setting) -> list:
     GMACs): the recipes at the budget, with and without mixed-scale decoding, and at 0.5."""
     budgets = sorted({setting['budget'], 0.5})
     targets = [('recipe', f"content{setting['budget']}"),
-               ('recipe_mixed_head_gate', f"budget{setting['budget']}")]
+               ('recipe_mixed_head_gate', f"budget{setting['budget']}"),
+               ('recipe_inplace', f"content{setting['budget']}"),
+               ('recipe_mixed_head_inplace', f"content{setting['budget']}")]
     for x in budgets:
         targets += [('recipe_mixed_head', f'content{x}'), ('recipe', f'mixed_decode_content{x}'),
                     ('recipe', f'mixed_decode_x4_content{x}'),
