@@ -37,12 +37,11 @@ def zoo_row(config: str) -> str:
     from mmseg_msvit.cli import build_eval_model, load_config
     cfg = load_config(config)
     shape = tuple(cfg.crop_size)
-    cfg.model.pop('distill', None)  # the teacher is a training-time part: not in the model
     model, _ = build_eval_model(cfg, None, loader_names=())
     rows = shape_costs(model, shape)['rows']
     params = parameter_counts(model)['total']
     (fine, dense_head), (coarse, _) = rows['all fine (dense ViT)'], rows['all coarse']
-    budget = next(k for k in rows if k.startswith('budget'))
+    budget = f'budget {model.backbone.fine_budget}'  # shape_costs' row of the config's budget
     return (f'| `{osp.basename(config)}` | {shape[0]}x{shape[1]} | {params:.2f} | '
             f'{fine / 1e9:.2f} / {coarse / 1e9:.2f} | {dense_head / 1e9:.1f} | '
             f'{(fine + dense_head) / 1e9:.1f} / {sum(rows[budget]) / 1e9:.1f} ({budget}) |')

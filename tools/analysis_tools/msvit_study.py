@@ -98,8 +98,8 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int_at_least(0), default=0,
                         help='internal: the seed of --train')
     args = parser.parse_args(argv)
-    try:  # checked here; applied where the setting is used (SETTINGS itself stays as it is)
-        with_overrides(SETTINGS[args.setting], args.set)
+    try:  # the setting with its overrides, made once (SETTINGS itself stays as it is)
+        args.setting_values = with_overrides(SETTINGS[args.setting], args.set)
     except ValueError as err:
         parser.error(str(err))
     if args.out_dir is None:
@@ -115,8 +115,7 @@ def main(argv=None):
     args = parse_args(argv)
     args.out_dir = osp.abspath(args.out_dir)
     if args.train:
-        return train_one(with_overrides(SETTINGS[args.setting], args.set), args.train,
-                         args.seed, args.out_dir)
+        return train_one(args.setting_values, args.train, args.seed, args.out_dir)
     import warnings
     warnings.simplefilter('ignore')  # library deprecation notes would bury the progress lines
     import mmseg_msvit  # noqa: F401

@@ -50,7 +50,7 @@ def seg_config(setting, run: str, seed: int, out_dir: str):
     model.decode_head.channels = setting['neck_width']
     model.decode_head.sampler.min_kept = setting['min_kept']
     model.auxiliary_head.in_channels = setting['neck_width']
-    if setting.get('head', 'upernet') == 'linear':
+    if setting['head'] == 'linear':
         # Segmenter's linear decoder: the last tap's dense map through a 1x1 classifier, so the
         # backbone is nearly all of the model's cost (a UPerNet head's is mostly its own)
         model.backbone.out_indices = (-1, )
@@ -63,7 +63,7 @@ def seg_config(setting, run: str, seed: int, out_dir: str):
             sampler=model.decode_head.sampler,
             loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0))
         model.auxiliary_head = None
-    elif setting.get('head', 'upernet') != 'upernet':
+    elif setting['head'] != 'upernet':
         raise ValueError(f"msvit_study: head must be 'upernet' or 'linear', got "
                          f"{setting['head']!r}")
     model.backbone.force_scale = spec.get('force_scale')

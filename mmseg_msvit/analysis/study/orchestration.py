@@ -19,8 +19,8 @@ from typing import List
 from .configs import cls_config, seg_config
 from .evaluator import StudyEvaluator
 from .report import write_outputs
-from .runs import (REPO, SETTINGS, SMALL_CLASSES, final_checkpoint, gate_file, resolve_setting,
-                   run_dir, runs, with_overrides)
+from .runs import (REPO, SMALL_CLASSES, final_checkpoint, gate_file, resolve_setting, run_dir,
+                   runs)
 
 #: the command line whose ``--train`` trains one run in a child process
 TOOL = osp.join(REPO, 'tools', 'analysis_tools', 'msvit_study.py')
@@ -33,7 +33,6 @@ def read_results(path: str) -> List[dict]:
     file truncated back to its last complete line, with a note, so that a re-run can append
     again; any other unreadable line is an error naming the file and the line.
     """
-    import json
     with open(path, 'rb') as f:
         data = f.read()
     records = []
@@ -111,14 +110,14 @@ class Study:
     """A study: what is still to do, the trainings, the evaluations and the report.
 
     Args:
-        args (argparse.Namespace): the tool's options: ``setting`` (a name in ``SETTINGS``),
-            ``set`` (its ``KEY=VALUE`` overrides), ``seeds``, ``out_dir``, ``only`` (runs, or
+        args (argparse.Namespace): the tool's options: ``setting_values`` (the setting with its
+            ``--set`` overrides, made by the tool's ``parse_args``), ``seeds``, ``out_dir``, ``only`` (runs, or
             None: the setting's ``default_runs``), ``scenes`` and ``device``.
     """
 
     def __init__(self, args):
         self.args = args
-        self.setting = with_overrides(SETTINGS[args.setting], args.set)
+        self.setting = args.setting_values
         self.runs = runs(self.setting)
         self.out_dir = args.out_dir
         self.results_path = osp.join(self.out_dir, 'results.jsonl')
@@ -127,6 +126,7 @@ class Study:
             self.records = read_results(self.results_path)
         self.done = {(r['seed'], r['run'], r['eval']) for r in self.records}
         self.evaluator = None
+        self._model = self._model_key = None  # the model evaluated last (kept between evals)
 
     # -- plan
     def selected_runs(self):
@@ -214,7 +214,7 @@ class Study:
         if decode:
             cfg.model.neck.update(decode)
         key = (seed, run, tuple(sorted((decode or {}).items())))
-        if getattr(self, '_model_key', None) != key:
+        if self._model_key != key:
             self._model, _ = build_eval_model(
                 cfg, final_checkpoint(self.out_dir, seed, run, self.setting), loader_names=())
             self._model.to(self.args.device)

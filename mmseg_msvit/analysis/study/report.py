@@ -314,9 +314,7 @@ def write_outputs(records, setting, out_dir):
     records = [dict(r, family=family(r['run'], r['eval'])) for r in records]
     rows = summarise(records)
     fields = ['run', 'eval', 'label', 'family', 'seeds'] + \
-        [k for key in ('mIoU', 'small_mIoU', 'gmacs', 'gmacs_min', 'gmacs_max', 'model_gmacs',
-                       'fine_fraction', 'fine_on_detailed', 'fine_on_uniform', 'train_seconds')
-         for k in (key, f'{key}_std')]
+        [k for key in SUMMARY_KEYS for k in (key, f'{key}_std')]
     classes = list(rows[0]['iou']) if rows else []
     with open(osp.join(out_dir, 'summary.csv'), 'w', newline='') as f:
         writer = csv.writer(f)

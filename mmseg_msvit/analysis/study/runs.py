@@ -73,12 +73,17 @@ RECIPE = dict(train_budget_range=(0.25, 0.6), coarse_unpool=True, new_lr_mult=10
 #: mixed-scale decoding: the neck and head run coarse regions at half resolution (the recipe's,
 #: configs/msvit/demo_recipe_synthetic.py)
 MIXED_DECODE = dict(coarse_reduction=2)
+#: the learned gate trained on a frozen model (gate-only runs): an MLP with the content prior
+CONTENT_PRIOR_GATE = dict(type='MixedScaleGate', hidden_dims=(256, 256), init_fine_fraction=0.9,
+                          content_prior=True)
 
 
 def runs(setting: dict) -> dict:
-    """name -> dict(label, family, start ('scratch' | 'dense_pre'), model settings, evals)."""
+    """name -> dict(label, start ('scratch' | 'dense_pre' | another run), model settings,
+    evals)."""
     b, budgets, scales = setting['budget'], setting['budgets'], setting['scales']
     forced = dict(force_scale='fine', gate_loss=None, gate_probe=None)
+    content_evals = [(f'content{x}', dict(rule='content', budget=x)) for x in budgets]
     learned_evals = [('thr0.5', dict(rule='gate', threshold=0.5))] + \
         [(f'budget{x}', dict(rule='gate', budget=x)) for x in budgets]
     # the recipe trained with mixed-scale decoding (recipe_mixed_head and its variants)
@@ -97,7 +102,7 @@ def runs(setting: dict) -> dict:
         'dense': dict(
             label='dense ViT', start='dense_pre', **forced,
             evals=[(f'scale{s}', dict(scale=s)) for s in scales] +
-            [(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
+            content_evals +
             [(f'random{b}', dict(rule='random', budget=b)), (f'oracle{b}',
                                                              dict(rule='oracle', budget=b))]),
         'dense_lowres': dict(label=f"dense ViT trained at {setting['low_scale']}x",
@@ -115,8 +120,7 @@ def runs(setting: dict) -> dict:
         'content_gate': dict(label='MSViT, content gate', start='dense_pre', force_scale=None,
                              gate=dict(type='ContentGate'), fine_budget=b, gate_loss=None,
                              gate_probe=None,
-                             evals=[(f'content{x}', dict(rule='content', budget=x))
-                                    for x in budgets]),
+                             evals=content_evals),
         'learned_gbas': dict(label='MSViT, learned gate (GBaS, paper)', start='dense_pre',
                              force_scale=None, gate_probe=None, evals=learned_evals),
         'learned_probe': dict(label='MSViT, learned gate + probe', start='dense_pre',
@@ -125,14 +129,12 @@ def runs(setting: dict) -> dict:
                                  force_scale=None, gate_init=True, evals=learned_evals),
         'learned_content': dict(label='MSViT, learned gate with content prior + probe',
                                 start='dense_pre', force_scale=None,
-                                gate=dict(type='MixedScaleGate', hidden_dims=(256, 256),
-                                          init_fine_fraction=0.9, content_prior=True),
+                                gate=CONTENT_PRIOR_GATE,
                                 evals=learned_evals),
         'gate_only': dict(label='dense ViT + learned gate (content prior + probe, gate only)',
                           start='dense', force_scale=None, train_gate_only=True,
                           iters=setting['gate_iters'],
-                          gate=dict(type='MixedScaleGate', hidden_dims=(256, 256),
-                                    init_fine_fraction=0.9, content_prior=True),
+                          gate=CONTENT_PRIOR_GATE,
                           evals=learned_evals),
         'gate_only_mlp': dict(label='dense ViT + learned gate (MLP + probe, gate only)',
                               start='dense', force_scale=None, train_gate_only=True,
@@ -146,8 +148,7 @@ def runs(setting: dict) -> dict:
         **{name: dict(dict(label=f'MSViT, content gate, {what}', start='dense_pre',
                            force_scale=None, gate=dict(type='ContentGate'), fine_budget=b,
                            train_budget_range=(0.25, 1.0), gate_loss=None, gate_probe=None,
-                           evals=[(f'content{x}', dict(rule='content', budget=x))
-                                  for x in budgets] + [('scale1.0', dict(scale=1.0))]), **extra)
+                           evals=content_evals + [('scale1.0', dict(scale=1.0))]), **extra)
            for name, what, extra in (
                ('mixed_content', 'fine-tuned on budgets 0.25-1.0', {}),
                ('mixed_detail', 'budgets 0.25-1.0, coarse detail', dict(**DETAIL)),
@@ -174,7 +175,7 @@ def runs(setting: dict) -> dict:
             'budgets 0.25-0.6, coarse detail + unpooling, distilled from the dense model)',
             start='dense_pre', force_scale=None, gate=dict(type='ContentGate'), fine_budget=b,
             gate_loss=None, gate_probe=None, **RECIPE,
-            evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
+            evals=content_evals +
             [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0))] +
             # its neck and head run with mixed-scale decoding, without training for it: every
             # level finer than the tokens, or the finest (x4) only (UPerNet: a linear head has
@@ -182,13 +183,13 @@ def runs(setting: dict) -> dict:
             [(f'{name}_content{x}', dict(rule='content', budget=x, decode=decode))
              for name, decode in (('mixed_decode', MIXED_DECODE),
                                   ('mixed_decode_x4', dict(MIXED_DECODE, mixed_scales=(4, ))))
-             for x in sorted({b, 0.5}) if setting.get('head', 'upernet') == 'upernet']),
+             for x in sorted({b, 0.5}) if setting['head'] == 'upernet']),
         # the recipe with mixed-scale decoding: the neck and head run coarse regions at half
         # resolution (docs/method.md, "Mixed-scale decoding"), trained and distilled the same way
         'recipe_mixed_head': dict(
             label='recipe + mixed-scale decoding (neck and head: coarse regions at 1/2 '
             'resolution)', **mixed_head,
-            evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
+            evals=content_evals +
             [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0)),
              (f'dense_decode_content{b}', dict(rule='content', budget=b,
                                                decode=dict(coarse_reduction=None)))]),
@@ -197,7 +198,7 @@ def runs(setting: dict) -> dict:
         'recipe_mixed_head_x4': dict(
             label='recipe + mixed-scale decoding at the x4 level only (x2 dense)',
             **mixed_head, mixed_scales=(4, ),
-            evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
+            evals=content_evals +
             [('scale1.0', dict(scale=1.0))]),
         # the same trained in one stage: the model's own dense pass (task loss) teaches its
         # mixed pass (in-place distillation), no frozen teacher
@@ -205,7 +206,7 @@ def runs(setting: dict) -> dict:
             label='recipe + mixed-scale decoding, in-place distillation (the dense pass of the '
             'model itself as teacher)',
             **{**mixed_head, 'distill': dict(FEATURE_DISTILL, teacher='self')},
-            evals=[(f'content{x}', dict(rule='content', budget=x)) for x in budgets] +
+            evals=content_evals +
             [('scale1.0', dict(scale=1.0)),
              (f'dense_decode_content{b}', dict(rule='content', budget=b,
                                                decode=dict(coarse_reduction=None)))]),
@@ -215,8 +216,7 @@ def runs(setting: dict) -> dict:
             label='recipe + mixed-scale decoding + learned gate (content prior + probe, gate '
             'only)', start='recipe_mixed_head', force_scale=None, train_gate_only=True,
             iters=setting['gate_iters'], coarse_unpool=True, **DETAIL, **MIXED_DECODE,
-            gate=dict(type='MixedScaleGate', hidden_dims=(256, 256), init_fine_fraction=0.9,
-                      content_prior=True),
+            gate=CONTENT_PRIOR_GATE,
             evals=learned_evals),
         # the simple alternative at about the same whole-model GMACs: the dense ViT with its
         # neck and head at half resolution everywhere, fine-tuned and distilled as the recipe
@@ -228,8 +228,7 @@ def runs(setting: dict) -> dict:
         'recipe_gate': dict(
             label='recommended + learned gate (content prior + probe, gate only)',
             start='recipe', force_scale=None, train_gate_only=True, iters=setting['gate_iters'],
-            coarse_unpool=True, **DETAIL, gate=dict(type='MixedScaleGate', hidden_dims=(256, 256),
-                                          init_fine_fraction=0.9, content_prior=True),
+            coarse_unpool=True, **DETAIL, gate=CONTENT_PRIOR_GATE,
             evals=learned_evals),
         'learned_scratch': dict(label='MSViT from scratch (demo recipe)', start='scratch',
                                 force_scale=None,
