@@ -176,6 +176,14 @@ class ContentGate(BaseModule):
         self.in_channels = in_channels
         self.eps = eps
 
+    @classmethod
+    def like(cls, backbone) -> 'ContentGate':
+        """A content gate for ``backbone`` (its patch sizes and channels, on its device), to
+        substitute in a policy: ``ScalePolicy.with_budget(b, gate=ContentGate.like(backbone))``."""
+        return cls(coarse_patch_size=backbone.coarse_patch_size,
+                   fine_patch_size=backbone.fine_patch_size,
+                   in_channels=backbone.in_channels).to(backbone.cls_token.device)
+
     @property
     def macs_per_region(self) -> int:
         """The pooling and the squared residual: two multiply-adds per pixel and channel."""

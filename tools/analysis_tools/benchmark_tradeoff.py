@@ -104,10 +104,7 @@ def sweep_policy(backbone, threshold=None, budget=None, content_gate=False):
     gate)."""
     from mmseg_msvit.models import ContentGate, ScalePolicy
     if content_gate:
-        gate = ContentGate(coarse_patch_size=backbone.coarse_patch_size,
-                           fine_patch_size=backbone.fine_patch_size,
-                           in_channels=backbone.in_channels)
-        return ScalePolicy.with_budget(budget, gate=gate.to(backbone.cls_token.device))
+        return ScalePolicy.with_budget(budget, gate=ContentGate.like(backbone))
     policy = backbone.policy
     if policy.force_scale is not None:
         raise ValueError(f'benchmark_tradeoff: the config forces every region '

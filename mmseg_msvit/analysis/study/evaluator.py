@@ -160,8 +160,7 @@ class StudyEvaluator:
                 ScalePolicy.with_threshold(backbone.gate_threshold if threshold is None else
                                            threshold)
         if rule == 'content':
-            gate = ContentGate(coarse_patch_size=backbone.coarse_patch_size,
-                               fine_patch_size=backbone.fine_patch_size)
+            gate = ContentGate.like(backbone)
         elif rule == 'random':
             gate = RandomGate(coarse_patch_size=backbone.coarse_patch_size)
         else:

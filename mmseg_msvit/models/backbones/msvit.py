@@ -295,10 +295,8 @@ class MSViT(BaseModule):
                      'in_channels', 'mlp_ratio', 'img_size', 'out_indices', 'frozen_stages',
                      'gate_init', 'norm_eps', 'patch_bias', 'token_packing'):
             setattr(self, name, args[name])
-        if train_budget_range is not None and fine_budget is None:
-            raise ValueError('MSViT: train_budget_range must be (low, high) with 0 < low <= high '
-                             '<= 1, and needs a fine_budget (the evaluation budget), got '
-                             f'train_budget_range={train_budget_range!r}, fine_budget=None')
+        if train_budget_range is not None:  # a config's range needs its budget (the policy's rule)
+            ScalePolicy(budget=fine_budget, train_budget_range=train_budget_range)
         #: the scale policy a forward uses when its call gives none: the mode the config's
         #: options select (:func:`config_policy`); immutable, rebuilt as a whole by the
         #: ``force_scale`` / ``fine_budget`` / ``gate_threshold`` / ``train_budget_range``
