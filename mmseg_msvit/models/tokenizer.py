@@ -174,7 +174,8 @@ class MixedScaleTokenizer(nn.Module):
                 cls_pos: torch.Tensor,
                 out_size: Optional[Tuple[int, int]] = None,
                 pack: bool = True,
-                coarse_embed: Optional[nn.Module] = None) -> MixedScaleTokens:
+                coarse_embed: Optional[nn.Module] = None,
+                cls_key: bool = True) -> MixedScaleTokens:
         """Tokenize a batch.
 
         Args:
@@ -192,6 +193,13 @@ class MixedScaleTokenizer(nn.Module):
             coarse_embed (nn.Module, optional): a
                 :class:`~mmseg_msvit.models.coarse_embed.CoarseTokenEmbed` whose output is added
                 to every coarse token (computed for the active coarse tokens only).
+            cls_key (bool): whether tokens attend to the CLS token (False: mmseg's
+                ``with_cls_token=False``; padded batch only).
+
+        The key mask: no token attends to padding, nor to the tokens whose every cell lies in
+        the padding to the coarse size (beyond ``out_size``: they run, unattended, so the image's
+        tokens see what mmseg's ViT, padded to the fine patch only, sees); None when nothing is
+        masked.
 
         The decision's ``fine_value``, when it requires grad, multiplies fine tokens (and
         ``1 - fine_value`` coarse ones) so the task loss reaches the gate. Its
@@ -260,16 +268,36 @@ class MixedScaleTokenizer(nn.Module):
             extra = self._coarse_extra(fine_rows_px, order, coarse_active.sum(1),
                                        longest_coarse, patch_embed, coarse_embed)
 
+        out_size = tuple(out_size or (fine_rows, fine_cols))
         if lengths is not None and pack and min(lengths) < length:
+            if out_size != (fine_rows, fine_cols) or not cls_key:
+                raise ValueError('MixedScaleTokenizer: a packed batch takes no key mask; pack '
+                                 'only inputs of whole regions whose tokens attend to CLS')
             tokens, packed = self._packed_tokens(candidates, order, counts, lengths, patch_embed,
                                                  pos_candidates, cls_token + cls_pos, value,
                                                  extra)
             attn_mask = None
         else:
-            tokens, attn_mask = self._padded_tokens(candidates, token_index, valid, lengths,
-                                                    patch_embed, pos_candidates,
-                                                    cls_token + cls_pos, value, extra)
+            padded = lengths is not None and min(lengths) < length
+            tokens = self._padded_tokens(candidates, token_index, valid if padded else None,
+                                         patch_embed, pos_candidates, cls_token + cls_pos,
+                                         value, extra)
             packed = None
+            keys = valid if padded else None
+            if out_size != (fine_rows, fine_cols):  # tokens of cells beyond the image
+                rows_in = torch.arange(fine_rows, device=img.device) < out_size[0]
+                cols_in = torch.arange(fine_cols, device=img.device) < out_size[1]
+                cell_in = rows_in[:, None] & cols_in[None, :]
+                # a coarse token covers cells inside iff its region's top-left cell is inside
+                # (the padding is at the bottom and right)
+                inside = torch.cat([cell_in[::self.ratio, ::self.ratio].flatten(),
+                                    cell_in.flatten()])[token_index]  # (B, L)
+                keys = inside if keys is None else keys & inside
+            attn_mask = None
+            if keys is not None or not cls_key:
+                keys = valid.new_ones(valid.shape) if keys is None else keys
+                attn_mask = torch.cat([keys.new_full((batch, 1), cls_key), keys],
+                                      dim=1)[:, None, None, :]
 
         # Reconstruction index: sequence position of every candidate, then of every fine cell.
         position = torch.empty_like(order)
@@ -283,7 +311,7 @@ class MixedScaleTokenizer(nn.Module):
             valid=valid,
             num_tokens=counts,
             fine_grid=(fine_rows, fine_cols),
-            out_size=out_size or (fine_rows, fine_cols),
+            out_size=out_size,
             gate_logits=decision.gate_logits,
             packed=packed,
             gate_macs_per_region=decision.gate_macs_per_region,
@@ -317,9 +345,10 @@ class MixedScaleTokenizer(nn.Module):
             fine = fine_rows_px.new_zeros(batch, longest, 0, patch_embed.proj.weight.shape[0])
         return coarse_embed(fine) * is_coarse[..., None]
 
-    def _padded_tokens(self, candidates, token_index, valid, lengths, patch_embed,
-                       pos_candidates, cls, value, extra=None):
-        """(B, 1 + L, D) tokens, padded to the longest image, and the key mask (or None)."""
+    def _padded_tokens(self, candidates, token_index, valid, patch_embed, pos_candidates, cls,
+                       value, extra=None):
+        """(B, 1 + L, D) tokens, padded to the longest image (``valid``: which are tokens, when
+        some images are shorter; their padding is zeroed)."""
         batch = candidates.shape[0]
         pixels = torch.gather(candidates, 1,
                               token_index[..., None].expand(-1, -1, candidates.shape[-1]))
@@ -329,13 +358,9 @@ class MixedScaleTokenizer(nn.Module):
                                 tokens[:, extra.shape[1]:]], dim=1)
         if value is not None:
             tokens = tokens * torch.gather(value, 1, token_index)[..., None]  # 1 forward
-        attn_mask = None
-        if lengths is not None and min(lengths) < token_index.shape[1]:  # padded images
+        if valid is not None:  # padded images
             tokens = tokens * valid[..., None]
-            key_mask = torch.cat([valid.new_ones(batch, 1), valid], dim=1)
-            attn_mask = key_mask[:, None, None, :]
-        tokens = torch.cat([cls.expand(batch, -1, -1), tokens], dim=1)
-        return tokens, attn_mask
+        return torch.cat([cls.expand(batch, -1, -1), tokens], dim=1)
 
     def _packed_tokens(self, candidates, order, counts, lengths, patch_embed, pos_candidates,
                        cls, value, extra=None):

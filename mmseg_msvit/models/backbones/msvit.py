@@ -639,22 +639,13 @@ class MSViT(BaseModule):
         tokens = self.tokenizer(img, decision, self.patch_embed, pos_grid, self.cls_token,
                                 cls_pos, out_size=out_size,
                                 pack=self.token_packing and cells == grid,
-                                coarse_embed=self.coarse_embed)
+                                coarse_embed=self.coarse_embed, cls_key=self.with_cls_token)
         return tokens._replace(tokens=self.pos_drop(tokens.tokens))
 
     def forward_blocks(self, tokens: MixedScaleTokens) -> Tuple[MixedScaleFeatures, ...]:
         """The transformer blocks; the taps of ``out_indices`` as :class:`MixedScaleFeatures`."""
         x, attn_mask, layout = tokens
         packed = layout.packed
-        if not self.with_cls_token:  # no token attends to the CLS token (mmseg's layout)
-            keys = torch.arange(x.shape[1], device=x.device) > 0
-            attn_mask = keys[None, None, None, :] if attn_mask is None else attn_mask & keys
-        if tuple(layout.out_size) != tuple(layout.fine_grid) and packed is None:
-            # fine tokens of cells in the padding to the coarse size (beyond the fine cells that
-            # cover the image) run but no token attends to them: the image's tokens see what
-            # mmseg's ViT, padded to the fine patch only, sees
-            keys = self._image_keys(layout, x.shape[1])
-            attn_mask = keys if attn_mask is None else attn_mask & keys
         if packed is not None:  # (1, N, D): every image's tokens, attention within each image
             block_fn, extra = packed_block_forward, packed
         else:
@@ -672,19 +663,6 @@ class MSViT(BaseModule):
                 outs.append(MixedScaleFeatures(x[0], layout) if packed is not None else
                             MixedScaleFeatures(x[:, self.num_prefix_tokens:], layout, x[:, 0]))
         return tuple(outs)
-
-    @staticmethod
-    def _image_keys(layout, length: int) -> torch.Tensor:
-        """(B, 1, 1, length) bool: False for the patch tokens whose every cell lies outside
-        ``layout.out_size`` (the CLS token and the other tokens True)."""
-        rows, cols = layout.fine_grid
-        cell = layout.cell_to_token
-        inside = ((torch.arange(rows, device=cell.device)[:, None] < layout.out_size[0]) &
-                  (torch.arange(cols, device=cell.device)[None, :] < layout.out_size[1]))
-        covered = torch.zeros(cell.shape[0], length - 1, device=cell.device)
-        covered.scatter_add_(1, cell, inside.flatten()[None].expand_as(cell).to(covered.dtype))
-        keys = torch.cat([covered.new_ones(cell.shape[0], 1, dtype=torch.bool), covered > 0], 1)
-        return keys[:, None, None, :]
 
     def forward(self,
                 img: torch.Tensor,
