@@ -332,3 +332,12 @@ def test_converted_mmseg_vit_matches_at_sizes_other_than_its_own(size, tmp_path)
         with torch.no_grad():
             timm_like = msvit_from(path, patch_bias=False)(img)[-1].to_dense()
         assert not torch.allclose(timm_like, vit(img)[-1], atol=1e-3)
+
+
+def test_load_config_reads_a_config_installed_with_mmseg():
+    """'mmseg::vit/...py' (mmseg2msvit.py's documented form) is read through mmengine's hub."""
+    from mmseg_msvit.cli import load_config
+    cfg = load_config('mmseg::vit/vit_deit-s16_upernet_8xb2-80k_ade20k-512x512.py',
+                      {'model.decode_head.num_classes': 7})
+    assert cfg.model.backbone.type == 'VisionTransformer'
+    assert cfg.model.decode_head.num_classes == 7
