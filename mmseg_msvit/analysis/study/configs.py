@@ -50,21 +50,29 @@ def seg_config(setting, run: str, seed: int, out_dir: str):
     model.decode_head.channels = setting['neck_width']
     model.decode_head.sampler.min_kept = setting['min_kept']
     model.auxiliary_head.in_channels = setting['neck_width']
-    if setting['head'] == 'linear':
-        # Segmenter's linear decoder: the last tap's dense map through a 1x1 classifier, so the
-        # backbone is nearly all of the model's cost (a UPerNet head's is mostly its own)
+    if setting['head'] in ('linear', 'mask'):
+        # Segmenter's decoders read the last tap's dense map (the 1/16 grid), no auxiliary
+        # head: linear is a 1x1 classifier, so the backbone is nearly all of the model's cost;
+        # mask is two transformer layers over the grid's tokens and one per class (a UPerNet
+        # head's cost is mostly its own)
         model.backbone.out_indices = (-1, )
         model.backbone.final_norm = True
         model.neck = dict(type='MixedScaleToDense', in_channels=setting['width'], num_taps=1)
-        model.decode_head = dict(
-            type='FCNHead', in_channels=setting['width'], in_index=0,
-            channels=setting['width'], num_convs=0, concat_input=False, dropout_ratio=0.0,
-            num_classes=model.decode_head.num_classes, align_corners=False,
-            sampler=model.decode_head.sampler,
-            loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0))
+        common = dict(in_channels=setting['width'], channels=setting['width'],
+                      num_classes=model.decode_head.num_classes, dropout_ratio=0.0,
+                      align_corners=False, sampler=model.decode_head.sampler,
+                      loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False,
+                                       loss_weight=1.0))
+        if setting['head'] == 'linear':
+            model.decode_head = dict(type='FCNHead', in_index=0, num_convs=0,
+                                     concat_input=False, **common)
+        else:  # as configs/_base_/models/segmenter_msvit-s_mask.py, heads of 64 channels
+            model.decode_head = dict(type='SegmenterMaskTransformerHead', num_layers=2,
+                                     num_heads=setting['width'] // 64,
+                                     embed_dims=setting['width'], **common)
         model.auxiliary_head = None
     elif setting['head'] != 'upernet':
-        raise ValueError(f"msvit_study: head must be 'upernet' or 'linear', got "
+        raise ValueError(f"msvit_study: head must be 'upernet', 'linear' or 'mask', got "
                          f"{setting['head']!r}")
     model.backbone.force_scale = spec.get('force_scale')
     for key in ('gate', 'fine_budget', 'train_budget_range', 'coarse_detail',

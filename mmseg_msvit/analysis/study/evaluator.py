@@ -2,8 +2,9 @@
 
 :class:`StudyEvaluator` evaluates one trained segmentor under several *decision rules* without
 rebuilding it: the scale forced (dense at any input scale, all coarse), its own gate (threshold
-or fine budget), a substituted training-free gate (content, random) at a budget, or the label
-oracle at a budget. Every evaluation reports mIoU, the IoU of every class, the mean IoU of the
+or fine budget), a substituted training-free gate (content, random) at a budget, the gate of a
+gate file at a budget (one trained on another task: ``tools/transfer_gate.py``'s output), or the
+label oracle at a budget. Every evaluation reports mIoU, the IoU of every class, the mean IoU of the
 small-object classes, backbone GMACs per image (mean, min, max; with the neck's coarse
 unpooling when the model has it), whole-model GMACs (backbone plus the neck's rescale and the
 decode head: as they counted what they ran when they can, ``MixedScaleToDense`` +
@@ -33,7 +34,7 @@ from ..gate_alignment import DETAILED, DetailAlignment, region_detail_kinds
 from ..macs import dense_decode_macs
 
 #: decision rules an evaluation can use
-RULES = ('forced', 'gate', 'content', 'random', 'oracle')
+RULES = ('forced', 'gate', 'content', 'random', 'oracle', 'transfer')
 
 
 def oracle_fine_mask(label: torch.Tensor, img: torch.Tensor, coarse_patch_size: int,
@@ -126,27 +127,40 @@ class StudyEvaluator:
     @torch.no_grad()
     def evaluate(self, model, rule: str = 'forced', scale: float = 1.0,
                  force_scale: Optional[str] = 'fine', threshold: Optional[float] = None,
-                 budget: Optional[float] = None, seed: int = 0) -> dict:
+                 budget: Optional[float] = None, seed: int = 0,
+                 gate_file: Optional[str] = None) -> dict:
         """One pass over the validation set with one decision rule.
 
         Args:
             model: an eval-mode ``MSViTEncoderDecoder``.
             rule (str): 'forced' (``force_scale``), 'gate' (the model's gate at ``threshold`` or
                 ``budget``), 'content' / 'random' (that training-free gate substituted, at
-                ``budget``) or 'oracle' (label oracle at ``budget``).
+                ``budget``), 'oracle' (label oracle at ``budget``) or 'transfer' (the gate of
+                ``gate_file`` substituted, at ``budget``).
             scale (float): input scale relative to ``base_size``.
             seed (int): seeds torch's generator first (the random gate's draws).
+            gate_file (str, optional): the gate file of rule 'transfer' (its patch sizes and
+                input normalisation are checked against the model's).
         """
         if rule not in RULES:
             raise ValueError(f'StudyEvaluator: rule must be one of {RULES}, got {rule!r}')
-        if rule in ('content', 'random', 'oracle') and budget is None:
+        if rule in ('content', 'random', 'oracle', 'transfer') and budget is None:
             raise ValueError(f'StudyEvaluator: rule {rule!r} needs a budget')
         if rule == 'forced' and force_scale not in ('fine', 'coarse'):
             raise ValueError("StudyEvaluator: rule 'forced' needs force_scale 'fine' or "
                              f"'coarse', got {force_scale!r}")
+        if (rule == 'transfer') != (gate_file is not None):
+            raise ValueError("StudyEvaluator: a gate_file is what rule 'transfer' substitutes "
+                             f'(and only it); got rule {rule!r}, gate_file {gate_file!r}')
         torch.manual_seed(seed)
-        return self._run(model, scale, rule, budget,
-                         self.policy(model.backbone, rule, force_scale, threshold, budget))
+        if rule == 'transfer':
+            from ...models.checkpoints import gate_from_file, input_normalisation
+            gate = gate_from_file(gate_file, model.backbone,
+                                  input_normalisation(model.data_preprocessor))
+            policy = ScalePolicy.with_budget(budget, gate=gate.to(self.device).eval())
+        else:
+            policy = self.policy(model.backbone, rule, force_scale, threshold, budget)
+        return self._run(model, scale, rule, budget, policy)
 
     def policy(self, backbone, rule: str, force_scale: Optional[str] = 'fine',
                threshold: Optional[float] = None,

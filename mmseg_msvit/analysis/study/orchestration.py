@@ -152,7 +152,9 @@ class Study:
         for seed in self.args.seeds:
             for run in self.selected_runs():
                 spec = self.runs[run]
-                if spec.get('gate_init') and not osp.exists(gate_file(self.out_dir, seed)) and \
+                needs_gate = spec.get('gate_init') or any(
+                    kwargs.get('rule') == 'transfer' for _, kwargs in spec['evals'])
+                if needs_gate and not osp.exists(gate_file(self.out_dir, seed)) and \
                         not any(step[:2] == ('cls', seed) for step in steps):  # once a seed
                     steps.append(('cls', seed, 'cls', None, None, self.setting['cls_iters'] * 0.4
                                   + 15))
@@ -220,7 +222,9 @@ class Study:
             self._model.to(self.args.device)
             self._model_key = key
         kwargs.setdefault('rule', 'forced')
-        result = self.evaluator.evaluate(self._model, seed=seed, **kwargs)
+        where = dict(gate_file=gate_file(self.out_dir, seed)) if kwargs['rule'] == 'transfer' \
+            else {}
+        result = self.evaluator.evaluate(self._model, seed=seed, **kwargs, **where)
         with open(osp.join(run_dir(self.out_dir, seed, run), 'train_time.json')) as f:
             train_seconds = json.load(f)['seconds']
         if decode:

@@ -105,6 +105,8 @@ def family(run, name):
     if run.startswith(('learned', 'gate_only', 'recipe_gate', 'recipe_mixed_head_gate')) and \
             name.startswith('budget'):
         return f'{run} (budget curve)'
+    if name.startswith('transfer'):
+        return f'{run} + gate transferred from the classifier (budget curve)'
     if run.startswith(('mixed', 'recipe')) and name.startswith('scale'):
         return f'{run}, every region fine'
     if name.startswith('mixed_decode_x4_'):
@@ -194,6 +196,24 @@ def comparisons(setting):
         ('recipe_mixed_head + learned gate vs dense with its neck and head at 1/2 resolution',
          ('recipe_mixed_head_gate', f'budget{b}'), ('dense_half_head', 'scale1.0')),
     ]
+    # the classifier's gate on the mixed-decoding recipe, at every budget: as it comes (no
+    # segmentation data) and fine-tuned there, against the content gate and gates trained on
+    # the segmentation data
+    for x in setting['budgets']:
+        transferred = ('recipe_mixed_head', f'transfer{x}')
+        tuned = ('recipe_mixed_head_gate_transfer', f'budget{x}')
+        pairs += [
+            (f'budget {x}: classifier gate (transferred, no segmentation training) vs content '
+             'gate', transferred, ('recipe_mixed_head', f'content{x}')),
+            (f'budget {x}: classifier gate (transferred) vs the same gate trained on the '
+             'segmentation data', transferred, ('recipe_mixed_head_gate_mlp', f'budget{x}')),
+            (f'budget {x}: classifier gate (transferred) vs a content-prior gate trained on the '
+             'segmentation data', transferred, ('recipe_mixed_head_gate', f'budget{x}')),
+            (f'budget {x}: classifier gate fine-tuned on the segmentation data vs content gate',
+             tuned, ('recipe_mixed_head', f'content{x}')),
+            (f'budget {x}: classifier gate fine-tuned vs the same gate trained from scratch on '
+             'the segmentation data', tuned, ('recipe_mixed_head_gate_mlp', f'budget{x}')),
+        ]
     pairs += [
         (f"dense: {setting['fine_iters']} more dense iterations vs the starting model",
          ('dense', 'scale1.0'), ('dense_pre', 'scale1.0')),

@@ -86,6 +86,9 @@ def runs(setting: dict) -> dict:
     content_evals = [(f'content{x}', dict(rule='content', budget=x)) for x in budgets]
     learned_evals = [('thr0.5', dict(rule='gate', threshold=0.5))] + \
         [(f'budget{x}', dict(rule='gate', budget=x)) for x in budgets]
+    # the classifier's gate (tools/transfer_gate.py's file of the cls run) in place of the
+    # model's own, no training on the segmentation data (issue 32's transfer evidence)
+    transfer_evals = [(f'transfer{x}', dict(rule='transfer', budget=x)) for x in budgets]
     # the recipe trained with mixed-scale decoding (recipe_mixed_head and its variants)
     mixed_head = dict(start='dense_pre', force_scale=None, gate=dict(type='ContentGate'),
                       fine_budget=b, gate_loss=None, gate_probe=None, **RECIPE,
@@ -192,7 +195,8 @@ def runs(setting: dict) -> dict:
             evals=content_evals +
             [(f'oracle{b}', dict(rule='oracle', budget=b)), ('scale1.0', dict(scale=1.0)),
              (f'dense_decode_content{b}', dict(rule='content', budget=b,
-                                               decode=dict(coarse_reduction=None)))]),
+                                               decode=dict(coarse_reduction=None)))] +
+            transfer_evals),
         # the same with only the finest level (x4, the neck's convs[0] and what reads it)
         # decoding mixed scales, the x2 level dense: more GMACs, fewer coarse pixels
         'recipe_mixed_head_x4': dict(
@@ -217,6 +221,19 @@ def runs(setting: dict) -> dict:
             'only)', start='recipe_mixed_head', force_scale=None, train_gate_only=True,
             iters=setting['gate_iters'], coarse_unpool=True, **DETAIL, **MIXED_DECODE,
             gate=CONTENT_PRIOR_GATE,
+            evals=learned_evals),
+        # the gate of the classifier (the card's transfer) fine-tuned on the segmentation data
+        # (gate only, as recipe_mixed_head_gate), and the same gate (an MLP without the content
+        # prior, as the classifier's) trained there from scratch: what the transfer is worth
+        'recipe_mixed_head_gate_transfer': dict(
+            label='recipe + mixed-scale decoding + gate transferred from the classifier (MLP + '
+            'probe, gate only)', start='recipe_mixed_head', force_scale=None,
+            train_gate_only=True, gate_init=True, iters=setting['gate_iters'],
+            coarse_unpool=True, **DETAIL, **MIXED_DECODE, evals=learned_evals),
+        'recipe_mixed_head_gate_mlp': dict(
+            label='recipe + mixed-scale decoding + learned gate (MLP + probe, gate only)',
+            start='recipe_mixed_head', force_scale=None, train_gate_only=True,
+            iters=setting['gate_iters'], coarse_unpool=True, **DETAIL, **MIXED_DECODE,
             evals=learned_evals),
         # the simple alternative at about the same whole-model GMACs: the dense ViT with its
         # neck and head at half resolution everywhere, fine-tuned and distilled as the recipe

@@ -11,7 +11,8 @@
 Dependencies run one way: ``keys`` and ``gate_files`` import ``reading``, never each other.
 """
 from .gate_files import (GATE_PREFIX, PRIOR_PREFIX, check_gate_compatible,
-                         check_gate_normalisation, extract_gate, input_normalisation, load_gate,
+                         check_gate_normalisation, extract_gate, gate_from_file,
+                         input_normalisation, load_gate,
                          read_gate_meta, save_gate)
 from .keys import checkpoint_to_timm_vit, load_pretrained, to_timm_vit, vit_depth, vit_format
 from .reading import (EVAL_OPTIONAL_PREFIXES, FRESH_AT_TRAINING_START, CheckpointError,
@@ -27,7 +28,7 @@ __all__ = [
     'check_no_foreign_weights', 'foreign_weights', 'file_sha256',
     'load_model_weights', 'load_timm_state_dict', 'normalisation_from_cfg_text',
     'literal_from_cfg_text', 'config_text_problem', 'vit_format', 'to_timm_vit', 'checkpoint_to_timm_vit', 'vit_depth',
-    'load_pretrained', 'GATE_PREFIX', 'PRIOR_PREFIX', 'extract_gate', 'save_gate',
+    'load_pretrained', 'GATE_PREFIX', 'PRIOR_PREFIX', 'extract_gate', 'gate_from_file', 'save_gate',
     'check_gate_compatible', 'load_gate', 'read_gate_meta', 'input_normalisation',
     'check_gate_normalisation'
 ]

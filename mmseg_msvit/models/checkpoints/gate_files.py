@@ -158,6 +158,29 @@ def load_gate(backbone, path: str, normalisation: Optional[dict] = None) -> dict
     return gate['meta']
 
 
+def gate_from_file(path: str, backbone, normalisation: Optional[dict] = None):
+    """The gate of a gate file as a module of its own, for ``backbone`` (its patch sizes and
+    channels, and ``normalisation`` when given, checked as :func:`load_gate` does): a
+    transferred gate substituted at evaluation (``ScalePolicy.with_budget(b, gate=...)``) without
+    changing the model's own gate."""
+    from ..gates import MixedScaleGate
+    gate = read_checkpoint(path, 'MSViT: gate checkpoint')
+    kind = describe_checkpoint(gate)
+    if not kind.startswith('a gate file'):
+        raise ValueError(f'gate_from_file: {path!r} is {kind}, not a gate file; extract its '
+                         f'gate first: python tools/transfer_gate.py {path} gate.pth')
+    meta = gate['meta']
+    check_gate_compatible(meta, backbone.coarse_patch_size, backbone.fine_patch_size,
+                          backbone.in_channels, normalisation, path)
+    module = MixedScaleGate(coarse_patch_size=meta['coarse_patch_size'],
+                            in_channels=meta['in_channels'],
+                            hidden_dims=tuple(meta['hidden_dims']),
+                            content_prior=bool(meta.get('content_prior', False)),
+                            fine_patch_size=meta['fine_patch_size'])
+    module.load_state_dict(gate['state_dict'])
+    return module
+
+
 def read_gate_meta(path: str) -> dict:
     """The meta of a gate file (for checks made after loading)."""
     return read_checkpoint(path, 'MSViT: gate checkpoint')['meta']
