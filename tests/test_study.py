@@ -348,3 +348,104 @@ def test_every_run_of_the_linear_head_study_can_run():
     assert not [name for name, _ in linear if 'decode' in name]
     assert [name for name, _ in upernet if name.startswith('mixed_decode')]
     assert {name for name, _ in linear} < {name for name, _ in upernet}
+
+
+def test_a_transferred_gate_is_evaluated_as_the_models_own_would_be(scenes, tmp_path):
+    """Rule 'transfer' substitutes the gate of a gate file at a budget: with the file made from
+    the model's own gate it decides as the model's gate does (same results); a file made from
+    another gate decides otherwise; the model keeps its gate, and a file that does not fit the
+    model (input normalisation) is refused by name."""
+    from mmengine.registry import DefaultScope
+
+    from mmseg_msvit.models.checkpoints import extract_gate, input_normalisation, save_gate
+    cfg = segmentor_cfg()
+    cfg['decode_head'] = dict(cfg['decode_head'], num_classes=len(SCENE_CLASSES))
+    cfg['auxiliary_head'] = dict(cfg['auxiliary_head'], num_classes=len(SCENE_CLASSES))
+    torch.manual_seed(0)
+    model = build(cfg).eval()
+    gate = model.backbone.gate
+    norm = input_normalisation(model.data_preprocessor)
+
+    def gate_file(module, name, **normalisation):
+        source = str(tmp_path / f'{name}.pth')
+        torch.save({'state_dict': {f'backbone.gate.{k}': v for k, v in module.state_dict().items()}
+                    | {'backbone.patch_embed.proj.weight': model.backbone.patch_embed.proj.weight}},
+                   source)
+        path = str(tmp_path / f'{name}_gate.pth')
+        save_gate(extract_gate(source, **{**norm, **normalisation}), path)
+        return path
+
+    own = gate_file(gate, 'own')
+    other_gate = type(gate)(hidden_dims=(16, ))
+    torch.nn.init.normal_(other_gate.mlp[-1].weight, std=1.0)  # decisions of its own
+    other = gate_file(other_gate, 'other')
+    evaluator = evaluator_for(scenes)
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        by_own_gate = evaluator.evaluate(model, rule='gate', budget=0.5)
+        transferred = evaluator.evaluate(model, rule='transfer', budget=0.5, gate_file=own)
+        elsewhere = evaluator.evaluate(model, rule='transfer', budget=0.5, gate_file=other)
+        for key in ('mIoU', 'gmacs', 'fine_fraction', 'fine_on_detailed', 'fine_on_uniform'):
+            assert transferred[key] == by_own_gate[key], key
+        assert transferred['iou'] == by_own_gate['iou']
+        assert elsewhere['fine_fraction'] == transferred['fine_fraction'] == 0.5
+        assert (elsewhere['fine_on_detailed'], elsewhere['mIoU']) != \
+            (transferred['fine_on_detailed'], transferred['mIoU'])
+        assert model.backbone.gate is gate
+        with pytest.raises(ValueError, match=r"mean: gate \[0.0, 0.0, 0.0\]"):
+            evaluator.evaluate(model, rule='transfer', budget=0.5,
+                               gate_file=gate_file(gate, 'raw', mean=[0.0] * 3))
+        with pytest.raises(ValueError, match="gate_file is what rule 'transfer' substitutes"):
+            evaluator.evaluate(model, rule='gate', budget=0.5, gate_file=own)
+        with pytest.raises(ValueError, match="gate_file is what rule 'transfer' substitutes"):
+            evaluator.evaluate(model, rule='transfer', budget=0.5)
+
+
+def test_the_transfer_evidence_trains_the_classifier_first(tmp_path):
+    """The zero-shot transfer evaluations of recipe_mixed_head read the classifier's gate file:
+    the plan trains the classifier (once per seed) before anything that needs its gate."""
+    study = load_tool('tools/analysis_tools/msvit_study.py')
+    args = study.parse_args(['--setting', 'smoke', '--seeds', '0', '1', '--out-dir',
+                             str(tmp_path), '--only', 'recipe_mixed_head',
+                             'recipe_mixed_head_gate_transfer'])
+    steps = study.Study(args).plan()
+    kinds = [(kind, seed, run) for kind, seed, run, *_ in steps]
+    for seed in (0, 1):
+        assert kinds.count(('cls', seed, 'cls')) == 1
+        first_transfer = min(i for i, step in enumerate(steps) if step[1] == seed and (
+            (step[4] or {}).get('rule') == 'transfer' or step[2].endswith('_transfer')))
+        assert kinds.index(('cls', seed, 'cls')) < first_transfer
+    evals = {name for kind, seed, run, name, *_ in steps if run == 'recipe_mixed_head' and
+             kind == 'eval'}
+    assert {'transfer0.25', 'transfer0.5'} <= evals
+    # without the transfer evaluations no classifier is trained
+    args = study.parse_args(['--setting', 'smoke', '--seeds', '0', '--out-dir', str(tmp_path),
+                             '--only', 'recipe'])
+    assert not [step for step in study.Study(args).plan() if step[0] == 'cls']
+
+
+def test_the_mask_head_study_builds_segmenters_mask_decoder_and_counts_it(tmp_path):
+    """--set head=mask: mmseg's SegmenterMaskTransformerHead on the last tap's dense map (no
+    auxiliary head); the evaluator's whole-model GMACs include what it runs."""
+    from mmengine.registry import DefaultScope
+    from mmseg.models.decode_heads import SegmenterMaskTransformerHead
+    from mmseg.registry import MODELS
+
+    from mmseg_msvit.analysis.macs import dense_decode_macs
+    from mmseg_msvit.analysis.study.configs import seg_config
+    from mmseg_msvit.analysis.study.runs import SETTINGS
+    costs = {}
+    for head in ('linear', 'mask'):
+        cfg = seg_config(dict(SETTINGS['smoke'], head=head), 'recipe', 0, str(tmp_path))
+        assert cfg.model.auxiliary_head is None and cfg.model.neck.num_taps == 1
+        with DefaultScope.overwrite_default_scope('mmseg'):
+            model = MODELS.build(cfg.model).eval()
+            costs[head] = dense_decode_macs(model, (64, 64))
+        if head == 'mask':
+            assert type(model.decode_head) is SegmenterMaskTransformerHead
+            attention = [m for m in model.decode_head.modules()
+                         if isinstance(m, torch.nn.MultiheadAttention)]
+            assert len(attention) == 2 and attention[0].num_heads == 3  # 64 channels a head
+    # two transformer layers over 16 tokens of 192 channels: at least their linear layers
+    assert costs['mask'] - costs['linear'] >= 2 * 16 * 12 * 192 * 192
+    with pytest.raises(ValueError, match="head must be 'upernet', 'linear' or 'mask'"):
+        seg_config(dict(SETTINGS['smoke'], head='fpn'), 'recipe', 0, str(tmp_path))

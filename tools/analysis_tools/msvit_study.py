@@ -34,7 +34,12 @@ tried on the way (docs/study.md): ``dense_lowres``, ``coarse``, ``random_gate``,
 ``content_gate``, ``learned_probe``, ``learned_transfer``, ``learned_content``,
 ``learned_scratch``, ``gate_only_mlp``, ``gate_only_transfer`` and the ``mixed_*`` /
 ``recipe_*`` fine-tuning variants (without the coarse-token detail, logit-only distillation,
-budgets up to 1.0, ...).
+budgets up to 1.0, mixed-scale decoding, in-place distillation, ...). ``recipe_mixed_head`` is
+also evaluated with the gate of a classifier trained on the synthetic ImageNet-layout set (the
+``cls`` run, as ``tools/transfer_gate.py`` moves it) at every budget, and
+``recipe_mixed_head_gate_transfer`` / ``recipe_mixed_head_gate_mlp`` train that gate further on
+the segmentation data / the same gate from scratch there. ``--set head=linear`` or
+``--set head=mask`` puts Segmenter's linear or mask-transformer decoder in place of UPerNet.
 
 Resumable: results go to OUT_DIR/results.jsonl as they come, finished trainings are kept, and a
 re-run does only what is missing (``--only`` limits it to some runs and what they start from).

@@ -8,7 +8,8 @@ overrides).
 """
 import os.path as osp
 
-from .runs import REPO, final_checkpoint, gate_file, resolve_setting, run_dir, runs
+from .runs import (CONTENT_PRIOR_GATE, REPO, final_checkpoint, gate_file, resolve_setting,
+                   run_dir, runs)
 
 
 def seg_config(setting, run: str, seed: int, out_dir: str):
@@ -79,6 +80,8 @@ def seg_config(setting, run: str, seed: int, out_dir: str):
                 'coarse_scale_embed'):
         if key in spec:
             model.backbone[key] = spec[key]
+    if spec.get('gate_init'):  # the classifier's kind of gate, which the file fills
+        model.backbone.gate = transferred_gate(setting)
     if spec.get('coarse_unpool'):
         model.neck.coarse_unpool = True
     for key in ('coarse_reduction', 'decode_regions', 'mixed_scales'):
@@ -140,6 +143,16 @@ def seg_config(setting, run: str, seed: int, out_dir: str):
     return cfg
 
 
+def transferred_gate(setting) -> dict:
+    """The gate config of the classifier and of the runs that load its gate (``cls_gate``)."""
+    kinds = dict(mlp=dict(type='MixedScaleGate', hidden_dims=(256, 256), init_fine_fraction=0.9),
+                 content_prior=CONTENT_PRIOR_GATE)
+    if setting['cls_gate'] not in kinds:
+        raise ValueError(f"msvit_study: cls_gate must be one of {sorted(kinds)}, got "
+                         f"{setting['cls_gate']!r}")
+    return dict(kinds[setting['cls_gate']])
+
+
 def cls_config(setting, seed: int, out_dir: str):
     """The mmengine Config of the classifier whose gate the ``gate_init`` runs start from."""
     from mmengine.config import Config
@@ -151,6 +164,7 @@ def cls_config(setting, seed: int, out_dir: str):
         loader.num_workers = 0
         loader.persistent_workers = False
     cfg.model.backbone.img_size = setting['cls_data']['img_size']
+    cfg.model.backbone.gate = transferred_gate(setting)
     warmup = max(1, min(20, iters // 5))
     cfg.param_scheduler[0].end = warmup
     cfg.param_scheduler[-1].begin = warmup

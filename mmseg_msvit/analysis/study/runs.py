@@ -22,7 +22,10 @@ SMALL_CLASSES = ('pole', 'ball', 'box')
 DEFAULT_RUNS = ('dense_pre', 'dense', 'learned_gbas', 'gate_only', 'mixed_content', 'recipe',
                 'recipe_gate')
 
-#: The two settings. quick: the demo's model (MSViT-Ti + light UPerNet, 128 px crops of 256 px
+#: The two settings (and a smoke test). ``head``: 'upernet', 'linear' or 'mask' (Segmenter's
+#: decoders); ``cls_gate``: the gate the classifier trains and the transferred runs load, 'mlp'
+#: (the classification configs' MixedScaleGate) or 'content_prior' (:data:`CONTENT_PRIOR_GATE`).
+#: quick: the demo's model (MSViT-Ti + light UPerNet, 128 px crops of 256 px
 #: scenes) on 2 CPU cores; full: MSViT-S at 512 px on a GPU, longer schedule.
 SETTINGS = {
     'quick': dict(
@@ -34,7 +37,7 @@ SETTINGS = {
         pre_iters=600, fine_iters=300, gate_iters=40, gate_lr=3e-3, gate_lr_mult=10.0,
         lr=1.5e-3, fine_lr=5e-4, cls_iters=150, budget=0.42, budgets=(0.25, 0.42, 0.5, 0.6),
         scales=(0.5, 0.625, 0.75, 0.875, 1.0), low_scale=0.75, probe_images=2, num_workers=2,
-        head='upernet', default_runs=DEFAULT_RUNS),
+        head='upernet', cls_gate='mlp', default_runs=DEFAULT_RUNS),
     'full': dict(
         seg_config='configs/msvit/demo_msvit_synthetic.py',
         cls_config='configs/msvit_cls/demo_msvit_cls_synthetic.py',
@@ -58,7 +61,7 @@ SETTINGS = {
         arch='tiny', width=192, neck_width=32, crop=64, batch_size=2, min_kept=100,
         pre_iters=2, fine_iters=2, gate_iters=2, gate_lr=1e-3, gate_lr_mult=10.0, lr=1.5e-3, fine_lr=1e-3, cls_iters=2,
         budget=0.5, budgets=(0.25, 0.5), scales=(0.5, 1.0), low_scale=0.5, probe_images=1,
-        num_workers=0, head='upernet', default_runs=DEFAULT_RUNS),
+        num_workers=0, head='upernet', cls_gate='mlp', default_runs=DEFAULT_RUNS),
 }
 
 
@@ -226,8 +229,9 @@ def runs(setting: dict) -> dict:
         # (gate only, as recipe_mixed_head_gate), and the same gate (an MLP without the content
         # prior, as the classifier's) trained there from scratch: what the transfer is worth
         'recipe_mixed_head_gate_transfer': dict(
-            label='recipe + mixed-scale decoding + gate transferred from the classifier (MLP + '
-            'probe, gate only)', start='recipe_mixed_head', force_scale=None,
+            label='recipe + mixed-scale decoding + gate transferred from the classifier ('
+            f"{'content prior' if setting['cls_gate'] == 'content_prior' else 'MLP'} + probe, "
+            'gate only)', start='recipe_mixed_head', force_scale=None,
             train_gate_only=True, gate_init=True, iters=setting['gate_iters'],
             coarse_unpool=True, **DETAIL, **MIXED_DECODE, evals=learned_evals),
         'recipe_mixed_head_gate_mlp': dict(
