@@ -449,3 +449,24 @@ def test_the_mask_head_study_builds_segmenters_mask_decoder_and_counts_it(tmp_pa
     assert costs['mask'] - costs['linear'] >= 2 * 16 * 12 * 192 * 192
     with pytest.raises(ValueError, match="head must be 'upernet', 'linear' or 'mask'"):
         seg_config(dict(SETTINGS['smoke'], head='fpn'), 'recipe', 0, str(tmp_path))
+
+
+def test_the_classifier_and_the_runs_that_load_its_gate_share_the_gate_kind(tmp_path):
+    """cls_gate: the classifier trains the gate kind the transferred runs build (a gate file
+    loads only into the same kind); other runs keep their own gates."""
+    from mmseg_msvit.analysis.study.configs import cls_config, seg_config
+    from mmseg_msvit.analysis.study.runs import CONTENT_PRIOR_GATE, SETTINGS
+    for kind in ('mlp', 'content_prior'):
+        setting = dict(SETTINGS['smoke'], cls_gate=kind)
+        classifier = cls_config(setting, 0, str(tmp_path)).model.backbone.gate
+        loader = seg_config(setting, 'recipe_mixed_head_gate_transfer', 0,
+                            str(tmp_path)).model.backbone
+        assert loader.gate_init['checkpoint'].endswith(osp.join('seed0', 'cls', 'gate.pth'))
+        assert dict(loader.gate) == dict(classifier)
+        assert bool(classifier.get('content_prior')) == (kind == 'content_prior')
+        scratch = seg_config(setting, 'recipe_mixed_head_gate_mlp', 0, str(tmp_path))
+        assert not scratch.model.backbone.gate.get('content_prior')
+        assert dict(seg_config(setting, 'recipe_mixed_head_gate', 0,
+                               str(tmp_path)).model.backbone.gate) == CONTENT_PRIOR_GATE
+    with pytest.raises(ValueError, match="cls_gate must be one of"):
+        cls_config(dict(SETTINGS['smoke'], cls_gate='cnn'), 0, str(tmp_path))

@@ -199,20 +199,21 @@ def comparisons(setting):
     # the classifier's gate on the mixed-decoding recipe, at every budget: as it comes (no
     # segmentation data) and fine-tuned there, against the content gate and gates trained on
     # the segmentation data
+    # the gate of the classifier's kind (cls_gate) trained on the segmentation data only
+    same_kind = 'recipe_mixed_head_gate' if setting.get('cls_gate') == 'content_prior' else \
+        'recipe_mixed_head_gate_mlp'
     for x in setting['budgets']:
         transferred = ('recipe_mixed_head', f'transfer{x}')
         tuned = ('recipe_mixed_head_gate_transfer', f'budget{x}')
         pairs += [
             (f'budget {x}: classifier gate (transferred, no segmentation training) vs content '
              'gate', transferred, ('recipe_mixed_head', f'content{x}')),
-            (f'budget {x}: classifier gate (transferred) vs the same gate trained on the '
-             'segmentation data', transferred, ('recipe_mixed_head_gate_mlp', f'budget{x}')),
-            (f'budget {x}: classifier gate (transferred) vs a content-prior gate trained on the '
-             'segmentation data', transferred, ('recipe_mixed_head_gate', f'budget{x}')),
+            (f'budget {x}: classifier gate (transferred) vs the same kind of gate trained on '
+             f'the segmentation data ({same_kind})', transferred, (same_kind, f'budget{x}')),
             (f'budget {x}: classifier gate fine-tuned on the segmentation data vs content gate',
              tuned, ('recipe_mixed_head', f'content{x}')),
-            (f'budget {x}: classifier gate fine-tuned vs the same gate trained from scratch on '
-             'the segmentation data', tuned, ('recipe_mixed_head_gate_mlp', f'budget{x}')),
+            (f'budget {x}: classifier gate fine-tuned vs the same kind of gate trained from '
+             f'scratch on the segmentation data ({same_kind})', tuned, (same_kind, f'budget{x}')),
         ]
     pairs += [
         (f"dense: {setting['fine_iters']} more dense iterations vs the starting model",
