@@ -100,14 +100,19 @@ def evaluator_for(root):
     return StudyEvaluator(dataset, (128, 128), SCENE_CLASSES, ('pole', 'ball', 'box'))
 
 
-def test_evaluator_reports_the_cost_of_each_rule_and_restores_the_model(scenes):
-    from mmengine.registry import DefaultScope
-    from mmseg.evaluation.metrics import IoUMetric
+def scene_segmentor():
+    """A small eval-mode segmentor with an MLP gate, for the synthetic scenes' classes (seed 0)."""
     cfg = segmentor_cfg()
     cfg['decode_head'] = dict(cfg['decode_head'], num_classes=len(SCENE_CLASSES))
     cfg['auxiliary_head'] = dict(cfg['auxiliary_head'], num_classes=len(SCENE_CLASSES))
     torch.manual_seed(0)
-    model = build(cfg).eval()
+    return build(cfg).eval()
+
+
+def test_evaluator_reports_the_cost_of_each_rule_and_restores_the_model(scenes):
+    from mmengine.registry import DefaultScope
+    from mmseg.evaluation.metrics import IoUMetric
+    model = scene_segmentor()
     gate = model.backbone.gate
     evaluator = evaluator_for(scenes)
     with DefaultScope.overwrite_default_scope('mmseg'):
@@ -358,11 +363,7 @@ def test_a_transferred_gate_is_evaluated_as_the_models_own_would_be(scenes, tmp_
     from mmengine.registry import DefaultScope
 
     from mmseg_msvit.models.checkpoints import extract_gate, input_normalisation, save_gate
-    cfg = segmentor_cfg()
-    cfg['decode_head'] = dict(cfg['decode_head'], num_classes=len(SCENE_CLASSES))
-    cfg['auxiliary_head'] = dict(cfg['auxiliary_head'], num_classes=len(SCENE_CLASSES))
-    torch.manual_seed(0)
-    model = build(cfg).eval()
+    model = scene_segmentor()
     gate = model.backbone.gate
     norm = input_normalisation(model.data_preprocessor)
 
