@@ -67,6 +67,21 @@ def check_fine_budget(value):
     return float(value)
 
 
+def check_train_budget_range(value, fine_budget, budget_required: bool = True):
+    """None, or ``(low, high)`` with 0 < low <= high <= 1, as a pair of floats; in budget mode
+    its evaluation budget ``fine_budget`` must be given too (``budget_required``: a config's
+    options may keep a range while threshold mode leaves it unused)."""
+    if value is None:
+        return None
+    low_high = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(low_high) != 2 or not all(is_real(v) and 0 < v <= 1 for v in low_high) or \
+            low_high[0] > low_high[1] or (budget_required and fine_budget is None):
+        raise ValueError('MSViT: train_budget_range must be (low, high) with 0 < low <= high <= '
+                         '1, and needs a fine_budget (the evaluation budget), got '
+                         f'train_budget_range={value!r}, fine_budget={fine_budget!r}')
+    return float(low_high[0]), float(low_high[1])
+
+
 def check_size_pair(owner: str, name: str, value) -> Tuple[int, int]:
     """A positive int, a 1-tuple (square, as mmseg's ``to_2tuple`` reads it) or a pair of
     positive ints, as a pair."""

@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .arguments import check_fine_budget, check_gate_threshold, is_real
+from .arguments import check_fine_budget, check_gate_threshold, check_train_budget_range
 
 
 def _relaxed_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -165,16 +165,8 @@ class ScalePolicy:
         if self.threshold is not None:
             object.__setattr__(self, 'threshold', check_gate_threshold(self.threshold))
         object.__setattr__(self, 'budget', check_fine_budget(self.budget))
-        if self.train_budget_range is not None:
-            pair = self.train_budget_range
-            low_high = tuple(pair) if isinstance(pair, (list, tuple)) else ()
-            if len(low_high) != 2 or not all(
-                    is_real(v) and 0 < v <= 1 for v in low_high) or low_high[0] > low_high[1]:
-                raise ValueError('MSViT: train_budget_range must be (low, high) with 0 < low <= '
-                                 'high <= 1, and needs a fine_budget (the evaluation budget), '
-                                 f'got train_budget_range={pair!r}, fine_budget={self.budget!r}')
-            object.__setattr__(self, 'train_budget_range',
-                               (float(low_high[0]), float(low_high[1])))
+        object.__setattr__(self, 'train_budget_range',
+                           check_train_budget_range(self.train_budget_range, self.budget))
         mask, value = self.fine_mask, self.fine_value
         if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool):
             kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
@@ -198,11 +190,8 @@ class ScalePolicy:
         self._refuse_mixed_modes()
 
     def _refuse_mixed_modes(self) -> None:
-        """Fields of two modes together are refused, naming them."""
-        if self.train_budget_range is not None and self.budget is None:
-            raise ValueError('MSViT: train_budget_range must be (low, high) with 0 < low <= '
-                             'high <= 1, and needs a fine_budget (the evaluation budget), got '
-                             f'train_budget_range={self.train_budget_range!r}, fine_budget=None')
+        """Fields of two modes together are refused, naming them (a training range without
+        its budget is refused by :func:`check_train_budget_range` first)."""
         present = dict(fine_mask=self.fine_mask is not None,
                        force_scale=self.force_scale is not None,
                        budget=self.budget is not None, threshold=self.threshold is not None,

@@ -4,7 +4,8 @@
   it is evaluated) and where a run's files go;
 * :mod:`.configs` - the mmengine config of one training run, by mutating the demo config;
 * :mod:`.evaluator` - :class:`StudyEvaluator`: one trained segmentor under several decision
-  rules (the scale forced, its own gate, a training-free gate, the label oracle);
+  rules (the scale forced, its own gate, a training-free gate, a gate file's gate, the label
+  oracle);
 * :mod:`.orchestration` - :class:`~.orchestration.Study`: the training subprocesses, the
   resumable ``results.jsonl`` (:func:`read_results`), the evaluation calls; the synthetic data;
 * :mod:`.report` - :func:`summarise` (mean +- std over seeds), :func:`compare` (two results

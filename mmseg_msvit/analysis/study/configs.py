@@ -144,13 +144,16 @@ def seg_config(setting, run: str, seed: int, out_dir: str):
 
 
 def transferred_gate(setting) -> dict:
-    """The gate config of the classifier and of the runs that load its gate (``cls_gate``)."""
-    kinds = dict(mlp=dict(type='MixedScaleGate', hidden_dims=(256, 256), init_fine_fraction=0.9),
-                 content_prior=CONTENT_PRIOR_GATE)
-    if setting['cls_gate'] not in kinds:
-        raise ValueError(f"msvit_study: cls_gate must be one of {sorted(kinds)}, got "
-                         f"{setting['cls_gate']!r}")
-    return dict(kinds[setting['cls_gate']])
+    """The gate config of the classifier and of the runs that load its gate (``cls_gate``):
+    'mlp', the classification config's own gate; 'content_prior', :data:`CONTENT_PRIOR_GATE`."""
+    from mmengine.config import Config
+    kind = setting['cls_gate']
+    if kind == 'content_prior':
+        return dict(CONTENT_PRIOR_GATE)
+    if kind != 'mlp':
+        raise ValueError("msvit_study: cls_gate must be one of ['content_prior', 'mlp'], got "
+                         f'{kind!r}')
+    return Config.fromfile(osp.join(REPO, setting['cls_config'])).model.backbone.gate.to_dict()
 
 
 def cls_config(setting, seed: int, out_dir: str):

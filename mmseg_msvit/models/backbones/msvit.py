@@ -23,7 +23,7 @@ from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 
 from ..arguments import (check_fine_budget, check_gate_threshold, check_msvit_args,
-                         translate_mmseg_vit_args)
+                         check_train_budget_range, translate_mmseg_vit_args)
 from ..builder import build_component
 from ..coarse_embed import CoarseTokenEmbed
 from ..features import MixedScaleFeatures, MixedScaleMaps
@@ -98,17 +98,14 @@ def check_gate_protocol(gate: nn.Module, which: str) -> None:
 def config_policy(force_scale: Optional[str], gate_threshold: float, fine_budget: Optional[float],
                   train_budget_range: Optional[Tuple[float, float]]) -> ScalePolicy:
     """The policy of a config's scale options, which may name several modes: a forced scale
-    first, else budget mode when ``fine_budget`` is set, else threshold mode. Every option is
-    checked, including those the mode leaves unused (a threshold kept for when the budget is
-    removed, a training range kept in threshold mode)."""
-    unused = ScalePolicy(threshold=check_gate_threshold(gate_threshold))
-    if train_budget_range is not None:  # checks the range (its budget: any valid one)
-        ScalePolicy(budget=1.0, train_budget_range=train_budget_range)
+    first, else budget mode when ``fine_budget`` is set, else threshold mode (the options the
+    mode leaves unused are not in it: a threshold kept for when the budget is removed, a
+    training range kept in threshold mode)."""
     if force_scale is not None:
         return ScalePolicy.forced(force_scale)
     if fine_budget is not None:
         return ScalePolicy.with_budget(fine_budget, train_budget_range=train_budget_range)
-    return unused
+    return ScalePolicy.with_threshold(gate_threshold)
 
 
 @MODELS.register_module()
@@ -295,8 +292,7 @@ class MSViT(BaseModule):
                      'in_channels', 'mlp_ratio', 'img_size', 'out_indices', 'frozen_stages',
                      'gate_init', 'norm_eps', 'patch_bias', 'token_packing'):
             setattr(self, name, args[name])
-        if train_budget_range is not None:  # a config's range needs its budget (the policy's rule)
-            ScalePolicy(budget=fine_budget, train_budget_range=train_budget_range)
+        check_train_budget_range(train_budget_range, fine_budget)  # a config's range: its budget
         #: the scale policy a forward uses when its call gives none: the mode the config's
         #: options select (:func:`config_policy`); immutable, rebuilt as a whole by the
         #: ``force_scale`` / ``fine_budget`` / ``gate_threshold`` / ``train_budget_range``
@@ -367,13 +363,15 @@ class MSViT(BaseModule):
 
     def _set_scale_config(self, force_scale, gate_threshold, fine_budget,
                           train_budget_range) -> None:
-        """Check the config's scale options, keep them (as checked) and rebuild the policy."""
-        self.policy = config_policy(force_scale, gate_threshold, fine_budget, train_budget_range)
-        self._scale_config = dict(
-            force_scale=force_scale, gate_threshold=check_gate_threshold(gate_threshold),
-            fine_budget=check_fine_budget(fine_budget),
-            train_budget_range=None if train_budget_range is None else
-            tuple(float(v) for v in train_budget_range))
+        """Check every one of the config's scale options (also those the mode leaves unused),
+        keep them as checked and rebuild the policy (:func:`config_policy`)."""
+        config = dict(force_scale=force_scale,
+                      gate_threshold=check_gate_threshold(gate_threshold),
+                      fine_budget=check_fine_budget(fine_budget),
+                      train_budget_range=check_train_budget_range(
+                          train_budget_range, fine_budget, budget_required=False))
+        self.policy = config_policy(**config)  # (checks force_scale)
+        self._scale_config = config
 
     def declare_gate_training(self, owner: str, trained: bool) -> None:
         """Called by the model that owns the gate losses (the segmentor, the classifier): its

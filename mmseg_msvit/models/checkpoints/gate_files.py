@@ -126,6 +126,20 @@ def check_gate_compatible(meta: dict, coarse_patch_size: int, fine_patch_size: i
                          '; '.join(problems))
 
 
+def _read_gate_file(path: str, backbone, normalisation: Optional[dict]) -> dict:
+    """A gate file's contents, refused when it is another kind of file or does not fit
+    ``backbone`` (patch sizes, channels; the input normalisation when given)."""
+    gate = read_checkpoint(path, 'MSViT: gate checkpoint')
+    kind = describe_checkpoint(gate)
+    if not kind.startswith('a gate file'):
+        raise ValueError(f'MSViT: gate checkpoint {path!r} is {kind}, not a gate file; '
+                         f'extract its gate first: python tools/transfer_gate.py {path} '
+                         "gate.pth, then set gate_init=dict(checkpoint='gate.pth')")
+    check_gate_compatible(gate['meta'], backbone.coarse_patch_size, backbone.fine_patch_size,
+                          backbone.in_channels, normalisation, path)
+    return gate
+
+
 def load_gate(backbone, path: str, normalisation: Optional[dict] = None) -> dict:
     """Load a gate file written by ``tools/transfer_gate.py`` into ``backbone.gate``.
 
@@ -135,14 +149,7 @@ def load_gate(backbone, path: str, normalisation: Optional[dict] = None) -> dict
     Returns:
         dict: the gate file's meta.
     """
-    gate = read_checkpoint(path, 'MSViT: gate checkpoint')
-    kind = describe_checkpoint(gate)
-    if not kind.startswith('a gate file'):
-        raise ValueError(f'MSViT: gate_init checkpoint {path!r} is {kind}, not a gate file; '
-                         f'extract its gate first: python tools/transfer_gate.py {path} '
-                         "gate.pth, then set gate_init=dict(checkpoint='gate.pth')")
-    check_gate_compatible(gate['meta'], backbone.coarse_patch_size, backbone.fine_patch_size,
-                          backbone.in_channels, normalisation, path)
+    gate = _read_gate_file(path, backbone, normalisation)
     ours = bool(getattr(backbone.gate, 'content_prior', False))
     if bool(gate['meta'].get('content_prior', False)) != ours:
         raise ValueError(f"MSViT: gate in {path!r} has content_prior="
@@ -164,14 +171,8 @@ def gate_from_file(path: str, backbone, normalisation: Optional[dict] = None):
     transferred gate substituted at evaluation (``ScalePolicy.with_budget(b, gate=...)``) without
     changing the model's own gate."""
     from ..gates import MixedScaleGate
-    gate = read_checkpoint(path, 'MSViT: gate checkpoint')
-    kind = describe_checkpoint(gate)
-    if not kind.startswith('a gate file'):
-        raise ValueError(f'gate_from_file: {path!r} is {kind}, not a gate file; extract its '
-                         f'gate first: python tools/transfer_gate.py {path} gate.pth')
+    gate = _read_gate_file(path, backbone, normalisation)
     meta = gate['meta']
-    check_gate_compatible(meta, backbone.coarse_patch_size, backbone.fine_patch_size,
-                          backbone.in_channels, normalisation, path)
     module = MixedScaleGate(coarse_patch_size=meta['coarse_patch_size'],
                             in_channels=meta['in_channels'],
                             hidden_dims=tuple(meta['hidden_dims']),
