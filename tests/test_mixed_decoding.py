@@ -169,6 +169,53 @@ def test_halos_and_resampling_read_the_neighbours_whatever_their_resolution():
         half, scale_factor=2, mode='bilinear', align_corners=False), full))
 
 
+@pytest.mark.parametrize('in_channels,out_channels', [(3, 5), (8, 3)])
+@pytest.mark.parametrize('grad', [False, True])
+def test_a_convolution_is_every_blocks_convolution_of_its_window(in_channels, out_channels,
+                                                                 grad):
+    """Both ways a 3x3 convolution of a mixed level runs (F.conv2d on every block's window;
+    every pixel's nine tap products, summed per output pixel) give each block the convolution of
+    its window on the canvases (halo from the neighbours, zero outside the input), with and
+    without autograd, and the same gradients; the level's convolution takes the tap products
+    when it has at least twice as many input channels as output ones."""
+    from mmseg_msvit.models import mixed_maps
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.rand(2, 3, 4, generator=gen) > 0.5
+    blocks = RegionBlocks(mask, 2, (5, 7), 2, SCALES)  # a cropped grid: zeros inside the grid
+    data = torch.randn(blocks.num_fine * 16 + blocks.num_coarse * 4, in_channels,
+                       generator=gen)
+    conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1)
+    full, half = canvases(MixedScaleMap(data, blocks, 2.0))
+    for canvas, kind in ((full, 'fine'), (half, 'coarse')):
+        rows, cols = blocks.valid(2.0, kind)
+        canvas[:, :, rows:] = 0
+        canvas[:, :, :, cols:] = 0
+    grads = []
+    for way in (lambda x: mixed_maps._conv_by_windows(conv, x, 1),
+                lambda x: mixed_maps._conv_by_tap_products(conv, x),
+                lambda x: mixed_maps._conv(conv, x)):
+        leaf = data.clone().requires_grad_(grad)
+        conv.zero_grad()
+        with torch.set_grad_enabled(grad):
+            out = way(MixedScaleMap(leaf, blocks, 2.0))
+        fine, coarse = out.split()
+        for got, canvas, regions, side in ((fine, full, blocks.fine_regions, 4),
+                                           (coarse, half, blocks.coarse_regions, 2)):
+            expected = F.conv2d(crops(canvas, blocks, regions, side, 1), conv.weight, conv.bias)
+            torch.testing.assert_close(got.permute(0, 3, 1, 2), expected.detach())
+        if grad:
+            upstream = torch.randn(out.data.shape, generator=torch.Generator().manual_seed(3))
+            (out.data * upstream).sum().backward()
+            grads.append((leaf.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b)
+    mixed_maps._TAP_WEIGHTS.clear()  # outside autograd the tap products keep the kernel
+    with torch.no_grad():
+        mixed_maps._conv(conv, MixedScaleMap(data, blocks, 2.0))
+    assert (conv in mixed_maps._TAP_WEIGHTS) == (in_channels >= 2 * out_channels)
+
+
 @torch.no_grad()
 def test_images_of_a_batch_do_not_mix():
     """A batch of images with different numbers of fine regions (threshold mode: counts read

@@ -63,6 +63,13 @@ NOT_MATRIX_PRODUCTS = ('aten::batch_norm', 'aten::group_norm', 'aten::layer_norm
                        'aten::grid_sampler')
 
 
+def _matrix_product_into(inputs, outputs):
+    """mmengine's ``aten::mm`` count, its two factors read whether or not an ``out=`` tensor
+    follows them."""
+    from mmengine.analysis.jit_handles import matmul_flop_jit
+    return matmul_flop_jit(inputs[:2], outputs)
+
+
 def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=None,
                              policy=None, matrix_products_only: bool = False) -> int:
     """MACs of one forward of ``module(*inputs)`` as mmengine's ``FlopAnalyzer`` counts them.
@@ -86,6 +93,9 @@ def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=
         analyzer.clear_op_handles().set_op_handle(**{
             name: handle for name, handle in _DEFAULT_SUPPORTED_FLOP_OPS.items()
             if name not in NOT_MATRIX_PRODUCTS})
+    # mmengine's handle of a matrix product reads two inputs; a product written into a given
+    # tensor (``torch.mm(a, b, out=...)``, as the mixed-scale bottleneck runs) has that as a third
+    analyzer.set_op_handle(**{'aten::mm': _matrix_product_into})
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
     with counting_one_forward():

@@ -27,7 +27,8 @@ Scales are relative to the token grid (the backbone's dense maps, stride S_f = 1
 scale 4 is at 1/4 of the input's resolution for S_f = 16.
 """
 import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+import weakref
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -203,19 +204,23 @@ class RegionBlocks:
             self._cache[key] = index.reshape(index.shape[0], (side + 2 * halo)**2)
         return self._cache[key]
 
-    def tap_index(self, scale: float, kind: str, halo: int) -> torch.Tensor:
-        """(pixels, (2 halo + 1)^2): for every output pixel of every ``kind`` block (block after
-        block, row-major) the pool rows of its convolution taps (row-major over the kernel),
-        zero outside the input. Cached per forward."""
-        key = ('taps', scale, kind, halo)
+    def tap_product_index(self, scale: float) -> torch.Tensor:
+        """(pixels, 9): for every output pixel of a 3x3 convolution at ``scale`` (the fine
+        blocks' pixels, then the coarse blocks', as a mixed map's rows) the rows of its nine tap
+        products in a table of every pool row's products (:meth:`MixedScaleMap.pool`'s rows,
+        nine taps each, row-major over the kernel): pool row * 9 + tap; zero outside the input.
+        Cached per forward."""
+        key = ('taps', scale)
         if key not in self._cache:
-            side = self.side(scale, kind)
-            width = side + 2 * halo
-            windows = self.window_index(scale, kind, halo, zeros=True).view(-1, width, width)
-            kernel = 2 * halo + 1
-            taps = torch.stack([windows[:, dy:dy + side, dx:dx + side]
-                                for dy in range(kernel) for dx in range(kernel)], dim=-1)
-            self._cache[key] = taps.reshape(-1, kernel * kernel)
+            rows = []
+            for kind in ('fine', 'coarse'):
+                side = self.side(scale, kind)
+                windows = self.window_index(scale, kind, 1, zeros=True).view(-1, side + 2,
+                                                                             side + 2)
+                rows.append(torch.stack([windows[:, dy:dy + side, dx:dx + side]
+                                         for dy in range(3) for dx in range(3)], dim=-1))
+            taps = torch.cat([r.reshape(-1, 9) for r in rows])
+            self._cache[key] = taps * 9 + torch.arange(9, device=taps.device)
         return self._cache[key]
 
     def sample_points(self, scale: float, kind: str, target_side: int,
@@ -242,30 +247,23 @@ class RegionBlocks:
         self._cache[key] = points
         return points
 
-    def dense_sample_points(self, source_shape: Tuple[int, int], scale: float,
-                            kind: str) -> Tuple[torch.Tensor, ...]:
-        """Where every pixel of every ``kind`` block at ``scale`` reads a dense map of
-        ``source_shape`` (H, W) that bilinear resampling (align_corners=False) takes to this
-        level's valid size, as ``F.interpolate(size=...)`` does (any ratio of sizes): the two
-        source rows and columns of each pixel (image offset included, flattened channels-last)
-        and their weights. Cached per forward."""
-        key = ('dense', tuple(source_shape), scale, kind)
-        if key in self._cache:
-            return self._cache[key]
-        height, width = source_shape
-        side = self.side(scale, kind)
-        valid_rows, valid_cols = self.valid(scale, kind)
-        image, row, col = self._region_coords(kind)
-        y0, y1, wy = _bilinear_axis(row, side, height, valid_rows)
-        x0, x1, wx = _bilinear_axis(col, side, width, valid_cols)
-        base = image[:, None, None] * height
-
-        def flat(ys, xs):
-            return ((base + ys[:, :, None]) * width + xs[:, None, :]).reshape(-1)
-
-        points = (flat(y0, x0), flat(y0, x1), flat(y1, x0), flat(y1, x1), wy, wx)
-        self._cache[key] = points
-        return points
+    def dense_pixel_index(self, scale: float, kind: str) -> torch.Tensor:
+        """(pixels,) for every pixel of every ``kind`` block at ``scale`` (block after block,
+        row-major) its row in a dense map of this level's valid size, (B, H, W) flattened
+        channels-last; pixels beyond the input read the nearest border pixel (what
+        :meth:`_pool_index` gives a resampling). Cached per forward."""
+        key = ('dense', scale, kind)
+        if key not in self._cache:
+            side = self.side(scale, kind)
+            valid_rows, valid_cols = self.valid(scale, kind)
+            image, row, col = self._region_coords(kind)
+            steps = torch.arange(side, device=self.fine_mask.device)
+            ys = (row[:, None] * side + steps).clamp(max=valid_rows - 1)
+            xs = (col[:, None] * side + steps).clamp(max=valid_cols - 1)
+            index = (image[:, None, None] * valid_rows + ys[:, :, None]) * valid_cols + \
+                xs[:, None, :]
+            self._cache[key] = index.reshape(-1)
+        return self._cache[key]
 
     def pixel_image(self, scale: float) -> torch.Tensor:
         """(P,) the image of every pixel row of a mixed map at ``scale`` (cached)."""
@@ -376,8 +374,8 @@ class MixedScaleMap:
 
 Level = Union[torch.Tensor, MixedScaleMap]
 
-#: bytes of block windows (or taps) a convolution gathers at a time: a whole batch's at once
-#: measured 1.4x slower at batch 8 (ViT-S UPerNet, 512 px), small chunks slower at batch 1
+#: bytes of block windows a convolution gathers at a time: a whole batch's at once measured
+#: 1.4x slower at batch 8 (ViT-S UPerNet, 512 px), small chunks slower at batch 1
 CHUNK_BYTES = 16 << 20
 
 
@@ -409,10 +407,16 @@ def _bilinear(source: torch.Tensor, points: Tuple[torch.Tensor, ...]) -> torch.T
 def _from_dense(x: torch.Tensor, blocks: RegionBlocks, scale: float,
                 kind: str) -> torch.Tensor:
     """Every ``kind`` block at ``scale`` of the dense map ``x`` bilinearly resampled to the
-    level's valid size: (N * side * side, C) rows, exactly ``F.interpolate(x, size=...,
-    mode='bilinear', align_corners=False)`` at those pixels, whatever the ratio of sizes."""
-    source = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-    return _bilinear(source, blocks.dense_sample_points(tuple(x.shape[2:]), scale, kind))
+    level's valid size: (N * side * side, C) rows of ``F.interpolate(x, size=...,
+    mode='bilinear', align_corners=False)`` (run channels-last, so its pixels are rows), whatever
+    the ratio of sizes. The interpolation runs over the whole map, cheaper on a CPU than
+    sampling the blocks' pixels one by one (measured); it is not a multiply-add layer."""
+    size = blocks.valid(scale, kind)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if tuple(x.shape[2:]) != size:
+        x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+    rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    return torch.index_select(rows, 0, blocks.dense_pixel_index(scale, kind))
 
 
 def resample(x: Level, scale: float, like: Level) -> Level:
@@ -475,22 +479,28 @@ def _check_conv(conv: nn.Conv2d) -> int:
 
 
 def _conv(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
-    """A convolution of a mixed level, block by block (halos from the neighbours), in chunks of
-    about :data:`CHUNK_BYTES` gathered at a time. Fine blocks run as ``F.conv2d`` on their
-    windows; coarse blocks (4x4 outputs at 1/4 of a 512 px input) as one matrix product per
-    chunk on the gathered taps of every output pixel, which the CPU runs faster than a
-    convolution of many 6x6 windows (measured 0.18 against 0.21 s for UPerNet's bottleneck)."""
+    """A convolution of a mixed level, block by block (halos from the neighbours). A pointwise
+    one is a linear map of every pixel. A 3x3 one with at least twice as many input channels as
+    output channels (UPerHead's bottleneck over four concatenated levels) multiplies every pixel
+    once by the whole kernel and sums each output pixel's nine tap products
+    (:func:`_conv_by_tap_products`). Any other runs ``F.conv2d`` on every block's window, in
+    chunks of about :data:`CHUNK_BYTES` gathered at a time."""
     halo = _check_conv(conv)
     if halo == 0 and conv.groups == 1:  # a pointwise convolution is a linear map of every pixel
         return x.with_data(F.linear(x.data, conv.weight.flatten(1), conv.bias))
+    if conv.groups == 1 and conv.in_channels >= 2 * conv.out_channels:
+        return _conv_by_tap_products(conv, x)
+    return _conv_by_windows(conv, x, halo)
+
+
+def _conv_by_windows(conv: nn.Conv2d, x: MixedScaleMap, halo: int) -> MixedScaleMap:
+    """``F.conv2d`` on every block's window (its pixels and a ``halo`` from its neighbours),
+    fine and coarse blocks apart, in chunks of about :data:`CHUNK_BYTES` of windows."""
     blocks, pool = x.blocks, x.pool()
     rows = pool.new_empty(x.data.shape[0], conv.out_channels)
     offset = 0
     for kind in ('fine', 'coarse'):  # block after block, as the rows of x are
         side = blocks.side(x.scale, kind)
-        if kind == 'coarse' and conv.groups == 1:
-            offset = _conv_as_matmul(conv, x, pool, rows, offset, halo)
-            continue
         index = blocks.window_index(x.scale, kind, halo, zeros=True)
         step = max(1, CHUNK_BYTES // (index.shape[1] * x.channels * pool.element_size()))
         for start in range(0, index.shape[0], step):
@@ -503,22 +513,72 @@ def _conv(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
     return x.with_data(rows)
 
 
-def _conv_as_matmul(conv: nn.Conv2d, x: MixedScaleMap, pool: torch.Tensor,
-                    rows: torch.Tensor, offset: int, halo: int) -> int:
-    """The coarse blocks' convolution as (pixels, taps x C_in) @ (taps x C_in, C_out), the taps
-    of every output pixel gathered from the pool (the window rows of
-    :meth:`RegionBlocks.tap_index`); writes ``rows`` from ``offset`` on, returns the end."""
-    taps = x.blocks.tap_index(x.scale, 'coarse', halo)  # (pixels, kernel area)
-    weight = conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.out_channels)
-    step = max(1, CHUNK_BYTES // (taps.shape[1] * x.channels * pool.element_size()))
-    for start in range(0, taps.shape[0], step):
-        part = taps[start:start + step]
-        gathered = torch.index_select(pool, 0, part.reshape(-1)).view(part.shape[0], -1)
-        out = gathered @ weight if conv.bias is None else \
-            torch.addmm(conv.bias, gathered, weight)
-        rows[offset:offset + part.shape[0]] = out
-        offset += part.shape[0]
-    return offset
+#: output channels of a 3x3 kernel multiplied at a time by :func:`_conv_by_tap_products` (nine
+#: products per channel and pixel are kept until summed)
+TAP_PRODUCT_CHANNELS = 64
+_TAP_WEIGHTS: 'weakref.WeakKeyDictionary[nn.Module, tuple]' = weakref.WeakKeyDictionary()
+
+
+def _tap_weights(conv: nn.Conv2d) -> List[torch.Tensor]:
+    """The kernel as (C_in, 9 * c) matrices, c = :data:`TAP_PRODUCT_CHANNELS` output channels
+    each: column ``t * c + o`` is tap t (row-major) of output channel o. Outside autograd the
+    rearranged copy is kept for the next call while the weight is unchanged (its version); a
+    traced or exported graph rearranges it in the graph."""
+    weight = conv.weight
+    if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling() or \
+            torch.jit.is_tracing():
+        return _rearranged_taps(weight)
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+    cached = _TAP_WEIGHTS.get(conv)
+    if cached is None or cached[0] != key:
+        cached = _TAP_WEIGHTS[conv] = (key, _rearranged_taps(weight))
+    return cached[1]
+
+
+def _rearranged_taps(weight: torch.Tensor) -> List[torch.Tensor]:
+    return [part.flatten(1).t().reshape(weight.shape[1], -1)
+            for part in weight.split(TAP_PRODUCT_CHANNELS)]
+
+
+def _conv_by_tap_products(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
+    """A 3x3 convolution of a mixed level from the output side: every pixel of the level is
+    multiplied by all nine taps of the kernel in one matrix product (the pixels' own rows: no
+    windows, no halo copies), the fine blocks' products are averaged ``reduction`` x
+    ``reduction`` (what a coarse neighbour reads of them: the product of the pooled pixel, the
+    product being linear), and every output pixel sums the nine products of its taps' sources
+    (:meth:`RegionBlocks.tap_index`; zero outside the input) in one ``embedding_bag``. Every
+    pixel's products are computed once, so the multiply-adds are those counted (nine taps per
+    output pixel); the CPU runs one large product faster than many small convolutions and moves
+    C_out rather than C_in channels per tap (measured: 0.57 against 0.67 s for UPerHead's
+    bottleneck, ViT-S at 512 px, batch 1)."""
+    blocks, data = x.blocks, x.data
+    pixels = data.shape[0]
+    r = blocks.reduction
+    n, m = blocks.side(x.scale, 'fine'), blocks.side(x.scale, 'coarse')
+    fine_rows, pooled_rows = blocks.num_fine * n * n, blocks.num_fine * m * m
+    taps = blocks.tap_product_index(x.scale)
+    device = data.device.type  # an out= product is not autocast: cast as autocast would
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else \
+        data.dtype
+    out = []
+    for weight in _tap_weights(conv):
+        width = weight.shape[1]
+        if torch.is_grad_enabled():
+            products = data @ weight
+        else:  # written in place: the pooled rows and the zero row follow without a copy
+            table = data.new_empty(pixels + pooled_rows + 1, width, dtype=dtype)
+            products = torch.mm(data.to(dtype), weight.to(dtype), out=table[:pixels])
+        fine = products[:fine_rows].view(-1, n, n, width)
+        pooled = sum(fine[:, i::r, j::r] for i in range(r) for j in range(r)) * (1.0 / r**2)
+        if torch.is_grad_enabled():
+            table = torch.cat([products, pooled.reshape(-1, width),
+                               products.new_zeros(1, width)])
+        else:
+            table[pixels:pixels + pooled_rows].view(-1, m, m, width).copy_(pooled)
+            table[-1].zero_()
+        out.append(F.embedding_bag(taps, table.view(-1, width // 9), mode='sum'))
+    out = out[0] if len(out) == 1 else torch.cat(out, dim=1)
+    return x.with_data(out if conv.bias is None else out + conv.bias)
 
 
 def _batch_norm(norm: nn.Module, rows: torch.Tensor) -> torch.Tensor:
