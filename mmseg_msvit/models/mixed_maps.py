@@ -5,15 +5,17 @@ A region the scale decision left coarse is one token: its features are uniform b
 choice, so every neck and head layer that runs finer than the token grid computes it at
 ``1/reduction`` of the layer's resolution and upsamples it at the end; fine regions run at full
 resolution. Each region is a square block (8x8 at 1/4 of a 512 px input's resolution for 32 px
-regions, 4x4 at 1/8; a coarse one 4x4 and 2x2 at ``reduction=2``), and a batch's blocks of one
-resolution run as ONE batched operation.
+regions, 4x4 at 1/8; a coarse one 4x4 and 2x2 at ``reduction=2``), a level's pixels are rows
+(channels last), and each layer runs over a whole batch's rows at once.
 
-Convolutions and bilinear resampling read across block borders: every block is gathered with a
-one-pixel halo filled from its neighbours (SegBlocks' BlockPad, Verelst and Tuytelaars): a fine
-block reads a coarse neighbour's nearest pixel, a coarse block a fine neighbour's pixels averaged
-``reduction`` x ``reduction`` (the same pooling as coarse patches); outside the input the halo is
-zero for a convolution (its zero padding) and the border pixel for a resampling (what
-``F.interpolate`` does at a border). Hence, with the same weights:
+Convolutions and bilinear resampling read across block borders, through a one-pixel halo filled
+from the neighbours (SegBlocks' BlockPad, Verelst and Tuytelaars): a fine block reads a coarse
+neighbour's nearest pixel, a coarse block a fine neighbour's pixels averaged ``reduction`` x
+``reduction`` (the same pooling as coarse patches); outside the input the halo is zero for a
+convolution (its zero padding) and the border pixel for a resampling (what ``F.interpolate``
+does at a border). A 3x3 convolution multiplies every pixel by its nine taps once and sums each
+output pixel's taps from its own and its neighbours' products (:func:`_conv_by_tap_products`), so
+halos are read, never computed or copied. Hence, with the same weights:
 
 * every region fine: exactly the dense modules (mmseg's ``MultiLevelNeck`` / ``UPerHead``);
 * every region coarse: exactly the same modules on the maps at ``1/reduction`` resolution;
@@ -189,21 +191,6 @@ class RegionBlocks:
             index = torch.where(outside, torch.full_like(index, zero_row), index)
         return index
 
-    def window_index(self, scale: float, kind: str, halo: int, zeros: bool) -> torch.Tensor:
-        """(N, (side + 2 halo)^2) rows of a mixed map's pixel pool that make every ``kind``
-        block's window at ``scale``: its own pixels and a halo from its neighbours
-        (:meth:`_pool_index`). Cached per forward."""
-        key = ('window', scale, kind, halo, zeros)
-        if key not in self._cache:
-            side = self.side(scale, kind)
-            image, row, col = self._region_coords(kind)
-            offsets = torch.arange(-halo, side + halo, device=self.fine_mask.device)
-            ys = row[:, None, None] * side + offsets[None, :, None]
-            xs = col[:, None, None] * side + offsets[None, None, :]
-            index = self._pool_index(scale, kind, image[:, None, None], ys, xs, zeros)
-            self._cache[key] = index.reshape(index.shape[0], (side + 2 * halo)**2)
-        return self._cache[key]
-
     def tap_product_index(self, scale: float) -> torch.Tensor:
         """(pixels, 9): for every output pixel of a 3x3 convolution at ``scale`` (the fine
         blocks' pixels, then the coarse blocks', as a mixed map's rows) the rows of its nine tap
@@ -213,10 +200,14 @@ class RegionBlocks:
         key = ('taps', scale)
         if key not in self._cache:
             rows = []
-            for kind in ('fine', 'coarse'):
+            for kind in ('fine', 'coarse'):  # every block's window: its pixels and a halo of 1
                 side = self.side(scale, kind)
-                windows = self.window_index(scale, kind, 1, zeros=True).view(-1, side + 2,
-                                                                             side + 2)
+                image, row, col = self._region_coords(kind)
+                offsets = torch.arange(-1, side + 1, device=self.fine_mask.device)
+                windows = self._pool_index(scale, kind, image[:, None, None],
+                                           row[:, None, None] * side + offsets[None, :, None],
+                                           col[:, None, None] * side + offsets[None, None, :],
+                                           zeros=True)
                 rows.append(torch.stack([windows[:, dy:dy + side, dx:dx + side]
                                          for dy in range(3) for dx in range(3)], dim=-1))
             taps = torch.cat([r.reshape(-1, 9) for r in rows])
@@ -331,23 +322,11 @@ class MixedScaleMap:
         return MixedScaleMap(data, self.blocks, self.scale)
 
     def pool(self) -> torch.Tensor:
-        """The rows :meth:`RegionBlocks.window_index` points into: every pixel, the fine blocks
+        """The rows :meth:`RegionBlocks._pool_index` points into: every pixel, the fine blocks
         pooled to the coarse resolution, a zero row."""
         fine, _ = self.split()
-        r, channels = self.blocks.reduction, self.channels
-        # the mean of each r x r group as a sum of r^2 strided views (a strided mean over two
-        # dimensions of the channels-last blocks was slower, measured)
-        pooled = sum(fine[:, i::r, j::r] for i in range(r) for j in range(r)) * (1.0 / r**2)
-        return torch.cat([self.data, pooled.reshape(-1, channels),
-                          self.data.new_zeros(1, channels)])
-
-    def windows(self, halo: int, zeros: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Every fine and every coarse block with its halo, as contiguous (N, C, side + 2 halo,
-        side + 2 halo) tensors."""
-        pool = self.pool()
-        return tuple(_gather_windows(pool, self.blocks.window_index(self.scale, kind, halo,
-                                                                    zeros))
-                     for kind in ('fine', 'coarse'))
+        pooled = _pooled(fine, self.blocks.reduction).reshape(-1, self.channels)
+        return torch.cat([self.data, pooled, self.data.new_zeros(1, self.channels)])
 
     def to_dense(self) -> torch.Tensor:
         """(B, C, H, W) at the fine resolution, cropped to the input: fine blocks as they are,
@@ -374,19 +353,13 @@ class MixedScaleMap:
 
 Level = Union[torch.Tensor, MixedScaleMap]
 
-#: bytes of block windows a convolution gathers at a time: a whole batch's at once measured
-#: 1.4x slower at batch 8 (ViT-S UPerNet, 512 px), small chunks slower at batch 1
-CHUNK_BYTES = 16 << 20
-
-
 # ----------------------------------------------------------------------------------- operations
-def _gather_windows(pool: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """(N, C, w, w) contiguous windows from the pool rows ``index`` (N, w * w) names: the layout
-    the CPU convolution runs fastest on (channels-last windows measured slower)."""
-    width = int(round(math.sqrt(index.shape[1])))
-    rows = torch.index_select(pool, 0, index.reshape(-1))
-    return rows.view(index.shape[0], width, width, pool.shape[1]).permute(0, 3, 1,
-                                                                        2).contiguous()
+def _pooled(fine: torch.Tensor, reduction: int) -> torch.Tensor:
+    """(N, n / r, n / r, C): each r x r group of the (N, n, n, C) fine blocks averaged, as a sum
+    of r^2 strided views (a strided mean over two dimensions of channels-last blocks was slower,
+    measured)."""
+    r = reduction
+    return sum(fine[:, i::r, j::r] for i in range(r) for j in range(r)) * (1.0 / r**2)
 
 
 def _bilinear(source: torch.Tensor, points: Tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -466,51 +439,26 @@ def cat(levels: Sequence[Level]) -> Level:
     return torch.cat(list(levels), dim=1)
 
 
-def _check_conv(conv: nn.Conv2d) -> int:
-    """The halo a mixed-level convolution needs (0 or 1), refusing what it does not support."""
+def _check_conv(conv: nn.Conv2d) -> None:
+    """Refuse a convolution a mixed level cannot run."""
     kernel = conv.kernel_size
     if kernel not in ((1, 1), (3, 3)) or conv.stride != (1, 1) or conv.dilation != (1, 1) or \
-            conv.padding != (kernel[0] // 2, kernel[1] // 2) or conv.padding_mode != 'zeros':
+            conv.padding != (kernel[0] // 2, kernel[1] // 2) or conv.padding_mode != 'zeros' \
+            or conv.groups != 1:
         raise ValueError('mixed-scale levels run 1x1 and 3x3 convolutions of stride 1, dilation '
-                         '1 and "same" zero padding; got kernel_size='
-                         f'{kernel}, stride={conv.stride}, dilation={conv.dilation}, '
-                         f'padding={conv.padding}, padding_mode={conv.padding_mode!r}')
-    return kernel[0] // 2
+                         '1, one group and "same" zero padding; got kernel_size='
+                         f'{kernel}, stride={conv.stride}, dilation={conv.dilation}, groups='
+                         f'{conv.groups}, padding={conv.padding}, '
+                         f'padding_mode={conv.padding_mode!r}')
 
 
 def _conv(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
-    """A convolution of a mixed level, block by block (halos from the neighbours). A pointwise
-    one is a linear map of every pixel. A 3x3 one with at least twice as many input channels as
-    output channels (UPerHead's bottleneck over four concatenated levels) multiplies every pixel
-    once by the whole kernel and sums each output pixel's nine tap products
-    (:func:`_conv_by_tap_products`). Any other runs ``F.conv2d`` on every block's window, in
-    chunks of about :data:`CHUNK_BYTES` gathered at a time."""
-    halo = _check_conv(conv)
-    if halo == 0 and conv.groups == 1:  # a pointwise convolution is a linear map of every pixel
+    """A convolution of a mixed level: a pointwise one is a linear map of every pixel, a 3x3 one
+    reads every block's neighbours (:func:`_conv_by_tap_products`)."""
+    _check_conv(conv)
+    if conv.kernel_size == (1, 1):
         return x.with_data(F.linear(x.data, conv.weight.flatten(1), conv.bias))
-    if conv.groups == 1 and conv.in_channels >= 2 * conv.out_channels:
-        return _conv_by_tap_products(conv, x)
-    return _conv_by_windows(conv, x, halo)
-
-
-def _conv_by_windows(conv: nn.Conv2d, x: MixedScaleMap, halo: int) -> MixedScaleMap:
-    """``F.conv2d`` on every block's window (its pixels and a ``halo`` from its neighbours),
-    fine and coarse blocks apart, in chunks of about :data:`CHUNK_BYTES` of windows."""
-    blocks, pool = x.blocks, x.pool()
-    rows = pool.new_empty(x.data.shape[0], conv.out_channels)
-    offset = 0
-    for kind in ('fine', 'coarse'):  # block after block, as the rows of x are
-        side = blocks.side(x.scale, kind)
-        index = blocks.window_index(x.scale, kind, halo, zeros=True)
-        step = max(1, CHUNK_BYTES // (index.shape[1] * x.channels * pool.element_size()))
-        for start in range(0, index.shape[0], step):
-            out = F.conv2d(_gather_windows(pool, index[start:start + step]), conv.weight,
-                           conv.bias, groups=conv.groups)
-            count = out.shape[0] * side * side
-            rows[offset:offset + count].view(out.shape[0], side, side, out.shape[1]).copy_(
-                out.permute(0, 2, 3, 1))
-            offset += count
-    return x.with_data(rows)
+    return _conv_by_tap_products(conv, x)
 
 
 #: output channels of a 3x3 kernel multiplied at a time by :func:`_conv_by_tap_products` (nine
@@ -542,15 +490,18 @@ def _rearranged_taps(weight: torch.Tensor) -> List[torch.Tensor]:
 
 def _conv_by_tap_products(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
     """A 3x3 convolution of a mixed level from the output side: every pixel of the level is
-    multiplied by all nine taps of the kernel in one matrix product (the pixels' own rows: no
-    windows, no halo copies), the fine blocks' products are averaged ``reduction`` x
+    multiplied by all nine taps of the kernel in one matrix product on the level's own rows (no
+    windows, no halo copies); the fine blocks' products are averaged ``reduction`` x
     ``reduction`` (what a coarse neighbour reads of them: the product of the pooled pixel, the
-    product being linear), and every output pixel sums the nine products of its taps' sources
-    (:meth:`RegionBlocks.tap_index`; zero outside the input) in one ``embedding_bag``. Every
-    pixel's products are computed once, so the multiply-adds are those counted (nine taps per
-    output pixel); the CPU runs one large product faster than many small convolutions and moves
-    C_out rather than C_in channels per tap (measured: 0.57 against 0.67 s for UPerHead's
-    bottleneck, ViT-S at 512 px, batch 1)."""
+    product being linear); every output pixel sums the nine products of its taps' sources
+    (:meth:`RegionBlocks.tap_product_index`; zero outside the input) in one ``embedding_bag``.
+    Every pixel's products are computed once, so the multiply-adds are those counted (nine taps
+    per output pixel). :data:`TAP_PRODUCT_CHANNELS` output channels at a time.
+
+    On a CPU this ran faster than ``F.conv2d`` on every block's window (the halo copied in),
+    measured per layer of ViT-S UPerNet at 512 px, batch 1: the bottleneck (2048 -> 512 channels)
+    0.50 against 0.70 s, the 512- and 384-channel 3x3 layers at 1/4 resolution 139 / 88 against
+    140 / 102 ms."""
     blocks, data = x.blocks, x.data
     pixels = data.shape[0]
     r = blocks.reduction
@@ -568,8 +519,7 @@ def _conv_by_tap_products(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
         else:  # written in place: the pooled rows and the zero row follow without a copy
             table = data.new_empty(pixels + pooled_rows + 1, width, dtype=dtype)
             products = torch.mm(data.to(dtype), weight.to(dtype), out=table[:pixels])
-        fine = products[:fine_rows].view(-1, n, n, width)
-        pooled = sum(fine[:, i::r, j::r] for i in range(r) for j in range(r)) * (1.0 / r**2)
+        pooled = _pooled(products[:fine_rows].view(-1, n, n, width), r)
         if torch.is_grad_enabled():
             table = torch.cat([products, pooled.reshape(-1, width),
                                products.new_zeros(1, width)])
