@@ -511,16 +511,21 @@ def _conv_by_tap_products(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
     device = data.device.type  # an out= product is not autocast: cast as autocast would
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else \
         data.dtype
+    weights, grad = _tap_weights(conv), torch.is_grad_enabled()
+    if not grad:  # one table for every group of channels, written in place: the pooled rows and
+        # the zero row follow the products without a copy, and the memory is touched once
+        data, rows = data.to(dtype), pixels + pooled_rows + 1
+        scratch = data.new_empty(rows * max(weight.shape[1] for weight in weights))
     out = []
-    for weight in _tap_weights(conv):
+    for weight in weights:
         width = weight.shape[1]
-        if torch.is_grad_enabled():
+        if grad:
             products = data @ weight
-        else:  # written in place: the pooled rows and the zero row follow without a copy
-            table = data.new_empty(pixels + pooled_rows + 1, width, dtype=dtype)
-            products = torch.mm(data.to(dtype), weight.to(dtype), out=table[:pixels])
+        else:
+            table = scratch[:rows * width].view(rows, width)
+            products = torch.mm(data, weight.to(dtype), out=table[:pixels])
         pooled = _pooled(products[:fine_rows].view(-1, n, n, width), r)
-        if torch.is_grad_enabled():
+        if grad:
             table = torch.cat([products, pooled.reshape(-1, width),
                                products.new_zeros(1, width)])
         else:
