@@ -106,10 +106,10 @@ def test_every_region_coarse_is_the_same_modules_on_reduced_maps(reduction):
 def canvases(x: MixedScaleMap):
     """An independent picture of what a mixed level means, as two dense maps: at the fine
     resolution (fine blocks, coarse blocks nearest-upsampled) and at the coarse one (coarse
-    blocks, fine blocks 2x2-averaged)."""
+    blocks, fine blocks r x r-averaged, r the blocks' reduction)."""
     blocks = x.blocks
     fine, coarse = x.split()
-    n, m = fine.shape[1], coarse.shape[1]
+    n, m, r = fine.shape[1], coarse.shape[1], blocks.reduction
     rows, cols = blocks.grid
     full = torch.zeros(blocks.batch, x.channels, rows * n, cols * n)
     half = torch.zeros(blocks.batch, x.channels, rows * m, cols * m)
@@ -118,9 +118,9 @@ def canvases(x: MixedScaleMap):
         for block, region in zip(values, regions.tolist()):
             image, i, j = region // (rows * cols), region % (rows * cols) // cols, region % cols
             block = block.permute(2, 0, 1)
-            at_full = block if kind == 'fine' else block.repeat_interleave(2, 1).repeat_interleave(
-                2, 2)
-            at_half = F.avg_pool2d(block, 2) if kind == 'fine' else block
+            at_full = block if kind == 'fine' else block.repeat_interleave(r, 1).repeat_interleave(
+                r, 2)
+            at_half = F.avg_pool2d(block, r) if kind == 'fine' else block
             full[image, :, i * n:(i + 1) * n, j * n:(j + 1) * n] = at_full
             half[image, :, i * m:(i + 1) * m, j * m:(j + 1) * m] = at_half
     return full, half
@@ -167,44 +167,48 @@ def test_halos_and_resampling_read_the_neighbours_whatever_their_resolution():
 
 
 @pytest.mark.parametrize('grad', [False, True])
-def test_a_convolution_is_every_blocks_convolution_of_its_window(grad):
+@pytest.mark.parametrize('reduction,out_channels', [(2, 5), (4, 5), (2, 70)])
+def test_a_convolution_is_every_blocks_convolution_of_its_window(grad, reduction, out_channels):
     """A 3x3 convolution of a mixed level (every pixel's nine tap products, summed per output
-    pixel) gives each block the convolution of its window on the canvases (the halo from the
-    neighbours: a coarse one's nearest pixel, a fine one's pixels averaged; zero outside the
-    input), with and without autograd, and the same gradients."""
+    pixel; more output channels than one group of TAP_PRODUCT_CHANNELS too) gives each block
+    the convolution of its window on the canvases (the halo from the neighbours: a coarse one's
+    nearest pixel, a fine one's pixels averaged; zero outside the input), with and without
+    autograd, and the same gradients."""
     from mmseg_msvit.models import mixed_maps
     gen = torch.Generator().manual_seed(1)
     mask = torch.rand(2, 3, 4, generator=gen) > 0.5
-    blocks = RegionBlocks(mask, 2, (5, 7), 2, SCALES)  # a cropped grid: zeros inside the grid
-    data = torch.randn(blocks.num_fine * 16 + blocks.num_coarse * 4, 6, generator=gen)
-    conv = torch.nn.Conv2d(6, 5, 3, padding=1)
-    upstream = torch.randn(data.shape[0], 5, generator=gen)
+    # a cropped grid: zeros inside the grid; every block at least 1 px wide at reduction 4
+    blocks = RegionBlocks(mask, 2, (5, 7), reduction, [4.0])
+    n, m = blocks.side(4.0, 'fine'), blocks.side(4.0, 'coarse')
+    data = torch.randn(blocks.num_fine * n * n + blocks.num_coarse * m * m, 6, generator=gen)
+    conv = torch.nn.Conv2d(6, out_channels, 3, padding=1)
+    upstream = torch.randn(data.shape[0], out_channels, generator=gen)
     results = []
     for reference in (True, False):
         leaf = data.clone().requires_grad_(grad)
         conv.zero_grad()
         with torch.set_grad_enabled(grad):
-            x = MixedScaleMap(leaf, blocks, 2.0)
+            x = MixedScaleMap(leaf, blocks, 4.0)
             if reference:  # F.conv2d on every block's window, cut from the canvases
                 full, half = canvases(x)
                 outs = []
                 for canvas, kind, regions in ((full, 'fine', blocks.fine_regions),
                                               (half, 'coarse', blocks.coarse_regions)):
-                    rows, cols = blocks.valid(2.0, kind)
+                    rows, cols = blocks.valid(4.0, kind)
                     inside = torch.zeros_like(canvas[:1, :1])
                     inside[..., :rows, :cols] = 1
-                    side = blocks.side(2.0, kind)
+                    side = blocks.side(4.0, kind)
                     out = F.conv2d(crops(canvas * inside, blocks, regions, side, 1),
                                    conv.weight, conv.bias)
-                    outs.append(out.permute(0, 2, 3, 1).reshape(-1, 5))
+                    outs.append(out.permute(0, 2, 3, 1).reshape(-1, out_channels))
                 out = torch.cat(outs)
             else:
                 out = mixed_maps._conv(conv, x).data
         if grad:
             (out * upstream).sum().backward()
         results.append((out.detach(), leaf.grad, conv.weight.grad, conv.bias.grad))
-    for ours, theirs in zip(results[1], results[0]):
-        torch.testing.assert_close(ours, theirs)
+    for ours, theirs in zip(results[1], results[0]):  # (weight gradients sum many products)
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
     assert results[0][0].abs().sum() > 0 and (not grad or results[0][1].abs().sum() > 0)
 
 
@@ -344,6 +348,20 @@ def test_segmentor_predictions_carry_the_whole_models_cost():
     values = metric.compute_metrics(metric.results)
     assert values['model_gmacs'] == pytest.approx(
         values['backbone_gmacs'] + values['decode_gmacs'], abs=1e-3)
+
+
+@torch.no_grad()
+def test_mixed_decoding_runs_under_bf16_autocast():
+    """Under CPU autocast to bf16 (the GPU speed command's --dtype bf16) the mixed neck and head
+    run end to end and stay close to fp32."""
+    torch.manual_seed(0)
+    model = recipe_segmentor(coarse_reduction=2)
+    inputs = torch.randn(2, 3, 64, 96)
+    reference = model.predict(inputs)[0].seg_logits.data
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model.predict(inputs)[0].seg_logits.data
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - reference).abs().max() < 0.05 * reference.abs().max()
 
 
 @torch.no_grad()

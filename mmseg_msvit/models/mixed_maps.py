@@ -29,8 +29,7 @@ Scales are relative to the token grid (the backbone's dense maps, stride S_f = 1
 scale 4 is at 1/4 of the input's resolution for S_f = 16.
 """
 import math
-import weakref
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -372,7 +371,8 @@ def _bilinear(source: torch.Tensor, points: Tuple[torch.Tensor, ...]) -> torch.T
     def take(index):
         return torch.index_select(source, 0, index).view(-1, side, side, channels)
 
-    wy, wx = wy[:, :, None, None], wx[:, None, :, None]
+    wy = wy[:, :, None, None].to(source.dtype)  # (rows in bf16 under autocast)
+    wx = wx[:, None, :, None].to(source.dtype)
     top, bottom = torch.lerp(take(i00), take(i01), wx), torch.lerp(take(i10), take(i11), wx)
     return torch.lerp(top, bottom, wy).reshape(-1, channels)
 
@@ -464,39 +464,17 @@ def _conv(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
 #: output channels of a 3x3 kernel multiplied at a time by :func:`_conv_by_tap_products` (nine
 #: products per channel and pixel are kept until summed)
 TAP_PRODUCT_CHANNELS = 64
-_TAP_WEIGHTS: 'weakref.WeakKeyDictionary[nn.Module, tuple]' = weakref.WeakKeyDictionary()
-
-
-def _tap_weights(conv: nn.Conv2d) -> List[torch.Tensor]:
-    """The kernel as (C_in, 9 * c) matrices, c = :data:`TAP_PRODUCT_CHANNELS` output channels
-    each: column ``t * c + o`` is tap t (row-major) of output channel o. Outside autograd the
-    rearranged copy is kept for the next call while the weight is unchanged (its version); a
-    traced or exported graph rearranges it in the graph."""
-    weight = conv.weight
-    if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling() or \
-            torch.jit.is_tracing():
-        return _rearranged_taps(weight)
-    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-    cached = _TAP_WEIGHTS.get(conv)
-    if cached is None or cached[0] != key:
-        cached = _TAP_WEIGHTS[conv] = (key, _rearranged_taps(weight))
-    return cached[1]
-
-
-def _rearranged_taps(weight: torch.Tensor) -> List[torch.Tensor]:
-    return [part.flatten(1).t().reshape(weight.shape[1], -1)
-            for part in weight.split(TAP_PRODUCT_CHANNELS)]
 
 
 def _conv_by_tap_products(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
-    """A 3x3 convolution of a mixed level from the output side: every pixel of the level is
-    multiplied by all nine taps of the kernel in one matrix product on the level's own rows (no
-    windows, no halo copies); the fine blocks' products are averaged ``reduction`` x
-    ``reduction`` (what a coarse neighbour reads of them: the product of the pooled pixel, the
-    product being linear); every output pixel sums the nine products of its taps' sources
-    (:meth:`RegionBlocks.tap_product_index`; zero outside the input) in one ``embedding_bag``.
-    Every pixel's products are computed once, so the multiply-adds are those counted (nine taps
-    per output pixel). :data:`TAP_PRODUCT_CHANNELS` output channels at a time.
+    """A 3x3 convolution of a mixed level from the output side, :data:`TAP_PRODUCT_CHANNELS`
+    output channels at a time: a matrix product multiplies every pixel of the level by all nine
+    taps of the kernel (the level's own rows: no windows, no halo copies); the fine blocks'
+    products are averaged ``reduction`` x ``reduction`` (what a coarse neighbour reads of them:
+    the product of the pooled pixel, the product being linear); an ``embedding_bag`` sums every
+    output pixel's nine tap products from its taps' sources
+    (:meth:`RegionBlocks.tap_product_index`; zero outside the input). Every pixel's products
+    are computed once, so the multiply-adds are those counted (nine taps per output pixel).
 
     On a CPU this ran faster than ``F.conv2d`` on every block's window (the halo copied in),
     measured per layer of ViT-S UPerNet at 512 px, batch 1: the bottleneck (2048 -> 512 channels)
@@ -508,16 +486,17 @@ def _conv_by_tap_products(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
     n, m = blocks.side(x.scale, 'fine'), blocks.side(x.scale, 'coarse')
     fine_rows, pooled_rows = blocks.num_fine * n * n, blocks.num_fine * m * m
     taps = blocks.tap_product_index(x.scale)
-    device = data.device.type  # an out= product is not autocast: cast as autocast would
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else \
-        data.dtype
-    weights, grad = _tap_weights(conv), torch.is_grad_enabled()
+    device = data.device.type  # a product into a given tensor is not autocast: cast as it would
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) and \
+        data.dtype != torch.float64 else data.dtype
+    groups, grad = conv.weight.split(TAP_PRODUCT_CHANNELS), torch.is_grad_enabled()
     if not grad:  # one table for every group of channels, written in place: the pooled rows and
         # the zero row follow the products without a copy, and the memory is touched once
         data, rows = data.to(dtype), pixels + pooled_rows + 1
-        scratch = data.new_empty(rows * max(weight.shape[1] for weight in weights))
+        scratch = data.new_empty(rows * 9 * groups[0].shape[0])
     out = []
-    for weight in weights:
+    for group in groups:  # (c, C_in, 3, 3) -> (C_in, 9 c): column t * c + o = tap t of channel o
+        weight = group.flatten(1).t().reshape(conv.in_channels, -1)
         width = weight.shape[1]
         if grad:
             products = data @ weight
@@ -533,7 +512,7 @@ def _conv_by_tap_products(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
             table[-1].zero_()
         out.append(F.embedding_bag(taps, table.view(-1, width // 9), mode='sum'))
     out = out[0] if len(out) == 1 else torch.cat(out, dim=1)
-    return x.with_data(out if conv.bias is None else out + conv.bias)
+    return x.with_data(out if conv.bias is None else out + conv.bias.to(out.dtype))
 
 
 def _batch_norm(norm: nn.Module, rows: torch.Tensor) -> torch.Tensor:
