@@ -466,12 +466,36 @@ def _conv(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
 TAP_PRODUCT_CHANNELS = 64
 
 
+def _pool_where_read(pooled: torch.Tensor, fine: torch.Tensor, reduction: int) -> None:
+    """Write into ``pooled`` (N, m, m, 9, c) the fine blocks' tap products (N, n, n, 9, c)
+    averaged ``reduction`` x ``reduction`` where a coarse neighbour can read them: a coarse
+    block only touches a fine block's border ring, from outside, so the top row is read through
+    the taps of the kernel's bottom row (6-8), the bottom row through its top row (0-2), the left
+    column through its right column (2, 5, 8), the right column through its left one (0, 3, 6).
+    The other slots are never read and are left as they are (a third of the work at m = 4)."""
+    r, m = reduction, pooled.shape[1]
+    last = (m - 1) * r
+
+    def mean(rows, cols, taps):
+        return sum(fine[:, rows(i), cols(j), taps] for i in range(r) for j in range(r)) * \
+            (1.0 / r**2)
+
+    def every(k):
+        return slice(k, None, r)
+
+    pooled[:, 0, :, 6:9] = mean(lambda i: i, every, slice(6, 9))
+    pooled[:, m - 1, :, 0:3] = mean(lambda i: last + i, every, slice(0, 3))
+    pooled[:, :, 0, 2::3] = mean(every, lambda j: j, slice(2, None, 3))
+    pooled[:, :, m - 1, 0::3] = mean(every, lambda j: last + j, slice(0, None, 3))
+
+
 def _conv_by_tap_products(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
     """A 3x3 convolution of a mixed level from the output side, :data:`TAP_PRODUCT_CHANNELS`
     output channels at a time: a matrix product multiplies every pixel of the level by all nine
     taps of the kernel (the level's own rows: no windows, no halo copies); the fine blocks'
-    products are averaged ``reduction`` x ``reduction`` (what a coarse neighbour reads of them:
-    the product of the pooled pixel, the product being linear); an ``embedding_bag`` sums every
+    products are averaged ``reduction`` x ``reduction`` where a coarse neighbour reads them
+    (:func:`_pool_where_read`; the product of the pooled pixel, the product being linear); an
+    ``embedding_bag`` sums every
     output pixel's nine tap products from its taps' sources
     (:meth:`RegionBlocks.tap_product_index`; zero outside the input). Every pixel's products
     are computed once, so the multiply-adds are those counted (nine taps per output pixel).
@@ -497,20 +521,21 @@ def _conv_by_tap_products(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
     out = []
     for group in groups:  # (c, C_in, 3, 3) -> (C_in, 9 c): column t * c + o = tap t of channel o
         weight = group.flatten(1).t().reshape(conv.in_channels, -1)
-        width = weight.shape[1]
+        width, channels = weight.shape[1], group.shape[0]
         if grad:
             products = data @ weight
+            pooled = products.new_zeros(blocks.num_fine, m, m, 9, channels)
         else:
             table = scratch[:rows * width].view(rows, width)
             products = torch.mm(data, weight.to(dtype), out=table[:pixels])
-        pooled = _pooled(products[:fine_rows].view(-1, n, n, width), r)
+            pooled = table[pixels:pixels + pooled_rows].view(-1, m, m, 9, channels)
+        _pool_where_read(pooled, products[:fine_rows].view(-1, n, n, 9, channels), r)
         if grad:
             table = torch.cat([products, pooled.reshape(-1, width),
                                products.new_zeros(1, width)])
         else:
-            table[pixels:pixels + pooled_rows].view(-1, m, m, width).copy_(pooled)
             table[-1].zero_()
-        out.append(F.embedding_bag(taps, table.view(-1, width // 9), mode='sum'))
+        out.append(F.embedding_bag(taps, table.view(-1, channels), mode='sum'))
     out = out[0] if len(out) == 1 else torch.cat(out, dim=1)
     return x.with_data(out if conv.bias is None else out + conv.bias.to(out.dtype))
 
