@@ -495,8 +495,7 @@ def _conv_by_tap_products(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
     taps of the kernel (the level's own rows: no windows, no halo copies); the fine blocks'
     products are averaged ``reduction`` x ``reduction`` where a coarse neighbour reads them
     (:func:`_pool_where_read`; the product of the pooled pixel, the product being linear); an
-    ``embedding_bag`` sums every
-    output pixel's nine tap products from its taps' sources
+    ``embedding_bag`` sums every output pixel's nine tap products from its taps' sources
     (:meth:`RegionBlocks.tap_product_index`; zero outside the input). Every pixel's products
     are computed once, so the multiply-adds are those counted (nine taps per output pixel).
 
