@@ -139,11 +139,11 @@ def crops(canvas, blocks, regions, side, halo):
 
 @torch.no_grad()
 def test_halos_and_resampling_read_the_neighbours_whatever_their_resolution():
-    """The BlockPad rule, against dense canvases built independently: a fine block's halo is
-    its fine neighbours' pixels and its coarse neighbours' nearest pixels, a coarse block's is
-    its coarse neighbours' pixels and its fine neighbours' pixels averaged, zero outside the
-    input for a convolution; resampling each kind is resampling its canvas; the dense map is
-    the fine canvas with coarse regions bilinearly upsampled."""
+    """The BlockPad rule for resampling, against dense canvases built independently (fine
+    blocks with their coarse neighbours nearest-upsampled; coarse blocks with their fine
+    neighbours averaged): resampling each kind is resampling its canvas; the dense map is the
+    fine canvas with coarse regions bilinearly upsampled. (A convolution's halo:
+    test_a_convolution_is_every_blocks_convolution_of_its_window.)"""
     from mmseg_msvit.models.mixed_maps import resample_into
     gen = torch.Generator().manual_seed(0)
     mask = torch.rand(2, 3, 4, generator=gen) > 0.5

@@ -354,8 +354,8 @@ Level = Union[torch.Tensor, MixedScaleMap]
 
 # ----------------------------------------------------------------------------------- operations
 def _pooled(fine: torch.Tensor, reduction: int) -> torch.Tensor:
-    """(N, n / r, n / r, C): each r x r group of the (N, n, n, C) fine blocks averaged, as a sum
-    of r^2 strided views (a strided mean over two dimensions of channels-last blocks was slower,
+    """(N, h / r, w / r, ...): each r x r group of dimensions 1 and 2 of ``fine`` (N, h, w, ...:
+    fine blocks or a part of them, channels last) averaged, as a sum of r^2 strided views (a strided mean over two dimensions of channels-last blocks was slower,
     measured)."""
     r = reduction
     return sum(fine[:, i::r, j::r] for i in range(r) for j in range(r)) * (1.0 / r**2)
@@ -379,13 +379,13 @@ def _bilinear(source: torch.Tensor, points: Tuple[torch.Tensor, ...]) -> torch.T
 
 def _from_dense(x: torch.Tensor, blocks: RegionBlocks, scale: float,
                 kind: str) -> torch.Tensor:
-    """Every ``kind`` block at ``scale`` of the dense map ``x`` bilinearly resampled to the
-    level's valid size: (N * side * side, C) rows of ``F.interpolate(x, size=...,
-    mode='bilinear', align_corners=False)`` (run channels-last, so its pixels are rows), whatever
+    """Every ``kind`` block at ``scale`` of the dense map ``x`` (channels-last, so that the
+    interpolated map's pixels are rows) bilinearly resampled to the level's valid size:
+    (N * side * side, C) rows of ``F.interpolate(x, size=..., mode='bilinear',
+    align_corners=False)``, whatever
     the ratio of sizes. The interpolation runs over the whole map, cheaper on a CPU than
     sampling the blocks' pixels one by one (measured); it is not a multiply-add layer."""
     size = blocks.valid(scale, kind)
-    x = x.contiguous(memory_format=torch.channels_last)
     if tuple(x.shape[2:]) != size:
         x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
     rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
@@ -417,6 +417,7 @@ def resample_into(x: Level, scale: float, blocks: RegionBlocks,
     if isinstance(x, MixedScaleMap) and target == scale:
         return x
     if not isinstance(x, MixedScaleMap):  # a dense map: to the level's size, as mmseg resizes
+        x = x.contiguous(memory_format=torch.channels_last)
         out = [_from_dense(x, blocks, target, kind) for kind in ('fine', 'coarse')]
         return MixedScaleMap(torch.cat(out), blocks, target)
     pool = x.pool()  # each kind of block reads its own kind (the same factor)
@@ -474,19 +475,11 @@ def _pool_where_read(pooled: torch.Tensor, fine: torch.Tensor, reduction: int) -
     column through its right column (2, 5, 8), the right column through its left one (0, 3, 6).
     The other slots are never read and are left as they are (a third of the work at m = 4)."""
     r, m = reduction, pooled.shape[1]
-    last = (m - 1) * r
-
-    def mean(rows, cols, taps):
-        return sum(fine[:, rows(i), cols(j), taps] for i in range(r) for j in range(r)) * \
-            (1.0 / r**2)
-
-    def every(k):
-        return slice(k, None, r)
-
-    pooled[:, 0, :, 6:9] = mean(lambda i: i, every, slice(6, 9))
-    pooled[:, m - 1, :, 0:3] = mean(lambda i: last + i, every, slice(0, 3))
-    pooled[:, :, 0, 2::3] = mean(every, lambda j: j, slice(2, None, 3))
-    pooled[:, :, m - 1, 0::3] = mean(every, lambda j: last + j, slice(0, None, 3))
+    last = (m - 1) * r  # the first fine row (column) of the last pooled one
+    pooled[:, :1, :, 6:9] = _pooled(fine[:, :r, :, 6:9], r)
+    pooled[:, m - 1:, :, 0:3] = _pooled(fine[:, last:, :, 0:3], r)
+    pooled[:, :, :1, 2::3] = _pooled(fine[:, :, :r, 2::3], r)
+    pooled[:, :, m - 1:, 0::3] = _pooled(fine[:, :, last:, 0::3], r)
 
 
 def _conv_by_tap_products(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
@@ -499,10 +492,10 @@ def _conv_by_tap_products(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
     (:meth:`RegionBlocks.tap_product_index`; zero outside the input). Every pixel's products
     are computed once, so the multiply-adds are those counted (nine taps per output pixel).
 
-    On a CPU this ran faster than ``F.conv2d`` on every block's window (the halo copied in),
-    measured per layer of ViT-S UPerNet at 512 px, batch 1: the bottleneck (2048 -> 512 channels)
-    0.50 against 0.70 s, the 512- and 384-channel 3x3 layers at 1/4 resolution 139 / 88 against
-    140 / 102 ms."""
+    On a CPU this ran faster than ``F.conv2d`` on every block's window (the halo copied in) for
+    every 3x3 layer of ViT-S UPerNet at 512 px, batch 1, timed in turn: the bottleneck (2048 ->
+    512 channels) 0.54 against 0.76 s, the 512- and 384-channel layers 149 / 90 against 169 / 98
+    ms at 1/4 resolution, 42 / 25 against 48 / 29 ms at 1/8."""
     blocks, data = x.blocks, x.data
     pixels = data.shape[0]
     r = blocks.reduction

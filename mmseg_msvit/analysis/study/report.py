@@ -200,7 +200,7 @@ def comparisons(setting):
     # segmentation data) and fine-tuned there, against the content gate and gates trained on
     # the segmentation data
     # the gate of the classifier's kind (cls_gate) trained on the segmentation data only
-    same_kind = 'recipe_mixed_head_gate' if setting.get('cls_gate') == 'content_prior' else \
+    same_kind = 'recipe_mixed_head_gate' if setting['cls_gate'] == 'content_prior' else \
         'recipe_mixed_head_gate_mlp'
     for x in setting['budgets']:
         transferred = ('recipe_mixed_head', f'transfer{x}')
