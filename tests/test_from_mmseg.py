@@ -143,7 +143,7 @@ def test_the_command_writes_a_config_and_checkpoint_every_tool_takes(tmp_path, i
     # usable as step 1 of the recipe: the recipe's load_from check accepts it
     from mmseg_msvit.models.checkpoints import read_checkpoint, state_dict_of
     state = state_dict_of(read_checkpoint(ckpt_out))
-    assert 'neck.rescale.lateral_convs.0.conv.weight' in state
+    assert 'neck.multi_level.lateral_convs.0.conv.weight' in state
     assert 'backbone.blocks.3.attn.qkv.weight' in state
     with pytest.raises(FileExistsError, match='pass --force'):
         mmseg2msvit.main([cfg_path, ckpt, out_dir])

@@ -398,6 +398,15 @@ def test_mmseg_upernet_checkpoint_keys_load_into_the_neck_and_head():
     reference = head(list(neck([f.to_dense() for f in feats])))
     x, _ = model.extract_feat_and_layout(inputs, ScalePolicy.forced('fine'))
     torch.testing.assert_close(model.decode_head(x), reference)
+    # this project's older checkpoints named the multi-level neck neck.rescale.*
+    older = {k.replace('neck.multi_level.', 'neck.rescale.'): v
+             for k, v in model.state_dict().items()}
+    assert any(k.startswith('neck.rescale.') for k in older)
+    fresh = recipe_segmentor(coarse_reduction=2)
+    missing, unexpected = fresh.load_state_dict(older, strict=False)
+    assert not unexpected and not [k for k in missing if k.startswith(('neck.', 'decode_head.'))]
+    x, _ = fresh.extract_feat_and_layout(inputs, ScalePolicy.forced('fine'))
+    torch.testing.assert_close(fresh.decode_head(x), reference)
 
 
 def test_neck_and_head_refuse_what_they_cannot_do():

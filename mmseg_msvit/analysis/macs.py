@@ -104,8 +104,8 @@ def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=
 
 @torch.no_grad()
 def decode_macs(segmentor, dense_maps) -> int:
-    """MACs of the neck rescale and the decode head on dense maps (one forward), via mmengine,
-    matrix products only (convolutions, linear maps, attention products: the convention of the
+    """MACs of the neck's multi-level convolutions and the decode head on dense maps (one
+    forward), via mmengine, matrix products only (convolutions, linear maps, attention products: the convention of the
     backbone's formula and of the heads that count themselves, ``MixedScaleUPerHead``).
 
     Args:
@@ -121,8 +121,8 @@ def decode_macs(segmentor, dense_maps) -> int:
 
         def forward(self, *maps):
             maps = list(maps)
-            if self.neck is not None and getattr(self.neck, 'rescale', None) is not None:
-                maps = list(self.neck.rescale(maps))
+            if self.neck is not None and getattr(self.neck, 'multi_level', None) is not None:
+                maps = list(self.neck.multi_level(maps))
             return self.head(maps)
 
     neck = segmentor.neck if getattr(segmentor, 'with_neck', False) else None
@@ -132,8 +132,8 @@ def decode_macs(segmentor, dense_maps) -> int:
 
 @torch.no_grad()
 def dense_decode_macs(segmentor, shape) -> int:
-    """:func:`decode_macs` for one input of ``shape`` (H, W): the neck's rescale and the decode
-    head on the dense maps of the backbone with every region fine. For heads that cannot count
+    """:func:`decode_macs` for one input of ``shape`` (H, W): the neck's multi-level
+    convolutions and the decode head on the dense maps of the backbone with every region fine. For heads that cannot count
     themselves; the figure depends on the input size only, so callers cache it per size."""
     from ..models import ScalePolicy
     device = next(segmentor.parameters()).device

@@ -16,7 +16,7 @@ Evaluates, on the test set of CONFIG (every row sees the same images):
   scale is forced, is refused: it has no gate of its own to decide).
 
 For each: mIoU, backbone GMACs per image (gate, pooling and any coarse-token extras included),
-whole-model GMACs (plus the neck's rescale and the decode head, which with UPerNet are most of
+whole-model GMACs (plus the neck's multi-level convolutions and the decode head, which with UPerNet are most of
 the cost; as they counted what they ran, so a model with mixed-scale decoding pays less there),
 both relative to the dense model, and the fine fraction. Every checkpoint must be exactly its
 config's model (no missing weights, none the model lacks). Prints a table and writes

@@ -1,5 +1,5 @@
 # MSViT-S/16-32 + UPerNet, as mmseg's ViT/DeiT UPerNet (upernet_vit-b16_ln_mln) with the mixed-scale
-# backbone: four taps scattered back to dense maps and rescaled (x4, x2, x1, x0.5).
+# backbone: four taps scattered back to dense maps and resized (x4, x2, x1, x0.5).
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 data_preprocessor = dict(
     type='SegDataPreProcessor',

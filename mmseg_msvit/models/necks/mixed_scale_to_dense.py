@@ -63,14 +63,18 @@ def _device(level) -> torch.device:
 
 def mmseg_neck_key(key: str) -> str:
     """A key of mmseg's ``MultiLevelNeck`` (relative to the neck: ``lateral_convs.*``,
-    ``convs.*``) under :class:`MixedScaleToDense`'s name (``rescale.*``); other keys as they
-    are."""
-    return 'rescale.' + key if key.startswith(('lateral_convs.', 'convs.')) else key
+    ``convs.*``), or of this neck's older checkpoints (``rescale.*``), under
+    :class:`MixedScaleToDense`'s name (``multi_level.*``); other keys as they are."""
+    if key.startswith(('lateral_convs.', 'convs.')):
+        return 'multi_level.' + key
+    if key.startswith('rescale.'):
+        return 'multi_level.' + key[len('rescale.'):]
+    return key
 
 
 @MODELS.register_module()
 class MixedScaleToDense(nn.Module):
-    """Rebuild dense maps from :class:`MixedScaleFeatures`, optionally rescaled per level.
+    """Rebuild dense maps from :class:`MixedScaleFeatures`, optionally resized per level.
 
     Every tap is scattered back to the fine grid (each fine token on its own cell, each coarse
     token copied to its 2x2 cells), giving (B, D, H/16, W/16). With ``scales`` given, the maps then
@@ -88,7 +92,7 @@ class MixedScaleToDense(nn.Module):
         in_channels (int | Sequence[int], optional): channels of each tap (required with
             ``scales`` or ``coarse_unpool``).
         out_channels (int, optional): channels of every output level (required with ``scales``).
-        scales (Sequence[float], optional): rescale factors, one per output level. Default: None
+        scales (Sequence[float], optional): resize factors, one per output level. Default: None
             (the dense maps are returned as they are).
         norm_cfg (dict, optional), act_cfg (dict, optional): for the MultiLevelNeck convs.
         coarse_unpool (bool): the learned per-cell features of coarse tokens. Default: False.
@@ -109,8 +113,9 @@ class MixedScaleToDense(nn.Module):
             run region by region (each > 1); the others stay dense. None: every scale > 1.
             Default: None.
 
-    mmseg's ``MultiLevelNeck`` weights load as they are: its keys (``lateral_convs.*``,
-    ``convs.*``) are read as ``rescale.*`` (a ``load_state_dict`` pre-hook).
+    The levels are :attr:`multi_level`, mmseg's ``MultiLevelNeck`` (None without ``scales``).
+    Its weights load as they are: mmseg's keys (``lateral_convs.*``, ``convs.*``), and this
+    neck's older ``rescale.*``, are read as ``multi_level.*`` (a ``load_state_dict`` pre-hook).
     """
 
     def __init__(self,
@@ -167,25 +172,25 @@ class MixedScaleToDense(nn.Module):
                                  f'got in_channels={in_channels}, out_channels={out_channels}')
             if isinstance(in_channels, int):
                 in_channels = [in_channels] * len(self.scales)
-            self.rescale = MixedScaleMultiLevelNeck(list(in_channels), out_channels,
+            self.multi_level = MixedScaleMultiLevelNeck(list(in_channels), out_channels,
                                                     self.scales, norm_cfg=norm_cfg,
                                                     act_cfg=act_cfg)
         else:
-            self.rescale = None
+            self.multi_level = None
         self._register_load_state_dict_pre_hook(self._mmseg_neck_keys)
 
     @staticmethod
     def _mmseg_neck_keys(state_dict, prefix, *args) -> None:
-        """mmseg's MultiLevelNeck keys (``neck.lateral_convs.*``, ``neck.convs.*``) read as
-        this neck's ``rescale.*`` (:func:`mmseg_neck_key`)."""
+        """mmseg's MultiLevelNeck keys (``neck.lateral_convs.*``, ``neck.convs.*``) and the
+        older ``neck.rescale.*`` read as this neck's ``multi_level.*`` (:func:`mmseg_neck_key`)."""
         for key in [k for k in state_dict if k.startswith(prefix)]:
             ours = prefix + mmseg_neck_key(key[len(prefix):])
             if ours != key:
                 state_dict[ours] = state_dict.pop(key)
 
     def init_weights(self) -> None:
-        if self.rescale is not None:
-            self.rescale.init_weights()
+        if self.multi_level is not None:
+            self.multi_level.init_weights()
 
     def unpool_macs(self, layout) -> int:
         """Multiply-adds of ``coarse_unpool`` for one image of ``layout`` (0 without it)."""
@@ -221,7 +226,7 @@ class MixedScaleToDense(nn.Module):
         return dense
 
     def dense_maps(self, inputs: Sequence[MixedScaleFeatures]) -> List[torch.Tensor]:
-        """Every tap as a (B, D, H/16, W/16) map, before the rescale."""
+        """Every tap as a (B, D, H/16, W/16) map, before the multi-level neck."""
         dense = []
         for index, features in enumerate(inputs):
             if isinstance(inputs, MixedScaleMaps):  # MSViT(out_type='featmap'): already maps
@@ -246,9 +251,9 @@ class MixedScaleToDense(nn.Module):
         ``coarse_reduction``, :class:`~mmseg_msvit.models.mixed_maps.MixedScaleMap` for the
         levels finer than the token grid)."""
         dense = self.dense_maps(inputs)
-        if self.rescale is None:
+        if self.multi_level is None:
             return dense, dense
-        return dense, list(self.rescale(dense, self.region_blocks(layout_of(inputs)),
+        return dense, list(self.multi_level(dense, self.region_blocks(layout_of(inputs)),
                                         self.mixed_scales))
 
     def region_blocks(self, layout) -> Optional[RegionBlocks]:
@@ -264,14 +269,14 @@ class MixedScaleToDense(nn.Module):
         return RegionBlocks.from_layout(layout, self.coarse_reduction, self.scales)
 
     def macs(self, layout, outputs) -> torch.Tensor:
-        """(B,) multiply-adds per image of the rescale that produced ``outputs`` (this neck's
-        outputs for a forward of ``layout``): what ran, the blocks at each resolution; zero
-        without a rescale. The coarse unpooling is charged to the backbone's cost
+        """(B,) multiply-adds per image of the multi-level neck that produced ``outputs`` (this
+        neck's outputs for a forward of ``layout``): what ran, the blocks at each resolution;
+        zero without one. The coarse unpooling is charged to the backbone's cost
         (:meth:`unpool_macs`)."""
-        if self.rescale is None:
+        if self.multi_level is None:
             return torch.zeros(layout.fine_mask.shape[0], dtype=torch.float64,
                                device=layout.fine_mask.device)
-        return self.rescale.macs(layout.out_size, outputs)
+        return self.multi_level.macs(layout.out_size, outputs)
 
     def forward(self, inputs: Sequence[MixedScaleFeatures]) -> List[torch.Tensor]:
         return self.maps_and_outputs(inputs)[1]
