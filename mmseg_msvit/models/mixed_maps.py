@@ -118,15 +118,6 @@ class RegionBlocks:
                                  torch.arange(self.coarse_regions.shape[0], device=device))
         self._cache: Dict[tuple, torch.Tensor] = {}
 
-    @classmethod
-    def from_layout(cls, layout, reduction: int, scales: Sequence[float]) -> 'RegionBlocks':
-        """The blocks of a backbone forward's :class:`~mmseg_msvit.models.tokenizer.
-        MixedScaleLayout` (static counts when the layout has them)."""
-        rows, cols = layout.fine_mask.shape[1:]
-        ratio = layout.fine_grid[0] // rows
-        return cls(layout.fine_mask, ratio, layout.out_size, reduction, scales,
-                   layout.static_fine_regions)
-
     @property
     def num_fine(self) -> int:
         """Fine blocks in the batch."""

@@ -64,42 +64,65 @@ def coarsen(x: torch.Tensor, ratio: int) -> torch.Tensor:
 
 
 class MixedScaleLayout(NamedTuple):
-    """Where each token sits on the image grid (shared by every layer of one forward).
+    """Where each token sits on the image grid (shared by every layer of one forward): the
+    forward's :class:`~mmseg_msvit.models.policy.ScaleDecision` and where its tokens went.
 
     Attributes:
-        fine_mask (Tensor): (B, Hc, Wc) bool, True = region split into fine tokens.
+        decision (ScaleDecision): what was decided (mask, straight-through value, gate logits,
+            token counts, the gate's cost); :attr:`fine_mask`, :attr:`gate_logits`,
+            :attr:`num_tokens` and :attr:`gate_macs_per_region` read it.
         cell_to_token (Tensor): (B, Hf*Wf) long; for every fine cell (raster order) the index, in
             the patch-token sequence (CLS excluded), of the token covering it.
         valid (Tensor): (B, L) bool, False on padding.
-        num_tokens (Tensor): (B,) long, patch tokens per image (CLS excluded).
         fine_grid (tuple): (Hf, Wf) of the padded input.
         out_size (tuple): (H_out, W_out) fine cells covering the unpadded input.
-        gate_logits (Tensor | None): (B, Hc, Wc) logits of FINE from the gate of this forward
-            (with gradient in training), None when the gate did not run (forced scale or
-            decisions given by the caller).
         packed (PackedSequences | None): set when the tokens of the batch are packed into one
             sequence (each image's CLS token at ``packed.starts``, its patch tokens after it in
             ``cell_to_token`` order); None for a (B, 1 + L, D) batch.
-        gate_macs_per_region (int): MACs per region of the gate that ran (it may be a gate the
-            policy substituted); 0 when no gate ran.
-        static_fine_regions (int | None): fine regions of EVERY image when shapes fix it (budget
-            mode, forced scale), as a Python int; None when it depends on the image.
     """
-    fine_mask: torch.Tensor
+    decision: ScaleDecision
     cell_to_token: torch.Tensor
     valid: torch.Tensor
-    num_tokens: torch.Tensor
     fine_grid: Tuple[int, int]
     out_size: Tuple[int, int]
-    gate_logits: Optional[torch.Tensor] = None
     packed: Optional[PackedSequences] = None
-    gate_macs_per_region: int = 0
-    static_fine_regions: Optional[int] = None
+
+    @property
+    def fine_mask(self) -> torch.Tensor:
+        """(B, Hc, Wc) bool, True = region split into fine tokens."""
+        return self.decision.fine_mask
+
+    @property
+    def gate_logits(self) -> Optional[torch.Tensor]:
+        """(B, Hc, Wc) logits of FINE from the gate of this forward (with gradient in
+        training); None when no gate ran (forced scale or decisions given by the caller)."""
+        return self.decision.gate_logits
+
+    @property
+    def num_tokens(self) -> torch.Tensor:
+        """(B,) long, patch tokens per image (CLS excluded)."""
+        return self.decision.num_tokens
+
+    @property
+    def gate_macs_per_region(self) -> int:
+        """MACs per region of the gate that ran (it may be a gate the policy substituted); 0
+        when no gate ran."""
+        return self.decision.gate_macs_per_region
 
     @property
     def num_regions(self) -> int:
         """Coarse regions of the (padded) input."""
         return self.fine_mask.shape[1] * self.fine_mask.shape[2]
+
+    @property
+    def static_fine_regions(self) -> Optional[int]:
+        """Fine regions of EVERY image when shapes fix them (budget mode, forced scale), as a
+        Python int; None when they depend on the image."""
+        static = self.decision.static_num_tokens
+        if static is None:
+            return None
+        per_fine = (self.fine_grid[0] // self.fine_mask.shape[1])**2
+        return (int(static) - self.num_regions) // (per_fine - 1)
 
 
 class MixedScaleTokens(NamedTuple):
@@ -305,18 +328,9 @@ class MixedScaleTokenizer(nn.Module):
             batch, -1))
         cell_to_token = torch.where(fine_active, position[:, num_coarse:],
                                     position[:, region_of_cell])
-        layout = MixedScaleLayout(
-            fine_mask=fine_mask,
-            cell_to_token=cell_to_token,
-            valid=valid,
-            num_tokens=counts,
-            fine_grid=(fine_rows, fine_cols),
-            out_size=out_size,
-            gate_logits=decision.gate_logits,
-            packed=packed,
-            gate_macs_per_region=decision.gate_macs_per_region,
-            static_fine_regions=None if decision.static_num_tokens is None else
-            (int(decision.static_num_tokens) - num_coarse) // (self.ratio**2 - 1))
+        layout = MixedScaleLayout(decision=decision, cell_to_token=cell_to_token, valid=valid,
+                                  fine_grid=(fine_rows, fine_cols), out_size=out_size,
+                                  packed=packed)
         return MixedScaleTokens(tokens, attn_mask, layout)
 
     @staticmethod

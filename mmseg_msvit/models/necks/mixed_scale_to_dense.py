@@ -261,12 +261,14 @@ class MixedScaleToDense(nn.Module):
         ``coarse_reduction``, or as with it when every region is fine)."""
         if self.coarse_reduction is None:
             return None
+        fine_mask, static = layout.fine_mask, layout.static_fine_regions
         if self.decode_regions == 'coarse':
-            layout = layout._replace(fine_mask=torch.zeros_like(layout.fine_mask),
-                                     static_fine_regions=0)
-        elif layout.static_fine_regions == layout.num_regions:
+            fine_mask, static = torch.zeros_like(fine_mask), 0
+        elif static == layout.num_regions:
             return None  # every region fine (the dense ViT): the dense levels, same numbers
-        return RegionBlocks.from_layout(layout, self.coarse_reduction, self.scales)
+        ratio = layout.fine_grid[0] // fine_mask.shape[1]
+        return RegionBlocks(fine_mask, ratio, layout.out_size, self.coarse_reduction,
+                            self.scales, static)
 
     def macs(self, layout, outputs) -> torch.Tensor:
         """(B,) multiply-adds per image of the multi-level neck that produced ``outputs`` (this
