@@ -94,10 +94,15 @@ def test_the_decision_holds_mask_value_logits_and_the_token_count_once():
     assert decision.static_num_tokens is None  # threshold mode: counts depend on the image
     assert decision.num_tokens.tolist() == (6 + 3 * decision.fine_mask.flatten(1).sum(1)).tolist()
     tokens = model.embed(padded, decision)
+    assert tokens.layout.decision is decision  # the layout carries it, no copy
     assert torch.equal(tokens.layout.num_tokens, decision.num_tokens)
+    assert tokens.layout.static_fine_regions is None
     budget = model.decide_scales(padded, ScalePolicy.with_budget(0.5))
     assert budget.static_num_tokens == 6 + 3 * 3
-    assert model.decide_scales(padded, ScalePolicy.forced('coarse')).static_num_tokens == 6
+    assert model.embed(padded, budget).layout.static_fine_regions == 3
+    coarse = model.decide_scales(padded, ScalePolicy.forced('coarse'))
+    assert coarse.static_num_tokens == 6
+    assert model.embed(padded, coarse).layout.static_fine_regions == 0
 
 
 def test_config_setters_replace_the_whole_default_policy():
