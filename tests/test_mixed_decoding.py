@@ -329,6 +329,22 @@ def test_segmentor_predictions_carry_the_whole_models_cost():
     meta = results[0].metainfo
     assert meta['msvit_macs'] == pytest.approx(meta['msvit_backbone_macs'] +
                                                meta['msvit_decode_macs'])
+    # the backbone's figure is the backbone's; the neck's coarse unpooling is the neck's
+    from mmseg_msvit.models.costs import layout_macs
+    x, layout = model.extract_feat_and_layout(inputs[:1])
+    assert meta['msvit_backbone_macs'] == pytest.approx(float(layout_macs(model.backbone,
+                                                                          layout)[0]))
+    unpooling = MODELS.build(dict(type='MixedScaleToDense', in_channels=[32] * 4,
+                                  out_channels=16, scales=SCALES, coarse_unpool=True,
+                                  coarse_reduction=2))
+    unpooling.multi_level.load_state_dict(model.neck.multi_level.state_dict())
+    with_unpool = copy.deepcopy(model)
+    with_unpool.neck = unpooling.eval()
+    unpool_meta = with_unpool.predict(inputs)[0].metainfo
+    assert unpooling.unpool_macs(layout) == layout.num_regions * 4 * 32 * 4 * 32
+    assert unpool_meta['msvit_backbone_macs'] == meta['msvit_backbone_macs']
+    assert unpool_meta['msvit_decode_macs'] == pytest.approx(meta['msvit_decode_macs'] +
+                                                             unpooling.unpool_macs(layout))
     # the same model decoding densely costs more, and every region fine costs the most
     dense = copy.deepcopy(model)
     dense.neck.coarse_reduction = None

@@ -431,8 +431,9 @@ def test_the_mask_head_study_builds_segmenters_mask_decoder_and_counts_it(tmp_pa
     from mmseg.models.decode_heads import SegmenterMaskTransformerHead
     from mmseg.registry import MODELS
 
-    from mmseg_msvit.analysis.macs import dense_decode_macs
+    from mmseg_msvit.analysis.macs import decode_macs, dense_decode_macs
     from mmseg_msvit.analysis.study.configs import seg_config
+    from mmseg_msvit.models import ScalePolicy
     from mmseg_msvit.analysis.study.runs import SETTINGS
     costs = {}
     for head in ('linear', 'mask'):
@@ -441,6 +442,11 @@ def test_the_mask_head_study_builds_segmenters_mask_decoder_and_counts_it(tmp_pa
         with DefaultScope.overwrite_default_scope('mmseg'):
             model = MODELS.build(cfg.model).eval()
             costs[head] = dense_decode_macs(model, (64, 64))
+            # the recipe's neck unpools coarse tokens on every region: the neck's cost
+            feats = model.backbone(torch.zeros(1, 3, 64, 64), ScalePolicy.forced('fine'))
+            unpool = model.neck.unpool_macs(feats[0].layout)
+            assert unpool == 4 * 4 * 192 * 192  # four regions, Linear(D, 4D)
+            assert costs[head] == decode_macs(model, [f.to_dense() for f in feats]) + unpool
         if head == 'mask':
             assert type(model.decode_head) is SegmenterMaskTransformerHead
             attention = [m for m in model.decode_head.modules()

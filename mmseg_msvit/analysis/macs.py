@@ -133,13 +133,17 @@ def decode_macs(segmentor, dense_maps) -> int:
 @torch.no_grad()
 def dense_decode_macs(segmentor, shape) -> int:
     """:func:`decode_macs` for one input of ``shape`` (H, W): the neck's multi-level
-    convolutions and the decode head on the dense maps of the backbone with every region fine. For heads that cannot count
+    convolutions and the decode head on the dense maps of the backbone with every region fine,
+    plus the neck's coarse unpooling (it runs on every region). For heads that cannot count
     themselves; the figure depends on the input size only, so callers cache it per size."""
     from ..models import ScalePolicy
     device = next(segmentor.parameters()).device
     feats = segmentor.backbone(torch.zeros(1, 3, *shape, device=device),
                                ScalePolicy.forced('fine'))
-    return decode_macs(segmentor, [f.to_dense() for f in feats])
+    unpool_macs = getattr(segmentor.neck, 'unpool_macs', None) if \
+        getattr(segmentor, 'with_neck', False) else None
+    unpool = unpool_macs(layout_of(feats)) if unpool_macs is not None else 0
+    return decode_macs(segmentor, [f.to_dense() for f in feats]) + unpool
 
 
 def parameter_counts(model) -> dict:

@@ -67,18 +67,13 @@ def layout_macs(backbone, layout) -> torch.Tensor:
                                   layout.gate_macs_per_region)
 
 
-def image_cost(backbone, layout, neck=None) -> Dict[str, torch.Tensor]:
-    """Per-image cost of one forward, as summable (B,) float64 tensors: ``macs``,
-    ``fine_regions``, ``regions``, ``tokens`` and ``forwards`` (1 each). Slide inference adds the
-    dicts of its windows (:func:`add_costs`).
-
-    ``macs`` is the backbone's (gate and pooling included) plus, with a ``neck`` that unpools
-    coarse tokens (``MixedScaleToDense(coarse_unpool=True)``), that unpooling: it exists only
-    because of mixed-scale tokens, so it is charged to them."""
+def image_cost(backbone, layout) -> Dict[str, torch.Tensor]:
+    """Per-image cost of one backbone forward, as summable (B,) float64 tensors: ``macs`` (the
+    backbone's, gate, pooling and coarse-token extras included), ``fine_regions``, ``regions``,
+    ``tokens`` and ``forwards`` (1 each). Slide inference adds the dicts of its windows
+    (:func:`add_costs`). What the neck and head run (the neck's coarse-token unpooling
+    included) is theirs to count (``decode_macs``)."""
     macs = layout_macs(backbone, layout).detach()
-    unpool_macs = getattr(neck, 'unpool_macs', None)
-    if unpool_macs is not None:
-        macs = macs + unpool_macs(layout)
     return dict(macs=macs,
                 fine_regions=layout.fine_mask.flatten(1).sum(1).double(),
                 regions=torch.full_like(macs, layout.num_regions),

@@ -5,11 +5,11 @@ rebuilding it: the scale forced (dense at any input scale, all coarse), its own 
 or fine budget), a substituted training-free gate (content, random) at a budget, the gate of a
 gate file at a budget (one trained on another task: ``tools/transfer_gate.py``'s output), or the
 label oracle at a budget. Every evaluation reports mIoU, the IoU of every class, the mean IoU of the
-small-object classes, backbone GMACs per image (mean, min, max; with the neck's coarse
-unpooling when the model has it), whole-model GMACs (backbone plus the neck's multi-level convolutions and
-the decode head: as they counted what they ran when they can, ``MixedScaleToDense`` +
-``MixedScaleUPerHead``, else per input size with mmengine's counter), the fine fraction and the
-fine fraction on detailed and on uniform regions.
+small-object classes, backbone GMACs per image (mean, min, max), whole-model GMACs (backbone
+plus the neck, its coarse unpooling and multi-level convolutions included, and the decode head:
+as they counted what they ran when they can, ``MixedScaleToDense`` + ``MixedScaleUPerHead``,
+else per input size with mmengine's counter), the fine fraction and the fine fraction on
+detailed and on uniform regions.
 
 Each image goes through the segmentor's own ``predict`` under the rule's
 :class:`~mmseg_msvit.models.ScalePolicy` (one forward over the whole image; the costs are the
@@ -100,8 +100,8 @@ class StudyEvaluator:
         self._head_macs: Dict[tuple, tuple] = {}
 
     def head_macs(self, model, inputs: torch.Tensor) -> float:
-        """MACs of the neck's multi-level convolutions and the decode head for one input of this size (they do
-        not depend on the decisions: counted once per model and size, on the dense maps)."""
+        """MACs of the neck and the decode head for one input of this size (they do not depend
+        on the decisions: counted once per model and size, on the dense maps)."""
         key = (id(model), tuple(inputs.shape[-2:]))
         if key not in self._head_macs or self._head_macs[key][0] is not model:
             # the model is kept with its figure: an id is only unique while the model lives

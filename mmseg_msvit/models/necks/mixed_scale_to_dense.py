@@ -193,7 +193,8 @@ class MixedScaleToDense(nn.Module):
             self.multi_level.init_weights()
 
     def unpool_macs(self, layout) -> int:
-        """Multiply-adds of ``coarse_unpool`` for one image of ``layout`` (0 without it)."""
+        """Multiply-adds of ``coarse_unpool`` for one image of ``layout`` (0 without it); it runs
+        on every region, so it depends on the input size only."""
         if self.unpool is None:
             return 0
         return layout.num_regions * sum(m.in_features * m.out_features for m in self.unpool)
@@ -271,14 +272,14 @@ class MixedScaleToDense(nn.Module):
                             self.scales, static)
 
     def macs(self, layout, outputs) -> torch.Tensor:
-        """(B,) multiply-adds per image of the multi-level neck that produced ``outputs`` (this
-        neck's outputs for a forward of ``layout``): what ran, the blocks at each resolution;
-        zero without one. The coarse unpooling is charged to the backbone's cost
-        (:meth:`unpool_macs`)."""
+        """(B,) multiply-adds per image of this neck for a forward of ``layout`` (``outputs``:
+        this neck's outputs): the coarse unpooling (:meth:`unpool_macs`) and the multi-level
+        convolutions, as they ran (the blocks at each resolution)."""
+        unpool = torch.full((layout.fine_mask.shape[0], ), float(self.unpool_macs(layout)),
+                            dtype=torch.float64, device=layout.fine_mask.device)
         if self.multi_level is None:
-            return torch.zeros(layout.fine_mask.shape[0], dtype=torch.float64,
-                               device=layout.fine_mask.device)
-        return self.multi_level.macs(layout.out_size, outputs)
+            return unpool
+        return unpool + self.multi_level.macs(layout.out_size, outputs)
 
     def forward(self, inputs: Sequence[MixedScaleFeatures]) -> List[torch.Tensor]:
         return self.maps_and_outputs(inputs)[1]

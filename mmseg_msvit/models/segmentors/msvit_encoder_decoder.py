@@ -278,8 +278,8 @@ class MSViTEncoderDecoder(EncoderDecoder):
         return seg_logits
 
     def decode_macs(self, layout, x) -> Optional[Tensor]:
-        """(B,) multiply-adds per image of the neck's multi-level convolutions and the decode head
-        for one forward (``x``: the neck's outputs), from what ran (mixed levels: the blocks at each
+        """(B,) multiply-adds per image of the neck (coarse unpooling, multi-level convolutions)
+        and the decode head for one forward (``x``: the neck's outputs), from what ran (mixed levels: the blocks at each
         resolution); None when the neck or the head cannot count itself (``macs``): then the
         tools count the head per input size with mmengine's counter."""
         neck_macs = getattr(self.neck, 'macs', None) if self.with_neck else None
@@ -289,9 +289,9 @@ class MSViTEncoderDecoder(EncoderDecoder):
         return neck_macs(layout, x) + head_macs(x)
 
     def image_cost(self, layout) -> dict:
-        """:func:`~mmseg_msvit.models.costs.image_cost` of one forward's ``layout`` (the neck's
-        coarse unpooling, when enabled, included)."""
-        return image_cost(self.backbone, layout, self.neck if self.with_neck else None)
+        """:func:`~mmseg_msvit.models.costs.image_cost` of one forward's ``layout``: the
+        backbone's (the neck's and head's are :meth:`decode_macs`)."""
+        return image_cost(self.backbone, layout)
 
     def inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
         """mmseg's ``whole_inference`` or ``slide_inference`` by ``test_cfg.mode`` ('whole' when
