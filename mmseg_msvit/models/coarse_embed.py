@@ -1,6 +1,6 @@
 """What a coarse token may carry besides its pooled-patch embedding (our options).
 
-Today's coarse token is the region average-pooled to one fine patch and embedded by the shared
+Without this module a coarse token is the region average-pooled to one fine patch and embedded by the shared
 patch embedding: every detail smaller than a fine patch is averaged away (a striped texture whose
 mean colour equals the wall's becomes wall). :class:`CoarseTokenEmbed` adds to each coarse token
 

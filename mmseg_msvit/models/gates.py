@@ -148,9 +148,9 @@ class ContentGate(BaseModule):
     32/16); the fine tokens see every pixel. The score is the mean squared difference between the
     region's normalised pixels and that pooled version, i.e. exactly what the coarse token's input
     throws away: zero on flat or smoothly shaded regions, large on edges, stripes and small
-    objects. Why this one: it costs two passes over the pixels, needs no training, and on the
-    demo's scenes, ranking regions by it and keeping the top 38% fine beat random regions by
-    11.7 mIoU at the same fine fraction (evaluated on a dense checkpoint). Its logits are
+    objects. Why this one: it costs two passes over the pixels and needs no training (how it
+    compares with random regions: docs/method.md, "Budget mode and the content gate"). Its
+    logits are
     ``log(energy + eps)``: use it with a fine budget (``MSViT(fine_budget=...)``); in threshold
     mode a region is fine when its energy exceeds ``threshold / (1 - threshold)``.
 

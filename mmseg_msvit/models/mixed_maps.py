@@ -346,8 +346,7 @@ Level = Union[torch.Tensor, MixedScaleMap]
 # ----------------------------------------------------------------------------------- operations
 def _pooled(fine: torch.Tensor, reduction: int) -> torch.Tensor:
     """(N, h / r, w / r, ...): each r x r group of dimensions 1 and 2 of ``fine`` (N, h, w, ...:
-    fine blocks or a part of them, channels last) averaged, as a sum of r^2 strided views (a strided mean over two dimensions of channels-last blocks was slower,
-    measured)."""
+    fine blocks or a part of them, channels last) averaged, as a sum of r^2 strided views."""
     r = reduction
     return sum(fine[:, i::r, j::r] for i in range(r) for j in range(r)) * (1.0 / r**2)
 
@@ -374,8 +373,8 @@ def _from_dense(x: torch.Tensor, blocks: RegionBlocks, scale: float,
     interpolated map's pixels are rows) bilinearly resampled to the level's valid size:
     (N * side * side, C) rows of ``F.interpolate(x, size=..., mode='bilinear',
     align_corners=False)``, whatever
-    the ratio of sizes. The interpolation runs over the whole map, cheaper on a CPU than
-    sampling the blocks' pixels one by one (measured); it is not a multiply-add layer."""
+    the ratio of sizes. The interpolation runs over the whole map, then one gather picks the
+    blocks' pixels; it is not a multiply-add layer."""
     size = blocks.valid(scale, kind)
     if tuple(x.shape[2:]) != size:
         x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
@@ -481,12 +480,8 @@ def _conv_by_tap_products(conv: nn.Conv2d, x: MixedScaleMap) -> MixedScaleMap:
     (:func:`_pool_where_read`; the product of the pooled pixel, the product being linear); an
     ``embedding_bag`` sums every output pixel's nine tap products from its taps' sources
     (:meth:`RegionBlocks.tap_product_index`; zero outside the input). Every pixel's products
-    are computed once, so the multiply-adds are those counted (nine taps per output pixel).
-
-    On a CPU this ran faster than ``F.conv2d`` on every block's window (the halo copied in) for
-    every 3x3 layer of ViT-S UPerNet at 512 px, batch 1, timed in turn: the bottleneck (2048 ->
-    512 channels) 0.54 against 0.76 s, the 512- and 384-channel layers 149 / 90 against 169 / 98
-    ms at 1/4 resolution, 42 / 25 against 48 / 29 ms at 1/8."""
+    are computed once, so the multiply-adds are those counted (nine taps per output pixel);
+    per-layer timings: docs/benchmarks.md."""
     blocks, data = x.blocks, x.data
     pixels = data.shape[0]
     r = blocks.reduction

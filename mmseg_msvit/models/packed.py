@@ -1,8 +1,7 @@
 """Packed token sequences: the transformer on the useful tokens of all images at once.
 
 In threshold mode the images of a batch need different numbers of tokens. Padding every image to
-the longest one makes the MLPs, LayerNorms and projections work on padding too (1.63x the time of
-an equal-fraction batch with fine fractions spread 0.1..0.9, ViT-S, 512 px, batch 8, CPU).
+the longest one makes the MLPs, LayerNorms and projections work on padding too (docs/benchmarks.md).
 Packing concatenates the tokens of all images into ONE sequence, ``(1, N, D)`` with ``N`` the sum
 of the images' lengths (CLS included), so everything but attention runs on exactly the useful
 tokens; attention stays within each image:
@@ -10,10 +9,8 @@ tokens; attention stays within each image:
 * CUDA, fp16/bf16, no attention dropout: ``torch.nn.attention.varlen.varlen_attn`` with the
   cumulative sequence lengths (one kernel for the whole batch);
 * elsewhere (the CPU, fp32): ``scaled_dot_product_attention`` per image on slices of the packed
-  projections. Measured on 2 CPU cores for one layer's attention of 8 ViT-S images at 512 px with
-  fine shares 0.1..0.9: per-image SDPA 57 ms, SDPA on nested jagged tensors 913 ms, the padded
-  batch with a key mask 77 ms (FlexAttention, which needs ``torch.compile`` on the CPU, was not
-  measured).
+  projections, the fastest of the CPU paths compared in docs/method.md, section 1 (nested jagged
+  tensors, a padded batch with a key mask).
 
 :func:`packed_block_forward` is timm's ``Block.forward`` for a packed sequence: the same modules
 in the same order (stochastic depth drawn per image, as timm's ``DropPath`` draws per sample),

@@ -253,8 +253,8 @@ class ScalePolicy:
 
         ``draw_range``: the range of the model's own policy. In training a forward draws once
         whenever this policy or the model's has a range, whatever the mode, and uses the draw
-        only in budget mode with a range of its own: the random numbers that follow are those
-        of earlier versions, so recorded runs (docs/study.md) reproduce.
+        only in budget mode with a range of its own, so the random stream is the same in every
+        mode and the runs recorded in docs/study.md reproduce.
         """
         own = self.train_budget_range
         draw_range = own if own is not None else draw_range

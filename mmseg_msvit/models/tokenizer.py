@@ -38,7 +38,7 @@ def regions_to_rows(img: torch.Tensor, region_size: int) -> torch.Tensor:
                          f'of region_size={region_size}')
     batch, channels, height, width = img.shape
     rows, cols = height // region_size, width // region_size
-    # one copy (F.unfold + transpose + contiguous: two copies, 11x slower on a CPU at 512 px)
+    # one copy (F.unfold + transpose + contiguous would make two)
     regions = img.reshape(batch, channels, rows, region_size, cols, region_size)
     return regions.permute(0, 2, 4, 1, 3, 5).reshape(batch, rows, cols, -1)
 
@@ -147,7 +147,7 @@ class MixedScaleTokenizer(nn.Module):
     Candidate order: all coarse regions (raster order), then all fine cells (raster order); the
     active ones keep this order. With every region fine the sequence is exactly a ViT/16's.
 
-    How the task loss reaches the gate (method section 3): in training every active token is
+    How the task loss reaches the gate (the paper's section 3): in training every active token is
     multiplied by its straight-through gate value (``v`` for fine tokens, ``1 - v`` for coarse
     ones; 1 in the forward pass). The gate's gradient is then ``sum <dL/dt, t>`` over the
     region's tokens: how the loss reacts to scaling the tokens that exist, which says little

@@ -117,7 +117,7 @@ def seg_config(setting, run: str, seed: int, out_dir: str):
     cfg.optim_wrapper.optimizer.lr = lr
     if spec['start'] != 'scratch' and not spec.get('train_gate_only'):
         # a fresh gate on a trained network: without a higher learning rate it cannot follow
-        # the GBaS target within the fine-tuning schedule (measured: it stayed all fine)
+        # the GBaS target within the fine-tuning schedule
         cfg.optim_wrapper.paramwise_cfg.custom_keys['backbone.gate'] = dict(
             lr_mult=setting['gate_lr_mult'], decay_mult=0.0)
     if spec.get('new_lr_mult'):

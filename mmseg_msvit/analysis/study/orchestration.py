@@ -160,7 +160,7 @@ class Study:
                                   + 15))
                 if not self.trained(seed, run):
                     iters = spec.get('iters', self.setting['fine_iters'])
-                    # the gate probe's extra forwards about double an iteration
+                    # a rough weight for the estimate: runs with the gate probe count double
                     factor = 2.0 if 'gate_probe' not in spec and \
                         spec.get('force_scale') is None else 1.0
                     steps.append(('train', seed, run, None, None, iters * 0.45 * factor + 15))

@@ -16,9 +16,10 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 SMALL_CLASSES = ('pole', 'ball', 'box')
 
 #: what a study runs without --only: the dense model and its baselines (resolution curve,
-#: training-free content gate, label oracle), the paper's recipe, the best gate-only recipe of
-#: the previous study, fine-tuning on mixed tokens without the recipe's additions, and the
-#: recommended recipe with and without a learned gate
+#: training-free content gate, label oracle), the paper's recipe, a learned gate on the frozen
+#: dense model (``gate_only``: content prior, GBaS and the gate probe), fine-tuning on mixed
+#: tokens without the recipe's additions, and the recommended recipe with and without a learned
+#: gate
 DEFAULT_RUNS = ('dense_pre', 'dense', 'learned_gbas', 'gate_only', 'mixed_content', 'recipe',
                 'recipe_gate')
 
@@ -90,7 +91,8 @@ def runs(setting: dict) -> dict:
     learned_evals = [('thr0.5', dict(rule='gate', threshold=0.5))] + \
         [(f'budget{x}', dict(rule='gate', budget=x)) for x in budgets]
     # the classifier's gate (tools/transfer_gate.py's file of the cls run) in place of the
-    # model's own, no training on the segmentation data (issue 32's transfer evidence)
+    # model's own, no training on the segmentation data: does a gate trained on classification
+    # transfer to segmentation
     transfer_evals = [(f'transfer{x}', dict(rule='transfer', budget=x)) for x in budgets]
     # the recipe trained with mixed-scale decoding (recipe_mixed_head and its variants)
     mixed_head = dict(start='dense_pre', force_scale=None, gate=dict(type='ContentGate'),

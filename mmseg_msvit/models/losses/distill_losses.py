@@ -2,8 +2,8 @@
 option, not the paper's).
 
 Fine-tuning a dense ViT on mixed-scale tokens teaches it to read coarse tokens, but with the task
-loss alone it also forgets: on the synthetic scenes it ended below the dense model evaluated with
-the very same decisions (docs/study.md). A frozen copy of the dense model (the same weights the
+loss alone it also forgets what the dense model knew (docs/study.md, "How the recipe was
+found"). A frozen copy of the dense model (the same weights the
 fine-tuning starts from), run on every training batch with every region fine, says what the
 mixed-scale model should output; the student is pulled towards it per pixel.
 """
