@@ -425,6 +425,25 @@ def test_mmseg_upernet_checkpoint_keys_load_into_the_neck_and_head():
     torch.testing.assert_close(fresh.decode_head(x), reference)
 
 
+@torch.no_grad()
+def test_an_older_checkpoint_loads_through_the_tools_checks(tmp_path):
+    """The tools load checkpoints through load_model_weights (coverage and foreign-weight checks,
+    then the usable keys): a file with the older neck.rescale.* names is the same model."""
+    from mmseg_msvit.models.checkpoints import foreign_weights, load_model_weights
+    torch.manual_seed(0)
+    model = recipe_segmentor(coarse_reduction=2)
+    path = str(tmp_path / 'older.pth')
+    torch.save({'state_dict': {k.replace('neck.multi_level.', 'neck.rescale.'): v
+                               for k, v in model.state_dict().items()}}, path)
+    torch.manual_seed(1)
+    fresh = recipe_segmentor(coarse_reduction=2)
+    assert foreign_weights(fresh, torch.load(path)) == []
+    load_model_weights(fresh, path)
+    inputs = torch.randn(1, 3, 64, 96)
+    torch.testing.assert_close(fresh.predict(inputs)[0].seg_logits.data,
+                               model.predict(inputs)[0].seg_logits.data)
+
+
 def test_neck_and_head_refuse_what_they_cannot_do():
     with pytest.raises(ValueError, match='coarse_reduction must be None, 2 or 4'):
         MODELS.build(dict(type='MixedScaleToDense', in_channels=8, out_channels=8,

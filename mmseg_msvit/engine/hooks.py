@@ -264,8 +264,8 @@ class CheckpointCheckHook(Hook):
         from mmengine.runner import BaseLoop
 
         from ..models.checkpoints import (FRESH_AT_TRAINING_START, check_covers,
-                                          check_no_foreign_weights, required_keys,
-                                          state_dict_of)
+                                          check_no_foreign_weights, loaded_key,
+                                          required_keys, state_dict_of)
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
         path = runner._load_from or runner.message_hub.get_info('last_ckpt') or 'checkpoint'
         backbone = getattr(model, 'backbone', None)
@@ -286,7 +286,7 @@ class CheckpointCheckHook(Hook):
             # the start of a training run may bring a new gate (a dense model, or another gate
             # type), a coarse-token embedding or the neck's unpooling: they then train from
             # their initialisation (the latter two start at zero); everything else must fit
-            state = state_dict_of(checkpoint)
+            state = {loaded_key(k) for k in state_dict_of(checkpoint)}
             missing = [k for k in required_keys(model) if k not in state]
             if missing and all(k.startswith(FRESH_AT_TRAINING_START) for k in missing):
                 parts = sorted({k.split('.')[1] for k in missing})

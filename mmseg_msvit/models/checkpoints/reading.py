@@ -161,8 +161,9 @@ def required_keys(model: torch.nn.Module) -> List[str]:
 
 def loaded_key(key: str) -> str:
     """A segmentor checkpoint key under the name the model loads it as (mmseg's
-    ``MultiLevelNeck`` keys are read as ``MixedScaleToDense``'s by its ``load_state_dict``
-    pre-hook, :func:`~mmseg_msvit.models.necks.mixed_scale_to_dense.mmseg_neck_key`)."""
+    ``MultiLevelNeck`` keys, and this project's older ``neck.rescale.*``, are read as
+    ``MixedScaleToDense``'s by its ``load_state_dict`` pre-hook,
+    :func:`~mmseg_msvit.models.necks.mixed_scale_to_dense.mmseg_neck_key`)."""
     if not key.startswith('neck.'):
         return key
     from ..necks.mixed_scale_to_dense import mmseg_neck_key
@@ -224,7 +225,7 @@ def foreign_weights(model: torch.nn.Module, checkpoint) -> List[str]:
         ignorable.append('backbone.gate.')
     wanted = model.state_dict()
     return [k for k in state_dict_of(checkpoint)
-            if k not in wanted and not k.startswith(tuple(ignorable))]
+            if loaded_key(k) not in wanted and not k.startswith(tuple(ignorable))]
 
 
 def check_no_foreign_weights(model: torch.nn.Module, checkpoint, path: str) -> None:
@@ -251,7 +252,7 @@ def load_model_weights(model: torch.nn.Module, path: str,
         checkpoint = read_checkpoint(path)
     check_covers(model, checkpoint, path)
     check_no_foreign_weights(model, checkpoint, path)
-    state = state_dict_of(checkpoint)
+    state = {loaded_key(k): v for k, v in state_dict_of(checkpoint).items()}
     backbone = getattr(model, 'backbone', None)
     if hasattr(backbone, '_resize_pos_embed'):  # as load_state_dict's pre-hook would
         backbone._resize_pos_embed(state, 'backbone.')
