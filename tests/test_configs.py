@@ -94,7 +94,8 @@ def assert_reliability_hooks(cfg):
     """The config itself (not only our tools) asks for the hooks that keep runs safe."""
     assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook'
     assert {h['type'] for h in cfg.custom_hooks} >= {'ExactResumeHook', 'CheckpointCheckHook',
-                                                      'FiniteLossHook', 'TrainingTimeHook'}
+                                                      'CustomKeysCheckHook', 'FiniteLossHook',
+                                                      'TrainingTimeHook'}
 
 
 def assert_every_trainable_parameter_learns(model, batch):

@@ -355,3 +355,34 @@ def test_training_time_adds_every_resumed_part(killed_and_resumed):
     fresh.after_load_checkpoint(SimpleNamespace(_resume=False), {'meta': {'train_seconds': 100.0}})
     fresh.before_train(None)
     assert fresh.seconds() < 10.0
+
+
+def test_optimizer_custom_keys_are_checked_against_the_parameters():
+    """mmengine drops a custom_keys entry that matches no parameter without a word: an entry
+    that names a renamed part is refused with its name now; others are left alone."""
+    from types import SimpleNamespace
+
+    from mmengine.config import Config
+
+    from mmseg_msvit.engine import CustomKeysCheckHook, check_custom_keys
+    from mmseg_msvit.models import MSViT
+    model = MSViT(arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64,
+                  out_indices=(1, ), coarse_detail=True)
+    names = [f'backbone.{name}' for name, _ in model.named_parameters()]
+    check_custom_keys({'backbone.patch_embed.coarse_embed': {}, 'pos_embed': {},
+                       'cls_token': {}, 'norm': {}}, names)  # every one matches
+    with pytest.raises(ValueError, match=r"'backbone\.coarse_embed' matches no parameter: the "
+                       r"part is named 'backbone\.patch_embed\.coarse_embed'"):
+        check_custom_keys({'backbone.coarse_embed': dict(lr_mult=10.0)}, names)
+    with pytest.raises(ValueError, match=r"'backbone\.patch_embed\.pos_embed'"):
+        check_custom_keys({'backbone.pos_embed': {}}, names)
+    check_custom_keys({'gate_loss': dict(decay_mult=0.0)}, names)  # a shared schedule's key
+    # the hook reads the run's config and model (a DDP-wrapped one through .module)
+    segmentor = torch.nn.Module()
+    segmentor.backbone = model
+    runner = SimpleNamespace(model=SimpleNamespace(module=segmentor), cfg=Config(dict(
+        optim_wrapper=dict(paramwise_cfg=dict(custom_keys={'backbone.coarse_embed': {}})))))
+    with pytest.raises(ValueError, match='backbone.patch_embed.coarse_embed'):
+        CustomKeysCheckHook().before_train(runner)
+    runner.cfg.optim_wrapper.paramwise_cfg.custom_keys = {'backbone.patch_embed': {}}
+    CustomKeysCheckHook().before_train(runner)

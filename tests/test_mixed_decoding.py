@@ -428,13 +428,18 @@ def test_mmseg_upernet_checkpoint_keys_load_into_the_neck_and_head():
 @torch.no_grad()
 def test_an_older_checkpoint_loads_through_the_tools_checks(tmp_path):
     """The tools load checkpoints through load_model_weights (coverage and foreign-weight checks,
-    then the usable keys): a file with the older neck.rescale.* names is the same model."""
+    then the usable keys): a file with the older names (neck.rescale.*, the CLS token and
+    position table at the backbone's top level, as timm names them) is the same model."""
     from mmseg_msvit.models.checkpoints import foreign_weights, load_model_weights
     torch.manual_seed(0)
     model = recipe_segmentor(coarse_reduction=2)
     path = str(tmp_path / 'older.pth')
-    torch.save({'state_dict': {k.replace('neck.multi_level.', 'neck.rescale.'): v
-                               for k, v in model.state_dict().items()}}, path)
+    older = {k.replace('neck.multi_level.', 'neck.rescale.').replace(
+        'backbone.patch_embed.cls_token', 'backbone.cls_token').replace(
+            'backbone.patch_embed.pos_embed', 'backbone.pos_embed'): v
+             for k, v in model.state_dict().items()}
+    assert 'backbone.pos_embed' in older and 'backbone.cls_token' in older
+    torch.save({'state_dict': older}, path)
     torch.manual_seed(1)
     fresh = recipe_segmentor(coarse_reduction=2)
     assert foreign_weights(fresh, torch.load(path)) == []

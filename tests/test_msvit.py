@@ -1,12 +1,12 @@
-"""MSViT core: gate, tokenizer, backbone, dense reconstruction."""
+"""MSViT core: gate, embedding, backbone, dense reconstruction."""
 import pytest
 import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmseg_msvit.models import (MixedScaleFeatures, MixedScaleGate, MixedScaleToDense, MSViT,
-                                MixedScaleTokenizer, coarsen)
+from mmseg_msvit.models import (MixedScaleEmbed, MixedScaleFeatures, MixedScaleGate,
+                                MixedScaleToDense, MSViT, coarsen)
 from mmseg_msvit.models.policy import (ScaleDecision, relaxation_temperature,
                                       threshold_decisions)
 
@@ -92,19 +92,14 @@ def test_padding_leaks_nothing_between_images(token_packing):
 
 def test_to_dense_places_fine_and_coarse_tokens_exactly():
     """Each 16x16 cell holds a constant value; a linear 'embedding' that averages its patch."""
-    tokenizer = MixedScaleTokenizer(16, 32)
-    patch_embed = nn.Module()
-    patch_embed.proj = nn.Conv2d(3, 1, 16, 16)
-    nn.init.constant_(patch_embed.proj.weight, 1 / (3 * 16 * 16))
-    nn.init.zeros_(patch_embed.proj.bias)
-    patch_embed.norm = nn.Identity()
+    embed = MixedScaleEmbed((96, 128), 16, 32, in_channels=3, embed_dims=1)
+    nn.init.constant_(embed.proj.weight, 1 / (3 * 16 * 16))
+    nn.init.zeros_(embed.proj.bias)  # no CLS token, no positions: the cells' own values
     cell_values = torch.randn(2, 1, 6, 8)
     img = F.interpolate(cell_values, scale_factor=16, mode='nearest').expand(-1, 3, -1, -1)
     fine_mask = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(4)) > 0.5
     fine_mask[0, 0, 0], fine_mask[1, 0, 0] = True, False  # both kinds in both images
-    zeros = torch.zeros(1, 1, 1)
-    tokens, _, layout = tokenizer(img, ScaleDecision.from_mask(fine_mask, 4), patch_embed,
-                                  torch.zeros(1, 1, 6, 8), zeros, zeros, pack=False)
+    tokens, _, layout = embed(img, ScaleDecision.from_mask(fine_mask, 4), pack=False)
     dense = MixedScaleFeatures(tokens[:, 1:], layout).to_dense()  # (2, 1, 6, 8)
     coarse_means = coarsen(cell_values, 2)
     expected = torch.where(F.interpolate(fine_mask[:, None].float(), scale_factor=2) > 0,

@@ -24,10 +24,32 @@ def pair(**kwargs):
     plain = tiny(**kwargs).eval()
     extended = tiny(coarse_detail=True, coarse_scale_embed=True, **kwargs).eval()
     missing, unexpected = extended.load_state_dict(plain.state_dict(), strict=False)
-    assert sorted(missing) == sorted(f'coarse_embed.{k}' for k in (
+    assert sorted(missing) == sorted(f'patch_embed.coarse_embed.{k}' for k in (
         'reduce.weight', 'reduce.bias', 'proj.weight', 'proj.bias', 'scale_embed'))
     assert not unexpected
     return plain, extended
+
+
+@torch.no_grad()
+def test_older_key_names_load_into_the_embedding():
+    """The CLS token, position table and coarse-token extras live in the embedding
+    (patch_embed.*); timm's top-level names and the older coarse_embed.* load as aliases."""
+    _, extended = pair()
+    randomise(extended.coarse_embed)
+    older = {}
+    for key, value in extended.state_dict().items():
+        key = key.replace('patch_embed.coarse_embed.', 'coarse_embed.')
+        older[{'patch_embed.cls_token': 'cls_token',
+               'patch_embed.pos_embed': 'pos_embed'}.get(key, key)] = value
+    assert 'coarse_embed.proj.weight' in older and 'pos_embed' in older
+    torch.manual_seed(3)
+    fresh = tiny(coarse_detail=True, coarse_scale_embed=True).eval()
+    fresh.load_state_dict(older)  # strict: every key found under its name now
+    img = torch.randn(3, 3, 96, 128, generator=torch.Generator().manual_seed(2))
+    masks = varied_masks()
+    for a, b in zip(fresh(img, fine_mask=masks), extended(img, fine_mask=masks)):
+        torch.testing.assert_close(a.to_dense(), b.to_dense(), atol=0, rtol=0)
+    assert fresh.pos_embed is fresh.patch_embed.pos_embed  # timm's name reads the embedding's
 
 
 def varied_masks():
@@ -309,10 +331,10 @@ def test_coarse_extra_is_computed_from_each_tokens_own_region():
     masks = varied_masks()
     with torch.no_grad():
         decision = ScaleDecision.from_mask(masks, 4)
-        tokens = model.tokenizer(img, decision, model.patch_embed, *_positions(model, img),
-                                 coarse_embed=model.coarse_embed, pack=False).tokens
-        plain = model.tokenizer(img, decision, model.patch_embed, *_positions(model, img),
-                                pack=False).tokens
+        tokens = model.patch_embed(img, decision, pack=False).tokens
+        bare = copy.deepcopy(model.patch_embed)  # the same embedding without the extras
+        bare.coarse_embed = None
+        plain = bare(img, decision, pack=False).tokens
         for batch in range(3):
             coarse_regions = torch.nonzero(~masks[batch].flatten()).flatten().tolist()
             for rank, region in enumerate(coarse_regions):  # coarse tokens come first
@@ -324,8 +346,3 @@ def test_coarse_extra_is_computed_from_each_tokens_own_region():
                 expected = model.coarse_embed(embedded[None])[0]
                 torch.testing.assert_close(tokens[batch, 1 + rank] - plain[batch, 1 + rank],
                                            expected, atol=1e-5, rtol=1e-4)
-
-
-def _positions(model, img):
-    cls_pos, grid = model.fine_position_grid((img.shape[-2] // 16, img.shape[-1] // 16))
-    return grid, model.cls_token, cls_pos

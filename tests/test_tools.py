@@ -719,7 +719,7 @@ def test_tools_answer_the_question_asked_or_refuse_it(trained, synthetic_root, t
                 f'load_from={checkpoint}'])
     from mmseg_msvit.models.checkpoints import CheckpointError
     with pytest.raises(CheckpointError, match=r'weights this model does not have '
-                       r'\(backbone\.coarse_embed\.\*.*neck\.unpool\.\*'):
+                       r'\(backbone\.patch_embed\.coarse_embed\.\*.*neck\.unpool\.\*'):
         compare.main([recipe, str(run / 'iter_1.pth'), '--dense', str(dense),
                       str(run / 'iter_1.pth'), '--out-dir', str(tmp_path / 'c'),
                       '--cfg-options', *data])

@@ -20,7 +20,7 @@ model = dict(
     distill=dict(type='DenseDistillLoss', feature_weight=1.0))
 optim_wrapper = dict(
     optimizer=dict(lr=0.00002),  # a third of the dense recipe's 6e-5, as in the study
-    paramwise_cfg=dict(custom_keys={'backbone.coarse_embed': dict(lr_mult=10.0),
+    paramwise_cfg=dict(custom_keys={'backbone.patch_embed.coarse_embed': dict(lr_mult=10.0),
                                     'neck.unpool': dict(lr_mult=10.0)}))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),

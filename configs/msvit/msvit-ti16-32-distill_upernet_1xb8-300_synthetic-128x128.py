@@ -26,7 +26,7 @@ optim_wrapper = dict(
     optimizer=dict(lr=0.0005),
     # the coarse-token embedding and the unpooling start at zero on a trained network: they
     # learn 10x faster
-    paramwise_cfg=dict(custom_keys={'backbone.coarse_embed': dict(lr_mult=10.0),
+    paramwise_cfg=dict(custom_keys={'backbone.patch_embed.coarse_embed': dict(lr_mult=10.0),
                                     'neck.unpool': dict(lr_mult=10.0)}))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),

@@ -40,4 +40,5 @@ auto_scale_lr = dict(base_batch_size=1024)
 # lost, exact resume, checkpoints checked on load, a stop at the first non-finite loss
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
 custom_hooks = [dict(type='ExactResumeHook'), dict(type='CheckpointCheckHook'),
-                dict(type='FiniteLossHook'), dict(type='TrainingTimeHook')]
+                dict(type='CustomKeysCheckHook'), dict(type='FiniteLossHook'),
+                dict(type='TrainingTimeHook')]

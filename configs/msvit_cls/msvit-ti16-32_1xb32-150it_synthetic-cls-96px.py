@@ -48,5 +48,6 @@ default_hooks = dict(
     checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=150, max_keep_ckpts=1))
 # see configs/_base_/default_runtime.py
 custom_hooks = [dict(type='ExactResumeHook'), dict(type='CheckpointCheckHook'),
-                dict(type='FiniteLossHook'), dict(type='TrainingTimeHook')]
+                dict(type='CustomKeysCheckHook'), dict(type='FiniteLossHook'),
+                dict(type='TrainingTimeHook')]
 randomness = dict(seed=0)

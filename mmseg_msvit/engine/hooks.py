@@ -14,6 +14,10 @@
   model (a gate file, a classification model, a backbone only) or, evaluated or resumed, has
   weights the model lacks. (Config text that mmengine would execute is removed by the loaders
   themselves: :mod:`mmseg_msvit.compat.checkpoint_loading`.)
+* :class:`CustomKeysCheckHook` - refuses an optimizer ``custom_keys`` entry that names a part by
+  an older name (``backbone.coarse_embed``, now ``backbone.patch_embed.coarse_embed``): it would
+  match no parameter, and mmengine would drop it, learning-rate or decay setting and all,
+  without a word.
 * :class:`FiniteLossHook` - stops training at the first non-finite loss, naming the iteration
   and the loss terms.
 * :class:`TrainingTimeHook` - the training's wall time summed over every resumed part, in each
@@ -34,7 +38,33 @@ from mmengine.registry import HOOKS
 from .fileio import atomic_write_bytes, remove_stale_temporaries
 
 #: the hooks ``tools/train.py``/``tools/test.py`` make sure of, whatever the config says
-RUNTIME_HOOKS = ('ExactResumeHook', 'CheckpointCheckHook', 'FiniteLossHook', 'TrainingTimeHook')
+RUNTIME_HOOKS = ('ExactResumeHook', 'CheckpointCheckHook', 'CustomKeysCheckHook',
+                 'FiniteLossHook', 'TrainingTimeHook')
+
+#: parameter-name prefixes under their older names -> the names the parameters have
+RENAMED_PARAMETERS = {'backbone.coarse_embed': 'backbone.patch_embed.coarse_embed',
+                      'backbone.cls_token': 'backbone.patch_embed.cls_token',
+                      'backbone.pos_embed': 'backbone.patch_embed.pos_embed',
+                      'neck.rescale': 'neck.multi_level'}
+
+
+def check_custom_keys(custom_keys, parameter_names) -> None:
+    """Check an optimizer's ``paramwise_cfg.custom_keys`` against the model's parameter names
+    (mmengine applies a key to every parameter whose full name contains it, and drops a key
+    that matches none without a word): a key that matches no parameter because it names a part
+    by its older name (:data:`RENAMED_PARAMETERS`) is refused with the name the part has. Other
+    keys that match nothing are left alone: shared schedules name parts some models lack (the
+    dense models have no ``gate_loss``)."""
+    names = list(parameter_names)
+    for key in custom_keys:
+        if any(key in name for name in names):
+            continue
+        for old, new in RENAMED_PARAMETERS.items():
+            if key == old or key.startswith(old + '.'):
+                raise ValueError(
+                    f'optim_wrapper.paramwise_cfg.custom_keys: {key!r} matches no parameter: '
+                    f'the part is named {new + key[len(old):]!r}; rename the key (mmengine would '
+                    'drop its settings without a word)')
 
 
 @HOOKS.register_module()
@@ -298,6 +328,20 @@ class CheckpointCheckHook(Hook):
         check_covers(model, checkpoint, str(path))
         if not training_start:  # an evaluation or a resume: exactly the model that was trained
             check_no_foreign_weights(model, checkpoint, str(path))
+
+
+@HOOKS.register_module()
+class CustomKeysCheckHook(Hook):
+    """Before training, checks the optimizer's ``paramwise_cfg.custom_keys`` against the model's
+    parameters (:func:`check_custom_keys`)."""
+    priority = 'VERY_HIGH'
+
+    def before_train(self, runner) -> None:
+        optim = runner.cfg.get('optim_wrapper') or {}
+        keys = (optim.get('paramwise_cfg') or {}).get('custom_keys') or {}
+        if keys:
+            model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+            check_custom_keys(keys, (name for name, _ in model.named_parameters()))
 
 
 @HOOKS.register_module()

@@ -11,11 +11,11 @@ from .mixed_maps import MixedScaleMap, RegionBlocks
 from .necks import MixedScaleToDense
 from .policy import ScaleDecision, ScalePolicy
 from .segmentors import MSViTEncoderDecoder
-from .tokenizer import MixedScaleLayout, MixedScaleTokenizer, coarsen
+from .tokenizer import MixedScaleEmbed, MixedScaleLayout, coarsen
 
 __all__ = [
     'MSViT', 'MixedScaleGate', 'ContentGate', 'RandomGate', 'MixedScaleToDense',
-    'MixedScaleFeatures', 'MixedScaleMaps', 'layout_of', 'MixedScaleTokenizer',
+    'MixedScaleFeatures', 'MixedScaleMaps', 'layout_of', 'MixedScaleEmbed',
     'MixedScaleLayout', 'coarsen', 'GateProbe',
     'GBaSLoss', 'BaSLoss', 'L0GateLoss', 'MSViTEncoderDecoder', 'MSViTImageClassifier',
     'CoarseTokenEmbed', 'DenseDistillLoss', 'ScalePolicy', 'ScaleDecision', 'MixedScaleUPerHead',

@@ -1,4 +1,6 @@
-"""Mixed-scale tokenization: coarse and fine patches of one image, one shared patch embedding.
+"""Mixed-scale tokenization: coarse and fine patches of one image, one shared patch embedding,
+owned with the positions, the CLS token and the coarse-token extras by one module
+(:class:`MixedScaleEmbed`, an MSViT's ``patch_embed``).
 
 Every coarse region (S_c x S_c px) becomes either ONE coarse token or (S_c/S_f)^2 fine tokens
 (S_f x S_f px each), never both, never neither. A coarse patch is average-pooled by S_c/S_f
@@ -17,7 +19,9 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 
+from .coarse_embed import CoarseTokenEmbed
 from .packed import PackedSequences, pack_lengths
 from .policy import ScaleDecision, is_counting_one_forward
 
@@ -126,7 +130,7 @@ class MixedScaleLayout(NamedTuple):
 
 
 class MixedScaleTokens(NamedTuple):
-    """Output of :class:`MixedScaleTokenizer`.
+    """Output of :class:`MixedScaleEmbed`.
 
     Attributes:
         tokens (Tensor): (B, 1 + L, D), CLS first, padded to the longest image; or, when
@@ -141,8 +145,19 @@ class MixedScaleTokens(NamedTuple):
     layout: MixedScaleLayout
 
 
-class MixedScaleTokenizer(nn.Module):
-    """Gathers the active coarse and fine tokens of each image (no parameters of its own).
+class MixedScaleEmbed(nn.Module):
+    """The embedding of an MSViT (its ``patch_embed``): everything between the pixels and the
+    first transformer block, in one module (as timm's ``NaFlexEmbeds`` holds patches, positions
+    and the validity mask).
+
+    It owns the patch projection (``proj``, a ``Conv2d`` with kernel = stride = S_f, applied as
+    the equivalent linear map to the gathered patches only), the CLS token (``cls_token``), the
+    position table (``pos_embed``, for ``img_size``; resampled to each input, and resized on load
+    by a ``load_state_dict`` pre-hook) and, when the backbone asks for them
+    (:meth:`add_coarse_extras`), the coarse-token extras (``coarse_embed``,
+    :class:`~mmseg_msvit.models.coarse_embed.CoarseTokenEmbed`). Its forward turns a padded
+    image and a :class:`~mmseg_msvit.models.policy.ScaleDecision` into the active tokens of
+    each image.
 
     Candidate order: all coarse regions (raster order), then all fine cells (raster order); the
     active ones keep this order. With every region fine the sequence is exactly a ViT/16's.
@@ -155,22 +170,106 @@ class MixedScaleTokenizer(nn.Module):
     signal"; ``tools/analysis_tools/gate_signal.py`` measures it).
 
     Args:
+        img_size (tuple): (H, W) the position table is for.
         fine_patch_size (int): S_f. Default: 16.
         coarse_patch_size (int): S_c, a multiple of S_f. Default: 32.
+        in_channels (int): image channels. Default: 3.
+        embed_dims (int): D. Default: 768.
+        patch_bias (bool): a bias in the patch projection. Default: True.
+        pos_embed_antialias (bool): resample the position table with antialiasing (timm's
+            way) or plain bicubic (mmseg's). Default: True.
     """
 
-    def __init__(self, fine_patch_size: int = 16, coarse_patch_size: int = 32) -> None:
+    #: prefix tokens before the patch tokens (the CLS token)
+    num_prefix_tokens = 1
+
+    def __init__(self,
+                 img_size: Tuple[int, int],
+                 fine_patch_size: int = 16,
+                 coarse_patch_size: int = 32,
+                 in_channels: int = 3,
+                 embed_dims: int = 768,
+                 patch_bias: bool = True,
+                 pos_embed_antialias: bool = True) -> None:
         super().__init__()
         if fine_patch_size < 1 or coarse_patch_size % fine_patch_size != 0 \
                 or coarse_patch_size <= fine_patch_size:
-            raise ValueError('MixedScaleTokenizer: coarse_patch_size must be a multiple (> 1x) of '
+            raise ValueError('MixedScaleEmbed: coarse_patch_size must be a multiple (> 1x) of '
                              f'fine_patch_size, got coarse_patch_size={coarse_patch_size}, '
                              f'fine_patch_size={fine_patch_size}')
         self.fine_patch_size = fine_patch_size
         self.coarse_patch_size = coarse_patch_size
         self.ratio = coarse_patch_size // fine_patch_size
+        self.in_channels = in_channels
+        self.embed_dims = embed_dims
+        self.pos_embed_antialias = pos_embed_antialias
+        self.pos_grid_size = (img_size[0] // fine_patch_size, img_size[1] // fine_patch_size)
+        # built as timm's PatchEmbed builds it (a bias, then none for patch_bias=False): a seed
+        # gives timm's initial weights
+        self.proj = nn.Conv2d(in_channels, embed_dims, fine_patch_size, fine_patch_size)
+        if not patch_bias:
+            self.proj.bias = None
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims))
+        self.pos_embed = nn.Parameter(torch.zeros(
+            1, self.num_prefix_tokens + self.pos_grid_size[0] * self.pos_grid_size[1],
+            embed_dims))
+        self.coarse_embed: Optional[CoarseTokenEmbed] = None
         self._region_of_cell_cache = {}
+        self._register_load_state_dict_pre_hook(self._resize_pos_embed)
 
+    def add_coarse_extras(self, detail: bool, scale_embed: bool) -> None:
+        """Give coarse tokens their extras (:class:`~mmseg_msvit.models.coarse_embed.
+        CoarseTokenEmbed`): a residual from the region's fine patch embeddings and/or a learned
+        scale vector. MSViT calls it after building its other parts, so a seed gives those parts
+        the same weights with or without the extras."""
+        self.coarse_embed = CoarseTokenEmbed(self.embed_dims, self.ratio,
+                                             self.in_channels * self.fine_patch_size**2,
+                                             detail=detail, scale_embed=scale_embed)
+
+    def reset_parameters(self) -> None:
+        """timm's ViT initialisation of the position table and CLS token; the coarse-token
+        extras start at zero (:meth:`CoarseTokenEmbed.reset_parameters`). The projection keeps
+        ``Conv2d``'s own initialisation, as in timm."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+
+    # ------------------------------------------------------------------ positions
+    def _resize_pos_embed(self, state_dict, prefix, *args, **kwargs) -> None:
+        """``load_state_dict`` pre-hook: a position table of another square grid (a timm
+        checkpoint at 224 px, say) is resampled to ``img_size``, as mmpretrain's ViT does."""
+        key = prefix + 'pos_embed'
+        pos = state_dict.get(key)
+        if pos is None or tuple(pos.shape) == tuple(self.pos_embed.shape) or \
+                pos.dim() != 3 or pos.shape[-1] != self.embed_dims:
+            return  # same grid, or a width mismatch that load_state_dict reports itself
+        num_patches = pos.shape[1] - self.num_prefix_tokens
+        side = int(round(num_patches**0.5))
+        if side * side != num_patches:
+            raise ValueError(f'MSViT: checkpoint pos_embed {tuple(pos.shape)} is not a CLS '
+                             'token plus a square grid; cannot resize it to '
+                             f'{self.pos_grid_size}')
+        state_dict[key] = resample_abs_pos_embed(pos, new_size=self.pos_grid_size,
+                                                 old_size=(side, side),
+                                                 num_prefix_tokens=self.num_prefix_tokens,
+                                                 antialias=self.pos_embed_antialias)
+
+    def positions(self, cells: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Position embeddings for an input of ``cells`` fine cells (bicubic, antialiased as
+        timm's unless ``pos_embed_antialias=False``, mmseg's).
+
+        Returns:
+            tuple: cls_pos (1, 1, D) and the fine grid (1, D, Hf, Wf).
+        """
+        pos = resample_abs_pos_embed(self.pos_embed, new_size=cells,
+                                     old_size=self.pos_grid_size,
+                                     num_prefix_tokens=self.num_prefix_tokens,
+                                     antialias=self.pos_embed_antialias)
+        cls_pos = pos[:, :self.num_prefix_tokens]
+        grid = pos[:, self.num_prefix_tokens:].transpose(1, 2).reshape(
+            1, self.embed_dims, *cells)
+        return cls_pos, grid
+
+    # ------------------------------------------------------------------ tokens
     def _region_of_cell_index(self, fine_grid: Tuple[int, int], device) -> torch.Tensor:
         """(Hf*Wf,) index of the coarse region that owns each fine cell."""
         rows, cols = fine_grid
@@ -191,31 +290,23 @@ class MixedScaleTokenizer(nn.Module):
     def forward(self,
                 img: torch.Tensor,
                 decision: ScaleDecision,
-                patch_embed: nn.Module,
-                pos_grid: torch.Tensor,
-                cls_token: torch.Tensor,
-                cls_pos: torch.Tensor,
                 out_size: Optional[Tuple[int, int]] = None,
                 pack: bool = True,
-                coarse_embed: Optional[nn.Module] = None,
                 cls_key: bool = True) -> MixedScaleTokens:
-        """Tokenize a batch.
+        """Tokenize a batch: CLS, positions and the coarse-token extras included.
 
         Args:
             img (Tensor): (B, C, H, W), H and W multiples of S_c.
             decision (ScaleDecision): the decisions
                 (:class:`~mmseg_msvit.models.policy.ScaleDecision`: mask, straight-through value,
                 gate logits, token counts; ``ScaleDecision.from_mask`` for a bare mask).
-            patch_embed (nn.Module): timm ``PatchEmbed`` (its ``proj`` conv has kernel = stride =
-                S_f; it is applied as the equivalent linear map to the gathered patches only).
-            pos_grid (Tensor): (1, D, H/S_f, W/S_f) fine position embeddings for this input size.
-            cls_token (Tensor): (1, 1, D). cls_pos (Tensor): (1, 1, D).
-            out_size (tuple, optional): (H_out, W_out) fine cells of the unpadded input.
+            out_size (tuple, optional): (H_out, W_out) fine cells of the unpadded input. The
+                position table spans the cells that cover the image (as mmseg's ViT, which pads
+                to the fine patch only); the cells of the padding to the coarse size repeat the
+                edge.
             pack (bool): when the images need different numbers of tokens, pack them into one
-                sequence (True, default) instead of padding to the longest (False).
-            coarse_embed (nn.Module, optional): a
-                :class:`~mmseg_msvit.models.coarse_embed.CoarseTokenEmbed` whose output is added
-                to every coarse token (computed for the active coarse tokens only).
+                sequence (True, default) instead of padding to the longest (False); only inputs
+                of whole regions whose tokens attend to CLS are packed.
             cls_key (bool): whether tokens attend to the CLS token (False: mmseg's
                 ``with_cls_token=False``; padded batch only).
 
@@ -234,7 +325,7 @@ class MixedScaleTokenizer(nn.Module):
             MixedScaleTokens
         """
         if not isinstance(decision, ScaleDecision):
-            raise TypeError('MixedScaleTokenizer: decision must be a ScaleDecision (MSViT.'
+            raise TypeError('MixedScaleEmbed: decision must be a ScaleDecision (MSViT.'
                             'decide_scales, or ScaleDecision.from_mask(mask, tokens_per_fine) '
                             f'for given decisions), got {type(decision).__name__}')
         if decision.static_num_tokens is None and (torch.jit.is_tracing() or is_exporting()) \
@@ -248,6 +339,12 @@ class MixedScaleTokenizer(nn.Module):
         batch = img.shape[0]
         fine_rows, fine_cols = img.shape[-2] // self.fine_patch_size, \
             img.shape[-1] // self.fine_patch_size
+        out_size = tuple(out_size or (fine_rows, fine_cols))
+        cls_pos, pos_grid = self.positions(out_size)
+        if out_size != (fine_rows, fine_cols):
+            pos_grid = F.pad(pos_grid, (0, fine_cols - out_size[1], 0, fine_rows - out_size[0]),
+                             mode='replicate')
+        cls = self.cls_token + cls_pos
         num_coarse = fine_mask.shape[1] * fine_mask.shape[2]
         region_of_cell = self._region_of_cell((fine_rows, fine_cols), img.device)
 
@@ -282,29 +379,25 @@ class MixedScaleTokenizer(nn.Module):
             flat_value = fine_value.flatten(1)
             value = torch.cat([1 - flat_value, flat_value[:, region_of_cell]], dim=1)
         extra = None
-        if coarse_embed is not None:
+        if self.coarse_embed is not None:
             # a sequence holds its active coarse candidates first: image b's first n_coarse[b]
             # tokens are coarse; every image's count follows from its length (no host read)
             per_fine = self.ratio**2
             longest_coarse = num_coarse - min((n - num_coarse) // (per_fine - 1) for n in (
                 lengths if lengths is not None else (length, )))
             extra = self._coarse_extra(fine_rows_px, order, coarse_active.sum(1),
-                                       longest_coarse, patch_embed, coarse_embed)
+                                       longest_coarse)
 
-        out_size = tuple(out_size or (fine_rows, fine_cols))
+        # a packed batch takes no key mask: only inputs of whole regions attending to CLS
+        pack = pack and cls_key and out_size == (fine_rows, fine_cols)
         if lengths is not None and pack and min(lengths) < length:
-            if out_size != (fine_rows, fine_cols) or not cls_key:
-                raise ValueError('MixedScaleTokenizer: a packed batch takes no key mask; pack '
-                                 'only inputs of whole regions whose tokens attend to CLS')
-            tokens, packed = self._packed_tokens(candidates, order, counts, lengths, patch_embed,
-                                                 pos_candidates, cls_token + cls_pos, value,
-                                                 extra)
+            tokens, packed = self._packed_tokens(candidates, order, counts, lengths,
+                                                 pos_candidates, cls, value, extra)
             attn_mask = None
         else:
             padded = lengths is not None and min(lengths) < length
             tokens = self._padded_tokens(candidates, token_index, valid if padded else None,
-                                         patch_embed, pos_candidates, cls_token + cls_pos,
-                                         value, extra)
+                                         pos_candidates, cls, value, extra)
             packed = None
             keys = valid if padded else None
             if out_size != (fine_rows, fine_cols):  # tokens of cells beyond the image
@@ -333,40 +426,37 @@ class MixedScaleTokenizer(nn.Module):
                                   packed=packed)
         return MixedScaleTokens(tokens, attn_mask, layout)
 
-    @staticmethod
-    def _embed(pixels: torch.Tensor, patch_embed: nn.Module) -> torch.Tensor:
-        """The patch embedding's conv as the equivalent linear map on flat pixel rows."""
-        proj = patch_embed.proj
-        return patch_embed.norm(F.linear(pixels, proj.weight.flatten(1), proj.bias))
+    def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The patch projection as the equivalent linear map on flat pixel rows."""
+        return F.linear(pixels, self.proj.weight.flatten(1), self.proj.bias)
 
-    def _coarse_extra(self, fine_rows_px, order, num_coarse, longest, patch_embed,
-                      coarse_embed):
-        """(B, longest, D): ``coarse_embed`` of the active coarse tokens in sequence order
-        (image b's first ``num_coarse[b]`` tokens), zero beyond each image's count."""
+    def _coarse_extra(self, fine_rows_px, order, num_coarse, longest):
+        """(B, longest, D): the coarse-token extras of the active coarse tokens in sequence
+        order (image b's first ``num_coarse[b]`` tokens), zero beyond each image's count."""
         batch, rows, cols, pixels = fine_rows_px.shape
         cells = self.ratio**2
         is_coarse = torch.arange(longest, device=order.device)[None, :] < num_coarse[:, None]
-        if getattr(coarse_embed, 'detail', True):
+        if self.coarse_embed.detail:
             # the fine pixel rows of every region, raster order within the region
             per_region = fine_rows_px.reshape(batch, rows // self.ratio, self.ratio,
                                               cols // self.ratio, self.ratio, pixels)
             per_region = per_region.permute(0, 1, 3, 2, 4, 5).reshape(batch, -1, cells, pixels)
             region = torch.where(is_coarse, order[:, :longest], 0)  # coarse candidate = region
             fine = self._embed(torch.gather(
-                per_region, 1, region[..., None, None].expand(-1, -1, cells, pixels)),
-                               patch_embed)  # (B, longest, cells, D)
+                per_region, 1, region[..., None, None].expand(-1, -1, cells, pixels))
+                               )  # (B, longest, cells, D)
         else:
-            fine = fine_rows_px.new_zeros(batch, longest, 0, patch_embed.proj.weight.shape[0])
-        return coarse_embed(fine) * is_coarse[..., None]
+            fine = fine_rows_px.new_zeros(batch, longest, 0, self.embed_dims)
+        return self.coarse_embed(fine) * is_coarse[..., None]
 
-    def _padded_tokens(self, candidates, token_index, valid, patch_embed, pos_candidates, cls,
-                       value, extra=None):
+    def _padded_tokens(self, candidates, token_index, valid, pos_candidates, cls, value,
+                       extra=None):
         """(B, 1 + L, D) tokens, padded to the longest image (``valid``: which are tokens, when
         some images are shorter; their padding is zeroed)."""
         batch = candidates.shape[0]
         pixels = torch.gather(candidates, 1,
                               token_index[..., None].expand(-1, -1, candidates.shape[-1]))
-        tokens = self._embed(pixels, patch_embed) + pos_candidates[token_index]  # (B, L, D)
+        tokens = self._embed(pixels) + pos_candidates[token_index]  # (B, L, D)
         if extra is not None and extra.shape[1]:
             tokens = torch.cat([tokens[:, :extra.shape[1]] + extra,
                                 tokens[:, extra.shape[1]:]], dim=1)
@@ -376,8 +466,8 @@ class MixedScaleTokenizer(nn.Module):
             tokens = tokens * valid[..., None]
         return torch.cat([cls.expand(batch, -1, -1), tokens], dim=1)
 
-    def _packed_tokens(self, candidates, order, counts, lengths, patch_embed, pos_candidates,
-                       cls, value, extra=None):
+    def _packed_tokens(self, candidates, order, counts, lengths, pos_candidates, cls, value,
+                       extra=None):
         """(1, N, D) tokens of all images one after the other (each its CLS first, then its
         active candidates in candidate order) and their :class:`PackedSequences`."""
         batch, device = candidates.shape[0], candidates.device
@@ -389,7 +479,7 @@ class MixedScaleTokenizer(nn.Module):
         first = counts.cumsum(0) - counts
         rank = torch.arange(total, device=device) - first[image]
         candidate = order[image, rank]  # (T,) candidate index of each patch token
-        tokens = self._embed(candidates[image, candidate], patch_embed) + \
+        tokens = self._embed(candidates[image, candidate]) + \
             pos_candidates[candidate]  # (T, D)
         if extra is not None and extra.shape[1]:
             # image b's first tokens are its coarse ones; extra is zero beyond its count

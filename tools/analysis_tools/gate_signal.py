@@ -13,7 +13,7 @@ For each test image the tool draws random scale decisions (each region fine with
   more than a random uniform one; 0.5 = no relation.)
 * the straight-through ESTIMATE of that benefit the gate is trained with (minus the gradient of
   the same loss with respect to the region's gate value, tokens scaled by it as in
-  :class:`~mmseg_msvit.models.tokenizer.MixedScaleTokenizer`), split by the region's current
+  :class:`~mmseg_msvit.models.tokenizer.MixedScaleEmbed`), split by the region's current
   state; printed as the correlation and the sign agreement with the exact value.
 
 The loss is the decode head's own (``MSViTEncoderDecoder.task_loss_per_image``).

@@ -122,7 +122,7 @@ def seg_config(setting, run: str, seed: int, out_dir: str):
             lr_mult=setting['gate_lr_mult'], decay_mult=0.0)
     if spec.get('new_lr_mult'):
         # parts that start at zero on a trained network learn faster
-        new_parts = [('backbone.coarse_embed', spec.get('coarse_detail') or
+        new_parts = [('backbone.patch_embed.coarse_embed', spec.get('coarse_detail') or
                       spec.get('coarse_scale_embed')), ('neck.unpool', spec.get('coarse_unpool'))]
         for key, present in new_parts:
             if present:

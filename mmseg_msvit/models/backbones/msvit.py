@@ -1,10 +1,16 @@
 """MSViT: a ViT whose tokens are 16x16 or 32x32 patches, chosen per region by a gate.
 
-Reads like timm's ``VisionTransformer`` (and reuses its ``Block`` and ``PatchEmbed``): the forward
-is a chain ``decide_scales -> embed -> forward_blocks``; what a caller needs (decisions, gate
-logits, token counts) comes back in the outputs' :class:`MixedScaleLayout`, never as fields left
-on the module. Parameter names are timm's (``cls_token``, ``pos_embed``, ``patch_embed.proj.*``,
-``blocks.N.*``, ``norm.*``); checkpoint formats live in :mod:`mmseg_msvit.models.checkpoints`.
+Reads like timm's ``VisionTransformer`` (and reuses its ``Block``): the forward is a chain
+``decide_scales -> embed -> forward_blocks``; what a caller needs (decisions, gate logits, token
+counts) comes back in the outputs' :class:`MixedScaleLayout`, never as fields left on the module.
+The embedding is one module, ``patch_embed`` (:class:`~mmseg_msvit.models.tokenizer.
+MixedScaleEmbed`: projection, CLS token, position table, coarse-token extras). Parameter names
+are timm's ViT's, with the CLS token and the position table under the embedding
+(``patch_embed.proj.*``, ``patch_embed.cls_token``, ``patch_embed.pos_embed``, ``blocks.N.*``,
+``norm.*``); timm's top-level ``cls_token`` / ``pos_embed`` (and this project's older
+``coarse_embed.*``) load as aliases (:func:`msvit_key`), and ``MSViT.cls_token``,
+``.pos_embed``, ``.coarse_embed`` read the embedding's. Checkpoint formats live in
+:mod:`mmseg_msvit.models.checkpoints`.
 """
 import copy
 import inspect
@@ -19,20 +25,32 @@ import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
-from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 
 from ..arguments import (check_fine_budget, check_gate_threshold, check_msvit_args,
                          check_train_budget_range, translate_mmseg_vit_args)
 from ..builder import build_component
-from ..coarse_embed import CoarseTokenEmbed
 from ..features import MixedScaleFeatures, MixedScaleMaps
 from ..gate_training import UntrainedGateWarning
 from ..gates import MixedScaleGate
 from ..packed import check_packable, packed_block_forward
 from ..policy import (ScaleDecision, ScalePolicy, budget_decisions, relaxation_temperature,
                       threshold_decisions)
-from ..tokenizer import MixedScaleTokenizer, MixedScaleTokens, is_exporting
+from ..tokenizer import MixedScaleEmbed, MixedScaleTokens, is_exporting
+
+#: key aliases: timm's top-level names and this project's older ones -> MSViT's
+_KEY_ALIASES = (('cls_token', 'patch_embed.cls_token'), ('pos_embed', 'patch_embed.pos_embed'),
+                ('coarse_embed.', 'patch_embed.coarse_embed.'))
+
+
+def msvit_key(key: str) -> str:
+    """A backbone state-dict key (relative to the backbone) under MSViT's name: timm's
+    ``cls_token`` and ``pos_embed`` and the older ``coarse_embed.*`` live in the embedding
+    (``patch_embed.*``); other keys as they are."""
+    for old, new in _KEY_ALIASES:
+        if key == old or (old.endswith('.') and key.startswith(old)):
+            return new + key[len(old):]
+    return key
 
 
 def gate_config(gate: Optional[dict], fine_patch_size: int, coarse_patch_size: int,
@@ -301,7 +319,6 @@ class MSViT(BaseModule):
         if not isinstance(pos_embed_antialias, bool):
             raise ValueError('MSViT: pos_embed_antialias must be True or False, got '
                              f'{pos_embed_antialias!r}')
-        self.pos_embed_antialias = pos_embed_antialias
         if out_type not in ('tokens', 'featmap'):
             raise ValueError(f"MSViT: out_type must be 'tokens' (MixedScaleFeatures) or 'featmap' "
                              f'(dense maps with the layout, for any mmseg neck), got {out_type!r}')
@@ -312,16 +329,11 @@ class MSViT(BaseModule):
         self._gate_only = False  # set by freeze_all_but_gate
         fine, coarse, dims = self.fine_patch_size, self.coarse_patch_size, self.embed_dims
 
-        # --- parameters, named as timm's VisionTransformer ---
-        self.patch_embed = PatchEmbed(img_size=self.img_size, patch_size=fine,
-                                      in_chans=self.in_channels, embed_dim=dims,
-                                      strict_img_size=False)
-        if not patch_bias:  # mmseg's VisionTransformer default: no patch-embedding bias
-            self.patch_embed.proj.bias = None
-        self.pos_grid_size = (self.img_size[0] // fine, self.img_size[1] // fine)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dims))
-        self.pos_embed = nn.Parameter(torch.zeros(
-            1, self.num_prefix_tokens + self.pos_grid_size[0] * self.pos_grid_size[1], dims))
+        # --- parameters, named as timm's VisionTransformer (the embedding's under patch_embed) ---
+        # (patch_bias=False: mmseg's VisionTransformer default, no patch-embedding bias)
+        self.patch_embed = MixedScaleEmbed(self.img_size, fine, coarse, self.in_channels, dims,
+                                           patch_bias=patch_bias,
+                                           pos_embed_antialias=pos_embed_antialias)
         self.pos_drop = nn.Dropout(p=args['drop_rate'])
         norm_layer = partial(nn.LayerNorm, eps=self.norm_eps)
         drop_path = [x.item() for x in torch.linspace(0, args['drop_path_rate'], self.depth)]
@@ -338,12 +350,10 @@ class MSViT(BaseModule):
             check_packable(self.blocks[0])
         self.gate = build_component(gate_config(gate, fine, coarse, self.in_channels))
         check_gate_protocol(self.gate, 'the gate')
-        self.tokenizer = MixedScaleTokenizer(fine, coarse)
-        self.coarse_embed = CoarseTokenEmbed(
-            dims, coarse // fine, self.in_channels * fine**2, detail=coarse_detail,
-            scale_embed=coarse_scale_embed) if (coarse_detail or coarse_scale_embed) else None
+        if coarse_detail or coarse_scale_embed:
+            self.patch_embed.add_coarse_extras(coarse_detail, coarse_scale_embed)
 
-        self._register_load_state_dict_pre_hook(self._resize_pos_embed)
+        self._register_load_state_dict_pre_hook(self._key_aliases)
         # a gate trained by nothing but the task loss is warned about (once); a wrapper that
         # owns gate losses declares itself (declare_gate_training)
         self.untrained_gate = UntrainedGateWarning('MSViT', trained=False)
@@ -384,18 +394,47 @@ class MSViT(BaseModule):
         """Fine tokens that replace one coarse token, (S_c/S_f)^2."""
         return (self.coarse_patch_size // self.fine_patch_size)**2
 
+    @property
+    def cls_token(self) -> nn.Parameter:
+        """The embedding's CLS token (timm's name on the backbone)."""
+        return self.patch_embed.cls_token
+
+    @property
+    def pos_embed(self) -> nn.Parameter:
+        """The embedding's position table for ``img_size`` (timm's name on the backbone)."""
+        return self.patch_embed.pos_embed
+
+    @property
+    def pos_embed_antialias(self) -> bool:
+        """Whether the position table is resampled with antialiasing (the embedding's)."""
+        return self.patch_embed.pos_embed_antialias
+
+    @property
+    def coarse_embed(self):
+        """The embedding's coarse-token extras (None without ``coarse_detail`` /
+        ``coarse_scale_embed``)."""
+        return self.patch_embed.coarse_embed
+
     def dense_copy(self) -> 'MSViT':
         """A copy for a dense model (the distillation teacher): without the coarse-token
-        embedding, which only coarse tokens use."""
+        extras, which only coarse tokens use."""
         return copy.deepcopy(self, {id(self.coarse_embed): None})  # the copy's: None
 
     # ------------------------------------------------------------------ weights
+    @staticmethod
+    def _key_aliases(state_dict, prefix, *args, **kwargs) -> None:
+        """``load_state_dict`` pre-hook: timm's top-level ``cls_token`` / ``pos_embed`` and the
+        older ``coarse_embed.*`` read as the embedding's (:func:`msvit_key`)."""
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            ours = prefix + msvit_key(key[len(prefix):])
+            if ours != key:
+                state_dict[ours] = state_dict.pop(key)
+
     def _reset_parameters(self) -> None:
         """timm's ViT initialisation (trunc-normal 0.02 linears, zero biases)."""
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.cls_token, std=1e-6)
+        self.patch_embed.reset_parameters()
         for name, module in self.named_modules():
-            if name.startswith(('gate', 'coarse_embed')):
+            if name.startswith(('gate', 'patch_embed.coarse_embed')):
                 continue
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -406,25 +445,6 @@ class MSViT(BaseModule):
                 nn.init.zeros_(module.bias)
         if self.coarse_embed is not None:
             self.coarse_embed.reset_parameters()
-
-    def _resize_pos_embed(self, state_dict, prefix, *args, **kwargs) -> None:
-        """``load_state_dict`` pre-hook: a position embedding of another square grid (a timm
-        checkpoint at 224 px, say) is resampled to ``img_size``, as mmpretrain's ViT does."""
-        key = prefix + 'pos_embed'
-        pos = state_dict.get(key)
-        if pos is None or tuple(pos.shape) == tuple(self.pos_embed.shape) or \
-                pos.dim() != 3 or pos.shape[-1] != self.embed_dims:
-            return  # same grid, or a width mismatch that load_state_dict reports itself
-        num_patches = pos.shape[1] - self.num_prefix_tokens
-        side = int(round(num_patches**0.5))
-        if side * side != num_patches:
-            raise ValueError(f'MSViT: checkpoint pos_embed {tuple(pos.shape)} is not a CLS '
-                             'token plus a square grid; cannot resize it to '
-                             f'{self.pos_grid_size}')
-        state_dict[key] = resample_abs_pos_embed(pos, new_size=self.pos_grid_size,
-                                                 old_size=(side, side),
-                                                 num_prefix_tokens=self.num_prefix_tokens,
-                                                 antialias=self.pos_embed_antialias)
 
     def init_weights(self) -> None:
         from ..checkpoints import load_gate, load_pretrained
@@ -467,12 +487,8 @@ class MSViT(BaseModule):
         if self._gate_only:
             frozen = [module for name, module in self.named_children() if name != 'gate']
         elif self.frozen_stages >= 0:
+            # the embedding: projection, CLS token, positions, coarse-token extras
             frozen = [self.patch_embed, *self.blocks[:self.frozen_stages]]
-            if self.coarse_embed is not None:
-                frozen.append(self.coarse_embed)
-        if frozen:  # the embedding parameters go with the patch embedding
-            self.pos_embed.requires_grad = False
-            self.cls_token.requires_grad = False
         if self.freeze_gate or self.force_scale is not None:
             # with the scale forced the gate never runs: nothing trainable may go without
             # gradient (DistributedDataParallel); its weights stay loadable
@@ -488,23 +504,6 @@ class MSViT(BaseModule):
         return self
 
     # ------------------------------------------------------------------ forward stages
-    def fine_position_grid(self, fine_grid: Tuple[int, int]) -> Tuple[torch.Tensor,
-                                                                      torch.Tensor]:
-        """Position embeddings for an input of ``fine_grid`` cells (bicubic, antialiased as
-        timm's unless ``pos_embed_antialias=False``, mmseg's).
-
-        Returns:
-            tuple: cls_pos (1, 1, D) and the fine grid (1, D, Hf, Wf).
-        """
-        pos = resample_abs_pos_embed(self.pos_embed, new_size=fine_grid,
-                                     old_size=self.pos_grid_size,
-                                     num_prefix_tokens=self.num_prefix_tokens,
-                                     antialias=self.pos_embed_antialias)
-        cls_pos = pos[:, :self.num_prefix_tokens]
-        grid = pos[:, self.num_prefix_tokens:].transpose(1, 2).reshape(
-            1, self.embed_dims, *fine_grid)
-        return cls_pos, grid
-
     def pad_input(self, img: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Check the input, pad right/bottom to a multiple of the coarse size; return the fine
         cells to keep."""
@@ -624,20 +623,12 @@ class MSViT(BaseModule):
               img: torch.Tensor,
               decision: ScaleDecision,
               out_size: Optional[Tuple[int, int]] = None) -> MixedScaleTokens:
-        """Tokenize a padded input with the given decisions (CLS and positions included);
-        ``ScaleDecision.from_mask`` makes one from a bare mask."""
-        grid = (img.shape[-2] // self.fine_patch_size, img.shape[-1] // self.fine_patch_size)
-        # the position table spans the cells that cover the image (as mmseg's ViT, which pads
-        # to the fine patch only); the cells of the padding to the coarse size repeat the edge
-        cells = tuple(out_size) if out_size is not None else grid
-        cls_pos, pos_grid = self.fine_position_grid(cells)
-        if cells != grid:
-            pos_grid = F.pad(pos_grid, (0, grid[1] - cells[1], 0, grid[0] - cells[0]),
-                             mode='replicate')
-        tokens = self.tokenizer(img, decision, self.patch_embed, pos_grid, self.cls_token,
-                                cls_pos, out_size=out_size,
-                                pack=self.token_packing and cells == grid,
-                                coarse_embed=self.coarse_embed, cls_key=self.with_cls_token)
+        """Tokenize a padded input with the given decisions (the embedding,
+        :class:`~mmseg_msvit.models.tokenizer.MixedScaleEmbed`: CLS, positions and coarse-token
+        extras included; then the position dropout); ``ScaleDecision.from_mask`` makes a
+        decision from a bare mask."""
+        tokens = self.patch_embed(img, decision, out_size, pack=self.token_packing,
+                                  cls_key=self.with_cls_token)
         return tokens._replace(tokens=self.pos_drop(tokens.tokens))
 
     def forward_blocks(self, tokens: MixedScaleTokens) -> Tuple[MixedScaleFeatures, ...]:

@@ -152,7 +152,7 @@ def load_pretrained(backbone, path: str, prefix: Optional[str] = None) -> Tuple[
             raise ValueError(f'MSViT: checkpoint {path!r} has a non-zero patch-embedding bias '
                              'but the backbone has patch_bias=False; set patch_bias=True')
     missing, unexpected = backbone.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(('gate.', 'coarse_embed.'))]
+    missing = [k for k in missing if not k.startswith(('gate.', 'patch_embed.coarse_embed.'))]
     print_log(f'MSViT: loaded {path} ({kind} key names); missing (besides the gate and the '
               'coarse-token embedding, which start fresh): '
               f'{missing}; unexpected: {unexpected}', logger='current')

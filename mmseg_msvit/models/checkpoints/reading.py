@@ -27,7 +27,8 @@ EVAL_OPTIONAL_PREFIXES = ('gate_loss.', 'auxiliary_head.')
 #: parts a checkpoint may lack at the START of a training run (``load_from``): they train from
 #: their initialisation (a new gate; the coarse-token embedding and the neck's unpooling, which
 #: start at zero and leave the loaded model's function unchanged)
-FRESH_AT_TRAINING_START = ('backbone.gate.', 'backbone.coarse_embed.', 'neck.unpool.')
+FRESH_AT_TRAINING_START = ('backbone.gate.', 'backbone.patch_embed.coarse_embed.',
+                           'neck.unpool.')
 
 
 class CheckpointError(ValueError):
@@ -135,10 +136,13 @@ def describe_checkpoint(checkpoint) -> str:
 
 
 def _groups(keys: Iterable[str], depth: int = 2) -> List[str]:
+    """Keys grouped by their first ``depth`` parts (``backbone.blocks.*``); one part more
+    inside the embedding, whose parts are told apart (``backbone.patch_embed.coarse_embed.*``)."""
     groups = []
     for key in keys:
         parts = key.split('.')
-        group = '.'.join(parts[:depth]) + '.*' if len(parts) > depth else key
+        deep = depth + 1 if parts[1:2] == ['patch_embed'] else depth
+        group = '.'.join(parts[:deep]) + '.*' if len(parts) > deep else key
         if group not in groups:
             groups.append(group)
     return groups
@@ -160,14 +164,19 @@ def required_keys(model: torch.nn.Module) -> List[str]:
 
 
 def loaded_key(key: str) -> str:
-    """A segmentor checkpoint key under the name the model loads it as (mmseg's
-    ``MultiLevelNeck`` keys, and this project's older ``neck.rescale.*``, are read as
-    ``MixedScaleToDense``'s by its ``load_state_dict`` pre-hook,
-    :func:`~mmseg_msvit.models.necks.mixed_scale_to_dense.mmseg_neck_key`)."""
-    if not key.startswith('neck.'):
-        return key
-    from ..necks.mixed_scale_to_dense import mmseg_neck_key
-    return 'neck.' + mmseg_neck_key(key[len('neck.'):])
+    """A segmentor or classifier checkpoint key under the name the model loads it as, as the
+    modules' ``load_state_dict`` pre-hooks read it: mmseg's ``MultiLevelNeck`` keys and this
+    project's older ``neck.rescale.*`` as ``MixedScaleToDense``'s
+    (:func:`~mmseg_msvit.models.necks.mixed_scale_to_dense.mmseg_neck_key`); timm's top-level
+    ``backbone.cls_token`` / ``backbone.pos_embed`` and the older ``backbone.coarse_embed.*``
+    as the embedding's (:func:`~mmseg_msvit.models.backbones.msvit.msvit_key`)."""
+    if key.startswith('neck.'):
+        from ..necks.mixed_scale_to_dense import mmseg_neck_key
+        return 'neck.' + mmseg_neck_key(key[len('neck.'):])
+    if key.startswith('backbone.'):
+        from ..backbones.msvit import msvit_key
+        return 'backbone.' + msvit_key(key[len('backbone.'):])
+    return key
 
 
 def check_covers(model: torch.nn.Module, checkpoint, path: str) -> None:
@@ -254,8 +263,9 @@ def load_model_weights(model: torch.nn.Module, path: str,
     check_no_foreign_weights(model, checkpoint, path)
     state = {loaded_key(k): v for k, v in state_dict_of(checkpoint).items()}
     backbone = getattr(model, 'backbone', None)
-    if hasattr(backbone, '_resize_pos_embed'):  # as load_state_dict's pre-hook would
-        backbone._resize_pos_embed(state, 'backbone.')
+    embed = getattr(backbone, 'patch_embed', None)
+    if hasattr(embed, '_resize_pos_embed'):  # as load_state_dict's pre-hook would
+        embed._resize_pos_embed(state, 'backbone.patch_embed.')
     wanted = model.state_dict()
     required = set(required_keys(model))
     usable = {}
