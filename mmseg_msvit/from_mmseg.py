@@ -155,7 +155,7 @@ def mixed_scale_state_dict(state: Dict[str, torch.Tensor], patch_bias: bool,
         if bias is not None and bool(bias.abs().max() > 0):
             raise ValueError(f'mmseg2msvit: {source} has a non-zero patch-embedding bias but the '
                              'config says patch_bias=False')
-    out = {'backbone.' + k: v for k, v in timm.items()}
+    out = {loaded_key('backbone.' + k): v for k, v in timm.items()}  # MSViT's names
     out.update({loaded_key(k): v for k, v in state.items()
                 if not k.startswith('backbone.')})
     return out

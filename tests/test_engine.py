@@ -386,3 +386,23 @@ def test_optimizer_custom_keys_are_checked_against_the_parameters():
         CustomKeysCheckHook().before_train(runner)
     runner.cfg.optim_wrapper.paramwise_cfg.custom_keys = {'backbone.patch_embed': {}}
     CustomKeysCheckHook().before_train(runner)
+
+
+def test_resuming_an_optimizer_of_the_older_parameter_layout_is_refused(tmp_path):
+    """mmengine matches optimizer state to parameters by position: a checkpoint written when
+    the coarse-token extras were backbone.coarse_embed.* (another position) is not resumed;
+    its weights still start a new run."""
+    from types import SimpleNamespace
+
+    from mmseg_msvit.engine import CheckpointCheckHook
+    from mmseg_msvit.models.checkpoints import CheckpointError
+    runner = SimpleNamespace(_resume=True, _load_from=str(tmp_path / 'iter_8.pth'),
+                             model=torch.nn.Module())
+    older = {'state_dict': {'backbone.coarse_embed.proj.weight': torch.zeros(2, 2)},
+             'optimizer': {'state': {}, 'param_groups': []}}
+    with pytest.raises(CheckpointError, match=r"written when the coarse-token extras were "
+                       r"backbone\.coarse_embed\.\*.*load_from="):
+        CheckpointCheckHook().after_load_checkpoint(runner, older)
+    from mmseg_msvit.engine.hooks import check_optimizer_layout
+    check_optimizer_layout({'state_dict': {'backbone.patch_embed.coarse_embed.proj.weight': 0},
+                            'optimizer': {}}, 'new.pth')  # the layout of now: resumed

@@ -145,6 +145,7 @@ def test_the_command_writes_a_config_and_checkpoint_every_tool_takes(tmp_path, i
     state = state_dict_of(read_checkpoint(ckpt_out))
     assert 'neck.multi_level.lateral_convs.0.conv.weight' in state
     assert 'backbone.blocks.3.attn.qkv.weight' in state
+    assert 'backbone.patch_embed.pos_embed' in state and 'backbone.pos_embed' not in state
     with pytest.raises(FileExistsError, match='pass --force'):
         mmseg2msvit.main([cfg_path, ckpt, out_dir])
     # an output that would be the source is never written, --force or not

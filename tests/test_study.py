@@ -210,6 +210,21 @@ def test_study_tool_runs_resumes_and_reports(tmp_path):
     study.main(argv + ['--report-only'])
     with open(path) as f:
         assert f.read() == complete
+    # a result recorded when backbone GMACs held the neck's unpooling is named in the summary
+    first, *rest = complete.splitlines()
+    assert json.loads(first)['unpool_in_neck'] is True
+    older = json.loads(first)
+    del older['unpool_in_neck']
+    with open(path, 'w') as f:
+        f.write('\n'.join([json.dumps(older)] + rest) + '\n')
+    study.main(argv + ['--report-only'])
+    with open(osp.join(out, 'summary.md')) as f:
+        assert f'1 of the {len(records)} results were recorded when backbone GMACs' in f.read()
+    with open(path, 'w') as f:
+        f.write(complete)
+    study.main(argv + ['--report-only'])
+    with open(osp.join(out, 'summary.md')) as f:
+        assert 'were recorded when backbone GMACs' not in f.read()
     with open(path, 'a') as f:
         f.write('not json\n' + complete.splitlines()[0] + '\n')
     with pytest.raises(ValueError, match=r'results.jsonl, line \d+: not a JSON record'):

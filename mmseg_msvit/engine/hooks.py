@@ -278,6 +278,22 @@ class ExactResumeHook(Hook):
             set_random_state(state)
 
 
+def check_optimizer_layout(checkpoint: dict, path: str) -> None:
+    """Refuse to resume the optimizer of a checkpoint written when the coarse-token extras were
+    ``backbone.coarse_embed.*`` (they are ``backbone.patch_embed.coarse_embed.*`` now): mmengine
+    matches optimizer state to parameters by position, and the extras' position changed, so
+    moments, learning rates and decay would land on other parameters. The weights themselves
+    load under the new names (``load_from``)."""
+    from ..models.checkpoints import CheckpointError, state_dict_of
+    if any(key.startswith('backbone.coarse_embed.') for key in state_dict_of(checkpoint)):
+        raise CheckpointError(
+            f'--resume {path}: this checkpoint was written when the coarse-token extras were '
+            'backbone.coarse_embed.* (now backbone.patch_embed.coarse_embed.*); its optimizer '
+            'state is ordered for that layout and would be applied to other parameters. Start '
+            f'a new run from its weights instead (load_from={path!r}, no --resume), or resume '
+            'with the version that wrote it')
+
+
 @HOOKS.register_module()
 class CheckpointCheckHook(Hook):
     """Guards every checkpoint the runner loads.
@@ -299,6 +315,8 @@ class CheckpointCheckHook(Hook):
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
         path = runner._load_from or runner.message_hub.get_info('last_ckpt') or 'checkpoint'
         backbone = getattr(model, 'backbone', None)
+        if runner._resume and checkpoint.get('optimizer') is not None:
+            check_optimizer_layout(checkpoint, path)
         # only the start of a training run (not a resume, not an evaluation) takes a gate from
         # gate_init or starts new parts from their initialisation
         training_start = isinstance(runner._train_loop, BaseLoop) and not runner._resume
@@ -319,7 +337,8 @@ class CheckpointCheckHook(Hook):
             state = {loaded_key(k) for k in state_dict_of(checkpoint)}
             missing = [k for k in required_keys(model) if k not in state]
             if missing and all(k.startswith(FRESH_AT_TRAINING_START) for k in missing):
-                parts = sorted({k.split('.')[1] for k in missing})
+                parts = sorted({'.'.join(k.split('.')[1:3 if k.split('.')[1] == 'patch_embed'
+                                                      else 2]) for k in missing})
                 print_log(f'CheckpointCheckHook: {path} has no weights for '
                           f'{len(missing)} parameters of {" and ".join(parts)} '
                           f'({", ".join(missing[:3])}); they start from their initialisation',

@@ -231,6 +231,9 @@ class StudyEvaluator:
             iou=per_class,
             gmacs=float(gmacs.mean()), gmacs_min=float(gmacs.min()), gmacs_max=float(gmacs.max()),
             model_gmacs=float(model_gmacs.mean()),
+            # the neck's coarse unpooling is in model_gmacs, not gmacs (records without this
+            # field were written when gmacs held it)
+            unpool_in_neck=True,
             fine_fraction=float(np.mean(fine_fractions)),
             fine_on_detailed=summary.get('fine_on_detailed', float('nan')),
             fine_on_uniform=summary.get('fine_on_uniform', float('nan')),

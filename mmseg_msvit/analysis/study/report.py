@@ -330,6 +330,8 @@ def fmt(mean, std, digits=2):
 def write_outputs(records, setting, out_dir):
     """summary.csv, summary.json, summary.md, study.png and whole_model.png of ``records`` (the
     results.jsonl records) into ``out_dir``; the table is printed too."""
+    stored = len(records)
+    older = sum(1 for r in records if 'unpool_in_neck' not in r)
     # the plot's curve of each result is derived from its run and evaluation, never stored
     records = records + interpolated_records(records, setting)
     records = [dict(r, family=family(r['run'], r['eval'])) for r in records]
@@ -372,6 +374,10 @@ def write_outputs(records, setting, out_dir):
         lines.append(f"| {v['label']} | {v['delta']:+.2f} ± {v['delta_std']:.2f} | {per_seed} | "
                      f"{v['gmacs_ratio']:.2f} | {v.get('model_gmacs_ratio', float('nan')):.2f} | "
                      f"{above} |")
+    if older and older < stored:
+        lines += ['', f'{older} of the {stored} results were recorded when backbone GMACs '
+                  "included the neck's coarse-token unpooling (models with `coarse_unpool`); "
+                  'compare those models by whole-model GMACs, which are counted alike.']
     with open(osp.join(out_dir, 'summary.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     plot(rows, osp.join(out_dir, 'study.png'))
