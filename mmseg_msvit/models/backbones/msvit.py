@@ -8,8 +8,8 @@ MixedScaleEmbed`: projection, CLS token, position table, coarse-token extras). P
 are timm's ViT's, with the CLS token and the position table under the embedding
 (``patch_embed.proj.*``, ``patch_embed.cls_token``, ``patch_embed.pos_embed``, ``blocks.N.*``,
 ``norm.*``); timm's top-level ``cls_token`` / ``pos_embed`` (and this project's older
-``coarse_embed.*``) load as aliases (:func:`msvit_key`), and ``MSViT.cls_token``,
-``.pos_embed``, ``.coarse_embed`` read the embedding's. Checkpoint formats live in
+``coarse_embed.*``) load as aliases (:func:`~mmseg_msvit.models.checkpoints.msvit_key`), and
+``MSViT.cls_token``, ``.pos_embed``, ``.coarse_embed`` read the embedding's. Checkpoint formats live in
 :mod:`mmseg_msvit.models.checkpoints`.
 """
 import copy
@@ -37,20 +37,6 @@ from ..packed import check_packable, packed_block_forward
 from ..policy import (ScaleDecision, ScalePolicy, budget_decisions, relaxation_temperature,
                       threshold_decisions)
 from ..tokenizer import MixedScaleEmbed, MixedScaleTokens, is_exporting
-
-#: key aliases: timm's top-level names and this project's older ones -> MSViT's
-_KEY_ALIASES = (('cls_token', 'patch_embed.cls_token'), ('pos_embed', 'patch_embed.pos_embed'),
-                ('coarse_embed.', 'patch_embed.coarse_embed.'))
-
-
-def msvit_key(key: str) -> str:
-    """A backbone state-dict key (relative to the backbone) under MSViT's name: timm's
-    ``cls_token`` and ``pos_embed`` and the older ``coarse_embed.*`` live in the embedding
-    (``patch_embed.*``); other keys as they are."""
-    for old, new in _KEY_ALIASES:
-        if key == old or (old.endswith('.') and key.startswith(old)):
-            return new + key[len(old):]
-    return key
 
 
 def gate_config(gate: Optional[dict], fine_patch_size: int, coarse_patch_size: int,
@@ -424,7 +410,9 @@ class MSViT(BaseModule):
     @staticmethod
     def _key_aliases(state_dict, prefix, *args, **kwargs) -> None:
         """``load_state_dict`` pre-hook: timm's top-level ``cls_token`` / ``pos_embed`` and the
-        older ``coarse_embed.*`` read as the embedding's (:func:`msvit_key`)."""
+        older ``coarse_embed.*`` read as the embedding's
+        (:func:`~mmseg_msvit.models.checkpoints.msvit_key`)."""
+        from ..checkpoints import msvit_key
         for key in [k for k in state_dict if k.startswith(prefix)]:
             ours = prefix + msvit_key(key[len(prefix):])
             if ours != key:

@@ -163,18 +163,32 @@ def required_keys(model: torch.nn.Module) -> List[str]:
     return [k for k in model.state_dict() if not k.startswith(tuple(optional))]
 
 
+#: key aliases: timm's top-level names and this project's older ones -> MSViT's
+_KEY_ALIASES = (('cls_token', 'patch_embed.cls_token'), ('pos_embed', 'patch_embed.pos_embed'),
+                ('coarse_embed.', 'patch_embed.coarse_embed.'))
+
+
+def msvit_key(key: str) -> str:
+    """A backbone state-dict key (relative to the backbone) under MSViT's name: timm's
+    ``cls_token`` and ``pos_embed`` and the older ``coarse_embed.*`` live in the embedding
+    (``patch_embed.*``); other keys as they are."""
+    for old, new in _KEY_ALIASES:
+        if key == old or (old.endswith('.') and key.startswith(old)):
+            return new + key[len(old):]
+    return key
+
+
 def loaded_key(key: str) -> str:
     """A segmentor or classifier checkpoint key under the name the model loads it as, as the
     modules' ``load_state_dict`` pre-hooks read it: mmseg's ``MultiLevelNeck`` keys and this
     project's older ``neck.rescale.*`` as ``MixedScaleToDense``'s
     (:func:`~mmseg_msvit.models.necks.mixed_scale_to_dense.mmseg_neck_key`); timm's top-level
     ``backbone.cls_token`` / ``backbone.pos_embed`` and the older ``backbone.coarse_embed.*``
-    as the embedding's (:func:`~mmseg_msvit.models.backbones.msvit.msvit_key`)."""
+    as the embedding's (:func:`msvit_key`)."""
     if key.startswith('neck.'):
         from ..necks.mixed_scale_to_dense import mmseg_neck_key
         return 'neck.' + mmseg_neck_key(key[len('neck.'):])
     if key.startswith('backbone.'):
-        from ..backbones.msvit import msvit_key
         return 'backbone.' + msvit_key(key[len('backbone.'):])
     return key
 
