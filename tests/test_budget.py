@@ -157,6 +157,25 @@ def test_content_gate_ranks_a_flat_region_below_a_textured_one():
     assert list(gate.parameters()) == []
 
 
+def test_structure_score_ignores_grain_and_finds_areas_the_pixel_energy_misses():
+    """structure_px=4: the variance of 4x4 averages. 1 px stripes (grain) average out; two flat
+    areas meeting on a 16 px line lose nothing to the coarse token's 2x2 pooling, so the pixel
+    energy calls them flat, while their structure is the largest."""
+    from mmseg_msvit.models.gates import ContentGate
+    img = torch.zeros(1, 3, 32, 96)
+    img[..., 32:64] = (torch.arange(32) % 2).float()[None, None, :, None]  # 1 px stripes
+    img[..., 64:80] = 1.0  # region 3: two flat areas, the line at 16 px
+    pixel, structure = ContentGate()(img)[0, 0], ContentGate(structure_px=4)(img)[0, 0]
+    assert pixel[1] > pixel[2] and pixel[1] > pixel[0]
+    assert structure[2] > structure[1] and structure[2] > structure[0]
+    torch.testing.assert_close(structure.exp()[2], torch.tensor(0.25), atol=1e-5, rtol=0)
+    assert ContentGate(structure_px=4).macs_per_region == 3 * 32 * 32 + 2 * 3 * 32 * 32 // 16
+    with pytest.raises(ValueError, match='structure_px must divide coarse_patch_size=32'):
+        ContentGate(structure_px=5)
+    with pytest.raises(ValueError, match='structure_px must be None or a positive int'):
+        ContentGate(structure_px=0)
+
+
 def test_content_gate_with_a_budget_needs_no_training():
     torch.manual_seed(4)
     model = tiny(gate=dict(type='ContentGate'), fine_budget=0.5).train()

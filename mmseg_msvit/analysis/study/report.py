@@ -123,6 +123,8 @@ def family(run, name):
         return 'recipe + mixed-scale decoding (recommended with UPerNet), content gate'
     if run == 'recipe_mixed_head_x4':
         return 'recipe + mixed-scale decoding at x4 only (x2 dense), content gate'
+    if run == 'recipe_mixed_head_inplace_structure' and name.startswith('structure'):
+        return f'{run} (budget curve)'
     return run
 
 
@@ -246,6 +248,7 @@ def comparisons(setting):
     # through equal_cost_targets, against downscaling at equal whole-model GMACs)
     inplace = ('recipe_inplace', f'content{b}')
     mixed_inplace = ('recipe_mixed_head_inplace', f'content{b}')
+    structure = ('recipe_mixed_head_inplace_structure', f'structure{b}')
     pairs += [
         ('recipe_inplace vs recipe (frozen teacher)', inplace, ('recipe', f'content{b}')),
         ('recipe_inplace vs dense', inplace, ('dense', 'scale1.0')),
@@ -261,6 +264,16 @@ def comparisons(setting):
          ('recipe_mixed_head_inplace', 'scale1.0'), ('dense', 'scale1.0')),
         ('recipe_mixed_head_inplace vs dense with its neck and head at 1/2 resolution',
          mixed_inplace, ('dense_half_head', 'scale1.0')),
+        ('recipe_mixed_head_inplace_structure vs recipe_mixed_head_inplace (pixel energy)',
+         structure, mixed_inplace),
+        ('recipe_mixed_head_inplace_structure vs dense with its neck and head at 1/2 resolution',
+         structure, ('dense_half_head', 'scale1.0')),
+        ('recipe_mixed_head_inplace_structure vs recipe (dense neck and head)', structure,
+         ('recipe', f'content{b}')),
+        ('recipe_mixed_head_inplace_structure vs recipe_inplace (dense neck and head)',
+         structure, inplace),
+        ('recipe_mixed_head_inplace_structure: label oracle vs structure gate',
+         ('recipe_mixed_head_inplace_structure', f'oracle{b}'), structure),
     ]
     return pairs
 
@@ -278,7 +291,8 @@ def equal_cost_targets(setting) -> list:
     targets = [('recipe', f"content{setting['budget']}"),
                ('recipe_mixed_head_gate', f"budget{setting['budget']}"),
                ('recipe_inplace', f"content{setting['budget']}"),
-               ('recipe_mixed_head_inplace', f"content{setting['budget']}")]
+               ('recipe_mixed_head_inplace', f"content{setting['budget']}"),
+               ('recipe_mixed_head_inplace_structure', f"structure{setting['budget']}")]
     for x in budgets:
         targets += [('recipe_mixed_head', f'content{x}'), ('recipe', f'mixed_decode_content{x}'),
                     ('recipe', f'mixed_decode_x4_content{x}'),

@@ -219,6 +219,16 @@ def runs(setting: dict) -> dict:
             [('scale1.0', dict(scale=1.0)),
              (f'dense_decode_content{b}', dict(rule='content', budget=b,
                                                decode=dict(coarse_reduction=None)))]),
+        # the same with the content gate scoring structure (the variance of 4 px averages,
+        # blind to finer grain) instead of the pixel energy the coarse token loses
+        'recipe_mixed_head_inplace_structure': dict(
+            label='recipe + mixed-scale decoding, in-place distillation, content gate on '
+            'structure (4 px)',
+            **{**mixed_head, 'gate': dict(type='ContentGate', structure_px=4),
+               'distill': dict(FEATURE_DISTILL, teacher='self')},
+            evals=[(f'structure{x}', dict(rule='gate', budget=x)) for x in budgets] +
+            [('scale1.0', dict(scale=1.0)), (f'content{b}', dict(rule='content', budget=b)),
+             (f'oracle{b}', dict(rule='oracle', budget=b))]),
         # a learned gate on the mixed-decoding recipe (gate only, as recipe_gate): its fine
         # regions are where the head runs at full resolution too
         'recipe_mixed_head_gate': dict(
