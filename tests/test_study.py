@@ -314,23 +314,24 @@ def test_train_gate_only_changes_the_gate_and_nothing_else():
 
 
 def test_the_study_measures_the_shipped_recipe(tmp_path):
-    """What the study trains as `dense_pre` / `recipe_mixed_head` is what
-    configs/msvit/demo_dense_synthetic.py and demo_recipe_synthetic.py ship (model options,
-    schedule, learning rates, augmentation)."""
+    """What the study trains as `dense_pre` / `recipe_mixed_head_inplace_structure` is what
+    configs/msvit/demo_dense_synthetic.py and demo_recipe_synthetic.py ship (model options, the
+    gate, distillation, schedule, learning rates, augmentation)."""
     from mmengine.config import Config
 
     from mmseg_msvit.analysis.study.configs import seg_config
     from mmseg_msvit.analysis.study.runs import SETTINGS
     setting = SETTINGS['quick']
     for run, shipped_path in (('dense_pre', 'demo_dense_synthetic.py'),
-                              ('recipe_mixed_head', 'demo_recipe_synthetic.py')):
+                              ('recipe_mixed_head_inplace_structure',
+                               'demo_recipe_synthetic.py')):
         measured = seg_config('quick', run, 0, str(tmp_path))
         shipped = Config.fromfile(osp.join(REPO, 'configs', 'msvit', shipped_path))
         for key in ('force_scale', 'fine_budget', 'train_budget_range', 'arch',
                     'coarse_detail', 'coarse_scale_embed'):
             assert measured.model.backbone.get(key) == shipped.model.backbone.get(key), key
-        assert measured.model.backbone.gate.get('type') == shipped.model.backbone.gate.get(
-            'type') or run == 'dense_pre'
+        assert dict(measured.model.backbone.gate) == dict(shipped.model.backbone.gate) or \
+            run == 'dense_pre'
         assert bool(measured.model.neck.get('coarse_unpool')) == \
             bool(shipped.model.neck.get('coarse_unpool'))
         assert measured.model.neck.get('coarse_reduction') == \

@@ -601,13 +601,18 @@ def test_onnx_file_names_its_tensors_carries_metadata_and_runs_as_the_readme_sho
 
 def test_recipe_step_2_starts_from_a_dense_checkpoint_and_resumes(trained, synthetic_root,
                                                                   tmp_path):
-    """demo_recipe_synthetic.py with load_from = a dense model: the teacher is that file; a
-    --resume without load_from finds the same teacher in the last checkpoint."""
+    """demo_recipe_synthetic.py with a frozen teacher (model.distill.teacher=checkpoint) and
+    load_from = a dense model: the teacher is that file; a --resume without load_from finds the
+    same teacher in the last checkpoint. As shipped (one stage) it needs load_from too."""
     work_dir, train = trained
     recipe = osp.join(REPO, 'configs', 'msvit', 'demo_recipe_synthetic.py')
     dense = str(work_dir / 'iter_2.pth')
     run = tmp_path / 'recipe'
-    options = data_options(synthetic_root / 'ade') + ['default_hooks.checkpoint.interval=1']
+    with pytest.raises(ValueError, match=r"one-stage recipe .* set load_from"):
+        train.main([recipe, '--work-dir', str(tmp_path / 'nostart'), '--cfg-options',
+                    *data_options(synthetic_root / 'ade'), 'train_cfg.max_iters=1'])
+    options = data_options(synthetic_root / 'ade') + ['default_hooks.checkpoint.interval=1',
+                                                      'model.distill.teacher=checkpoint']
     runner = train.main([recipe, '--work-dir', str(run), '--cfg-options', *options,
                          'train_cfg.max_iters=2', f'load_from={dense}'])
     assert runner.model.distill.teacher_checkpoint == dense
@@ -656,7 +661,8 @@ def test_a_distillation_run_never_replaces_its_teacher_nor_resumes_from_another(
     import shutil
     work_dir, train = trained
     recipe = osp.join(REPO, 'configs', 'msvit', 'demo_recipe_synthetic.py')
-    options = data_options(synthetic_root / 'ade') + ['default_hooks.checkpoint.interval=1']
+    options = data_options(synthetic_root / 'ade') + ['default_hooks.checkpoint.interval=1',
+                                                      'model.distill.teacher=checkpoint']
     run = tmp_path / 'run'
     run.mkdir()
     inside = run / 'iter_1.pth'

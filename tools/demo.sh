@@ -2,8 +2,8 @@
 # `make demo`: the recommended recipe on the synthetic scenes, end to end, on a CPU.
 #   1. synthetic scenes (ADE20K layout)
 #   2. step 1: a dense ViT-Ti/16 + light UPerNet from scratch (configs/msvit/demo_dense_synthetic.py)
-#   3. step 2: the recipe - that model fine-tuned on mixed-scale tokens, distilled from it
-#      (configs/msvit/demo_recipe_synthetic.py)
+#   3. step 2: the recipe - that model fine-tuned on mixed-scale tokens in one stage, its own
+#      dense pass the teacher (configs/msvit/demo_recipe_synthetic.py)
 #   4. the same validation images through: the dense model, the dense model downscaled to 0.75x
 #      (equal backbone GMACs) and 0.875x (about equal whole-model GMACs), the dense model with the
 #      training-free content gate, the recipe - mIoU, backbone and whole-model GMACs

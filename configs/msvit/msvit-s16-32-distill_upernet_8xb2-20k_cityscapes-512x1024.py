@@ -1,23 +1,26 @@
 # Recommended recipe, step 2 (Cityscapes, UPerNet): the dense model of
 # vit-s16-dense_upernet_8xb2-80k_cityscapes-512x1024.py (80k, step 1) fine-tuned on mixed-scale tokens
-# for 20000 iterations, starting from its weights and distilled from a frozen copy of it. The
+# for 20000 iterations in one stage, starting from its weights: each iteration trains the
+# model's own dense pass and distils its mixed-scale pass from it (no frozen teacher). The
 # same recipe as the synthetic demo's, which the evidence study measured (docs/study.md); not run
 # on this dataset here (no GPU, no dataset): schedule and learning rate are scaled, not tuned.
 #   python tools/train.py configs/msvit/vit-s16-dense_upernet_8xb2-80k_cityscapes-512x1024.py
 #   python tools/train.py configs/msvit/msvit-s16-32-distill_upernet_8xb2-20k_cityscapes-512x1024.py \
 #       --cfg-options load_from=<step 1's last checkpoint>
-# Content gate (training-free), 42% of the regions fine at evaluation, budgets 0.25-0.6 in
-# training; coarse tokens with their region's detail (coarse_detail, coarse_scale_embed) and
-# unpooled to their cells by the neck; DenseDistillLoss (logits and dense feature maps; the
-# teacher is load_from); mixed-scale decoding: the neck's x4 and x2 levels and the UPerHead run
+# Content gate (training-free; a region is scored by the variance of its 4 x 4 pixel averages,
+# structure_px=4), 42% of the regions fine at evaluation, budgets 0.25-0.6 in training; coarse
+# tokens with their region's detail (coarse_detail, coarse_scale_embed) and unpooled to their
+# cells by the neck; DenseDistillLoss from the model's own dense pass (logits and dense feature
+# maps, teacher='self'; teacher='checkpoint' distils from a frozen copy of load_from instead);
+# mixed-scale decoding: the neck's x4 and x2 levels and the UPerHead run
 # coarse regions at half resolution (neck coarse_reduction=2), trained so in this step.
 _base_ = ['./vit-s16-dense_upernet_8xb2-80k_cityscapes-512x1024.py']
 model = dict(
-    backbone=dict(force_scale=None, gate=dict(_delete_=True, type='ContentGate'),
+    backbone=dict(force_scale=None, gate=dict(_delete_=True, type='ContentGate', structure_px=4),
                   fine_budget=0.42, train_budget_range=(0.25, 0.6),
                   coarse_detail=True, coarse_scale_embed=True, init_cfg=None),
     neck=dict(coarse_unpool=True, coarse_reduction=2),  # mixed-scale decoding
-    distill=dict(type='DenseDistillLoss', feature_weight=1.0))
+    distill=dict(type='DenseDistillLoss', feature_weight=1.0, teacher='self'))
 optim_wrapper = dict(
     optimizer=dict(lr=0.00002),  # a third of the dense recipe's 6e-5, as in the study
     paramwise_cfg=dict(custom_keys={'backbone.patch_embed.coarse_embed': dict(lr_mult=10.0),

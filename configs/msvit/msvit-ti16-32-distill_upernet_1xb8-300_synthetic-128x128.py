@@ -1,27 +1,29 @@
 # Recommended recipe, step 2 on the synthetic scenes (the configuration the evidence study
-# measures as `recipe_mixed_head`, docs/study.md): the dense model of step 1 fine-tuned on
-# mixed-scale tokens for 300 iterations, starting from its weights and distilled from a frozen
-# copy of it.
+# measures as `recipe_mixed_head_inplace_structure`, docs/study.md): the dense model of step 1
+# fine-tuned on mixed-scale tokens for 300 iterations in one stage, starting from its weights:
+# each iteration trains the model's own dense pass and distils its mixed-scale pass from it.
 #   python tools/train.py configs/msvit/demo_recipe_synthetic.py --work-dir work_dirs/demo_recipe \
 #       --cfg-options load_from=work_dirs/demo_dense/iter_600.pth
-# - training-free content gate (a region is scored by the pixel energy its coarse token loses),
-#   budget mode: 42% of the regions fine at evaluation (0.52x the dense backbone's GMACs), a
+# - training-free content gate (a region is scored by the variance of its 4 x 4 pixel averages:
+#   structure at 4 px and coarser, blind to finer grain; structure_px=4), budget mode: 42% of the regions fine at evaluation (0.52x the dense backbone's GMACs), a
 #   budget drawn per batch from 0.25-0.6 in training;
 # - each coarse token gets a learned residual from its region's four fine patch embeddings and a
 #   coarse-scale vector (MSViT coarse_detail / coarse_scale_embed), and the neck unpools it to its
 #   2x2 cells with learned per-cell features (all three start at zero: the dense model's function
 #   at the start);
-# - distillation (DenseDistillLoss): per-pixel KL to the dense teacher's logits plus the teacher's
-#   dense feature maps at the four taps; the teacher is load_from (tools/train.py fills it in);
+# - distillation (DenseDistillLoss, teacher='self'): per-pixel KL to the logits of the model's own
+#   dense pass (every region fine, trained with the task loss in the same iteration) plus its
+#   dense feature maps at the four taps; no teacher file (teacher='checkpoint' distils from a
+#   frozen copy of load_from instead);
 # - mixed-scale decoding: the neck's x4 and x2 levels and the UPerHead run coarse regions at half
 #   resolution (neck coarse_reduction=2; whole model 0.58x the dense one's GMACs), trained so here.
 _base_ = ['./vit-ti16-dense_upernet_1xb8-600_synthetic-128x128.py']
 model = dict(
-    backbone=dict(force_scale=None, gate=dict(_delete_=True, type='ContentGate'),
+    backbone=dict(force_scale=None, gate=dict(_delete_=True, type='ContentGate', structure_px=4),
                   fine_budget=0.42, train_budget_range=(0.25, 0.6),
                   coarse_detail=True, coarse_scale_embed=True),
     neck=dict(coarse_unpool=True, coarse_reduction=2),  # mixed-scale decoding
-    distill=dict(type='DenseDistillLoss', feature_weight=1.0))
+    distill=dict(type='DenseDistillLoss', feature_weight=1.0, teacher='self'))
 optim_wrapper = dict(
     optimizer=dict(lr=0.0005),
     # the coarse-token embedding and the unpooling start at zero on a trained network: they
