@@ -38,7 +38,10 @@ def with_content_gate(cfg: Config, fine_budget: float) -> Config:
                          'checkpoint, or convert with it (or mmseg_msvit.apis.init_from_mmseg); '
                          "to train MSViT from an mmseg ViT config, see README 'From an mmseg ViT "
                          "config'")
-    backbone['gate'] = dict(type='ContentGate')
+    gate = backbone.get('gate') or {}
+    # a config whose own gate is the content gate keeps its score (structure_px)
+    backbone['gate'] = dict(type='ContentGate', structure_px=gate.get('structure_px')) \
+        if gate.get('type') == 'ContentGate' else dict(type='ContentGate')
     backbone['force_scale'] = None
     backbone['fine_budget'] = float(fine_budget)
     backbone['train_budget_range'] = None

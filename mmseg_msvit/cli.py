@@ -98,17 +98,9 @@ def fill_distill_teacher(cfg: Config) -> None:
     ``teacher_checkpoint`` takes ``load_from``, the dense model the fine-tuning starts from; a
     ``--resume`` without ``load_from`` takes the teacher its run started with (read from the
     config stored in the work dir's last checkpoint). A one-stage run (``teacher='self'``) has no
-    teacher file, but must start from a checkpoint (``load_from``, a pretrained backbone, or a
-    resume): refused otherwise. Call after ``resolve_work_dir``."""
+    teacher file (``CheckpointCheckHook`` checks that it starts from a checkpoint). Call after
+    ``resolve_work_dir``."""
     distill = cfg.model.get('distill')
-    if distill and distill.get('teacher') == 'self':
-        # one stage: nothing to fill, but step 2 starts from the dense model of step 1
-        init = (cfg.model.get('backbone') or {}).get('init_cfg') or {}
-        if not (cfg.get('load_from') or cfg.get('resume') or init.get('checkpoint')):
-            raise ValueError('model.distill: the one-stage recipe (teacher=\'self\') fine-tunes '
-                             'the dense model of step 1: set load_from=<its checkpoint> (or '
-                             'model.backbone.init_cfg), or --resume a run')
-        return
     if not distill or distill.get('teacher', 'checkpoint') != 'checkpoint' or \
             distill.get('teacher_checkpoint'):
         return

@@ -212,3 +212,24 @@ def test_train_budget_range_draws_a_budget_per_training_batch_and_evaluates_at_t
                    dict(fine_budget=0.5, train_budget_range=0.5)):
         with pytest.raises(ValueError, match='train_budget_range'):
             tiny(**kwargs)
+
+
+def test_switching_gate_types_drops_the_other_gates_options_and_test_keeps_the_score():
+    """--cfg-options model.backbone.gate.type=... merges into the configured gate's dict: the
+    other shipped gate's options are dropped (a ContentGate's structure_px does not reach
+    MixedScaleGate), and tools/test.py --content-gate keeps a content gate's own score."""
+    from mmengine.config import Config
+
+    from mmseg_msvit.apis import with_content_gate
+    from mmseg_msvit.models import MSViT, MixedScaleGate
+    learned = MSViT(arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64,
+                    gate=dict(type='MixedScaleGate', structure_px=4, hidden_dims=(8, )))
+    assert type(learned.gate) is MixedScaleGate
+    content = MSViT(arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64,
+                    gate=dict(type='ContentGate', structure_px=4, hidden_dims=(8, )))
+    assert content.gate.structure_px == 4
+    for gate, expected in ((dict(type='ContentGate', structure_px=4), 4),
+                           (dict(type='MixedScaleGate'), None)):
+        cfg = Config(dict(model=dict(backbone=dict(type='MSViT', gate=gate))))
+        gate = with_content_gate(cfg, 0.42).model.backbone.gate
+        assert gate['type'] == 'ContentGate' and gate.get('structure_px') == expected

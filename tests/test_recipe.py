@@ -261,12 +261,6 @@ def test_distill_needs_a_teacher_checkpoint(tmp_path):
                             load_from='b.pth'))
     fill_distill_teacher(one_stage)
     assert one_stage.model.distill.get('teacher_checkpoint') is None
-    with pytest.raises(ValueError, match=r"one-stage recipe \(teacher='self'\) fine-tunes the dense "
-                       'model of step 1: set load_from'):
-        fill_distill_teacher(Config(dict(model=dict(distill=dict(teacher='self'),
-                                                    backbone=dict()))))
-    fill_distill_teacher(Config(dict(model=dict(distill=dict(teacher='self'), backbone=dict(
-        init_cfg=dict(type='Pretrained', checkpoint='vit.pth'))))))  # a pretrained start
 
 
 def test_in_place_distillation_trains_the_dense_pass_and_teaches_with_it_detached():

@@ -608,9 +608,11 @@ def test_recipe_step_2_starts_from_a_dense_checkpoint_and_resumes(trained, synth
     recipe = osp.join(REPO, 'configs', 'msvit', 'demo_recipe_synthetic.py')
     dense = str(work_dir / 'iter_2.pth')
     run = tmp_path / 'recipe'
-    with pytest.raises(ValueError, match=r"one-stage recipe .* set load_from"):
-        train.main([recipe, '--work-dir', str(tmp_path / 'nostart'), '--cfg-options',
-                    *data_options(synthetic_root / 'ade'), 'train_cfg.max_iters=1'])
+    for resume in ([], ['--resume']):  # no load_from; a --resume that finds no checkpoint
+        with pytest.raises(ValueError, match=r"one-stage recipe .* loaded no weights"):
+            train.main([recipe, '--work-dir', str(tmp_path / 'nostart'), *resume,
+                        '--cfg-options', *data_options(synthetic_root / 'ade'),
+                        'train_cfg.max_iters=1'])
     options = data_options(synthetic_root / 'ade') + ['default_hooks.checkpoint.interval=1',
                                                       'model.distill.teacher=checkpoint']
     runner = train.main([recipe, '--work-dir', str(run), '--cfg-options', *options,
@@ -689,6 +691,12 @@ def test_a_distillation_run_never_replaces_its_teacher_nor_resumes_from_another(
         train.main([recipe, '--work-dir', str(other), '--resume', '--cfg-options', *options,
                     'train_cfg.max_iters=2'])
     shutil.copy(work_dir / 'iter_2.pth', teacher)  # the original back: the resume goes on
+    # resumed with the shipped one-stage config, the run would switch recipes midway: refused
+    one_stage = [o for o in options if o != 'model.distill.teacher=checkpoint']
+    with pytest.raises(ValueError, match='started with a frozen distillation teacher .* switch '
+                       'recipes midway'):
+        train.main([recipe, '--work-dir', str(other), '--resume', '--cfg-options', *one_stage,
+                    'train_cfg.max_iters=2'])
     assert train.main([recipe, '--work-dir', str(other), '--resume', '--cfg-options', *options,
                        'train_cfg.max_iters=2']).iter == 2
 

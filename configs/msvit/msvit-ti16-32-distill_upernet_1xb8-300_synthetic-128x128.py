@@ -5,8 +5,9 @@
 #   python tools/train.py configs/msvit/demo_recipe_synthetic.py --work-dir work_dirs/demo_recipe \
 #       --cfg-options load_from=work_dirs/demo_dense/iter_600.pth
 # - training-free content gate (a region is scored by the variance of its 4 x 4 pixel averages:
-#   structure at 4 px and coarser, blind to finer grain; structure_px=4), budget mode: 42% of the regions fine at evaluation (0.52x the dense backbone's GMACs), a
-#   budget drawn per batch from 0.25-0.6 in training;
+#   structure at 4 px and coarser, blind to finer grain; structure_px=4), budget mode: 42% of
+#   the regions fine at evaluation (0.54x the dense backbone's GMACs), a budget drawn per batch
+#   from 0.25-0.6 in training;
 # - each coarse token gets a learned residual from its region's four fine patch embeddings and a
 #   coarse-scale vector (MSViT coarse_detail / coarse_scale_embed), and the neck unpools it to its
 #   2x2 cells with learned per-cell features (all three start at zero: the dense model's function

@@ -142,7 +142,15 @@ class SafeCheckpointHook(CheckpointHook):
         if not runner._resume or recorded is None:
             return
         digest = _teacher_digest(runner)
-        if digest is not None and digest != recorded:
+        if digest is None:  # the run started with a frozen teacher; this config has none
+            raise ValueError(
+                'this run started with a frozen distillation teacher (its checkpoints record the '
+                "teacher file's sha256), but the config resuming it has none (distill.teacher="
+                "'self', or no distill): a resumed run would switch recipes midway. Resume with "
+                'the configuration it started with (for the UPerNet step-2 configs: '
+                '--cfg-options model.distill.teacher=checkpoint '
+                'model.backbone.gate.structure_px=None), or start a new run.')
+        if digest != recorded:
             model = runner.model.module if hasattr(runner.model, 'module') else runner.model
             raise ValueError(
                 f'the distillation teacher {model.distill.teacher_checkpoint!r} is not the file '
@@ -305,6 +313,23 @@ class CheckpointCheckHook(Hook):
       weights: they then train from their initialisation, and the log says so.
     """
     priority = 'VERY_HIGH'
+
+    def before_train(self, runner) -> None:
+        """A one-stage step 2 (``distill.teacher='self'``) fine-tunes step 1's dense model:
+        refused when the run loaded no weights (no ``load_from``, a ``--resume`` that found no
+        checkpoint, no pretrained backbone), which would train it from random weights."""
+        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        if getattr(getattr(model, 'distill', None), 'teacher', None) != 'self' or \
+                runner._has_loaded:
+            return
+        init = getattr(getattr(model, 'backbone', None), 'init_cfg', None)
+        if any(isinstance(c, dict) and c.get('checkpoint')
+               for c in (init if isinstance(init, list) else [init])):
+            return
+        raise ValueError('model.distill: the one-stage recipe (teacher=\'self\') fine-tunes the '
+                         'dense model of step 1, and this run loaded no weights: set '
+                         'load_from=<its checkpoint> (or a pretrained model.backbone.init_cfg), '
+                         'or --resume a run that has a checkpoint')
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         from mmengine.runner import BaseLoop

@@ -120,7 +120,7 @@ def family(run, name):
     if run == 'recipe':
         return 'recipe, content gate'
     if run == 'recipe_mixed_head':
-        return 'recipe + mixed-scale decoding (recommended with UPerNet), content gate'
+        return 'recipe + mixed-scale decoding (frozen teacher), content gate'
     if run == 'recipe_mixed_head_x4':
         return 'recipe + mixed-scale decoding at x4 only (x2 dense), content gate'
     if run == 'recipe_mixed_head_inplace_structure' and name.startswith('structure'):
@@ -437,7 +437,8 @@ def plot(rows, path):
 #: the curves of the whole-model picture (what a user choosing a model compares)
 WHOLE_MODEL_FAMILIES = (
     'dense ViT, input downscaled', 'recipe, content gate',
-    'recipe + mixed-scale decoding (recommended with UPerNet), content gate',
+    'recipe + mixed-scale decoding (frozen teacher), content gate',
+    'recipe_mixed_head_inplace_structure (budget curve)',
     'dense ViT, neck and head at 1/2 resolution (fine-tuned)',
     'dense ViT + content gate (training-free)',
     'recipe + mixed-scale decoding at x4 only (x2 dense), content gate')

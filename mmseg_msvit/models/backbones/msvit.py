@@ -32,7 +32,7 @@ from ..arguments import (check_fine_budget, check_gate_threshold, check_msvit_ar
 from ..builder import build_component
 from ..features import MixedScaleFeatures, MixedScaleMaps
 from ..gate_training import UntrainedGateWarning
-from ..gates import MixedScaleGate
+from ..gates import ContentGate, MixedScaleGate
 from ..packed import check_packable, packed_block_forward
 from ..policy import (ScaleDecision, ScalePolicy, budget_decisions, relaxation_temperature,
                       threshold_decisions)
@@ -44,8 +44,9 @@ def gate_config(gate: Optional[dict], fine_patch_size: int, coarse_patch_size: i
     """The gate's config with the backbone's patch sizes and channels filled in.
 
     ``--cfg-options model.backbone.gate.type=ContentGate`` merges into the configured
-    MixedScaleGate dict: that gate's own options are left over, not meant for the new one, and
-    are dropped with a warning naming them.
+    MixedScaleGate dict (or ``type=MixedScaleGate`` into a ContentGate dict): the other gate's
+    own options are left over, not meant for the new one, and are dropped with a warning naming
+    them.
     """
     cfg = dict(type='MixedScaleGate') if gate is None else dict(gate)
     cfg.setdefault('coarse_patch_size', coarse_patch_size)
@@ -55,12 +56,16 @@ def gate_config(gate: Optional[dict], fine_patch_size: int, coarse_patch_size: i
         accepted = inspect.signature(gate_class.__init__).parameters
         if 'fine_patch_size' in accepted:
             cfg.setdefault('fine_patch_size', fine_patch_size)
-        if gate_class is not MixedScaleGate:
+        # options of the shipped gates that the configured one does not take (left by a
+        # --cfg-options merge of another gate type: MixedScaleGate's MLP, ContentGate's score)
+        shipped = set(inspect.signature(MixedScaleGate.__init__).parameters) | set(
+            inspect.signature(ContentGate.__init__).parameters)
+        if 'kwargs' not in accepted:
             leftovers = sorted(k for k in cfg if k != 'type' and k not in accepted and
-                               k in inspect.signature(MixedScaleGate.__init__).parameters)
+                               k in shipped)
             if leftovers:
                 print_log(f'MSViT: gate {gate_class.__name__} ignores {leftovers} (options of '
-                          'MixedScaleGate left by the config merge)', logger='current',
+                          'another gate type left by the config merge)', logger='current',
                           level=logging.WARNING)
                 for key in leftovers:
                     cfg.pop(key)
