@@ -105,8 +105,9 @@ def count_macs_with_mmengine(module: torch.nn.Module, inputs: tuple, to_tensors=
 @torch.no_grad()
 def decode_macs(segmentor, dense_maps) -> int:
     """MACs of the neck's multi-level convolutions and the decode head on dense maps (one
-    forward), via mmengine, matrix products only (convolutions, linear maps, attention products: the convention of the
-    backbone's formula and of the heads that count themselves, ``MixedScaleUPerHead``).
+    forward), via mmengine, matrix products only (convolutions, linear maps, attention
+    products: the convention of the backbone's formula and of the heads that count
+    themselves, ``MixedScaleUPerHead``).
 
     Args:
         segmentor (MSViTEncoderDecoder): provides ``neck`` (optional) and ``decode_head``.

@@ -41,30 +41,27 @@ from .fileio import atomic_write_bytes, remove_stale_temporaries
 RUNTIME_HOOKS = ('ExactResumeHook', 'CheckpointCheckHook', 'CustomKeysCheckHook',
                  'FiniteLossHook', 'TrainingTimeHook')
 
-#: parameter-name prefixes under their older names -> the names the parameters have
-RENAMED_PARAMETERS = {'backbone.coarse_embed': 'backbone.patch_embed.coarse_embed',
-                      'backbone.cls_token': 'backbone.patch_embed.cls_token',
-                      'backbone.pos_embed': 'backbone.patch_embed.pos_embed',
-                      'neck.rescale': 'neck.multi_level'}
-
 
 def check_custom_keys(custom_keys, parameter_names) -> None:
     """Check an optimizer's ``paramwise_cfg.custom_keys`` against the model's parameter names
     (mmengine applies a key to every parameter whose full name contains it, and drops a key
     that matches none without a word): a key that matches no parameter because it names a part
-    by its older name (:data:`RENAMED_PARAMETERS`) is refused with the name the part has. Other
-    keys that match nothing are left alone: shared schedules name parts some models lack (the
-    dense models have no ``gate_loss``)."""
+    by a name checkpoints are still read under (an older or another library's name:
+    :func:`~mmseg_msvit.models.checkpoints.loaded_key`, the one table of renames) is refused
+    with the name the part has. Other keys that match nothing are left alone: shared schedules
+    name parts some models lack (the dense models have no ``gate_loss``)."""
+    from ..models.checkpoints import loaded_key
     names = list(parameter_names)
     for key in custom_keys:
         if any(key in name for name in names):
             continue
-        for old, new in RENAMED_PARAMETERS.items():
-            if key == old or key.startswith(old + '.'):
-                raise ValueError(
-                    f'optim_wrapper.paramwise_cfg.custom_keys: {key!r} matches no parameter: '
-                    f'the part is named {new + key[len(old):]!r}; rename the key (mmengine would '
-                    'drop its settings without a word)')
+        # the key as a whole name or as a prefix (``backbone.coarse_embed`` -> ``...*``)
+        renamed = {loaded_key(key), loaded_key(key + '.').rstrip('.')} - {key}
+        if renamed:
+            raise ValueError(
+                f'optim_wrapper.paramwise_cfg.custom_keys: {key!r} matches no parameter: the '
+                f'part is named {renamed.pop()!r}; rename the key (mmengine would drop its '
+                'settings without a word)')
 
 
 @HOOKS.register_module()
@@ -335,7 +332,7 @@ class CheckpointCheckHook(Hook):
         from mmengine.runner import BaseLoop
 
         from ..models.checkpoints import (FRESH_AT_TRAINING_START, check_covers,
-                                          check_no_foreign_weights, loaded_key,
+                                          check_no_foreign_weights, key_groups, loaded_key,
                                           required_keys, state_dict_of)
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
         path = runner._load_from or runner.message_hub.get_info('last_ckpt') or 'checkpoint'
@@ -362,12 +359,9 @@ class CheckpointCheckHook(Hook):
             state = {loaded_key(k) for k in state_dict_of(checkpoint)}
             missing = [k for k in required_keys(model) if k not in state]
             if missing and all(k.startswith(FRESH_AT_TRAINING_START) for k in missing):
-                parts = sorted({'.'.join(k.split('.')[1:3 if k.split('.')[1] == 'patch_embed'
-                                                      else 2]) for k in missing})
                 print_log(f'CheckpointCheckHook: {path} has no weights for '
-                          f'{len(missing)} parameters of {" and ".join(parts)} '
-                          f'({", ".join(missing[:3])}); they start from their initialisation',
-                          logger='current')
+                          f'{len(missing)} parameters ({", ".join(key_groups(missing))}); they '
+                          'start from their initialisation', logger='current')
                 return
         check_covers(model, checkpoint, str(path))
         if not training_start:  # an evaluation or a resume: exactly the model that was trained

@@ -227,9 +227,9 @@ class MixedScaleEmbed(nn.Module):
                                              detail=detail, scale_embed=scale_embed)
 
     def reset_parameters(self) -> None:
-        """timm's ViT initialisation of the position table and CLS token; the coarse-token
-        extras start at zero (:meth:`CoarseTokenEmbed.reset_parameters`). The projection keeps
-        ``Conv2d``'s own initialisation, as in timm."""
+        """timm's ViT initialisation of the position table and CLS token. The projection keeps
+        ``Conv2d``'s own initialisation, as in timm; MSViT resets the coarse-token extras last
+        (their own ``reset_parameters``: zero output layer), after its other parts."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
 

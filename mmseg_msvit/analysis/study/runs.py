@@ -98,6 +98,8 @@ def runs(setting: dict) -> dict:
     mixed_head = dict(start='dense_pre', force_scale=None, gate=dict(type='ContentGate'),
                       fine_budget=b, gate_loss=None, gate_probe=None, **RECIPE,
                       **MIXED_DECODE)
+    # the same trained in one stage (in-place distillation)
+    mixed_head_inplace = {**mixed_head, 'distill': dict(FEATURE_DISTILL, teacher='self')}
     return {
         # the dense model every other run starts from (the recipe's teacher), with the simple
         # ways of spending fewer GMACs on it: the baselines of the model a user already has
@@ -214,7 +216,7 @@ def runs(setting: dict) -> dict:
         'recipe_mixed_head_inplace': dict(
             label='recipe + mixed-scale decoding, in-place distillation (the dense pass of the '
             'model itself as teacher)',
-            **{**mixed_head, 'distill': dict(FEATURE_DISTILL, teacher='self')},
+            **mixed_head_inplace,
             evals=content_evals +
             [('scale1.0', dict(scale=1.0)),
              (f'dense_decode_content{b}', dict(rule='content', budget=b,
@@ -224,8 +226,7 @@ def runs(setting: dict) -> dict:
         'recipe_mixed_head_inplace_structure': dict(
             label='recipe + mixed-scale decoding, in-place distillation, content gate on '
             'structure (4 px)',
-            **{**mixed_head, 'gate': dict(type='ContentGate', structure_px=4),
-               'distill': dict(FEATURE_DISTILL, teacher='self')},
+            **{**mixed_head_inplace, 'gate': dict(type='ContentGate', structure_px=4)},
             evals=[(f'structure{x}', dict(rule='gate', budget=x)) for x in budgets] +
             [('scale1.0', dict(scale=1.0)), (f'content{b}', dict(rule='content', budget=b)),
              (f'oracle{b}', dict(rule='oracle', budget=b))]),

@@ -9,8 +9,8 @@ are timm's ViT's, with the CLS token and the position table under the embedding
 (``patch_embed.proj.*``, ``patch_embed.cls_token``, ``patch_embed.pos_embed``, ``blocks.N.*``,
 ``norm.*``); timm's top-level ``cls_token`` / ``pos_embed`` (and this project's older
 ``coarse_embed.*``) load as aliases (:func:`~mmseg_msvit.models.checkpoints.msvit_key`), and
-``MSViT.cls_token``, ``.pos_embed``, ``.coarse_embed`` read the embedding's. Checkpoint formats live in
-:mod:`mmseg_msvit.models.checkpoints`.
+``MSViT.cls_token``, ``.pos_embed``, ``.coarse_embed`` read the embedding's. Checkpoint formats
+live in :mod:`mmseg_msvit.models.checkpoints`.
 """
 import copy
 import inspect
@@ -60,7 +60,7 @@ def gate_config(gate: Optional[dict], fine_patch_size: int, coarse_patch_size: i
         # --cfg-options merge of another gate type: MixedScaleGate's MLP, ContentGate's score)
         shipped = set(inspect.signature(MixedScaleGate.__init__).parameters) | set(
             inspect.signature(ContentGate.__init__).parameters)
-        if 'kwargs' not in accepted:
+        if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
             leftovers = sorted(k for k in cfg if k != 'type' and k not in accepted and
                                k in shipped)
             if leftovers:
@@ -231,7 +231,7 @@ class MSViT(BaseModule):
         ``out_type='featmap'``: :class:`~mmseg_msvit.models.MixedScaleMaps`, those maps in a
         tuple that carries the layout.
     """
-    num_prefix_tokens = 1
+    num_prefix_tokens = MixedScaleEmbed.num_prefix_tokens  # the CLS token, the embedding's
 
     def __init__(self,
                  arch: Union[str, dict] = 'small',
@@ -417,11 +417,8 @@ class MSViT(BaseModule):
         """``load_state_dict`` pre-hook: timm's top-level ``cls_token`` / ``pos_embed`` and the
         older ``coarse_embed.*`` read as the embedding's
         (:func:`~mmseg_msvit.models.checkpoints.msvit_key`)."""
-        from ..checkpoints import msvit_key
-        for key in [k for k in state_dict if k.startswith(prefix)]:
-            ours = prefix + msvit_key(key[len(prefix):])
-            if ours != key:
-                state_dict[ours] = state_dict.pop(key)
+        from ..checkpoints import msvit_key, rename_keys
+        rename_keys(state_dict, prefix, msvit_key)
 
     def _reset_parameters(self) -> None:
         """timm's ViT initialisation (trunc-normal 0.02 linears, zero biases)."""

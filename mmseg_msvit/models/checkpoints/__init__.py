@@ -19,13 +19,16 @@ from .reading import (EVAL_OPTIONAL_PREFIXES, FRESH_AT_TRAINING_START, Checkpoin
                       check_covers, check_no_foreign_weights, config_text_problem,
                       describe_checkpoint, file_sha256, foreign_weights,
                       literal_from_cfg_text, load_model_weights, load_timm_state_dict,
-                      loaded_key, msvit_key, normalisation_from_cfg_text,
+                      key_groups, loaded_key, mmseg_neck_key, msvit_key,
+                      normalisation_from_cfg_text,
+                      rename_keys,
                       read_checkpoint, required_keys, state_dict_of, uncovered_weights)
 
 __all__ = [
     'CheckpointError', 'EVAL_OPTIONAL_PREFIXES', 'FRESH_AT_TRAINING_START', 'read_checkpoint',
     'state_dict_of', 'describe_checkpoint', 'required_keys', 'check_covers', 'uncovered_weights',
     'check_no_foreign_weights', 'foreign_weights', 'file_sha256', 'loaded_key', 'msvit_key',
+    'key_groups', 'rename_keys', 'mmseg_neck_key',
     'load_model_weights', 'load_timm_state_dict', 'normalisation_from_cfg_text',
     'literal_from_cfg_text', 'config_text_problem', 'vit_format', 'to_timm_vit', 'checkpoint_to_timm_vit', 'vit_depth',
     'load_pretrained', 'GATE_PREFIX', 'PRIOR_PREFIX', 'extract_gate', 'gate_from_file', 'save_gate',

@@ -135,7 +135,7 @@ def describe_checkpoint(checkpoint) -> str:
     return f'an unknown set of {len(keys)} weights (first: {keys[0]})'
 
 
-def _groups(keys: Iterable[str], depth: int = 2) -> List[str]:
+def key_groups(keys: Iterable[str], depth: int = 2) -> List[str]:
     """Keys grouped by their first ``depth`` parts (``backbone.blocks.*``); one part more
     inside the embedding, whose parts are told apart (``backbone.patch_embed.coarse_embed.*``)."""
     groups = []
@@ -178,15 +178,36 @@ def msvit_key(key: str) -> str:
     return key
 
 
+def mmseg_neck_key(key: str) -> str:
+    """A key of mmseg's ``MultiLevelNeck`` (relative to the neck: ``lateral_convs.*``,
+    ``convs.*``), or of this neck's older checkpoints (``rescale.*``), under
+    :class:`~mmseg_msvit.models.MixedScaleToDense`'s name (``multi_level.*``); other keys as
+    they are."""
+    if key.startswith(('lateral_convs.', 'convs.')):
+        return 'multi_level.' + key
+    if key.startswith('rescale.'):
+        return 'multi_level.' + key[len('rescale.'):]
+    return key
+
+
+def rename_keys(state_dict: dict, prefix: str, key_fn) -> None:
+    """In place, every key of ``state_dict`` under ``prefix`` renamed by ``key_fn`` (applied to
+    the key without the prefix): the body of the modules' ``load_state_dict`` pre-hooks that
+    read older or other libraries' names (:func:`msvit_key`, :func:`mmseg_neck_key`)."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        ours = prefix + key_fn(key[len(prefix):])
+        if ours != key:
+            state_dict[ours] = state_dict.pop(key)
+
+
 def loaded_key(key: str) -> str:
     """A segmentor or classifier checkpoint key under the name the model loads it as, as the
     modules' ``load_state_dict`` pre-hooks read it: mmseg's ``MultiLevelNeck`` keys and this
-    project's older ``neck.rescale.*`` as ``MixedScaleToDense``'s
-    (:func:`~mmseg_msvit.models.necks.mixed_scale_to_dense.mmseg_neck_key`); timm's top-level
-    ``backbone.cls_token`` / ``backbone.pos_embed`` and the older ``backbone.coarse_embed.*``
-    as the embedding's (:func:`msvit_key`)."""
+    project's older ``neck.rescale.*`` as ``MixedScaleToDense``'s (:func:`mmseg_neck_key`);
+    timm's top-level ``backbone.cls_token`` / ``backbone.pos_embed`` and the older
+    ``backbone.coarse_embed.*`` as the embedding's (:func:`msvit_key`). The one table of
+    renames: the pre-hooks (:func:`rename_keys`) and ``CustomKeysCheckHook`` read it too."""
     if key.startswith('neck.'):
-        from ..necks.mixed_scale_to_dense import mmseg_neck_key
         return 'neck.' + mmseg_neck_key(key[len('neck.'):])
     if key.startswith('backbone.'):
         return 'backbone.' + msvit_key(key[len('backbone.'):])
@@ -228,7 +249,7 @@ def uncovered_weights(model: torch.nn.Module, checkpoint,
     elif kind.startswith('a backbone'):
         advice = (" To start from backbone weights, set model.backbone.init_cfg=dict("
                   f"type='Pretrained', checkpoint={file}).")
-    shown = _groups(missing)
+    shown = key_groups(missing)
     return CheckpointError(
         f'{subject} does not cover this model: it is {kind}, and {len(missing)} '
         f'weights are missing ({", ".join(shown[:8])}{", ..." if len(shown) > 8 else ""}); '
@@ -257,7 +278,7 @@ def check_no_foreign_weights(model: torch.nn.Module, checkpoint, path: str) -> N
     foreign = foreign_weights(model, checkpoint)
     if not foreign:
         return
-    shown = _groups(foreign)
+    shown = key_groups(foreign)
     raise CheckpointError(
         f'checkpoint {path!r} has {len(foreign)} weights this model does not have '
         f'({", ".join(shown[:6])}{", ..." if len(shown) > 6 else ""}): it was trained with '

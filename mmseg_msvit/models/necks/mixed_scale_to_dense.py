@@ -61,17 +61,6 @@ def _device(level) -> torch.device:
     return level.data.device if isinstance(level, MixedScaleMap) else level.device
 
 
-def mmseg_neck_key(key: str) -> str:
-    """A key of mmseg's ``MultiLevelNeck`` (relative to the neck: ``lateral_convs.*``,
-    ``convs.*``), or of this neck's older checkpoints (``rescale.*``), under
-    :class:`MixedScaleToDense`'s name (``multi_level.*``); other keys as they are."""
-    if key.startswith(('lateral_convs.', 'convs.')):
-        return 'multi_level.' + key
-    if key.startswith('rescale.'):
-        return 'multi_level.' + key[len('rescale.'):]
-    return key
-
-
 @MODELS.register_module()
 class MixedScaleToDense(nn.Module):
     """Rebuild dense maps from :class:`MixedScaleFeatures`, optionally resized per level.
@@ -182,11 +171,10 @@ class MixedScaleToDense(nn.Module):
     @staticmethod
     def _mmseg_neck_keys(state_dict, prefix, *args) -> None:
         """mmseg's MultiLevelNeck keys (``neck.lateral_convs.*``, ``neck.convs.*``) and the
-        older ``neck.rescale.*`` read as this neck's ``multi_level.*`` (:func:`mmseg_neck_key`)."""
-        for key in [k for k in state_dict if k.startswith(prefix)]:
-            ours = prefix + mmseg_neck_key(key[len(prefix):])
-            if ours != key:
-                state_dict[ours] = state_dict.pop(key)
+        older ``neck.rescale.*`` read as this neck's ``multi_level.*``
+        (:func:`~mmseg_msvit.models.checkpoints.mmseg_neck_key`)."""
+        from ..checkpoints import mmseg_neck_key, rename_keys
+        rename_keys(state_dict, prefix, mmseg_neck_key)
 
     def init_weights(self) -> None:
         if self.multi_level is not None:

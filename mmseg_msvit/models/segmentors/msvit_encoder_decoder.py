@@ -279,9 +279,10 @@ class MSViTEncoderDecoder(EncoderDecoder):
 
     def decode_macs(self, layout, x) -> Optional[Tensor]:
         """(B,) multiply-adds per image of the neck (coarse unpooling, multi-level convolutions)
-        and the decode head for one forward (``x``: the neck's outputs), from what ran (mixed levels: the blocks at each
-        resolution); None when the neck or the head cannot count itself (``macs``): then the
-        tools count the head per input size with mmengine's counter."""
+        and the decode head for one forward (``x``: the neck's outputs), from what ran (mixed
+        levels: the blocks at each resolution); None when the neck or the head cannot count
+        itself (``macs``): then the tools count the head per input size with mmengine's
+        counter."""
         neck_macs = getattr(self.neck, 'macs', None) if self.with_neck else None
         head_macs = getattr(self.decode_head, 'macs', None)
         if neck_macs is None or head_macs is None:
