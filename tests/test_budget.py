@@ -176,6 +176,32 @@ def test_structure_score_ignores_grain_and_finds_areas_the_pixel_energy_misses()
         ContentGate(structure_px=0)
 
 
+def test_contrast_finds_the_border_of_a_texture_with_its_surrounds_mean_colour():
+    """contrast=True adds the variance of the 4x4 cells' standard deviations: half stripes (2 px
+    on, 2 px off, the flat half's mean colour) and half flat is invisible to the 4x4 averages
+    but not to their contrast; a region all stripes has the same contrast in every cell."""
+    from mmseg_msvit.models.gates import ContentGate
+    stripes = torch.where((torch.arange(32) // 2) % 2 == 0, 1.0, -1.0)[None, None, None, :]
+    img = torch.zeros(1, 3, 32, 96)
+    img[..., 0:32] = stripes                       # region 0: all stripes
+    img[..., 32:64] = stripes
+    img[..., 48:64] = 0.0                          # region 1: stripes | flat, same mean
+    img[..., 80:96] = 0.5                          # region 2: two flat areas
+    structure = ContentGate(structure_px=4)(img)[0, 0].exp()
+    both = ContentGate(structure_px=4, contrast=True)(img)[0, 0].exp()
+    assert structure[0] < 1e-4 and structure[1] < 1e-4  # the averages see no stripes
+    # region 1: half its cells have standard deviation 1, half 0: variance 1/4
+    torch.testing.assert_close(both[1], torch.tensor(0.25), atol=1e-4, rtol=0)
+    assert both[0] < 1e-4  # every cell the same contrast
+    torch.testing.assert_close(both[2], structure[2], atol=1e-5, rtol=0)  # flat cells: as before
+    assert ContentGate(structure_px=4, contrast=True).macs_per_region == \
+        3 * (3 * 32 * 32) + 6 * (3 * 32 * 32 // 16)
+    with pytest.raises(ValueError, match='contrast=True needs structure_px'):
+        ContentGate(contrast=True)
+    with pytest.raises(TypeError, match='contrast must be True or False'):
+        ContentGate(structure_px=4, contrast='yes')
+
+
 def test_content_gate_with_a_budget_needs_no_training():
     torch.manual_seed(4)
     model = tiny(gate=dict(type='ContentGate'), fine_budget=0.5).train()
@@ -228,8 +254,11 @@ def test_switching_gate_types_drops_the_other_gates_options_and_test_keeps_the_s
     content = MSViT(arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64,
                     gate=dict(type='ContentGate', structure_px=4, hidden_dims=(8, )))
     assert content.gate.structure_px == 4
-    for gate, expected in ((dict(type='ContentGate', structure_px=4), 4),
-                           (dict(type='MixedScaleGate'), None)):
+    for gate, expected, contrast in ((dict(type='ContentGate', structure_px=4), 4, False),
+                                     (dict(type='ContentGate', structure_px=4, contrast=True), 4,
+                                      True),
+                                     (dict(type='MixedScaleGate'), None, False)):
         cfg = Config(dict(model=dict(backbone=dict(type='MSViT', gate=gate))))
         gate = with_content_gate(cfg, 0.42).model.backbone.gate
         assert gate['type'] == 'ContentGate' and gate.get('structure_px') == expected
+        assert gate.get('contrast', False) is contrast

@@ -161,6 +161,12 @@ class ContentGate(BaseModule):
     scenes with grain textures the structure score finds more of the regions whose label varies
     (docs/study.md, "A structure score for the content gate").
 
+    With ``contrast=True`` as well, the score adds the variance, within the region, of the local
+    contrast (the standard deviation of the pixels inside each s x s cell): a border between a
+    flat area and a texture whose mean colour is the flat area's (stripes on a wall) is invisible
+    to the s x s averages but not to their contrast, while a texture that covers the whole
+    region (gravel) has the same contrast in every cell and stays coarse.
+
     Args:
         coarse_patch_size (int): S_c. Default: 32.
         fine_patch_size (int): S_f, a divisor of S_c. Default: 16.
@@ -168,12 +174,14 @@ class ContentGate(BaseModule):
         eps (float): added before the log. Default: 1e-6.
         structure_px (int, optional): s, a divisor of S_c: score the variance of the region's
             s x s pixel averages. None: the pixel energy the coarse token loses. Default: None.
+        contrast (bool): with ``structure_px``, add the variance of the s x s cells' standard
+            deviations. Default: False.
     """
     temperature = None  # nothing to train: hard decisions
 
     def __init__(self, coarse_patch_size: int = 32, fine_patch_size: int = 16,
                  in_channels: int = 3, eps: float = 1e-6, structure_px: Optional[int] = None,
-                 init_cfg=None) -> None:
+                 contrast: bool = False, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         for name, value in (('coarse_patch_size', coarse_patch_size),
                             ('fine_patch_size', fine_patch_size), ('in_channels', in_channels)):
@@ -188,29 +196,40 @@ class ContentGate(BaseModule):
             if coarse_patch_size % structure_px or structure_px >= coarse_patch_size:
                 raise ValueError(f'ContentGate: structure_px must divide coarse_patch_size='
                                  f'{coarse_patch_size} and be smaller, got {structure_px}')
+        if not isinstance(contrast, bool):
+            raise TypeError(f'ContentGate: contrast must be True or False, got {contrast!r}')
+        if contrast and structure_px is None:
+            raise ValueError('ContentGate: contrast=True needs structure_px (the cells whose '
+                             'contrast is compared), got structure_px=None')
         self.coarse_patch_size = coarse_patch_size
         self.ratio = coarse_patch_size // fine_patch_size
         self.in_channels = in_channels
         self.eps = eps
         self.structure_px = structure_px
+        self.contrast = contrast
 
     @classmethod
-    def like(cls, backbone, structure_px: Optional[int] = None) -> 'ContentGate':
+    def like(cls, backbone, structure_px: Optional[int] = None,
+             contrast: bool = False) -> 'ContentGate':
         """A content gate for ``backbone`` (its patch sizes and channels, on its device), to
         substitute in a policy: ``ScalePolicy.with_budget(b, gate=ContentGate.like(backbone))``."""
         return cls(coarse_patch_size=backbone.coarse_patch_size,
                    fine_patch_size=backbone.fine_patch_size, in_channels=backbone.in_channels,
-                   structure_px=structure_px).to(backbone.cls_token.device)
+                   structure_px=structure_px, contrast=contrast).to(backbone.cls_token.device)
 
     @property
     def macs_per_region(self) -> int:
         """The pooling and the squared residual: two multiply-adds per pixel and channel; with
         ``structure_px``, one per pixel and channel for the s x s averages and two per average
-        for the variance."""
+        for the variance; with ``contrast`` too, two more per pixel and channel for the cells'
+        second moments, two per cell for their standard deviations and two for their variance."""
         pixels = self.in_channels * self.coarse_patch_size**2
         if self.structure_px is None:
             return 2 * pixels
-        return pixels + 2 * pixels // self.structure_px**2
+        cells = pixels // self.structure_px**2
+        if self.contrast:
+            return 3 * pixels + 6 * cells
+        return pixels + 2 * cells
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         """(B, Hc, Wc) logits ``log(energy + eps)`` of an image whose sides are multiples of
@@ -223,13 +242,23 @@ class ContentGate(BaseModule):
             residual = img - F.interpolate(pooled, scale_factor=self.ratio, mode='nearest')
             energy = F.avg_pool2d(residual.square().mean(1, keepdim=True),
                                   self.coarse_patch_size)
-        else:  # the variance of the region's s x s averages
+        else:  # the variance of the region's s x s averages (and of their contrast)
             averages = F.avg_pool2d(img, self.structure_px)
             per_region = self.coarse_patch_size // self.structure_px
-            means = F.avg_pool2d(averages, per_region)
-            residual = averages - F.interpolate(means, scale_factor=per_region, mode='nearest')
-            energy = F.avg_pool2d(residual.square().mean(1, keepdim=True), per_region)
+            energy = self._region_variance(averages, per_region)
+            if self.contrast:
+                second = F.avg_pool2d(img.square(), self.structure_px)
+                deviation = (second - averages.square()).clamp(min=0).sqrt()
+                energy = energy + self._region_variance(deviation, per_region)
         return torch.log(energy[:, 0] + self.eps)
+
+    @staticmethod
+    def _region_variance(cells: torch.Tensor, per_region: int) -> torch.Tensor:
+        """(B, 1, Hc, Wc): the variance of the cells in each per_region x per_region block,
+        averaged over channels."""
+        means = F.avg_pool2d(cells, per_region)
+        residual = cells - F.interpolate(means, scale_factor=per_region, mode='nearest')
+        return F.avg_pool2d(residual.square().mean(1, keepdim=True), per_region)
 
 
 @MODELS.register_module()

@@ -125,6 +125,8 @@ def family(run, name):
         return 'recipe + mixed-scale decoding at x4 only (x2 dense), content gate'
     if run == 'recipe_mixed_head_inplace_structure' and name.startswith('structure'):
         return f'{run} (budget curve)'
+    if run == 'recipe_mixed_head_inplace_contrast' and name.startswith('contrast'):
+        return f'{run} (budget curve)'
     return run
 
 
@@ -249,6 +251,7 @@ def comparisons(setting):
     inplace = ('recipe_inplace', f'content{b}')
     mixed_inplace = ('recipe_mixed_head_inplace', f'content{b}')
     structure = ('recipe_mixed_head_inplace_structure', f'structure{b}')
+    contrast = ('recipe_mixed_head_inplace_contrast', f'contrast{b}')
     pairs += [
         ('recipe_inplace vs recipe (frozen teacher)', inplace, ('recipe', f'content{b}')),
         ('recipe_inplace vs dense', inplace, ('dense', 'scale1.0')),
@@ -274,6 +277,21 @@ def comparisons(setting):
          structure, inplace),
         ('recipe_mixed_head_inplace_structure: label oracle vs structure gate',
          ('recipe_mixed_head_inplace_structure', f'oracle{b}'), structure),
+        ('recipe_mixed_head_inplace_contrast vs recipe_mixed_head_inplace_structure', contrast,
+         structure),
+        ('recipe_mixed_head_inplace_contrast vs recipe_mixed_head_inplace (pixel energy)',
+         contrast, mixed_inplace),
+        ('recipe_mixed_head_inplace_contrast vs dense with its neck and head at 1/2 resolution',
+         contrast, ('dense_half_head', 'scale1.0')),
+        ('recipe_mixed_head_inplace_contrast vs recipe (dense neck and head)', contrast,
+         ('recipe', f'content{b}')),
+        ('recipe_mixed_head_inplace_contrast vs recipe_mixed_head (frozen teacher, pixel '
+         'energy)', contrast, mixed_head),
+        ('recipe_mixed_head_inplace_contrast vs dense', contrast, ('dense', 'scale1.0')),
+        ('recipe_mixed_head_inplace_contrast, every region fine, vs dense',
+         ('recipe_mixed_head_inplace_contrast', 'scale1.0'), ('dense', 'scale1.0')),
+        ('recipe_mixed_head_inplace_contrast: label oracle vs its gate',
+         ('recipe_mixed_head_inplace_contrast', f'oracle{b}'), contrast),
     ]
     return pairs
 
@@ -292,7 +310,8 @@ def equal_cost_targets(setting) -> list:
                ('recipe_mixed_head_gate', f"budget{setting['budget']}"),
                ('recipe_inplace', f"content{setting['budget']}"),
                ('recipe_mixed_head_inplace', f"content{setting['budget']}"),
-               ('recipe_mixed_head_inplace_structure', f"structure{setting['budget']}")]
+               ('recipe_mixed_head_inplace_structure', f"structure{setting['budget']}"),
+               ('recipe_mixed_head_inplace_contrast', f"contrast{setting['budget']}")]
     for x in budgets:
         targets += [('recipe_mixed_head', f'content{x}'), ('recipe', f'mixed_decode_content{x}'),
                     ('recipe', f'mixed_decode_x4_content{x}'),
@@ -439,6 +458,7 @@ WHOLE_MODEL_FAMILIES = (
     'dense ViT, input downscaled', 'recipe, content gate',
     'recipe + mixed-scale decoding (frozen teacher), content gate',
     'recipe_mixed_head_inplace_structure (budget curve)',
+    'recipe_mixed_head_inplace_contrast (budget curve)',
     'dense ViT, neck and head at 1/2 resolution (fine-tuned)',
     'dense ViT + content gate (training-free)',
     'recipe + mixed-scale decoding at x4 only (x2 dense), content gate')
@@ -451,7 +471,7 @@ def plot_whole_model(rows, path):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    markers = 'osD^vP'
+    markers = 'osD^vP*X'  # cycled: one curve per family
     for index, name in enumerate(WHOLE_MODEL_FAMILIES):
         group = sorted([r for r in rows if r['family'] == name and
                         r.get('model_gmacs') == r.get('model_gmacs')],
@@ -459,10 +479,12 @@ def plot_whole_model(rows, path):
         if not group:
             continue
         ax.errorbar([r['model_gmacs'] for r in group], [r['mIoU'] for r in group],
-                    yerr=[r['mIoU_std'] for r in group], fmt=markers[index] + '-', capsize=3,
-                    markersize=6, label=name)
+                    yerr=[r['mIoU_std'] for r in group], fmt=markers[index % len(markers)] + '-',
+                    capsize=3, markersize=6, label=name)
         for r in group:
-            tag = r['eval'].replace('content', '').replace('scale', 'x')
+            # the input scale (x0.75) or the budget (0.42), whatever the gate's name
+            tag = ('x' if r['eval'].startswith('scale') else '') + \
+                r['eval'].lstrip('abcdefghijklmnopqrstuvwxyz_')
             ax.annotate(tag, (r['model_gmacs'], r['mIoU']), textcoords='offset points',
                         xytext=(4, -10), fontsize=7)
     ax.set_xlabel('whole-model GMACs per image (backbone + neck + head)')

@@ -230,6 +230,16 @@ def runs(setting: dict) -> dict:
             evals=[(f'structure{x}', dict(rule='gate', budget=x)) for x in budgets] +
             [('scale1.0', dict(scale=1.0)), (f'content{b}', dict(rule='content', budget=b)),
              (f'oracle{b}', dict(rule='oracle', budget=b))]),
+        # the same with the structure score plus the variance of the 4 px cells' contrast (their
+        # standard deviation): borders of a texture whose mean colour is its surround's
+        'recipe_mixed_head_inplace_contrast': dict(
+            label='recipe + mixed-scale decoding, in-place distillation, content gate on '
+            'structure and contrast (4 px)',
+            **{**mixed_head_inplace,
+               'gate': dict(type='ContentGate', structure_px=4, contrast=True)},
+            evals=[(f'contrast{x}', dict(rule='gate', budget=x)) for x in budgets] +
+            [('scale1.0', dict(scale=1.0)), (f'content{b}', dict(rule='content', budget=b)),
+             (f'oracle{b}', dict(rule='oracle', budget=b))]),
         # a learned gate on the mixed-decoding recipe (gate only, as recipe_gate): its fine
         # regions are where the head runs at full resolution too
         'recipe_mixed_head_gate': dict(
