@@ -169,6 +169,32 @@ def test_evaluator_reports_the_cost_of_each_rule_and_restores_the_model(scenes):
         evaluator.evaluate(model, rule='magic')
 
 
+def test_the_whole_model_plot_draws_every_family(tmp_path, monkeypatch):
+    """One curve per family of WHOLE_MODEL_FAMILIES however many there are (the markers cycle:
+    an eighth family once crashed the finished study), each point tagged with its input scale
+    or budget whatever the gate's name."""
+    import matplotlib.axes
+
+    from mmseg_msvit.analysis.study import report
+    rows = [dict(family=family, eval=name, model_gmacs=1.0 + 0.1 * i + 0.01 * j,
+                 mIoU=80.0 + i, mIoU_std=0.1)
+            for i, family in enumerate(report.WHOLE_MODEL_FAMILIES)
+            for j, name in enumerate(('scale0.75', 'contrast0.42', 'structure0.5'))]
+    tags, curves = [], []
+    monkeypatch.setattr(matplotlib.axes.Axes, 'annotate',
+                        lambda self, text, *a, **k: tags.append(text))
+    real_errorbar = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, 'errorbar',
+                        lambda self, *a, **k: curves.append(k['label']) or
+                        real_errorbar(self, *a, **k))
+    path = tmp_path / 'whole_model.png'
+    report.plot_whole_model(rows, str(path))
+    assert path.stat().st_size > 0
+    assert len(report.WHOLE_MODEL_FAMILIES) > 6
+    assert curves == list(report.WHOLE_MODEL_FAMILIES)
+    assert set(tags) == {'x0.75', '0.42', '0.5'}
+
+
 def test_study_tool_runs_resumes_and_reports(tmp_path):
     study = load_tool('tools/analysis_tools/msvit_study.py')
     out = str(tmp_path / 'study')
@@ -314,7 +340,7 @@ def test_train_gate_only_changes_the_gate_and_nothing_else():
 
 
 def test_the_study_measures_the_shipped_recipe(tmp_path):
-    """What the study trains as `dense_pre` / `recipe_mixed_head_inplace_structure` is what
+    """What the study trains as `dense_pre` / `recipe_mixed_head_inplace_contrast` is what
     configs/msvit/demo_dense_synthetic.py and demo_recipe_synthetic.py ship (model options, the
     gate, distillation, schedule, learning rates, augmentation)."""
     from mmengine.config import Config
@@ -323,7 +349,7 @@ def test_the_study_measures_the_shipped_recipe(tmp_path):
     from mmseg_msvit.analysis.study.runs import SETTINGS
     setting = SETTINGS['quick']
     for run, shipped_path in (('dense_pre', 'demo_dense_synthetic.py'),
-                              ('recipe_mixed_head_inplace_structure',
+                              ('recipe_mixed_head_inplace_contrast',
                                'demo_recipe_synthetic.py')):
         measured = seg_config('quick', run, 0, str(tmp_path))
         shipped = Config.fromfile(osp.join(REPO, 'configs', 'msvit', shipped_path))

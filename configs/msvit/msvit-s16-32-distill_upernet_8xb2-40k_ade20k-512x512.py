@@ -7,8 +7,8 @@
 #   python tools/train.py configs/msvit/vit-s16-dense_upernet_8xb2-160k_ade20k-512x512.py
 #   python tools/train.py configs/msvit/msvit-s16-32-distill_upernet_8xb2-40k_ade20k-512x512.py \
 #       --cfg-options load_from=<step 1's last checkpoint>
-# Content gate (training-free; a region is scored by the variance of its 4 x 4 pixel averages,
-# structure_px=4), 42% of the regions fine at evaluation, budgets 0.25-0.6 in training; coarse
+# Content gate (training-free; a region is scored by the variance of its 4 x 4 pixel averages
+# and of their contrast, structure_px=4, contrast=True), 42% of the regions fine at evaluation, budgets 0.25-0.6 in training; coarse
 # tokens with their region's detail (coarse_detail, coarse_scale_embed) and unpooled to their
 # cells by the neck; DenseDistillLoss from the model's own dense pass (logits and dense feature
 # maps, teacher='self'; teacher='checkpoint' distils from a frozen copy of load_from instead);
@@ -17,7 +17,8 @@
 # 157.6 of 275.6 GMACs, 0.57x: get_flops.py --shape 512 512), trained so in this step.
 _base_ = ['./vit-s16-dense_upernet_8xb2-160k_ade20k-512x512.py']
 model = dict(
-    backbone=dict(force_scale=None, gate=dict(_delete_=True, type='ContentGate', structure_px=4),
+    backbone=dict(force_scale=None,
+                  gate=dict(_delete_=True, type='ContentGate', structure_px=4, contrast=True),
                   fine_budget=0.42, train_budget_range=(0.25, 0.6),
                   coarse_detail=True, coarse_scale_embed=True, init_cfg=None),
     neck=dict(coarse_unpool=True, coarse_reduction=2),  # mixed-scale decoding

@@ -1,11 +1,13 @@
 # Recommended recipe, step 2 on the synthetic scenes (the configuration the evidence study
-# measures as `recipe_mixed_head_inplace_structure`, docs/study.md): the dense model of step 1
+# measures as `recipe_mixed_head_inplace_contrast`, docs/study.md): the dense model of step 1
 # fine-tuned on mixed-scale tokens for 300 iterations in one stage, starting from its weights:
 # each iteration trains the model's own dense pass and distils its mixed-scale pass from it.
 #   python tools/train.py configs/msvit/demo_recipe_synthetic.py --work-dir work_dirs/demo_recipe \
 #       --cfg-options load_from=work_dirs/demo_dense/iter_600.pth
-# - training-free content gate (a region is scored by the variance of its 4 x 4 pixel averages:
-#   structure at 4 px and coarser, blind to finer grain; structure_px=4), budget mode: 42% of
+# - training-free content gate (a region is scored by the variance of its 4 x 4 pixel averages
+#   and of the pixels' standard deviation within each 4 x 4 cell: structure at 4 px and coarser
+#   and the borders of textures, blind to grain that covers the region; structure_px=4,
+#   contrast=True), budget mode: 42% of
 #   the regions fine at evaluation (0.54x the dense backbone's GMACs), a budget drawn per batch
 #   from 0.25-0.6 in training;
 # - each coarse token gets a learned residual from its region's four fine patch embeddings and a
@@ -20,7 +22,8 @@
 #   resolution (neck coarse_reduction=2; whole model 0.58x the dense one's GMACs), trained so here.
 _base_ = ['./vit-ti16-dense_upernet_1xb8-600_synthetic-128x128.py']
 model = dict(
-    backbone=dict(force_scale=None, gate=dict(_delete_=True, type='ContentGate', structure_px=4),
+    backbone=dict(force_scale=None,
+                  gate=dict(_delete_=True, type='ContentGate', structure_px=4, contrast=True),
                   fine_budget=0.42, train_budget_range=(0.25, 0.6),
                   coarse_detail=True, coarse_scale_embed=True),
     neck=dict(coarse_unpool=True, coarse_reduction=2),  # mixed-scale decoding

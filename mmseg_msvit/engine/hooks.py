@@ -146,7 +146,8 @@ class SafeCheckpointHook(CheckpointHook):
                 "'self', or no distill): a resumed run would switch recipes midway. Resume with "
                 'the configuration it started with (for the UPerNet step-2 configs: '
                 '--cfg-options model.distill.teacher=checkpoint '
-                'model.backbone.gate.structure_px=None), or start a new run.')
+                'model.backbone.gate.structure_px=None model.backbone.gate.contrast=False), or '
+                'start a new run.')
         if digest != recorded:
             model = runner.model.module if hasattr(runner.model, 'module') else runner.model
             raise ValueError(

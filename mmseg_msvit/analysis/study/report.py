@@ -86,6 +86,10 @@ def compare(records: Iterable[dict], first: tuple, second: tuple) -> Optional[di
 
 
 # ---------------------------------------------------------------------------------- outputs
+STRUCTURE_FAMILY = 'recipe + mixed-scale decoding, one stage, structure score'
+CONTRAST_FAMILY = 'recipe + mixed-scale decoding, one stage, structure + contrast (the configs)'
+
+
 def family(run, name):
     """The curve a result belongs to in the plot."""
     if name.startswith('scale_at_'):
@@ -124,9 +128,9 @@ def family(run, name):
     if run == 'recipe_mixed_head_x4':
         return 'recipe + mixed-scale decoding at x4 only (x2 dense), content gate'
     if run == 'recipe_mixed_head_inplace_structure' and name.startswith('structure'):
-        return f'{run} (budget curve)'
+        return STRUCTURE_FAMILY
     if run == 'recipe_mixed_head_inplace_contrast' and name.startswith('contrast'):
-        return f'{run} (budget curve)'
+        return CONTRAST_FAMILY
     return run
 
 
@@ -457,8 +461,7 @@ def plot(rows, path):
 WHOLE_MODEL_FAMILIES = (
     'dense ViT, input downscaled', 'recipe, content gate',
     'recipe + mixed-scale decoding (frozen teacher), content gate',
-    'recipe_mixed_head_inplace_structure (budget curve)',
-    'recipe_mixed_head_inplace_contrast (budget curve)',
+    STRUCTURE_FAMILY, CONTRAST_FAMILY,
     'dense ViT, neck and head at 1/2 resolution (fine-tuned)',
     'dense ViT + content gate (training-free)',
     'recipe + mixed-scale decoding at x4 only (x2 dense), content gate')
