@@ -10,7 +10,8 @@ training-free content gate, in one call.
     result.msvit_fine_mask, result.msvit_backbone_macs   # where the fine tokens went, the cost
 
 The content gate (``ContentGate``) has no parameters: each 32x32 region is scored by the pixel
-energy its coarse token would lose, and the ``fine_budget`` share of regions with the highest
+energy its coarse token would lose (or, where the config's own gate is a content gate, by that
+gate's score: structure, contrast), and the ``fine_budget`` share of regions with the highest
 scores keeps fine tokens (budget mode). Any MSViT checkpoint works, dense ones included (a dense
 config's ``force_scale='fine'`` is lifted). ``tools/test.py CONFIG CKPT --content-gate 0.42`` does
 the same for an evaluation.

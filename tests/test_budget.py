@@ -198,8 +198,13 @@ def test_contrast_finds_the_border_of_a_texture_with_its_surrounds_mean_colour()
         3 * (3 * 32 * 32) + 6 * (3 * 32 * 32 // 16)
     with pytest.raises(ValueError, match='contrast=True needs structure_px'):
         ContentGate(contrast=True)
-    with pytest.raises(TypeError, match='contrast must be True or False'):
+    with pytest.raises(ValueError, match='contrast must be True or False'):
         ContentGate(structure_px=4, contrast='yes')
+    # each cell's spread is taken about its own mean: a bright image (mean 50, as unnormalised
+    # pixels) scores what the same detail scores at mean 0
+    detail = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    gate = ContentGate(structure_px=4, contrast=True)
+    torch.testing.assert_close(gate(detail + 50.0), gate(detail), atol=1e-4, rtol=0)
 
 
 def test_content_gate_with_a_budget_needs_no_training():

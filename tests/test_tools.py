@@ -697,6 +697,13 @@ def test_a_distillation_run_never_replaces_its_teacher_nor_resumes_from_another(
                        'recipes midway'):
         train.main([recipe, '--work-dir', str(other), '--resume', '--cfg-options', *one_stage,
                     'train_cfg.max_iters=2'])
+    # the content gate has no weights: its score is recorded, and resuming with another refused
+    assert torch.load(other / 'iter_1.pth', weights_only=True)['meta'][
+        'msvit_content_gate'] == dict(structure_px=4, contrast=True)
+    with pytest.raises(ValueError, match=r"content gate scoring \{'structure_px': 4, 'contrast': "
+                       r"True\}.*model.backbone.gate.contrast=True"):
+        train.main([recipe, '--work-dir', str(other), '--resume', '--cfg-options', *options,
+                    'model.backbone.gate.contrast=False', 'train_cfg.max_iters=2'])
     assert train.main([recipe, '--work-dir', str(other), '--resume', '--cfg-options', *options,
                        'train_cfg.max_iters=2']).iter == 2
 
@@ -719,6 +726,15 @@ def test_tools_answer_the_question_asked_or_refuse_it(trained, synthetic_root, t
     assert [round(r['fine_fraction'], 1) for r in rows] == [0.2, 0.8] or \
         rows[0]['fine_fraction'] < rows[1]['fine_fraction'] < 1.0
     assert all('content gate' in r['label'] for r in rows)
+    # a model whose own gate is a content gate keeps its score (structure, contrast), as test.py
+    from mmseg_msvit.models import MSViT
+    own = MSViT(arch=dict(embed_dims=48, depth=2, num_heads=3), img_size=64,
+                gate=dict(type='ContentGate', structure_px=4, contrast=True))
+    swept = tradeoff.sweep_policy(own, budget=0.5, content_gate=True).gate
+    assert (swept.structure_px, swept.contrast) == (4, True)
+    assert tradeoff.sweep_policy(MSViT(arch=dict(embed_dims=48, depth=2, num_heads=3),
+                                       img_size=64), budget=0.5,
+                                 content_gate=True).gate.structure_px is None
     with pytest.raises(SystemExit):
         tradeoff.parse_args([str(dense), checkpoint, '--thresholds', '0.5', '--content-gate'])
     compare = load_tool('tools/analysis_tools/compare_baselines.py')

@@ -8,7 +8,8 @@
 #   python tools/train.py configs/msvit/msvit-s16-32-distill_upernet_8xb2-20k_cityscapes-512x1024.py \
 #       --cfg-options load_from=<step 1's last checkpoint>
 # Content gate (training-free; a region is scored by the variance of its 4 x 4 pixel averages
-# and of their contrast, structure_px=4, contrast=True), 42% of the regions fine at evaluation, budgets 0.25-0.6 in training; coarse
+# and of their contrast, structure_px=4, contrast=True), 42% of the regions fine at
+# evaluation, budgets 0.25-0.6 in training; coarse
 # tokens with their region's detail (coarse_detail, coarse_scale_embed) and unpooled to their
 # cells by the neck; DenseDistillLoss from the model's own dense pass (logits and dense feature
 # maps, teacher='self'; teacher='checkpoint' distils from a frozen copy of load_from instead);

@@ -64,6 +64,17 @@ def check_custom_keys(custom_keys, parameter_names) -> None:
                 'settings without a word)')
 
 
+def _content_gate_score(runner) -> Optional[dict]:
+    """The options of the model's content gate that choose its score, or None when its gate
+    is not a content gate."""
+    from ..models.gates import ContentGate
+    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+    gate = getattr(getattr(model, 'backbone', None), 'gate', None)
+    if not isinstance(gate, ContentGate):
+        return None
+    return dict(structure_px=gate.structure_px, contrast=gate.contrast)
+
+
 @HOOKS.register_module()
 class SafeCheckpointHook(CheckpointHook):
     """``CheckpointHook`` that never loses a checkpoint (arguments as mmengine's).
@@ -127,16 +138,32 @@ class SafeCheckpointHook(CheckpointHook):
                     f'work_dirs/teacher.pth) and point to the copy, or use another --work-dir.')
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        """Record the distillation teacher's file digest with every checkpoint."""
+        """Record the distillation teacher's file digest and the content gate's score options
+        (not in the state dict: it has no parameters) with every checkpoint."""
         digest = _teacher_digest(runner)
         if digest is not None:
             checkpoint.setdefault('meta', {})['msvit_teacher_sha256'] = digest
+        score = _content_gate_score(runner)
+        if score is not None:
+            checkpoint.setdefault('meta', {})['msvit_content_gate'] = score
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """On ``--resume``, refuse a teacher whose file changed since the checkpoint was
-        written: the resumed run would distil from another model without a word."""
-        recorded = (checkpoint.get('meta') or {}).get('msvit_teacher_sha256')
-        if not runner._resume or recorded is None:
+        written, or a content gate that scores regions differently: the resumed run would
+        distil from another model, or train on other decisions, without a word."""
+        if not runner._resume:
+            return
+        meta = checkpoint.get('meta') or {}
+        score, current = meta.get('msvit_content_gate'), _content_gate_score(runner)
+        if score is not None and score != current:
+            options = ' '.join(f'model.backbone.gate.{k}={v}' for k, v in score.items())
+            raise ValueError(
+                f'this run started with a content gate scoring {score}, but the config resuming '
+                f'it has {current if current is not None else "no content gate"}: a resumed run '
+                'would train on other decisions midway. Resume with the configuration it '
+                f'started with (--cfg-options {options}), or start a new run.')
+        recorded = meta.get('msvit_teacher_sha256')
+        if recorded is None:
             return
         digest = _teacher_digest(runner)
         if digest is None:  # the run started with a frozen teacher; this config has none

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from .arguments import check_positive_int, check_positive_ints
+from .arguments import check_bool, check_positive_int, check_positive_ints
 from .tokenizer import coarsen, regions_to_rows
 
 
@@ -196,8 +196,7 @@ class ContentGate(BaseModule):
             if coarse_patch_size % structure_px or structure_px >= coarse_patch_size:
                 raise ValueError(f'ContentGate: structure_px must divide coarse_patch_size='
                                  f'{coarse_patch_size} and be smaller, got {structure_px}')
-        if not isinstance(contrast, bool):
-            raise TypeError(f'ContentGate: contrast must be True or False, got {contrast!r}')
+        check_bool('ContentGate', 'contrast', contrast)
         if contrast and structure_px is None:
             raise ValueError('ContentGate: contrast=True needs structure_px (the cells whose '
                              'contrast is compared), got structure_px=None')
@@ -221,8 +220,9 @@ class ContentGate(BaseModule):
     def macs_per_region(self) -> int:
         """The pooling and the squared residual: two multiply-adds per pixel and channel; with
         ``structure_px``, one per pixel and channel for the s x s averages and two per average
-        for the variance; with ``contrast`` too, two more per pixel and channel for the cells'
-        second moments, two per cell for their standard deviations and two for their variance."""
+        for the variance; with ``contrast`` too, two more per pixel and channel for the squared
+        residuals about the cells' averages, two per cell for their standard deviations and two
+        for their variance."""
         pixels = self.in_channels * self.coarse_patch_size**2
         if self.structure_px is None:
             return 2 * pixels
@@ -246,9 +246,10 @@ class ContentGate(BaseModule):
             averages = F.avg_pool2d(img, self.structure_px)
             per_region = self.coarse_patch_size // self.structure_px
             energy = self._region_variance(averages, per_region)
-            if self.contrast:
-                second = F.avg_pool2d(img.square(), self.structure_px)
-                deviation = (second - averages.square()).clamp(min=0).sqrt()
+            if self.contrast:  # each cell's spread about its own mean (two passes: exact)
+                residual = img - F.interpolate(averages, scale_factor=self.structure_px,
+                                               mode='nearest')
+                deviation = F.avg_pool2d(residual.square(), self.structure_px).sqrt()
                 energy = energy + self._region_variance(deviation, per_region)
         return torch.log(energy[:, 0] + self.eps)
 

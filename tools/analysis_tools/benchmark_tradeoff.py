@@ -103,8 +103,9 @@ def sweep_policy(backbone, threshold=None, budget=None, content_gate=False):
     answer it (a forced scale without the content gate; a threshold on a parameter-free
     gate)."""
     from mmseg_msvit.models import ContentGate, ScalePolicy
-    if content_gate:
-        return ScalePolicy.with_budget(budget, gate=ContentGate.like(backbone))
+    if content_gate:  # a model whose own gate is a content gate keeps its score, as test.py
+        own = backbone.gate if isinstance(backbone.gate, ContentGate) else None
+        return ScalePolicy.with_budget(budget, gate=own or ContentGate.like(backbone))
     policy = backbone.policy
     if policy.force_scale is not None:
         raise ValueError(f'benchmark_tradeoff: the config forces every region '
