@@ -194,6 +194,8 @@ def test_distill_loss_is_kl_of_tempered_softmax():
     (dict(teacher_checkpoint=3), 'teacher_checkpoint must be a path'),
     (dict(teacher='ema'), "teacher must be 'checkpoint' or 'self'"),
     (dict(teacher='self', teacher_checkpoint='a.pth'), "teacher='self' takes no"),
+    (dict(student_task_loss='no'), 'student_task_loss must be True or False'),
+    (dict(student_task_loss=False), "student_task_loss=False needs teacher='self'"),
 ])
 def test_distill_loss_arguments_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -292,6 +294,34 @@ def test_in_place_distillation_trains_the_dense_pass_and_teaches_with_it_detache
     assert grad_distill.abs().sum() > 0 and grad_dense.abs().sum() > 0
     assert model.backbone.coarse_embed.proj.weight.grad is None or \
         model.backbone.coarse_embed.proj.weight.grad.abs().sum() == 0  # dense pass: no coarse
+
+
+def test_student_task_loss_false_teaches_the_mixed_pass_by_the_dense_pass_alone():
+    """student_task_loss=False (slimmable networks' way): the mixed-scale pass gets no task loss
+    (neither decode nor auxiliary head), only the distillation; the dense pass keeps its own,
+    and the losses are the same values as with the task loss, less those two."""
+    from test_segmentor import build, make_batch, segmentor_cfg
+    losses = {}
+    for task in (True, False):
+        cfg = segmentor_cfg(
+            backbone=dict(segmentor_cfg()['backbone'], gate=dict(type='ContentGate'),
+                          fine_budget=0.5, coarse_detail=True),
+            gate_loss=None, distill=dict(type='DenseDistillLoss', teacher='self',
+                                         feature_weight=1.0, student_task_loss=task))
+        torch.manual_seed(0)
+        model = build(cfg).train()
+        data = model.data_preprocessor(make_batch(), True)
+        torch.manual_seed(1)
+        losses[task] = model.loss(data['inputs'], data['data_samples'])
+    student_task = {k for k in losses[True] if k.startswith(('decode.', 'aux.'))}
+    assert {'decode.loss_ce', 'aux.loss_ce'} <= student_task
+    assert set(losses[False]) == set(losses[True]) - student_task
+    for key, value in losses[False].items():
+        torch.testing.assert_close(value, losses[True][key])
+    # the distillation alone reaches what only the mixed pass uses (the coarse tokens' extras)
+    model.zero_grad()
+    losses[False]['loss_distill'].backward()
+    assert model.backbone.patch_embed.coarse_embed.proj.weight.grad.abs().sum() > 0
 
 
 # ------------------------------------------------------------------------------ unpooling

@@ -256,6 +256,7 @@ def comparisons(setting):
     mixed_inplace = ('recipe_mixed_head_inplace', f'content{b}')
     structure = ('recipe_mixed_head_inplace_structure', f'structure{b}')
     contrast = ('recipe_mixed_head_inplace_contrast', f'contrast{b}')
+    contrast_kd = ('recipe_mixed_head_inplace_contrast_kd', f'contrast{b}')
     pairs += [
         ('recipe_inplace vs recipe (frozen teacher)', inplace, ('recipe', f'content{b}')),
         ('recipe_inplace vs dense', inplace, ('dense', 'scale1.0')),
@@ -296,6 +297,15 @@ def comparisons(setting):
          ('recipe_mixed_head_inplace_contrast', 'scale1.0'), ('dense', 'scale1.0')),
         ('recipe_mixed_head_inplace_contrast: label oracle vs its gate',
          ('recipe_mixed_head_inplace_contrast', f'oracle{b}'), contrast),
+        ('recipe_mixed_head_inplace_contrast_kd (no task loss on the mixed pass) vs '
+         'recipe_mixed_head_inplace_contrast', contrast_kd, contrast),
+        ('recipe_mixed_head_inplace_contrast_kd, every region fine, vs '
+         'recipe_mixed_head_inplace_contrast, every region fine',
+         ('recipe_mixed_head_inplace_contrast_kd', 'scale1.0'),
+         ('recipe_mixed_head_inplace_contrast', 'scale1.0')),
+        ('recipe_mixed_head_inplace_contrast_kd vs dense', contrast_kd, ('dense', 'scale1.0')),
+        ('recipe_mixed_head_inplace_contrast_kd, every region fine, vs dense',
+         ('recipe_mixed_head_inplace_contrast_kd', 'scale1.0'), ('dense', 'scale1.0')),
     ]
     return pairs
 
@@ -315,7 +325,8 @@ def equal_cost_targets(setting) -> list:
                ('recipe_inplace', f"content{setting['budget']}"),
                ('recipe_mixed_head_inplace', f"content{setting['budget']}"),
                ('recipe_mixed_head_inplace_structure', f"structure{setting['budget']}"),
-               ('recipe_mixed_head_inplace_contrast', f"contrast{setting['budget']}")]
+               ('recipe_mixed_head_inplace_contrast', f"contrast{setting['budget']}"),
+               ('recipe_mixed_head_inplace_contrast_kd', f"contrast{setting['budget']}")]
     for x in budgets:
         targets += [('recipe_mixed_head', f'content{x}'), ('recipe', f'mixed_decode_content{x}'),
                     ('recipe', f'mixed_decode_x4_content{x}'),

@@ -240,6 +240,16 @@ def runs(setting: dict) -> dict:
             evals=[(f'contrast{x}', dict(rule='gate', budget=x)) for x in budgets] +
             [('scale1.0', dict(scale=1.0)), (f'content{b}', dict(rule='content', budget=b)),
              (f'oracle{b}', dict(rule='oracle', budget=b))]),
+        # the same with the mixed-scale pass taught by the dense pass alone (no task loss of
+        # its own), as slimmable networks train their smaller widths
+        'recipe_mixed_head_inplace_contrast_kd': dict(
+            label='recipe + mixed-scale decoding, in-place distillation (the mixed pass without '
+            'a task loss), content gate on structure and contrast (4 px)',
+            **{**mixed_head_inplace,
+               'gate': dict(type='ContentGate', structure_px=4, contrast=True),
+               'distill': dict(FEATURE_DISTILL, teacher='self', student_task_loss=False)},
+            evals=[(f'contrast{x}', dict(rule='gate', budget=x)) for x in budgets] +
+            [('scale1.0', dict(scale=1.0))]),
         # a learned gate on the mixed-decoding recipe (gate only, as recipe_gate): its fine
         # regions are where the head runs at full resolution too
         'recipe_mixed_head_gate': dict(

@@ -15,6 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
+from ..arguments import check_bool
+
 __all__ = ['DenseDistillLoss']
 
 
@@ -57,6 +59,10 @@ class DenseDistillLoss(nn.Module):
         temperature (float): > 0. Default: 1.0.
         loss_weight (float): weight of the logit term (>= 0). Default: 1.0.
         feature_weight (float): weight of the feature term (>= 0). Default: 0.0.
+        student_task_loss (bool): whether the mixed-scale pass also gets the task loss (its
+            decode and auxiliary heads' losses). False (``teacher='self'`` only): it learns from
+            the dense pass alone, as slimmable networks train their smaller widths. Default:
+            True.
         loss_name (str): Default: 'loss_distill'.
     """
 
@@ -66,6 +72,7 @@ class DenseDistillLoss(nn.Module):
                  temperature: float = 1.0,
                  loss_weight: float = 1.0,
                  feature_weight: float = 0.0,
+                 student_task_loss: bool = True,
                  loss_name: str = 'loss_distill') -> None:
         super().__init__()
         for name, value, low in (('temperature', temperature, 0.0),
@@ -84,6 +91,12 @@ class DenseDistillLoss(nn.Module):
         if teacher == 'self' and teacher_checkpoint is not None:
             raise ValueError("DenseDistillLoss: teacher='self' takes no teacher_checkpoint (the "
                              'model teaches itself)')
+        self.student_task_loss = check_bool('DenseDistillLoss', 'student_task_loss',
+                                            student_task_loss)
+        if not student_task_loss and teacher != 'self':
+            raise ValueError("DenseDistillLoss: student_task_loss=False needs teacher='self' "
+                             '(its dense pass is what gives the decode and auxiliary heads a '
+                             f'task loss; with teacher={teacher!r} nothing would)')
         self.teacher = teacher
         if not loss_weight and not feature_weight:
             raise ValueError('DenseDistillLoss: loss_weight and feature_weight are both 0: '

@@ -194,7 +194,9 @@ class MSViTEncoderDecoder(EncoderDecoder):
         with_maps = bool(self.distill.feature_weight)
         student_maps, x = self.neck.maps_and_outputs(feats)
         seg_logits = self.decode_head.forward(x)
-        losses = add_prefix(self.decode_head.loss_by_feat(seg_logits, data_samples), 'decode')
+        task = self.distill.student_task_loss
+        losses = add_prefix(self.decode_head.loss_by_feat(seg_logits, data_samples),
+                            'decode') if task else {}
         if self.distill.teacher == 'self':
             dense_losses, teacher_logits, teacher_maps = self._dense_pass(inputs, data_samples)
             losses.update(dense_losses)
@@ -202,7 +204,7 @@ class MSViTEncoderDecoder(EncoderDecoder):
             teacher_logits, teacher_maps = self.distill.teacher_outputs(inputs, with_maps)
         losses.update(self.distill(seg_logits, teacher_logits,
                                    student_maps if with_maps else None, teacher_maps))
-        return self._add_other_losses(losses, x, layout, inputs, data_samples)
+        return self._add_other_losses(losses, x, layout, inputs, data_samples, task=task)
 
     def _dense_pass(self, inputs: Tensor, data_samples: SampleList):
         """In-place distillation's teacher: the model itself with every region fine, trained
@@ -217,9 +219,9 @@ class MSViTEncoderDecoder(EncoderDecoder):
         return losses, logits.detach(), [m.detach() for m in maps]
 
     def _add_other_losses(self, losses: dict, x, layout, inputs: Tensor,
-                          data_samples: SampleList) -> dict:
-        """Auxiliary head, gate loss and statistics, gate probe."""
-        if self.with_auxiliary_head:
+                          data_samples: SampleList, task: bool = True) -> dict:
+        """Auxiliary head (unless ``task`` is False), gate loss and statistics, gate probe."""
+        if self.with_auxiliary_head and task:
             losses.update(self._auxiliary_head_forward_train(x, data_samples))
         losses.update(gate_loss_and_stats(layout, self.gate_loss))
         if self.gate_probe is not None and layout.gate_logits is not None:
