@@ -40,10 +40,9 @@ def with_content_gate(cfg: Config, fine_budget: float) -> Config:
                          "to train MSViT from an mmseg ViT config, see README 'From an mmseg ViT "
                          "config'")
     gate = backbone.get('gate') or {}
-    # a config whose own gate is the content gate keeps its score (structure_px, contrast)
-    backbone['gate'] = dict(type='ContentGate', structure_px=gate.get('structure_px'),
-                            contrast=gate.get('contrast', False)) \
-        if gate.get('type') == 'ContentGate' else dict(type='ContentGate')
+    # a config whose own gate is the content gate keeps it, score options and all
+    backbone['gate'] = dict(gate) if gate.get('type') == 'ContentGate' else \
+        dict(type='ContentGate')
     backbone['force_scale'] = None
     backbone['fine_budget'] = float(fine_budget)
     backbone['train_budget_range'] = None

@@ -64,15 +64,17 @@ def check_custom_keys(custom_keys, parameter_names) -> None:
                 'settings without a word)')
 
 
+def _model(runner):
+    """The runner's model without its distributed wrapper."""
+    return runner.model.module if hasattr(runner.model, 'module') else runner.model
+
+
 def _content_gate_score(runner) -> Optional[dict]:
-    """The options of the model's content gate that choose its score, or None when its gate
-    is not a content gate."""
+    """The model's content gate's :attr:`~mmseg_msvit.models.ContentGate.score_options`, or
+    None when its gate is not a content gate."""
     from ..models.gates import ContentGate
-    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
-    gate = getattr(getattr(model, 'backbone', None), 'gate', None)
-    if not isinstance(gate, ContentGate):
-        return None
-    return dict(structure_px=gate.structure_px, contrast=gate.contrast)
+    gate = getattr(getattr(_model(runner), 'backbone', None), 'gate', None)
+    return gate.score_options if isinstance(gate, ContentGate) else None
 
 
 @HOOKS.register_module()
@@ -116,7 +118,7 @@ class SafeCheckpointHook(CheckpointHook):
         and a later ``--resume`` would distil from it or find it gone."""
         import re
         pattern = re.compile(r'(iter|epoch)_\d+\.pth|best_.*\.pth')
-        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        model = _model(runner)
         sources = []
         if runner._load_from and not runner._resume:
             sources.append(('load_from', runner._load_from))
@@ -176,7 +178,7 @@ class SafeCheckpointHook(CheckpointHook):
                 'model.backbone.gate.structure_px=None model.backbone.gate.contrast=False), or '
                 'start a new run.')
         if digest != recorded:
-            model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+            model = _model(runner)
             raise ValueError(
                 f'the distillation teacher {model.distill.teacher_checkpoint!r} is not the file '
                 f'this run started with (sha256 {digest[:12]}..., the checkpoint recorded '
@@ -216,7 +218,7 @@ class SafeCheckpointHook(CheckpointHook):
 
 def _teacher_digest(runner) -> Optional[str]:
     """sha256 of the distillation teacher's file the model built (None without one)."""
-    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+    model = _model(runner)
     return getattr(model, 'distill_teacher_sha256', None)
 
 
@@ -343,7 +345,7 @@ class CheckpointCheckHook(Hook):
         """A one-stage step 2 (``distill.teacher='self'``) fine-tunes step 1's dense model:
         refused when the run loaded no weights (no ``load_from``, a ``--resume`` that found no
         checkpoint, no pretrained backbone), which would train it from random weights."""
-        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        model = _model(runner)
         if getattr(getattr(model, 'distill', None), 'teacher', None) != 'self' or \
                 runner._has_loaded:
             return
@@ -362,7 +364,7 @@ class CheckpointCheckHook(Hook):
         from ..models.checkpoints import (FRESH_AT_TRAINING_START, check_covers,
                                           check_no_foreign_weights, key_groups, loaded_key,
                                           required_keys, state_dict_of)
-        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        model = _model(runner)
         path = runner._load_from or runner.message_hub.get_info('last_ckpt') or 'checkpoint'
         backbone = getattr(model, 'backbone', None)
         if runner._resume and checkpoint.get('optimizer') is not None:
@@ -406,7 +408,7 @@ class CustomKeysCheckHook(Hook):
         optim = runner.cfg.get('optim_wrapper') or {}
         keys = (optim.get('paramwise_cfg') or {}).get('custom_keys') or {}
         if keys:
-            model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+            model = _model(runner)
             check_custom_keys(keys, (name for name, _ in model.named_parameters()))
 
 

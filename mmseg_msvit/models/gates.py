@@ -208,13 +208,19 @@ class ContentGate(BaseModule):
         self.contrast = contrast
 
     @classmethod
-    def like(cls, backbone, structure_px: Optional[int] = None,
-             contrast: bool = False) -> 'ContentGate':
-        """A content gate for ``backbone`` (its patch sizes and channels, on its device), to
-        substitute in a policy: ``ScalePolicy.with_budget(b, gate=ContentGate.like(backbone))``."""
+    def like(cls, backbone) -> 'ContentGate':
+        """A pixel-energy content gate for ``backbone`` (its patch sizes and channels, on its
+        device), to substitute in a policy:
+        ``ScalePolicy.with_budget(b, gate=ContentGate.like(backbone))``."""
         return cls(coarse_patch_size=backbone.coarse_patch_size,
-                   fine_patch_size=backbone.fine_patch_size, in_channels=backbone.in_channels,
-                   structure_px=structure_px, contrast=contrast).to(backbone.cls_token.device)
+                   fine_patch_size=backbone.fine_patch_size,
+                   in_channels=backbone.in_channels).to(backbone.cls_token.device)
+
+    @property
+    def score_options(self) -> dict:
+        """The options that choose the score (not in a state dict: the gate has no
+        parameters); checkpoints record them to refuse a resume under another score."""
+        return dict(structure_px=self.structure_px, contrast=self.contrast)
 
     @property
     def macs_per_region(self) -> int:

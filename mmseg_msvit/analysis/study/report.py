@@ -259,17 +259,11 @@ def comparisons(setting):
     contrast_kd = ('recipe_mixed_head_inplace_contrast_kd', f'contrast{b}')
     pairs += [
         ('recipe_inplace vs recipe (frozen teacher)', inplace, ('recipe', f'content{b}')),
-        ('recipe_inplace vs dense', inplace, ('dense', 'scale1.0')),
-        ('recipe_inplace, every region fine, vs dense', ('recipe_inplace', 'scale1.0'),
-         ('dense', 'scale1.0')),
         ('recipe_inplace vs content gate (training-free)', inplace, ('dense', f'content{b}')),
         ('recipe_mixed_head_inplace vs recipe_mixed_head (frozen teacher)', mixed_inplace,
          mixed_head),
         ('recipe_mixed_head_inplace vs recipe (dense neck and head)', mixed_inplace,
          ('recipe', f'content{b}')),
-        ('recipe_mixed_head_inplace vs dense', mixed_inplace, ('dense', 'scale1.0')),
-        ('recipe_mixed_head_inplace, every region fine, vs dense',
-         ('recipe_mixed_head_inplace', 'scale1.0'), ('dense', 'scale1.0')),
         ('recipe_mixed_head_inplace vs dense with its neck and head at 1/2 resolution',
          mixed_inplace, ('dense_half_head', 'scale1.0')),
         ('recipe_mixed_head_inplace_structure vs recipe_mixed_head_inplace (pixel energy)',
@@ -292,9 +286,6 @@ def comparisons(setting):
          ('recipe', f'content{b}')),
         ('recipe_mixed_head_inplace_contrast vs recipe_mixed_head (frozen teacher, pixel '
          'energy)', contrast, mixed_head),
-        ('recipe_mixed_head_inplace_contrast vs dense', contrast, ('dense', 'scale1.0')),
-        ('recipe_mixed_head_inplace_contrast, every region fine, vs dense',
-         ('recipe_mixed_head_inplace_contrast', 'scale1.0'), ('dense', 'scale1.0')),
         ('recipe_mixed_head_inplace_contrast: label oracle vs its gate',
          ('recipe_mixed_head_inplace_contrast', f'oracle{b}'), contrast),
         ('recipe_mixed_head_inplace_contrast_kd (no task loss on the mixed pass) vs '
@@ -303,10 +294,13 @@ def comparisons(setting):
          'recipe_mixed_head_inplace_contrast, every region fine',
          ('recipe_mixed_head_inplace_contrast_kd', 'scale1.0'),
          ('recipe_mixed_head_inplace_contrast', 'scale1.0')),
-        ('recipe_mixed_head_inplace_contrast_kd vs dense', contrast_kd, ('dense', 'scale1.0')),
-        ('recipe_mixed_head_inplace_contrast_kd, every region fine, vs dense',
-         ('recipe_mixed_head_inplace_contrast_kd', 'scale1.0'), ('dense', 'scale1.0')),
     ]
+    # the one-stage runs against the dense model trained as long, at the budget and every
+    # region fine (issue 32: one checkpoint for every budget)
+    for (run, name) in (inplace, mixed_inplace, contrast, contrast_kd):
+        pairs += [(f'{run} vs dense', (run, name), ('dense', 'scale1.0')),
+                  (f'{run}, every region fine, vs dense', (run, 'scale1.0'),
+                   ('dense', 'scale1.0'))]
     return pairs
 
 

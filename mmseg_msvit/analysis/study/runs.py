@@ -100,6 +100,16 @@ def runs(setting: dict) -> dict:
                       **MIXED_DECODE)
     # the same trained in one stage (in-place distillation)
     mixed_head_inplace = {**mixed_head, 'distill': dict(FEATURE_DISTILL, teacher='self')}
+    # the configs' content gate: structure and contrast at 4 px
+    contrast_gate = dict(type='ContentGate', structure_px=4, contrast=True)
+
+    def own_gate_evals(name, controls=True):
+        """A content-gate variant's own gate at every budget (``name``0.42, ...) and every
+        region fine; with ``controls``, the pixel energy and the label oracle at the budget."""
+        return [(f'{name}{x}', dict(rule='gate', budget=x)) for x in budgets] + \
+            [('scale1.0', dict(scale=1.0))] + \
+            ([(f'content{b}', dict(rule='content', budget=b)),
+              (f'oracle{b}', dict(rule='oracle', budget=b))] if controls else [])
     return {
         # the dense model every other run starts from (the recipe's teacher), with the simple
         # ways of spending fewer GMACs on it: the baselines of the model a user already has
@@ -227,29 +237,22 @@ def runs(setting: dict) -> dict:
             label='recipe + mixed-scale decoding, in-place distillation, content gate on '
             'structure (4 px)',
             **{**mixed_head_inplace, 'gate': dict(type='ContentGate', structure_px=4)},
-            evals=[(f'structure{x}', dict(rule='gate', budget=x)) for x in budgets] +
-            [('scale1.0', dict(scale=1.0)), (f'content{b}', dict(rule='content', budget=b)),
-             (f'oracle{b}', dict(rule='oracle', budget=b))]),
+            evals=own_gate_evals('structure')),
         # the same with the structure score plus the variance of the 4 px cells' contrast (their
         # standard deviation): borders of a texture whose mean colour is its surround's
         'recipe_mixed_head_inplace_contrast': dict(
             label='recipe + mixed-scale decoding, in-place distillation, content gate on '
             'structure and contrast (4 px)',
-            **{**mixed_head_inplace,
-               'gate': dict(type='ContentGate', structure_px=4, contrast=True)},
-            evals=[(f'contrast{x}', dict(rule='gate', budget=x)) for x in budgets] +
-            [('scale1.0', dict(scale=1.0)), (f'content{b}', dict(rule='content', budget=b)),
-             (f'oracle{b}', dict(rule='oracle', budget=b))]),
+            **{**mixed_head_inplace, 'gate': contrast_gate},
+            evals=own_gate_evals('contrast')),
         # the same with the mixed-scale pass taught by the dense pass alone (no task loss of
         # its own), as slimmable networks train their smaller widths
         'recipe_mixed_head_inplace_contrast_kd': dict(
             label='recipe + mixed-scale decoding, in-place distillation (the mixed pass without '
             'a task loss), content gate on structure and contrast (4 px)',
-            **{**mixed_head_inplace,
-               'gate': dict(type='ContentGate', structure_px=4, contrast=True),
+            **{**mixed_head_inplace, 'gate': contrast_gate,
                'distill': dict(FEATURE_DISTILL, teacher='self', student_task_loss=False)},
-            evals=[(f'contrast{x}', dict(rule='gate', budget=x)) for x in budgets] +
-            [('scale1.0', dict(scale=1.0))]),
+            evals=own_gate_evals('contrast', controls=False)),
         # a learned gate on the mixed-decoding recipe (gate only, as recipe_gate): its fine
         # regions are where the head runs at full resolution too
         'recipe_mixed_head_gate': dict(
