@@ -196,6 +196,11 @@ def test_distill_loss_is_kl_of_tempered_softmax():
     (dict(teacher='self', teacher_checkpoint='a.pth'), "teacher='self' takes no"),
     (dict(student_task_loss='no'), 'student_task_loss must be True or False'),
     (dict(student_task_loss=False), "student_task_loss=False needs teacher='self'"),
+    (dict(teacher='self', shared_grad_scale=1.5), 'shared_grad_scale must be a number in'),
+    (dict(teacher='self', shared_grad_scale=True), 'shared_grad_scale must be a number in'),
+    (dict(shared_grad_scale=0.5), "shared_grad_scale needs teacher='self'"),
+    (dict(teacher='self', dense_running_stats=1), 'dense_running_stats must be True or False'),
+    (dict(dense_running_stats=True), "dense_running_stats needs teacher='self'"),
 ])
 def test_distill_loss_arguments_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -322,6 +327,79 @@ def test_student_task_loss_false_teaches_the_mixed_pass_by_the_dense_pass_alone(
     model.zero_grad()
     losses[False]['loss_distill'].backward()
     assert model.backbone.patch_embed.coarse_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_shared_grad_scale_scales_what_the_mixed_pass_sends_into_the_shared_weights():
+    """shared_grad_scale: the forward (every loss value) is unchanged; the shared weights' gradient
+    is the dense pass' plus ``scale`` times the mixed pass'; the coarse-only parts (the
+    coarse-token embedding) get the mixed pass' gradient whole; at 0 the shared weights follow the
+    dense pass alone."""
+    from test_segmentor import build, make_batch, segmentor_cfg
+    shared = ('backbone.blocks.0.attn.qkv.weight', 'backbone.patch_embed.pos_embed',
+              'decode_head.convs.0.conv.weight', 'auxiliary_head.conv_seg.weight')
+    coarse = 'backbone.patch_embed.coarse_embed.proj.weight'  # (reduce: zero until proj moves)
+    grads, values = {}, {}
+    for scale in (1.0, 0.5, 0.0, 'dense'):
+        cfg = segmentor_cfg(
+            backbone=dict(segmentor_cfg()['backbone'], gate=dict(type='ContentGate'),
+                          fine_budget=0.5, coarse_detail=True),
+            gate_loss=None, distill=dict(type='DenseDistillLoss', teacher='self',
+                                         feature_weight=1.0,
+                                         shared_grad_scale=1.0 if scale == 'dense' else scale))
+        torch.manual_seed(0)
+        model = build(cfg).train()
+        data = model.data_preprocessor(make_batch(), True)
+        torch.manual_seed(1)
+        losses = model.loss(data['inputs'], data['data_samples'])
+        if scale == 'dense':  # the dense pass' losses alone
+            losses = {k: v for k, v in losses.items() if k.startswith('dense.')}
+        values[scale] = losses
+        sum(v for k, v in losses.items() if 'loss' in k).backward()
+        params = dict(model.named_parameters())
+        grads[scale] = {name: params[name].grad.clone() for name in shared}
+        grads[scale][coarse] = params[coarse].grad
+    for key, value in values[1.0].items():
+        torch.testing.assert_close(values[0.0][key], value)
+        torch.testing.assert_close(values[0.5][key], value)
+    for name in shared:
+        dense, whole = grads['dense'][name], grads[1.0][name]
+        assert (whole - dense).abs().sum() > 0  # the mixed pass reaches it at scale 1
+        torch.testing.assert_close(grads[0.0][name], dense)
+        torch.testing.assert_close(grads[0.5][name], dense + 0.5 * (whole - dense))
+    assert grads['dense'][coarse] is None  # the dense pass has no coarse tokens
+    assert grads[1.0][coarse].abs().sum() > 0
+    torch.testing.assert_close(grads[0.0][coarse], grads[1.0][coarse])
+    torch.testing.assert_close(grads[0.5][coarse], grads[1.0][coarse])
+
+
+def test_dense_running_stats_records_batchnorm_statistics_from_the_dense_pass_alone():
+    """dense_running_stats=True: after a training step the BatchNorm running statistics are
+    those the dense pass alone records; without it the mixed pass moves them too."""
+    from test_segmentor import build, make_batch, segmentor_cfg
+    stats = {}
+    for case in ('dense_stats', 'both', 'dense_pass_only'):
+        cfg = segmentor_cfg(
+            backbone=dict(segmentor_cfg()['backbone'], gate=dict(type='ContentGate'),
+                          fine_budget=0.5, coarse_detail=True),
+            gate_loss=None, distill=dict(type='DenseDistillLoss', teacher='self',
+                                         feature_weight=1.0,
+                                         dense_running_stats=case == 'dense_stats'))
+        torch.manual_seed(0)
+        model = build(cfg).train()
+        data = model.data_preprocessor(make_batch(), True)
+        norm = model.decode_head.convs[0].bn
+        before = norm.running_mean.clone()
+        torch.manual_seed(1)
+        if case == 'dense_pass_only':
+            model._dense_pass(data['inputs'], data['data_samples'])
+        else:
+            model.loss(data['inputs'], data['data_samples'])
+        assert norm.momentum == 0.1  # restored after the mixed pass
+        stats[case] = (norm.running_mean.clone(), norm.running_var.clone())
+    assert not torch.equal(stats['dense_pass_only'][0], before)
+    for a, b in zip(stats['dense_stats'], stats['dense_pass_only']):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(stats['both'][0], stats['dense_pass_only'][0])
 
 
 # ------------------------------------------------------------------------------ unpooling

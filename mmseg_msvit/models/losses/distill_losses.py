@@ -63,6 +63,18 @@ class DenseDistillLoss(nn.Module):
             decode and auxiliary heads' losses). False (``teacher='self'`` only): it learns from
             the dense pass alone, as slimmable networks train their smaller widths. Default:
             True.
+        shared_grad_scale (float): in [0, 1] (``teacher='self'`` only): what the mixed-scale
+            pass' losses send back into the weights the dense pass also uses (transformer,
+            embeddings, neck, heads) is multiplied by this. 1: both passes train them alike.
+            0: the mixed-scale pass trains only the parts coarse tokens alone use (the gate,
+            the coarse-token embedding, the neck's unpooling), so the shared weights follow
+            the dense pass' task loss alone, as a dense model trained as long would, and budget
+            1.0 of the checkpoint is that dense model. Default: 1.0.
+        dense_running_stats (bool): ``teacher='self'`` only: BatchNorm running statistics
+            (what evaluation normalises with) are recorded from the dense pass alone; the
+            mixed-scale pass normalises with its batch's statistics but does not record them.
+            False: both passes record theirs, and a budget-1.0 evaluation normalises with a
+            mixture of the two. Default: False.
         loss_name (str): Default: 'loss_distill'.
     """
 
@@ -73,6 +85,8 @@ class DenseDistillLoss(nn.Module):
                  loss_weight: float = 1.0,
                  feature_weight: float = 0.0,
                  student_task_loss: bool = True,
+                 shared_grad_scale: float = 1.0,
+                 dense_running_stats: bool = False,
                  loss_name: str = 'loss_distill') -> None:
         super().__init__()
         for name, value, low in (('temperature', temperature, 0.0),
@@ -97,6 +111,21 @@ class DenseDistillLoss(nn.Module):
             raise ValueError("DenseDistillLoss: student_task_loss=False needs teacher='self' "
                              '(its dense pass is what gives the decode and auxiliary heads a '
                              f'task loss; with teacher={teacher!r} nothing would)')
+        if isinstance(shared_grad_scale, bool) or not isinstance(shared_grad_scale, (int, float)) \
+                or not 0.0 <= shared_grad_scale <= 1.0:
+            raise ValueError('DenseDistillLoss: shared_grad_scale must be a number in [0, 1], '
+                             f'got {shared_grad_scale!r}')
+        if shared_grad_scale != 1.0 and teacher != 'self':
+            raise ValueError("DenseDistillLoss: shared_grad_scale needs teacher='self' (with a "
+                             'frozen teacher only the mixed-scale pass trains the shared weights; '
+                             f'scaling its gradient would only scale the learning rate), got '
+                             f'teacher={teacher!r}')
+        self.shared_grad_scale = float(shared_grad_scale)
+        self.dense_running_stats = check_bool('DenseDistillLoss', 'dense_running_stats',
+                                              dense_running_stats)
+        if dense_running_stats and teacher != 'self':
+            raise ValueError("DenseDistillLoss: dense_running_stats needs teacher='self' (with a "
+                             'frozen teacher there is no dense pass to record them)')
         self.teacher = teacher
         if not loss_weight and not feature_weight:
             raise ValueError('DenseDistillLoss: loss_weight and feature_weight are both 0: '

@@ -1,5 +1,5 @@
 """EncoderDecoder that trains the MSViT gate with a gate loss and reports what the gate did."""
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import List, Optional, Tuple
 
@@ -15,7 +15,7 @@ from ..checkpoints import check_gate_normalisation
 from ..costs import CallCosts, attach_cost, image_cost
 from ..features import layout_of
 from ..gate_training import (build_gate_loss, build_gate_probe, current_target,
-                             gate_loss_and_stats)
+                             frozen_batch_norm, gate_loss_and_stats)
 from ..policy import ScalePolicy
 
 
@@ -189,14 +189,17 @@ class MSViTEncoderDecoder(EncoderDecoder):
 
     def _loss_with_distillation(self, inputs: Tensor, data_samples: SampleList) -> dict:
         """``loss`` with the decode head's forward shared by its loss and the distillation."""
-        feats = self.backbone(inputs)
-        layout = layout_of(feats)
         with_maps = bool(self.distill.feature_weight)
-        student_maps, x = self.neck.maps_and_outputs(feats)
-        seg_logits = self.decode_head.forward(x)
         task = self.distill.student_task_loss
-        losses = add_prefix(self.decode_head.loss_by_feat(seg_logits, data_samples),
-                            'decode') if task else {}
+        scale = self.distill.shared_grad_scale
+
+        def mixed(method: str, *args):  # the mixed-scale pass' calls
+            with frozen_batch_norm(self) if self.distill.dense_running_stats else nullcontext():
+                return _with_scaled_gradients(self, method, scale, *args) if scale != 1.0 \
+                    else getattr(self, method)(*args)
+
+        losses, student_maps, x, seg_logits, layout = mixed('_mixed_pass', inputs,
+                                                            data_samples, task)
         if self.distill.teacher == 'self':
             dense_losses, teacher_logits, teacher_maps = self._dense_pass(inputs, data_samples)
             losses.update(dense_losses)
@@ -204,7 +207,21 @@ class MSViTEncoderDecoder(EncoderDecoder):
             teacher_logits, teacher_maps = self.distill.teacher_outputs(inputs, with_maps)
         losses.update(self.distill(seg_logits, teacher_logits,
                                    student_maps if with_maps else None, teacher_maps))
-        return self._add_other_losses(losses, x, layout, inputs, data_samples, task=task)
+        if self.with_auxiliary_head and task:
+            losses.update(mixed('_auxiliary_head_forward_train', x, data_samples))
+        return self._add_other_losses(losses, x, layout, inputs, data_samples, task=False)
+
+    def _mixed_pass(self, inputs: Tensor, data_samples: SampleList, task: bool):
+        """The distillation's student: the forward under the backbone's own scale decisions;
+        its decode loss when ``task``, its dense maps, neck outputs, decode logits and
+        layout."""
+        feats = self.backbone(inputs)
+        layout = layout_of(feats)
+        maps, x = self.neck.maps_and_outputs(feats)
+        logits = self.decode_head.forward(x)
+        losses = add_prefix(self.decode_head.loss_by_feat(logits, data_samples),
+                            'decode') if task else {}
+        return losses, maps, x, logits, layout
 
     def _dense_pass(self, inputs: Tensor, data_samples: SampleList):
         """In-place distillation's teacher: the model itself with every region fine, trained
@@ -317,3 +334,44 @@ class MSViTEncoderDecoder(EncoderDecoder):
             raise RuntimeError('MSViTEncoderDecoder: predict ran no encode_decode (an inference '
                                'override that bypasses it?), so no cost was recorded')
         return attach_cost(results, costs.total, costs.fine_mask)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the gradient multiplied by ``scale`` on the way back."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.scale, None
+
+
+class _Bound(torch.nn.Module):
+    """``model.method`` as a module's forward (for ``torch.func.functional_call``)."""
+
+    def __init__(self, model: torch.nn.Module, method: str) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, *args):
+        return getattr(self.model, self.method)(*args)
+
+
+def _with_scaled_gradients(model: MSViTEncoderDecoder, method: str, scale: float, *args):
+    """``model.method(*args)`` with the gradient reaching the weights the dense pass also uses
+    multiplied by ``scale`` (0: none); the parts only coarse tokens use
+    (:data:`~mmseg_msvit.models.checkpoints.reading.FRESH_AT_TRAINING_START`: the gate, the
+    coarse-token embedding, the neck's unpooling) get theirs whole. Buffers (BatchNorm
+    statistics) are the model's own and update as usual."""
+    from ..checkpoints.reading import FRESH_AT_TRAINING_START
+    params = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad or name.startswith(FRESH_AT_TRAINING_START):
+            continue
+        params['model.' + name] = param.detach() if scale == 0.0 else \
+            _ScaleGrad.apply(param, scale)
+    return torch.func.functional_call(_Bound(model, method), params, args)
