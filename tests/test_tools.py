@@ -11,6 +11,9 @@ from mmengine.registry import HOOKS
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(REPO, 'configs', 'msvit', 'demo_msvit_synthetic.py')
+#: the shipped one-stage recipe switched to a frozen teacher (its two one-stage options off)
+FROZEN_TEACHER = ['model.distill.teacher=checkpoint', 'model.distill.shared_grad_scale=1.0',
+                  'model.distill.dense_running_stats=False']
 PROBE = {}
 
 
@@ -614,7 +617,7 @@ def test_recipe_step_2_starts_from_a_dense_checkpoint_and_resumes(trained, synth
                         '--cfg-options', *data_options(synthetic_root / 'ade'),
                         'train_cfg.max_iters=1'])
     options = data_options(synthetic_root / 'ade') + ['default_hooks.checkpoint.interval=1',
-                                                      'model.distill.teacher=checkpoint']
+                                                      *FROZEN_TEACHER]
     runner = train.main([recipe, '--work-dir', str(run), '--cfg-options', *options,
                          'train_cfg.max_iters=2', f'load_from={dense}'])
     assert runner.model.distill.teacher_checkpoint == dense
@@ -664,7 +667,7 @@ def test_a_distillation_run_never_replaces_its_teacher_nor_resumes_from_another(
     work_dir, train = trained
     recipe = osp.join(REPO, 'configs', 'msvit', 'demo_recipe_synthetic.py')
     options = data_options(synthetic_root / 'ade') + ['default_hooks.checkpoint.interval=1',
-                                                      'model.distill.teacher=checkpoint']
+                                                      *FROZEN_TEACHER]
     run = tmp_path / 'run'
     run.mkdir()
     inside = run / 'iter_1.pth'
@@ -692,7 +695,7 @@ def test_a_distillation_run_never_replaces_its_teacher_nor_resumes_from_another(
                     'train_cfg.max_iters=2'])
     shutil.copy(work_dir / 'iter_2.pth', teacher)  # the original back: the resume goes on
     # resumed with the shipped one-stage config, the run would switch recipes midway: refused
-    one_stage = [o for o in options if o != 'model.distill.teacher=checkpoint']
+    one_stage = [o for o in options if o not in FROZEN_TEACHER]
     with pytest.raises(ValueError, match='started with a frozen distillation teacher .* switch '
                        'recipes midway'):
         train.main([recipe, '--work-dir', str(other), '--resume', '--cfg-options', *one_stage,
@@ -705,6 +708,31 @@ def test_a_distillation_run_never_replaces_its_teacher_nor_resumes_from_another(
         train.main([recipe, '--work-dir', str(other), '--resume', '--cfg-options', *options,
                     'model.backbone.gate.contrast=False', 'train_cfg.max_iters=2'])
     assert train.main([recipe, '--work-dir', str(other), '--resume', '--cfg-options', *options,
+                       'train_cfg.max_iters=2']).iter == 2
+
+
+def test_a_one_stage_run_resumes_only_under_the_options_it_started_with(trained, synthetic_root,
+                                                                         tmp_path):
+    """The shipped one-stage recipe records how its mixed pass shares the model (nothing in the
+    weights tells): a resume under other options is refused naming the options to resume with;
+    the same options resume."""
+    work_dir, train = trained
+    recipe = osp.join(REPO, 'configs', 'msvit', 'demo_recipe_synthetic.py')
+    options = data_options(synthetic_root / 'ade') + ['default_hooks.checkpoint.interval=1']
+    run = tmp_path / 'run'
+    train.main([recipe, '--work-dir', str(run), '--cfg-options', *options,
+                'train_cfg.max_iters=1', f"load_from={work_dir / 'iter_2.pth'}"])
+    assert torch.load(run / 'iter_1.pth', weights_only=True)['meta']['msvit_one_stage'] == dict(
+        student_task_loss=True, shared_grad_scale=0.25, dense_running_stats=True)
+    for other, found in ((['model.distill.shared_grad_scale=1.0'], "'shared_grad_scale': 1.0"),
+                         (['model.distill.dense_running_stats=False'],
+                          "'dense_running_stats': False")):
+        with pytest.raises(ValueError, match=f"started with in-place distillation .*{found}.*"
+                           'model.distill.shared_grad_scale=0.25 '
+                           'model.distill.dense_running_stats=True'):
+            train.main([recipe, '--work-dir', str(run), '--resume', '--cfg-options', *options,
+                        *other, 'train_cfg.max_iters=2'])
+    assert train.main([recipe, '--work-dir', str(run), '--resume', '--cfg-options', *options,
                        'train_cfg.max_iters=2']).iter == 2
 
 

@@ -1,7 +1,8 @@
 # Recommended recipe, step 2 on the synthetic scenes (the configuration the evidence study
-# measures as `recipe_mixed_head_inplace_contrast`, docs/study.md): the dense model of step 1
-# fine-tuned on mixed-scale tokens for 300 iterations in one stage, starting from its weights:
-# each iteration trains the model's own dense pass and distils its mixed-scale pass from it.
+# measures as `recipe_mixed_head_inplace_contrast_shared0.25_dense_stats`, docs/study.md): the
+# dense model of step 1 fine-tuned on mixed-scale tokens for 300 iterations in one stage,
+# starting from its weights: each iteration trains the model's own dense pass and distils its
+# mixed-scale pass from it.
 #   python tools/train.py configs/msvit/demo_recipe_synthetic.py --work-dir work_dirs/demo_recipe \
 #       --cfg-options load_from=work_dirs/demo_dense/iter_600.pth
 # - training-free content gate (a region is scored by the variance of its 4 x 4 pixel averages
@@ -16,8 +17,11 @@
 #   at the start);
 # - distillation (DenseDistillLoss, teacher='self'): per-pixel KL to the logits of the model's own
 #   dense pass (every region fine, trained with the task loss in the same iteration) plus its
-#   dense feature maps at the four taps; no teacher file (teacher='checkpoint' distils from a
-#   frozen copy of load_from instead);
+#   dense feature maps at the four taps; no teacher file; the mixed pass sends a quarter of its
+#   gradient into the weights the dense pass also uses, and BatchNorm running statistics are the
+#   dense pass' own (shared_grad_scale=0.25, dense_running_stats=True), so every region fine is
+#   the dense model (a frozen copy of load_from as teacher instead: teacher='checkpoint',
+#   shared_grad_scale=1.0, dense_running_stats=False);
 # - mixed-scale decoding: the neck's x4 and x2 levels and the UPerHead run coarse regions at half
 #   resolution (neck coarse_reduction=2; whole model 0.58x the dense one's GMACs), trained so here.
 _base_ = ['./vit-ti16-dense_upernet_1xb8-600_synthetic-128x128.py']
@@ -27,7 +31,10 @@ model = dict(
                   fine_budget=0.42, train_budget_range=(0.25, 0.6),
                   coarse_detail=True, coarse_scale_embed=True),
     neck=dict(coarse_unpool=True, coarse_reduction=2),  # mixed-scale decoding
-    distill=dict(type='DenseDistillLoss', feature_weight=1.0, teacher='self'))
+    # the mixed pass sends a quarter of its gradient into the weights the dense pass also uses,
+    # and BatchNorm statistics come from the dense pass: budget 1.0 stays the dense model
+    distill=dict(type='DenseDistillLoss', feature_weight=1.0, teacher='self',
+                 shared_grad_scale=0.25, dense_running_stats=True))
 optim_wrapper = dict(
     optimizer=dict(lr=0.0005),
     # the coarse-token embedding and the unpooling start at zero on a trained network: they

@@ -69,6 +69,13 @@ def _model(runner):
     return runner.model.module if hasattr(runner.model, 'module') else runner.model
 
 
+def _one_stage_options(runner) -> Optional[dict]:
+    """The model's :attr:`~mmseg_msvit.models.losses.DenseDistillLoss.one_stage_options`, or
+    None without in-place distillation."""
+    distill = getattr(_model(runner), 'distill', None)
+    return getattr(distill, 'one_stage_options', None)
+
+
 def _content_gate_score(runner) -> Optional[dict]:
     """The model's content gate's :attr:`~mmseg_msvit.models.ContentGate.score_options`, or
     None when its gate is not a content gate."""
@@ -140,19 +147,24 @@ class SafeCheckpointHook(CheckpointHook):
                     f'work_dirs/teacher.pth) and point to the copy, or use another --work-dir.')
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        """Record the distillation teacher's file digest and the content gate's score options
-        (not in the state dict: it has no parameters) with every checkpoint."""
+        """Record the distillation teacher's file digest, the content gate's score options (not
+        in the state dict: it has no parameters) and the in-place distillation's options with
+        every checkpoint."""
         digest = _teacher_digest(runner)
         if digest is not None:
             checkpoint.setdefault('meta', {})['msvit_teacher_sha256'] = digest
         score = _content_gate_score(runner)
         if score is not None:
             checkpoint.setdefault('meta', {})['msvit_content_gate'] = score
+        sharing = _one_stage_options(runner)
+        if sharing is not None:
+            checkpoint.setdefault('meta', {})['msvit_one_stage'] = sharing
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """On ``--resume``, refuse a teacher whose file changed since the checkpoint was
-        written, or a content gate that scores regions differently: the resumed run would
-        distil from another model, or train on other decisions, without a word."""
+        written, a content gate that scores regions differently, or in-place distillation under
+        other options: the resumed run would distil from another model, train on other
+        decisions, or train otherwise, without a word."""
         if not runner._resume:
             return
         meta = checkpoint.get('meta') or {}
@@ -164,6 +176,15 @@ class SafeCheckpointHook(CheckpointHook):
                 f'it has {current if current is not None else "no content gate"}: a resumed run '
                 'would train on other decisions midway. Resume with the configuration it '
                 f'started with (--cfg-options {options}), or start a new run.')
+        sharing, current = meta.get('msvit_one_stage'), _one_stage_options(runner)
+        if sharing is not None and sharing != current:
+            options = ' '.join(f'model.distill.{k}={v}' for k, v in sharing.items())
+            raise ValueError(
+                f'this run started with in-place distillation under {sharing}, but the config '
+                f'resuming it has {current if current is not None else "no in-place distillation"}'
+                ': a resumed run would train otherwise midway. Resume with the configuration it '
+                f"started with (--cfg-options model.distill.teacher=self {options}), or start a "
+                'new run.')
         recorded = meta.get('msvit_teacher_sha256')
         if recorded is None:
             return
@@ -175,6 +196,7 @@ class SafeCheckpointHook(CheckpointHook):
                 "'self', or no distill): a resumed run would switch recipes midway. Resume with "
                 'the configuration it started with (for the UPerNet step-2 configs: '
                 '--cfg-options model.distill.teacher=checkpoint '
+                'model.distill.shared_grad_scale=1.0 model.distill.dense_running_stats=False '
                 'model.backbone.gate.structure_px=None model.backbone.gate.contrast=False), or '
                 'start a new run.')
         if digest != recorded:

@@ -15,7 +15,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .runs import SMALL_CLASSES
+from .runs import SHARED_RUNS, SMALL_CLASSES, runs
 
 
 # ---------------------------------------------------------------------------------- aggregation
@@ -87,7 +87,12 @@ def compare(records: Iterable[dict], first: tuple, second: tuple) -> Optional[di
 
 # ---------------------------------------------------------------------------------- outputs
 STRUCTURE_FAMILY = 'recipe + mixed-scale decoding, one stage, structure score'
-CONTRAST_FAMILY = 'recipe + mixed-scale decoding, one stage, structure + contrast (the configs)'
+CONTRAST_FAMILY = 'recipe + mixed-scale decoding, one stage, structure + contrast'
+#: the configs' recipe: the above, the mixed pass' gradient into the shared weights x0.25 and
+#: running statistics from the dense pass; its curve runs to budget 1.0 (every region fine)
+SHIPPED_RUN = 'recipe_mixed_head_inplace_contrast_shared0.25_dense_stats'
+SHIPPED_FAMILY = ('recipe + mixed-scale decoding, one stage, structure + contrast, shared '
+                  'gradient x0.25, dense statistics (the configs; to budget 1.0)')
 
 
 def family(run, name):
@@ -131,6 +136,8 @@ def family(run, name):
         return STRUCTURE_FAMILY
     if run == 'recipe_mixed_head_inplace_contrast' and name.startswith('contrast'):
         return CONTRAST_FAMILY
+    if run == SHIPPED_RUN and (name.startswith('contrast') or name == 'scale1.0'):
+        return SHIPPED_FAMILY
     return run
 
 
@@ -295,9 +302,16 @@ def comparisons(setting):
          ('recipe_mixed_head_inplace_contrast_kd', 'scale1.0'),
          ('recipe_mixed_head_inplace_contrast', 'scale1.0')),
     ]
+    # the mixed pass' gradient into the shared weights scaled, running statistics from the
+    # dense pass: against the configs' recipe, at the budget and every region fine
+    shared = [(run, f'contrast{b}') for run in runs(setting) if run.startswith(SHARED_RUNS)]
+    for run, name in shared:
+        pairs += [(f'{run} vs recipe_mixed_head_inplace_contrast', (run, name), contrast),
+                  (f'{run}, every region fine, vs recipe_mixed_head_inplace_contrast, every '
+                   'region fine', (run, 'scale1.0'), (contrast[0], 'scale1.0'))]
     # the one-stage runs against the dense model trained as long, at the budget and every
     # region fine (issue 32: one checkpoint for every budget)
-    for (run, name) in (inplace, mixed_inplace, contrast, contrast_kd):
+    for (run, name) in [inplace, mixed_inplace, contrast, contrast_kd] + shared:
         pairs += [(f'{run} vs dense', (run, name), ('dense', 'scale1.0')),
                   (f'{run}, every region fine, vs dense', (run, 'scale1.0'),
                    ('dense', 'scale1.0'))]
@@ -320,7 +334,9 @@ def equal_cost_targets(setting) -> list:
                ('recipe_mixed_head_inplace', f"content{setting['budget']}"),
                ('recipe_mixed_head_inplace_structure', f"structure{setting['budget']}"),
                ('recipe_mixed_head_inplace_contrast', f"contrast{setting['budget']}"),
-               ('recipe_mixed_head_inplace_contrast_kd', f"contrast{setting['budget']}")]
+               ('recipe_mixed_head_inplace_contrast_kd', f"contrast{setting['budget']}")] + \
+        [(run, f"contrast{setting['budget']}") for run in runs(setting)
+         if run.startswith(SHARED_RUNS)]
     for x in budgets:
         targets += [('recipe_mixed_head', f'content{x}'), ('recipe', f'mixed_decode_content{x}'),
                     ('recipe', f'mixed_decode_x4_content{x}'),
@@ -466,7 +482,7 @@ def plot(rows, path):
 WHOLE_MODEL_FAMILIES = (
     'dense ViT, input downscaled', 'recipe, content gate',
     'recipe + mixed-scale decoding (frozen teacher), content gate',
-    STRUCTURE_FAMILY, CONTRAST_FAMILY,
+    STRUCTURE_FAMILY, CONTRAST_FAMILY, SHIPPED_FAMILY,
     'dense ViT, neck and head at 1/2 resolution (fine-tuned)',
     'dense ViT + content gate (training-free)',
     'recipe + mixed-scale decoding at x4 only (x2 dense), content gate')

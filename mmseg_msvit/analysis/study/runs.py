@@ -79,7 +79,9 @@ RECIPE = dict(train_budget_range=(0.25, 0.6), coarse_unpool=True, new_lr_mult=10
 MIXED_DECODE = dict(coarse_reduction=2)
 #: the study's runs with the mixed pass' gradient into the shared weights scaled
 #: (``DenseDistillLoss(shared_grad_scale=...)``)
-SHARED_GRAD_SCALES = (0.0, 0.25, 0.5)
+SHARED_GRAD_SCALES = (0.0, 0.25, 0.5, 1.0)
+#: their names begin so
+SHARED_RUNS = 'recipe_mixed_head_inplace_contrast_shared'
 #: the learned gate trained on a frozen model (gate-only runs): an MLP with the content prior
 CONTENT_PRIOR_GATE = dict(type='MixedScaleGate', hidden_dims=(256, 256), init_fine_fraction=0.9,
                           content_prior=True)
@@ -259,8 +261,9 @@ def runs(setting: dict) -> dict:
         # the same with what the mixed-scale pass sends into the weights the dense pass also
         # uses scaled (0: the shared weights follow the dense pass alone, the mixed pass trains
         # only the coarse-only parts): does sharing them cost the dense pass; ``_dense_stats``:
-        # BatchNorm running statistics recorded from the dense pass alone
-        **{f'recipe_mixed_head_inplace_contrast_shared{g}{"_dense_stats" if stats else ""}': dict(
+        # BatchNorm running statistics recorded from the dense pass alone (at 1.0 only that:
+        # without it, 1.0 is recipe_mixed_head_inplace_contrast)
+        **{f'{SHARED_RUNS}{g}{"_dense_stats" if stats else ""}': dict(
             label=f'recipe + mixed-scale decoding, in-place distillation, the mixed pass\' '
             f'gradient into the shared weights x{g}'
             f'{", running statistics from the dense pass" if stats else ""}, content gate on '
@@ -269,7 +272,7 @@ def runs(setting: dict) -> dict:
                'distill': dict(FEATURE_DISTILL, teacher='self', shared_grad_scale=g,
                                dense_running_stats=stats)},
             evals=own_gate_evals('contrast', controls=False))
-           for g in SHARED_GRAD_SCALES for stats in (False, True)},
+           for g in SHARED_GRAD_SCALES for stats in (False, True) if stats or g != 1.0},
         # a learned gate on the mixed-decoding recipe (gate only, as recipe_gate): its fine
         # regions are where the head runs at full resolution too
         'recipe_mixed_head_gate': dict(

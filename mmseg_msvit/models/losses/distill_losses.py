@@ -119,13 +119,18 @@ class DenseDistillLoss(nn.Module):
             raise ValueError("DenseDistillLoss: shared_grad_scale needs teacher='self' (with a "
                              'frozen teacher only the mixed-scale pass trains the shared weights; '
                              f'scaling its gradient would only scale the learning rate), got '
-                             f'teacher={teacher!r}')
+                             f'teacher={teacher!r}; with a frozen teacher set '
+                             'shared_grad_scale=1.0 and dense_running_stats=False (--cfg-options '
+                             'model.distill.shared_grad_scale=1.0 '
+                             'model.distill.dense_running_stats=False)')
         self.shared_grad_scale = float(shared_grad_scale)
         self.dense_running_stats = check_bool('DenseDistillLoss', 'dense_running_stats',
                                               dense_running_stats)
         if dense_running_stats and teacher != 'self':
             raise ValueError("DenseDistillLoss: dense_running_stats needs teacher='self' (with a "
-                             'frozen teacher there is no dense pass to record them)')
+                             'frozen teacher there is no dense pass to record them); with a '
+                             'frozen teacher set dense_running_stats=False (--cfg-options '
+                             'model.distill.dense_running_stats=False)')
         self.teacher = teacher
         if not loss_weight and not feature_weight:
             raise ValueError('DenseDistillLoss: loss_weight and feature_weight are both 0: '
@@ -140,6 +145,17 @@ class DenseDistillLoss(nn.Module):
         #: sha256 of the teacher's file: SafeCheckpointHook records it in every checkpoint and
         #: refuses a resume whose teacher file changed
         self.teacher_sha256: Optional[str] = None
+
+    @property
+    def one_stage_options(self) -> Optional[dict]:
+        """With ``teacher='self'``: the options that decide how the mixed-scale pass shares the
+        model with the dense pass (``SafeCheckpointHook`` records them and refuses a resume under
+        others); None with a frozen teacher."""
+        if self.teacher != 'self':
+            return None
+        return dict(student_task_loss=self.student_task_loss,
+                    shared_grad_scale=self.shared_grad_scale,
+                    dense_running_stats=self.dense_running_stats)
 
     def build_teacher(self, student: nn.Module, checkpoint: Optional[str] = None) -> nn.Module:
         """Build :attr:`teacher_model`: ``student``'s backbone, neck and decode head in their
