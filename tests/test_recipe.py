@@ -377,13 +377,14 @@ def test_dense_running_stats_records_batchnorm_statistics_from_the_dense_pass_al
     those the dense pass alone records; without it the mixed pass moves them too."""
     from test_segmentor import build, make_batch, segmentor_cfg
     stats = {}
-    for case in ('dense_stats', 'both', 'dense_pass_only'):
+    for case in ('dense_stats', 'dense_stats_scaled', 'both', 'dense_pass_only'):
         cfg = segmentor_cfg(
             backbone=dict(segmentor_cfg()['backbone'], gate=dict(type='ContentGate'),
                           fine_budget=0.5, coarse_detail=True),
             gate_loss=None, distill=dict(type='DenseDistillLoss', teacher='self',
                                          feature_weight=1.0,
-                                         dense_running_stats=case == 'dense_stats'))
+                                         shared_grad_scale=0.25 if 'scaled' in case else 1.0,
+                                         dense_running_stats=case.startswith('dense_stats')))
         torch.manual_seed(0)
         model = build(cfg).train()
         data = model.data_preprocessor(make_batch(), True)
@@ -397,9 +398,35 @@ def test_dense_running_stats_records_batchnorm_statistics_from_the_dense_pass_al
         assert norm.momentum == 0.1  # restored after the mixed pass
         stats[case] = (norm.running_mean.clone(), norm.running_var.clone())
     assert not torch.equal(stats['dense_pass_only'][0], before)
-    for a, b in zip(stats['dense_stats'], stats['dense_pass_only']):
-        torch.testing.assert_close(a, b)
+    for case in ('dense_stats', 'dense_stats_scaled'):  # also through functional_call
+        for a, b in zip(stats[case], stats['dense_pass_only']):
+            torch.testing.assert_close(a, b)
     assert not torch.allclose(stats['both'][0], stats['dense_pass_only'][0])
+
+
+@pytest.mark.parametrize('scale', [0.0, 0.25])
+def test_shared_grad_scale_with_gradient_checkpointing(scale):
+    """with_cp recomputes the blocks during backward, after functional_call has put the weights
+    back: the gradients are those without checkpointing (a detached weight would break it)."""
+    from test_segmentor import build, make_batch, segmentor_cfg
+    grads = {}
+    for with_cp in (False, True):
+        cfg = segmentor_cfg(
+            backbone=dict(segmentor_cfg()['backbone'], gate=dict(type='ContentGate'),
+                          fine_budget=0.5, coarse_detail=True, with_cp=with_cp),
+            gate_loss=None, distill=dict(type='DenseDistillLoss', teacher='self',
+                                         feature_weight=1.0, shared_grad_scale=scale))
+        torch.manual_seed(0)
+        model = build(cfg).train()
+        data = model.data_preprocessor(make_batch(), True)
+        torch.manual_seed(1)
+        losses = model.loss(data['inputs'], data['data_samples'])
+        sum(v for k, v in losses.items() if 'loss' in k).backward()
+        grads[with_cp] = {n: p.grad.clone() for n, p in model.named_parameters()
+                          if p.grad is not None}
+    assert set(grads[True]) == set(grads[False])
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, msg=name)
 
 
 # ------------------------------------------------------------------------------ unpooling

@@ -180,6 +180,8 @@ def test_the_whole_model_plot_draws_every_family(tmp_path, monkeypatch):
                  mIoU=80.0 + i, mIoU_std=0.1)
             for i, family in enumerate(report.WHOLE_MODEL_FAMILIES)
             for j, name in enumerate(('scale0.75', 'contrast0.42', 'structure0.5'))]
+    rows.append(dict(family=report.SHIPPED_FAMILY, eval='scale1.0', model_gmacs=4.0, mIoU=85.0,
+                     mIoU_std=0.1))  # the shipped recipe's budget 1.0: not an input scale
     families = report.WHOLE_MODEL_FAMILIES + ('an extra family', 'and another')
     monkeypatch.setattr(report, 'WHOLE_MODEL_FAMILIES', families)
     rows += [dict(family=family, eval='contrast0.42', model_gmacs=2.0, mIoU=70.0, mIoU_std=0.1)
@@ -196,7 +198,7 @@ def test_the_whole_model_plot_draws_every_family(tmp_path, monkeypatch):
     assert path.stat().st_size > 0
     assert len(families) > 8  # more than the markers ('osD^vP*X'): they cycle
     assert curves == list(families)
-    assert set(tags) == {'x0.75', '0.42', '0.5'}
+    assert set(tags) == {'x0.75', '0.42', '0.5', '1.0'}
 
 
 def test_study_tool_runs_resumes_and_reports(tmp_path):

@@ -43,7 +43,7 @@ $PYTHON tools/train.py $DENSE_CONFIG --work-dir $DENSE_WORK 2>&1 | progress
 [ -f "$DENSE_CKPT" ] || { echo "[demo] step 1 did not produce $DENSE_CKPT; see $DENSE_WORK/*/*.log"; exit 1; }
 echo "[demo]     done in $(elapsed)"
 
-echo "[demo] 3/5 step 2: the recipe - fine-tuned on mixed-scale tokens in one stage from step 1, 300 iterations -> $RECIPE_WORK (about 3.5 min on 2 cores)"
+echo "[demo] 3/5 step 2: the recipe - fine-tuned on mixed-scale tokens in one stage from step 1, 300 iterations -> $RECIPE_WORK (about 4 min on 2 cores)"
 step_start=$(date +%s)
 rm -rf "$RECIPE_WORK"
 $PYTHON tools/train.py $RECIPE_CONFIG --work-dir $RECIPE_WORK --cfg-options load_from=$DENSE_CKPT \

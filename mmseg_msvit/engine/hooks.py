@@ -196,9 +196,8 @@ class SafeCheckpointHook(CheckpointHook):
                 "'self', or no distill): a resumed run would switch recipes midway. Resume with "
                 'the configuration it started with (for the UPerNet step-2 configs: '
                 '--cfg-options model.distill.teacher=checkpoint '
-                'model.distill.shared_grad_scale=1.0 model.distill.dense_running_stats=False '
-                'model.backbone.gate.structure_px=None model.backbone.gate.contrast=False), or '
-                'start a new run.')
+                'model.distill.shared_grad_scale=1.0 model.distill.dense_running_stats=False, '
+                'with the content gate it started with), or start a new run.')
         if digest != recorded:
             model = _model(runner)
             raise ValueError(

@@ -112,16 +112,21 @@ def probe_labels(benefit: torch.Tensor, target: float) -> torch.Tensor:
 
 @contextmanager
 def frozen_batch_norm(model: nn.Module):
-    """BatchNorm layers keep their running statistics during the extra forwards."""
+    """BatchNorm layers keep their running statistics during the extra forwards (their count
+    of batches too, which a cumulative average, ``momentum=None``, divides by)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
+    counts = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone()
+              for m in norms]
     try:
         for m in norms:
             m.momentum = 0.0
         yield
     finally:
-        for m, momentum in zip(norms, momenta):
+        for m, momentum, count in zip(norms, momenta, counts):
             m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 @MODELS.register_module()

@@ -505,8 +505,10 @@ def plot_whole_model(rows, path):
                     yerr=[r['mIoU_std'] for r in group], fmt=markers[index % len(markers)] + '-',
                     capsize=3, markersize=6, label=name)
         for r in group:
-            # the input scale (x0.75) or the budget (0.42), whatever the gate's name
-            tag = ('x' if r['eval'].startswith('scale') else '') + \
+            # the input scale (x0.75) or the budget (0.42), whatever the gate's name; the
+            # shipped recipe's every-fine point is its budget 1.0
+            budget_one = r['family'] == SHIPPED_FAMILY and r['eval'] == 'scale1.0'
+            tag = ('x' if r['eval'].startswith('scale') and not budget_one else '') + \
                 r['eval'].lstrip('abcdefghijklmnopqrstuvwxyz_')
             ax.annotate(tag, (r['model_gmacs'], r['mIoU']), textcoords='offset points',
                         xytext=(4, -10), fontsize=7)

@@ -79,7 +79,7 @@ RECIPE = dict(train_budget_range=(0.25, 0.6), coarse_unpool=True, new_lr_mult=10
 MIXED_DECODE = dict(coarse_reduction=2)
 #: the study's runs with the mixed pass' gradient into the shared weights scaled
 #: (``DenseDistillLoss(shared_grad_scale=...)``)
-SHARED_GRAD_SCALES = (0.0, 0.25, 0.5, 1.0)
+SHARED_GRAD_SCALES = (0.0, 0.25, 1.0)
 #: their names begin so
 SHARED_RUNS = 'recipe_mixed_head_inplace_contrast_shared'
 #: the learned gate trained on a frozen model (gate-only runs): an MLP with the content prior

@@ -26,7 +26,9 @@ from ...compat.checkpoint_globals import checked_after_loading
 EVAL_OPTIONAL_PREFIXES = ('gate_loss.', 'auxiliary_head.')
 #: parts a checkpoint may lack at the START of a training run (``load_from``): they train from
 #: their initialisation (a new gate; the coarse-token embedding and the neck's unpooling, which
-#: start at zero and leave the loaded model's function unchanged)
+#: start at zero and leave the loaded model's function unchanged). They are also the parts only
+#: coarse tokens use: in-place distillation gives them the mixed pass' whole gradient
+#: (``DenseDistillLoss(shared_grad_scale=...)``), so a prefix added here changes that too
 FRESH_AT_TRAINING_START = ('backbone.gate.', 'backbone.patch_embed.coarse_embed.',
                            'neck.unpool.')
 

@@ -67,9 +67,10 @@ class DenseDistillLoss(nn.Module):
             pass' losses send back into the weights the dense pass also uses (transformer,
             embeddings, neck, heads) is multiplied by this. 1: both passes train them alike.
             0: the mixed-scale pass trains only the parts coarse tokens alone use (the gate,
-            the coarse-token embedding, the neck's unpooling), so the shared weights follow
-            the dense pass' task loss alone, as a dense model trained as long would, and budget
-            1.0 of the checkpoint is that dense model. Default: 1.0.
+            the coarse-token embedding, the neck's unpooling), so the shared weights get the
+            dense pass' gradient alone, as a dense model trained as long would; with
+            ``dense_running_stats`` too, budget 1.0 of the checkpoint is that dense model.
+            Default: 1.0.
         dense_running_stats (bool): ``teacher='self'`` only: BatchNorm running statistics
             (what evaluation normalises with) are recorded from the dense pass alone; the
             mixed-scale pass normalises with its batch's statistics but does not record them.

@@ -363,7 +363,7 @@ class _Bound(torch.nn.Module):
 
 def _with_scaled_gradients(model: MSViTEncoderDecoder, method: str, scale: float, *args):
     """``model.method(*args)`` with the gradient reaching the weights the dense pass also uses
-    multiplied by ``scale`` (0: none); the parts only coarse tokens use
+    multiplied by ``scale`` (0: none reaches them); the parts only coarse tokens use
     (:data:`~mmseg_msvit.models.checkpoints.reading.FRESH_AT_TRAINING_START`: the gate, the
     coarse-token embedding, the neck's unpooling) get theirs whole. Buffers (BatchNorm
     statistics) are the model's own and update as usual."""
@@ -372,6 +372,7 @@ def _with_scaled_gradients(model: MSViTEncoderDecoder, method: str, scale: float
     for name, param in model.named_parameters():
         if not param.requires_grad or name.startswith(FRESH_AT_TRAINING_START):
             continue
-        params['model.' + name] = param.detach() if scale == 0.0 else \
-            _ScaleGrad.apply(param, scale)
+        # scaled, never detached, also at 0: a weight that does not require grad would change
+        # what gradient checkpointing (``with_cp``) saves against what its recompute sees
+        params['model.' + name] = _ScaleGrad.apply(param, scale)
     return torch.func.functional_call(_Bound(model, method), params, args)
