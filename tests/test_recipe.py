@@ -270,15 +270,22 @@ def test_distill_needs_a_teacher_checkpoint(tmp_path):
     assert one_stage.model.distill.get('teacher_checkpoint') is None
 
 
+def _one_stage_cfg(backbone=None, **distill):
+    """The test segmentor with the content gate, coarse-token detail and in-place distillation
+    (``teacher='self'``, logits + features) under the given DenseDistillLoss options."""
+    from test_segmentor import segmentor_cfg
+    return segmentor_cfg(
+        backbone=dict(segmentor_cfg()['backbone'], gate=dict(type='ContentGate'),
+                      fine_budget=0.5, coarse_detail=True, **(backbone or {})),
+        gate_loss=None, distill=dict(type='DenseDistillLoss', teacher='self', feature_weight=1.0,
+                                     **distill))
+
+
 def test_in_place_distillation_trains_the_dense_pass_and_teaches_with_it_detached():
     """teacher='self': no frozen copy; the model's own dense pass gets the task loss and, detached,
     teaches the mixed-scale pass."""
-    from test_segmentor import build, make_batch, segmentor_cfg
-    cfg = segmentor_cfg(
-        backbone=dict(segmentor_cfg()['backbone'], gate=dict(type='ContentGate'),
-                      fine_budget=0.5, coarse_detail=True),
-        gate_loss=None, distill=dict(type='DenseDistillLoss', teacher='self', feature_weight=1.0))
-    model = build(cfg)
+    from test_segmentor import build, make_batch
+    model = build(_one_stage_cfg())
     assert model.distill_teacher is None  # nothing loaded, nothing copied
     data = model.data_preprocessor(make_batch(), True)
     model.train()
@@ -305,14 +312,10 @@ def test_student_task_loss_false_teaches_the_mixed_pass_by_the_dense_pass_alone(
     """student_task_loss=False (slimmable networks' way): the mixed-scale pass gets no task loss
     (neither decode nor auxiliary head), only the distillation; the dense pass keeps its own,
     and the losses are the same values as with the task loss, less those two."""
-    from test_segmentor import build, make_batch, segmentor_cfg
+    from test_segmentor import build, make_batch
     losses = {}
     for task in (True, False):
-        cfg = segmentor_cfg(
-            backbone=dict(segmentor_cfg()['backbone'], gate=dict(type='ContentGate'),
-                          fine_budget=0.5, coarse_detail=True),
-            gate_loss=None, distill=dict(type='DenseDistillLoss', teacher='self',
-                                         feature_weight=1.0, student_task_loss=task))
+        cfg = _one_stage_cfg(student_task_loss=task)
         torch.manual_seed(0)
         model = build(cfg).train()
         data = model.data_preprocessor(make_batch(), True)
@@ -334,18 +337,13 @@ def test_shared_grad_scale_scales_what_the_mixed_pass_sends_into_the_shared_weig
     is the dense pass' plus ``scale`` times the mixed pass'; the coarse-only parts (the
     coarse-token embedding) get the mixed pass' gradient whole; at 0 the shared weights follow the
     dense pass alone."""
-    from test_segmentor import build, make_batch, segmentor_cfg
+    from test_segmentor import build, make_batch
     shared = ('backbone.blocks.0.attn.qkv.weight', 'backbone.patch_embed.pos_embed',
               'decode_head.convs.0.conv.weight', 'auxiliary_head.conv_seg.weight')
     coarse = 'backbone.patch_embed.coarse_embed.proj.weight'  # (reduce: zero until proj moves)
     grads, values = {}, {}
     for scale in (1.0, 0.5, 0.0, 'dense'):
-        cfg = segmentor_cfg(
-            backbone=dict(segmentor_cfg()['backbone'], gate=dict(type='ContentGate'),
-                          fine_budget=0.5, coarse_detail=True),
-            gate_loss=None, distill=dict(type='DenseDistillLoss', teacher='self',
-                                         feature_weight=1.0,
-                                         shared_grad_scale=1.0 if scale == 'dense' else scale))
+        cfg = _one_stage_cfg(shared_grad_scale=1.0 if scale == 'dense' else scale)
         torch.manual_seed(0)
         model = build(cfg).train()
         data = model.data_preprocessor(make_batch(), True)
@@ -375,16 +373,11 @@ def test_shared_grad_scale_scales_what_the_mixed_pass_sends_into_the_shared_weig
 def test_dense_running_stats_records_batchnorm_statistics_from_the_dense_pass_alone():
     """dense_running_stats=True: after a training step the BatchNorm running statistics are
     those the dense pass alone records; without it the mixed pass moves them too."""
-    from test_segmentor import build, make_batch, segmentor_cfg
+    from test_segmentor import build, make_batch
     stats = {}
     for case in ('dense_stats', 'dense_stats_scaled', 'both', 'dense_pass_only'):
-        cfg = segmentor_cfg(
-            backbone=dict(segmentor_cfg()['backbone'], gate=dict(type='ContentGate'),
-                          fine_budget=0.5, coarse_detail=True),
-            gate_loss=None, distill=dict(type='DenseDistillLoss', teacher='self',
-                                         feature_weight=1.0,
-                                         shared_grad_scale=0.25 if 'scaled' in case else 1.0,
-                                         dense_running_stats=case.startswith('dense_stats')))
+        cfg = _one_stage_cfg(shared_grad_scale=0.25 if 'scaled' in case else 1.0,
+                             dense_running_stats=case.startswith('dense_stats'))
         torch.manual_seed(0)
         model = build(cfg).train()
         data = model.data_preprocessor(make_batch(), True)
@@ -408,14 +401,10 @@ def test_dense_running_stats_records_batchnorm_statistics_from_the_dense_pass_al
 def test_shared_grad_scale_with_gradient_checkpointing(scale):
     """with_cp recomputes the blocks during backward, after functional_call has put the weights
     back: the gradients are those without checkpointing (a detached weight would break it)."""
-    from test_segmentor import build, make_batch, segmentor_cfg
+    from test_segmentor import build, make_batch
     grads = {}
     for with_cp in (False, True):
-        cfg = segmentor_cfg(
-            backbone=dict(segmentor_cfg()['backbone'], gate=dict(type='ContentGate'),
-                          fine_budget=0.5, coarse_detail=True, with_cp=with_cp),
-            gate_loss=None, distill=dict(type='DenseDistillLoss', teacher='self',
-                                         feature_weight=1.0, shared_grad_scale=scale))
+        cfg = _one_stage_cfg(dict(with_cp=with_cp), shared_grad_scale=scale)
         torch.manual_seed(0)
         model = build(cfg).train()
         data = model.data_preprocessor(make_batch(), True)

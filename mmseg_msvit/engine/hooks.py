@@ -84,6 +84,21 @@ def _content_gate_score(runner) -> Optional[dict]:
     return gate.score_options if isinstance(gate, ContentGate) else None
 
 
+def _refuse_other_options(recorded: Optional[dict], current: Optional[dict], started: str,
+                          none: str, otherwise: str, prefix: str, extra: str = '') -> None:
+    """On resume: refuse a config whose options differ from those the checkpoint recorded
+    (``recorded``; None: nothing recorded, nothing checked), naming the overrides that resume
+    the run as it started."""
+    if recorded is None or recorded == current:
+        return
+    options = ' '.join(f'{prefix}{k}={v}' for k, v in recorded.items())
+    raise ValueError(
+        f'this run started with {started} {recorded}, but the config resuming it has '
+        f'{current if current is not None else none}: a resumed run would train {otherwise} '
+        f'midway. Resume with the configuration it started with (--cfg-options {extra}'
+        f'{options}), or start a new run.')
+
+
 @HOOKS.register_module()
 class SafeCheckpointHook(CheckpointHook):
     """``CheckpointHook`` that never loses a checkpoint (arguments as mmengine's).
@@ -168,23 +183,12 @@ class SafeCheckpointHook(CheckpointHook):
         if not runner._resume:
             return
         meta = checkpoint.get('meta') or {}
-        score, current = meta.get('msvit_content_gate'), _content_gate_score(runner)
-        if score is not None and score != current:
-            options = ' '.join(f'model.backbone.gate.{k}={v}' for k, v in score.items())
-            raise ValueError(
-                f'this run started with a content gate scoring {score}, but the config resuming '
-                f'it has {current if current is not None else "no content gate"}: a resumed run '
-                'would train on other decisions midway. Resume with the configuration it '
-                f'started with (--cfg-options {options}), or start a new run.')
-        sharing, current = meta.get('msvit_one_stage'), _one_stage_options(runner)
-        if sharing is not None and sharing != current:
-            options = ' '.join(f'model.distill.{k}={v}' for k, v in sharing.items())
-            raise ValueError(
-                f'this run started with in-place distillation under {sharing}, but the config '
-                f'resuming it has {current if current is not None else "no in-place distillation"}'
-                ': a resumed run would train otherwise midway. Resume with the configuration it '
-                f"started with (--cfg-options model.distill.teacher=self {options}), or start a "
-                'new run.')
+        _refuse_other_options(meta.get('msvit_content_gate'), _content_gate_score(runner),
+                              'a content gate scoring', 'no content gate', 'on other decisions',
+                              'model.backbone.gate.')
+        _refuse_other_options(meta.get('msvit_one_stage'), _one_stage_options(runner),
+                              'in-place distillation under', 'no in-place distillation',
+                              'otherwise', 'model.distill.', 'model.distill.teacher=self ')
         recorded = meta.get('msvit_teacher_sha256')
         if recorded is None:
             return
