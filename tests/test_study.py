@@ -353,11 +353,10 @@ def test_the_study_measures_the_shipped_recipe(tmp_path):
     from mmengine.config import Config
 
     from mmseg_msvit.analysis.study.configs import seg_config
-    from mmseg_msvit.analysis.study.runs import SETTINGS
+    from mmseg_msvit.analysis.study.runs import SETTINGS, SHIPPED_RUN
     setting = SETTINGS['quick']
     for run, shipped_path in (('dense_pre', 'demo_dense_synthetic.py'),
-                              ('recipe_mixed_head_inplace_contrast_shared0.25_dense_stats',
-                               'demo_recipe_synthetic.py')):
+                              (SHIPPED_RUN, 'demo_recipe_synthetic.py')):
         measured = seg_config('quick', run, 0, str(tmp_path))
         shipped = Config.fromfile(osp.join(REPO, 'configs', 'msvit', shipped_path))
         for key in ('force_scale', 'fine_budget', 'train_budget_range', 'arch',

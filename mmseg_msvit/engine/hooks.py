@@ -69,6 +69,12 @@ def _model(runner):
     return runner.model.module if hasattr(runner.model, 'module') else runner.model
 
 
+def _teacher_digest(runner) -> Optional[str]:
+    """sha256 of the distillation teacher's file the model built (None without one)."""
+    model = _model(runner)
+    return getattr(model, 'distill_teacher_sha256', None)
+
+
 def _one_stage_options(runner) -> Optional[dict]:
     """The model's :attr:`~mmseg_msvit.models.losses.DenseDistillLoss.one_stage_options`, or
     None without in-place distillation."""
@@ -97,6 +103,13 @@ def _refuse_other_options(recorded: Optional[dict], current: Optional[dict], sta
         f'{current if current is not None else none}: a resumed run would train {otherwise} '
         f'midway. Resume with the configuration it started with (--cfg-options {extra}'
         f'{options}), or start a new run.')
+
+
+#: what ``SafeCheckpointHook`` records in every checkpoint's meta besides the weights (what no
+#: state dict tells): meta key -> its reader (None: nothing to record)
+_RECORDS = {'msvit_teacher_sha256': _teacher_digest,
+            'msvit_content_gate': _content_gate_score,
+            'msvit_one_stage': _one_stage_options}
 
 
 @HOOKS.register_module()
@@ -165,15 +178,10 @@ class SafeCheckpointHook(CheckpointHook):
         """Record the distillation teacher's file digest, the content gate's score options (not
         in the state dict: it has no parameters) and the in-place distillation's options with
         every checkpoint."""
-        digest = _teacher_digest(runner)
-        if digest is not None:
-            checkpoint.setdefault('meta', {})['msvit_teacher_sha256'] = digest
-        score = _content_gate_score(runner)
-        if score is not None:
-            checkpoint.setdefault('meta', {})['msvit_content_gate'] = score
-        sharing = _one_stage_options(runner)
-        if sharing is not None:
-            checkpoint.setdefault('meta', {})['msvit_one_stage'] = sharing
+        for key, read in _RECORDS.items():
+            value = read(runner)
+            if value is not None:
+                checkpoint.setdefault('meta', {})[key] = value
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """On ``--resume``, refuse a teacher whose file changed since the checkpoint was
@@ -239,12 +247,6 @@ class SafeCheckpointHook(CheckpointHook):
                 self.file_backend.remove(path)
             elif self.file_backend.isdir(path):
                 self.file_backend.rmtree(path)
-
-
-def _teacher_digest(runner) -> Optional[str]:
-    """sha256 of the distillation teacher's file the model built (None without one)."""
-    model = _model(runner)
-    return getattr(model, 'distill_teacher_sha256', None)
 
 
 def get_random_state() -> dict:

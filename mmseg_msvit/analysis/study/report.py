@@ -15,7 +15,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .runs import SHARED_RUNS, SMALL_CLASSES, runs
+from .runs import SHARED_RUNS, SHIPPED_RUN, SMALL_CLASSES, runs
 
 
 # ---------------------------------------------------------------------------------- aggregation
@@ -88,9 +88,8 @@ def compare(records: Iterable[dict], first: tuple, second: tuple) -> Optional[di
 # ---------------------------------------------------------------------------------- outputs
 STRUCTURE_FAMILY = 'recipe + mixed-scale decoding, one stage, structure score'
 CONTRAST_FAMILY = 'recipe + mixed-scale decoding, one stage, structure + contrast'
-#: the configs' recipe: the above, the mixed pass' gradient into the shared weights x0.25 and
-#: running statistics from the dense pass; its curve runs to budget 1.0 (every region fine)
-SHIPPED_RUN = 'recipe_mixed_head_inplace_contrast_shared0.25_dense_stats'
+#: the configs' recipe (SHIPPED_RUN): the above, the mixed pass' gradient into the shared
+#: weights x0.25 and running statistics from the dense pass; its curve runs to budget 1.0
 SHIPPED_FAMILY = 'the same, shared gradient x0.25, dense statistics (the configs; to 1.0)'
 
 

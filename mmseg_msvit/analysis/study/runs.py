@@ -82,6 +82,9 @@ MIXED_DECODE = dict(coarse_reduction=2)
 SHARED_GRAD_SCALES = (0.0, 0.25, 1.0)
 #: their names begin so
 SHARED_RUNS = 'recipe_mixed_head_inplace_contrast_shared'
+#: the run whose configuration configs/msvit/demo_recipe_synthetic.py ships (tests/test_study.py
+#: checks that they agree)
+SHIPPED_RUN = f'{SHARED_RUNS}0.25_dense_stats'
 #: the learned gate trained on a frozen model (gate-only runs): an MLP with the content prior
 CONTENT_PRIOR_GATE = dict(type='MixedScaleGate', hidden_dims=(256, 256), init_fine_fraction=0.9,
                           content_prior=True)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..backbones import MSViT
 from ..builder import build_component
-from ..checkpoints import check_gate_normalisation
+from ..checkpoints import FRESH_AT_TRAINING_START, check_gate_normalisation
 from ..costs import CallCosts, attach_cost, image_cost
 from ..features import layout_of
 from ..gate_training import (build_gate_loss, build_gate_probe, current_target,
@@ -367,7 +367,6 @@ def _with_scaled_gradients(model: MSViTEncoderDecoder, method: str, scale: float
     (:data:`~mmseg_msvit.models.checkpoints.reading.FRESH_AT_TRAINING_START`: the gate, the
     coarse-token embedding, the neck's unpooling) get theirs whole. Buffers (BatchNorm
     statistics) are the model's own and update as usual."""
-    from ..checkpoints.reading import FRESH_AT_TRAINING_START
     params = {}
     for name, param in model.named_parameters():
         if not param.requires_grad or name.startswith(FRESH_AT_TRAINING_START):
